@@ -1,0 +1,69 @@
+//! # herald-broker
+//!
+//! Herald's transport-neutral fan-out core. It owns subjects and patterns,
+//! the subscription index, per-connection bounded queues, message positions
+//! and history, and the client protocol with its JSON and MessagePack
+//! codecs. It performs no network I/O and reads no clock of its own: time
+//! comes from a [`Clock`], so its tests are deterministic.
+//!
+//! ## Map
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`subject`] | subject and pattern rules, validated once |
+//! | [`router`] | the subject → subscribers index (exact map + wildcard trie) |
+//! | [`message`] | shared messages, payloads, encode-once frames |
+//! | [`outbox`] | bounded per-connection queues and overflow policies |
+//! | [`position`] | positions and resume tokens |
+//! | [`history`] | per-subject rings bounded by count and age |
+//! | [`broker`] | publish: number, record, match, fan out |
+//! | [`session`] | the interface gateways use, and access checks |
+//! | [`protocol`] | client commands and server events, both encodings |
+//!
+//! ## Invariants
+//!
+//! - Publishing never waits for a subscriber: it offers each message to
+//!   bounded queues and moves on.
+//! - Per subject, a subscriber receives messages in position order, none
+//!   twice.
+//! - Nothing is lost silently: every message a subscriber does not receive
+//!   (full queue, history window) is named in a `gap` event.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use herald_broker::{AllowAll, Broker, BrokerConfig, Payload};
+//!
+//! let broker = Broker::new(BrokerConfig::default());
+//! let mut session = broker.session(Arc::new(AllowAll));
+//! session.subscribe(None, "chat.*", None).unwrap();
+//! let position = broker.publish("chat.lobby", Payload::from_json(r#"{"text":"hi"}"#.into()).unwrap()).unwrap();
+//!
+//! let mut batch = std::collections::VecDeque::new();
+//! session.outbox().try_take_batch(&mut batch).unwrap().unwrap();
+//! let frame = batch[0].encode(herald_broker::Encoding::Json);
+//! assert_eq!(
+//!     frame,
+//!     format!(r#"{{"op":"msg","subject":"chat.lobby","pos":"{}","data":{{"text":"hi"}}}}"#, position.token()),
+//! );
+//! ```
+
+pub mod broker;
+pub mod clock;
+pub mod history;
+pub mod message;
+pub mod outbox;
+pub mod position;
+pub mod protocol;
+pub mod router;
+pub mod session;
+pub mod subject;
+
+pub use broker::{Broker, BrokerConfig, Metrics, PublishError};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use history::HistoryLimits;
+pub use message::{Message, Payload, PayloadError};
+pub use outbox::{CloseReason, Offer, Outbox, OverflowPolicy, QueueLimits};
+pub use position::{InvalidToken, Position};
+pub use protocol::{decode_command, Command, DecodeError, Encoding, Gap, Outbound, Reply, ServerEvent};
+pub use session::{Access, AllowAll, HistoryPage, Session, SessionError, SubscribeOnly};
+pub use subject::{Pattern, Subject, SubjectError, SubjectLimits};

@@ -1,0 +1,429 @@
+//! The bounded per-connection queue between the broker and a gateway's
+//! writer.
+//!
+//! Publishing never waits for a subscriber: [`Outbox::push_message`] takes a
+//! short mutex, appends, and returns. When the queue is over its limits
+//! (messages or bytes) the connection's [`OverflowPolicy`] decides: drop the
+//! oldest messages and owe the client a gap notice naming what it lost, or
+//! close the connection as a slow consumer. Either way the publisher moves
+//! on, and what happened is counted.
+//!
+//! The writer side takes everything queued in one O(1) swap
+//! ([`Outbox::next_batch`]), writes it and flushes once.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::message::Message;
+use crate::protocol::{Gap, Outbound, Reply};
+use crate::subject::Pattern;
+
+/// What to do when a subscriber's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverflowPolicy {
+    /// Drop the oldest queued messages; the client later receives a `gap`
+    /// naming the positions it missed and can fetch them from history.
+    #[default]
+    DropOldest,
+    /// Close the connection as a slow consumer.
+    Disconnect,
+}
+
+/// Bounds of one connection's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most messages waiting to be written.
+    pub max_messages: usize,
+    /// Most message bytes (payload + subject) waiting to be written.
+    pub max_bytes: usize,
+    /// Most replies (acks, errors, pongs) waiting; a client that keeps
+    /// sending commands without reading the answers is closed past this.
+    pub max_replies: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            max_messages: 1024,
+            max_bytes: 1 << 20,
+            max_replies: 256,
+        }
+    }
+}
+
+/// Why a connection was closed. Every disconnect has one; it reaches the
+/// client (as a final `err`), the log and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The queue overflowed under [`OverflowPolicy::Disconnect`].
+    SlowConsumer,
+    /// Too many replies were waiting for the client to read them.
+    ReplyBacklog,
+    /// The server is shutting down.
+    Shutdown,
+    /// The gateway closed the connection for breaking the protocol.
+    ProtocolViolation(String),
+}
+
+impl CloseReason {
+    /// Stable snake_case code, also used as the metrics label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::ReplyBacklog => "reply_backlog",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::ProtocolViolation(_) => "protocol_violation",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::SlowConsumer => f.write_str("queue limit exceeded: the client does not read fast enough"),
+            CloseReason::ReplyBacklog => f.write_str("too many replies waiting: the client sends without reading"),
+            CloseReason::Shutdown => f.write_str("server is shutting down"),
+            CloseReason::ProtocolViolation(why) => write!(f, "protocol violation: {why}"),
+        }
+    }
+}
+
+/// What became of one message offered to an outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// Queued, after dropping this many older messages.
+    QueuedAfterDropping(usize),
+    /// The message itself was larger than the whole byte limit and was dropped.
+    DroppedTooLarge,
+    /// The queue overflowed and the connection was closed.
+    Evicted,
+    /// The connection was already closed.
+    Closed,
+}
+
+/// One connection's outbound queue.
+pub struct Outbox {
+    limits: QueueLimits,
+    policy: OverflowPolicy,
+    state: Mutex<State>,
+    /// Wakes the writer when the queue goes from empty to not empty.
+    ready: Notify,
+    /// Set once closed; lets publishers skip the mutex for dead connections.
+    closed: AtomicBool,
+}
+
+struct State {
+    entries: VecDeque<Outbound>,
+    message_count: usize,
+    message_bytes: usize,
+    reply_count: usize,
+    /// Gaps owed to the client for messages dropped since the last batch,
+    /// one per subscription pattern. Delivered ahead of the next batch.
+    owed_gaps: Vec<Gap>,
+    /// The connection's subscriptions, to name the pattern in a gap notice.
+    patterns: Vec<Pattern>,
+    /// While a resume is being merged into the queue the writer must not
+    /// take live messages ahead of the replayed ones.
+    replays_in_progress: u32,
+    close_reason: Option<CloseReason>,
+}
+
+impl Outbox {
+    pub fn new(limits: QueueLimits, policy: OverflowPolicy) -> Outbox {
+        Outbox {
+            limits,
+            policy,
+            state: Mutex::new(State {
+                entries: VecDeque::new(),
+                message_count: 0,
+                message_bytes: 0,
+                reply_count: 0,
+                owed_gaps: Vec::new(),
+                patterns: Vec::new(),
+                replays_in_progress: 0,
+                close_reason: None,
+            }),
+            ready: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn limits(&self) -> QueueLimits {
+        self.limits
+    }
+
+    pub fn policy(&self) -> OverflowPolicy {
+        self.policy
+    }
+
+    /// A poisoned lock means a panic happened while the queue was being
+    /// changed; its counters are still consistent (every mutation is a
+    /// handful of statements that do not panic), so keep serving.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Offers a message. Never blocks beyond the queue's own short mutex.
+    pub fn push_message(&self, message: &Message) -> Offer {
+        // Relaxed: a stale `false` only means taking the lock and finding
+        // `close_reason` set, which is checked again below.
+        if self.closed.load(Ordering::Relaxed) {
+            return Offer::Closed;
+        }
+        let size = message.size();
+        let mut state = self.lock();
+        if state.close_reason.is_some() {
+            return Offer::Closed;
+        }
+        let mut dropped = 0;
+        if state.message_count + 1 > self.limits.max_messages || state.message_bytes + size > self.limits.max_bytes {
+            match self.policy {
+                OverflowPolicy::Disconnect => {
+                    self.close_locked(&mut state, CloseReason::SlowConsumer);
+                    drop(state);
+                    self.ready.notify_one();
+                    return Offer::Evicted;
+                }
+                OverflowPolicy::DropOldest => {
+                    if size > self.limits.max_bytes {
+                        state.owe_gap_for(message);
+                        return Offer::DroppedTooLarge;
+                    }
+                    while state.message_count > 0
+                        && (state.message_count + 1 > self.limits.max_messages
+                            || state.message_bytes + size > self.limits.max_bytes)
+                    {
+                        state.drop_oldest_message();
+                        dropped += 1;
+                    }
+                }
+            }
+        }
+        let was_empty = state.entries.is_empty();
+        state.entries.push_back(Outbound::Message(message.clone()));
+        state.message_count += 1;
+        state.message_bytes += size;
+        let wake = was_empty && state.replays_in_progress == 0;
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
+        if dropped == 0 {
+            Offer::Queued
+        } else {
+            Offer::QueuedAfterDropping(dropped)
+        }
+    }
+
+    /// Queues a reply (ack, error, pong, history). Replies are never dropped;
+    /// a client that lets too many pile up is closed instead.
+    pub fn push_reply(&self, reply: Reply) {
+        let mut state = self.lock();
+        if state.close_reason.is_some() {
+            return;
+        }
+        if state.reply_count >= self.limits.max_replies {
+            self.close_locked(&mut state, CloseReason::ReplyBacklog);
+        } else {
+            state.entries.push_back(Outbound::Reply(reply));
+            state.reply_count += 1;
+        }
+        let wake = state.replays_in_progress == 0;
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Closes the connection: whatever is queued is discarded and the client
+    /// is sent one final `err` carrying the reason's code. Idempotent.
+    pub fn close(&self, reason: CloseReason) {
+        let mut state = self.lock();
+        if state.close_reason.is_none() {
+            self.close_locked(&mut state, reason);
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    fn close_locked(&self, state: &mut State, reason: CloseReason) {
+        state.entries.clear();
+        state.owed_gaps.clear();
+        state.message_count = 0;
+        state.message_bytes = 0;
+        state.reply_count = 0;
+        state.entries.push_back(Outbound::Reply(Reply::Error {
+            id: None,
+            code: reason.code(),
+            message: reason.to_string(),
+        }));
+        state.close_reason = Some(reason);
+        self.closed.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.lock().close_reason.clone()
+    }
+
+    /// Waits for events, then moves all of them into `batch` (which should be
+    /// empty; its allocation is swapped in for reuse). Owed gap notices come
+    /// first. Returns the close reason once the connection is closed and its
+    /// final events have been taken.
+    pub async fn next_batch(&self, batch: &mut VecDeque<Outbound>) -> Result<(), CloseReason> {
+        loop {
+            if let Some(result) = self.try_take_batch(batch) {
+                return result;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Takes what is ready without waiting; `None` when there is nothing.
+    pub fn try_take_batch(&self, batch: &mut VecDeque<Outbound>) -> Option<Result<(), CloseReason>> {
+        let mut state = self.lock();
+        let held_for_replay = state.replays_in_progress > 0 && state.close_reason.is_none();
+        if !held_for_replay && (!state.entries.is_empty() || !state.owed_gaps.is_empty()) {
+            batch.clear();
+            std::mem::swap(&mut state.entries, batch);
+            for gap in state.owed_gaps.drain(..).rev() {
+                batch.push_front(Outbound::Gap(gap));
+            }
+            state.message_count = 0;
+            state.message_bytes = 0;
+            state.reply_count = 0;
+            return Some(Ok(()));
+        }
+        state.close_reason.clone().map(Err)
+    }
+
+    pub(crate) fn add_pattern(&self, pattern: &Pattern) {
+        let mut state = self.lock();
+        if !state.patterns.contains(pattern) {
+            state.patterns.push(pattern.clone());
+        }
+    }
+
+    pub(crate) fn remove_pattern(&self, pattern: &Pattern) {
+        self.lock().patterns.retain(|p| p != pattern);
+    }
+
+    /// Holds live messages back until [`Outbox::finish_replay`].
+    pub(crate) fn begin_replay(&self) {
+        self.lock().replays_in_progress += 1;
+    }
+
+    /// Merges a resume into the queue: `ack`, then the gap if any, then the
+    /// replayed messages, then live messages for `pattern` that arrived while
+    /// the replay was read and are not part of it. Messages that are both in
+    /// the queue and in the replay are delivered once, in replay order.
+    pub(crate) fn finish_replay(&self, pattern: &Pattern, ack: Option<Reply>, gap: Option<Gap>, replay: Vec<Message>) {
+        let mut state = self.lock();
+        state.replays_in_progress -= 1;
+        if state.close_reason.is_none() {
+            state.reply_count += usize::from(ack.is_some());
+            state.merge_replay(pattern, ack, gap, replay);
+        }
+        let wake = state.replays_in_progress == 0 && !state.entries.is_empty();
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+}
+
+impl State {
+    fn drop_oldest_message(&mut self) {
+        let index = self
+            .entries
+            .iter()
+            .position(|entry| matches!(entry, Outbound::Message(_)))
+            .expect("message_count > 0 means a message is queued");
+        let Some(Outbound::Message(message)) = self.entries.remove(index) else {
+            unreachable!("index points at a message")
+        };
+        self.message_count -= 1;
+        self.message_bytes -= message.size();
+        self.owe_gap_for(&message);
+    }
+
+    /// Records that `message` will not be delivered, under the first of the
+    /// connection's patterns that matches it.
+    fn owe_gap_for(&mut self, message: &Message) {
+        let subject = message.subject().as_str();
+        let Some(pattern) = self.patterns.iter().find(|p| p.matches(subject)) else {
+            // Unsubscribed since it was queued: nothing is owed.
+            return;
+        };
+        let position = message.position();
+        match self.owed_gaps.iter_mut().find(|gap| &gap.subject == pattern) {
+            Some(gap) => {
+                gap.from = gap.from.min(position);
+                gap.to = gap.to.max(position);
+                gap.missed = gap.missed.map(|n| n + 1);
+            }
+            None => {
+                let subject = pattern.clone();
+                self.owed_gaps.push(Gap {
+                    subject,
+                    from: position,
+                    to: position,
+                    missed: Some(1),
+                });
+            }
+        }
+    }
+
+    fn merge_replay(&mut self, pattern: &Pattern, ack: Option<Reply>, gap: Option<Gap>, replay: Vec<Message>) {
+        // `replay` is in position order, so membership is a binary search.
+        let in_replay = |message: &Message| {
+            replay
+                .binary_search_by_key(&message.position(), Message::position)
+                .is_ok()
+        };
+        let mut later_live = Vec::new();
+        self.entries.retain(|entry| match entry {
+            Outbound::Message(message) if pattern.matches(message.subject().as_str()) => {
+                if !in_replay(message) {
+                    later_live.push(message.clone());
+                }
+                false
+            }
+            _ => true,
+        });
+        self.entries.extend(ack.map(Outbound::Reply));
+        if let Some(gap) = gap {
+            self.entries.push_back(Outbound::Gap(gap));
+        }
+        self.entries.extend(replay.into_iter().map(Outbound::Message));
+        self.entries.extend(later_live.into_iter().map(Outbound::Message));
+        self.message_count = 0;
+        self.message_bytes = 0;
+        for entry in &self.entries {
+            if let Outbound::Message(message) = entry {
+                self.message_count += 1;
+                self.message_bytes += message.size();
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("Outbox")
+            .field("policy", &self.policy)
+            .field("messages", &state.message_count)
+            .field("bytes", &state.message_bytes)
+            .field("close_reason", &state.close_reason)
+            .finish()
+    }
+}

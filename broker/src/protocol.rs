@@ -1,0 +1,472 @@
+//! The client protocol: commands clients send and events the server sends,
+//! in JSON and MessagePack encodings of the same structures. Every transport
+//! speaks it; `docs/protocol.md` is its specification.
+//!
+//! Decoding is lenient about what it does not know (extra fields are
+//! ignored, so newer clients keep working) and strict about what it does
+//! (a missing subject, an unknown op or a mistyped field is a [`DecodeError`]
+//! carrying the command's `id` when it could be read).
+//!
+//! The `msg` event is encoded by [`Message::frame`](crate::Message::frame),
+//! once per message; everything else is encoded here.
+
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use thiserror::Error;
+
+use crate::message::{Message, Payload, PayloadError};
+use crate::position::Position;
+use crate::subject::Pattern;
+
+/// Protocol version; carried in documentation and the handshake of
+/// transports that have one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A wire encoding of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// UTF-8 JSON text, one object per frame.
+    Json,
+    /// MessagePack, one map per frame, with the same field names as JSON.
+    MsgPack,
+}
+
+impl Encoding {
+    /// How many encodings there are; sizes per-encoding caches.
+    pub const COUNT: usize = 2;
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Encoding::Json => 0,
+            Encoding::MsgPack => 1,
+        }
+    }
+}
+
+/// A command from a client, decoded but not yet validated against the
+/// broker's rules (subjects are checked by the [`Session`](crate::Session)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Subscribe {
+        id: Option<u64>,
+        subject: String,
+        since: Option<String>,
+    },
+    Unsubscribe {
+        id: Option<u64>,
+        subject: String,
+    },
+    Publish {
+        id: Option<u64>,
+        subject: String,
+        payload: Payload,
+    },
+    Ping {
+        id: Option<u64>,
+    },
+    History {
+        id: Option<u64>,
+        subject: String,
+        since: Option<String>,
+        limit: Option<usize>,
+    },
+}
+
+impl Command {
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Command::Subscribe { id, .. }
+            | Command::Unsubscribe { id, .. }
+            | Command::Publish { id, .. }
+            | Command::Ping { id }
+            | Command::History { id, .. } => *id,
+        }
+    }
+}
+
+/// A frame that is not a valid command.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{kind}")]
+pub struct DecodeError {
+    /// The command's `id`, when the frame was readable enough to have one.
+    pub id: Option<u64>,
+    pub kind: DecodeErrorKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeErrorKind {
+    #[error("frame is not a valid command object: {reason}")]
+    Malformed { reason: String },
+    #[error("unknown op {op:?}; expected sub, unsub, pub, ping or history")]
+    UnknownOp { op: String },
+    #[error("op {op:?} needs the field {field:?}")]
+    MissingField { op: &'static str, field: &'static str },
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+}
+
+impl DecodeError {
+    /// Stable snake_case code for the `err` event.
+    pub fn code(&self) -> &'static str {
+        match &self.kind {
+            DecodeErrorKind::Malformed { .. } => "malformed_frame",
+            DecodeErrorKind::UnknownOp { .. } => "unknown_op",
+            DecodeErrorKind::MissingField { .. } => "missing_field",
+            DecodeErrorKind::Payload(error) => error.code(),
+        }
+    }
+}
+
+/// Every field any command may carry; unknown ones are ignored.
+#[derive(Deserialize)]
+struct WireCommand<'a> {
+    #[serde(borrow, default)]
+    op: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    /// Present-but-null must stay distinguishable from absent: `null` is a
+    /// perfectly good payload.
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+}
+
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// Decodes one command frame.
+pub fn decode_command(encoding: Encoding, frame: &Bytes) -> Result<Command, DecodeError> {
+    match encoding {
+        Encoding::Json => decode_json_command(frame),
+        Encoding::MsgPack => {
+            // MessagePack commands are read through their JSON form: one
+            // decoder to keep right, and the payload is JSON either way.
+            let json = Payload::from_msgpack(frame).map_err(|error| DecodeError {
+                id: None,
+                kind: DecodeErrorKind::Malformed {
+                    reason: error.to_string(),
+                },
+            })?;
+            decode_json_command(json.json())
+        }
+    }
+}
+
+fn decode_json_command(frame: &Bytes) -> Result<Command, DecodeError> {
+    let wire: WireCommand<'_> = serde_json::from_slice(frame).map_err(|error| DecodeError {
+        id: None,
+        kind: DecodeErrorKind::Malformed {
+            reason: error.to_string(),
+        },
+    })?;
+    let id = wire.id;
+    let fail = |kind| DecodeError { id, kind };
+    let required = |value: Option<String>, op: &'static str, field: &'static str| {
+        value.ok_or(DecodeError {
+            id,
+            kind: DecodeErrorKind::MissingField { op, field },
+        })
+    };
+    let Some(op) = wire.op else {
+        return Err(fail(DecodeErrorKind::MissingField { op: "", field: "op" }));
+    };
+    match &*op {
+        "sub" => Ok(Command::Subscribe {
+            id,
+            subject: required(wire.subject, "sub", "subject")?,
+            since: wire.since,
+        }),
+        "unsub" => Ok(Command::Unsubscribe {
+            id,
+            subject: required(wire.subject, "unsub", "subject")?,
+        }),
+        "pub" => {
+            let subject = required(wire.subject, "pub", "subject")?;
+            let data = wire.data.ok_or_else(|| {
+                fail(DecodeErrorKind::MissingField {
+                    op: "pub",
+                    field: "data",
+                })
+            })?;
+            Ok(Command::Publish {
+                id,
+                subject,
+                payload: Payload::from_validated_json(frame, data.get()),
+            })
+        }
+        "ping" => Ok(Command::Ping { id }),
+        "history" => Ok(Command::History {
+            id,
+            subject: required(wire.subject, "history", "subject")?,
+            since: wire.since,
+            limit: wire.limit,
+        }),
+        other => Err(fail(DecodeErrorKind::UnknownOp {
+            op: other.chars().take(32).collect(),
+        })),
+    }
+}
+
+/// Positions the subscriber may have missed, inclusive at both ends. Sent
+/// when history no longer covers a resume, or when a full queue dropped
+/// messages; the client can fetch what is still retained with `history`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The subscription the gap belongs to, as the client wrote it.
+    pub subject: Pattern,
+    pub from: Position,
+    pub to: Position,
+    /// How many messages were dropped, when the broker knows exactly.
+    pub missed: Option<u64>,
+}
+
+/// A server event other than `msg`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The command with this id succeeded; a publish carries the position.
+    Ack { id: Option<u64>, position: Option<Position> },
+    /// The command failed, or (without id) the connection is being closed.
+    Error {
+        id: Option<u64>,
+        code: &'static str,
+        message: String,
+    },
+    Pong { id: Option<u64> },
+    /// The answer to `history`: an optional gap, then messages in position order.
+    History {
+        id: Option<u64>,
+        subject: Pattern,
+        gap: Option<Gap>,
+        messages: Vec<Message>,
+    },
+}
+
+/// One event on its way to a client.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    Message(Message),
+    Gap(Gap),
+    Reply(Reply),
+}
+
+impl Outbound {
+    /// The wire frame of this event.
+    pub fn encode(&self, encoding: Encoding) -> Bytes {
+        match self {
+            Outbound::Message(message) => message.frame(encoding),
+            Outbound::Gap(gap) => encode_serde(encoding, &WireGap::from(gap)),
+            Outbound::Reply(Reply::History {
+                id,
+                subject,
+                gap,
+                messages,
+            }) => encode_history(encoding, *id, subject, gap.as_ref(), messages),
+            Outbound::Reply(reply) => encode_serde(encoding, &WireReply::from(reply)),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "op")]
+enum WireReply<'a> {
+    #[serde(rename = "ack")]
+    Ack {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pos: Option<String>,
+    },
+    #[serde(rename = "err")]
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        code: &'a str,
+        message: &'a str,
+    },
+    #[serde(rename = "pong")]
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+}
+
+impl<'a> From<&'a Reply> for WireReply<'a> {
+    fn from(reply: &'a Reply) -> Self {
+        match reply {
+            Reply::Ack { id, position } => WireReply::Ack {
+                id: *id,
+                pos: position.map(|p| p.token().to_string()),
+            },
+            Reply::Error { id, code, message } => WireReply::Error {
+                id: *id,
+                code,
+                message,
+            },
+            Reply::Pong { id } => WireReply::Pong { id: *id },
+            Reply::History { .. } => unreachable!("history replies are encoded by encode_history"),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WireGap<'a> {
+    op: &'static str,
+    subject: &'a str,
+    from: String,
+    to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missed: Option<u64>,
+}
+
+impl<'a> From<&'a Gap> for WireGap<'a> {
+    fn from(gap: &'a Gap) -> Self {
+        WireGap {
+            op: "gap",
+            subject: gap.subject.as_str(),
+            from: gap.from.token().to_string(),
+            to: gap.to.token().to_string(),
+            missed: gap.missed,
+        }
+    }
+}
+
+fn encode_serde<T: Serialize>(encoding: Encoding, value: &T) -> Bytes {
+    let bytes = match encoding {
+        Encoding::Json => serde_json::to_vec(value).expect("protocol structs always serialize"),
+        Encoding::MsgPack => rmp_serde::to_vec_named(value).expect("protocol structs always serialize"),
+    };
+    Bytes::from(bytes)
+}
+
+/// `{"op":"history","id":..,"subject":..,"gap":{..},"messages":[<msg>,..]}`:
+/// each element of `messages` is the message's own `msg` frame, reused.
+fn encode_history(
+    encoding: Encoding,
+    id: Option<u64>,
+    subject: &Pattern,
+    gap: Option<&Gap>,
+    messages: &[Message],
+) -> Bytes {
+    let frames: Vec<Bytes> = messages.iter().map(|m| m.frame(encoding)).collect();
+    let mut out = Vec::with_capacity(frames.iter().map(Bytes::len).sum::<usize>() + 128);
+    let gap = gap.map(WireGap::from);
+    match encoding {
+        Encoding::Json => {
+            out.extend_from_slice(br#"{"op":"history","#);
+            if let Some(id) = id {
+                out.extend_from_slice(format!(r#""id":{id},"#).as_bytes());
+            }
+            out.extend_from_slice(br#""subject":"#);
+            serde_json::to_writer(&mut out, subject.as_str()).expect("writing to a Vec cannot fail");
+            if let Some(gap) = &gap {
+                out.extend_from_slice(br#","gap":"#);
+                serde_json::to_writer(&mut out, gap).expect("writing to a Vec cannot fail");
+            }
+            out.extend_from_slice(br#","messages":["#);
+            for (index, frame) in frames.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(frame);
+            }
+            out.extend_from_slice(b"]}");
+        }
+        Encoding::MsgPack => {
+            let fields = 3 + u32::from(id.is_some()) + u32::from(gap.is_some());
+            let write = "writing to a Vec cannot fail";
+            rmp::encode::write_map_len(&mut out, fields).expect(write);
+            rmp::encode::write_str(&mut out, "op").expect(write);
+            rmp::encode::write_str(&mut out, "history").expect(write);
+            if let Some(id) = id {
+                rmp::encode::write_str(&mut out, "id").expect(write);
+                rmp::encode::write_uint(&mut out, id).expect(write);
+            }
+            rmp::encode::write_str(&mut out, "subject").expect(write);
+            rmp::encode::write_str(&mut out, subject.as_str()).expect(write);
+            if let Some(gap) = &gap {
+                rmp::encode::write_str(&mut out, "gap").expect(write);
+                out.extend_from_slice(&rmp_serde::to_vec_named(gap).expect(write));
+            }
+            rmp::encode::write_str(&mut out, "messages").expect(write);
+            rmp::encode::write_array_len(&mut out, frames.len() as u32).expect(write);
+            for frame in &frames {
+                out.extend_from_slice(frame);
+            }
+        }
+    }
+    Bytes::from(out)
+}
+
+/// A server event as a client reads it. Used by Herald's own clients (the
+/// load generator, the tests); the server never decodes events.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "op")]
+pub enum ServerEvent {
+    #[serde(rename = "msg")]
+    Msg {
+        subject: String,
+        pos: String,
+        data: serde_json::Value,
+    },
+    #[serde(rename = "ack")]
+    Ack {
+        #[serde(default)]
+        id: Option<u64>,
+        #[serde(default)]
+        pos: Option<String>,
+    },
+    #[serde(rename = "err")]
+    Err {
+        #[serde(default)]
+        id: Option<u64>,
+        code: String,
+        message: String,
+    },
+    #[serde(rename = "gap")]
+    Gap {
+        subject: String,
+        from: String,
+        to: String,
+        #[serde(default)]
+        missed: Option<u64>,
+    },
+    #[serde(rename = "pong")]
+    Pong {
+        #[serde(default)]
+        id: Option<u64>,
+    },
+    #[serde(rename = "history")]
+    History {
+        #[serde(default)]
+        id: Option<u64>,
+        subject: String,
+        #[serde(default)]
+        gap: Option<GapFields>,
+        messages: Vec<ServerEvent>,
+    },
+}
+
+/// The fields of a gap nested in a `history` event.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct GapFields {
+    pub subject: String,
+    pub from: String,
+    pub to: String,
+    #[serde(default)]
+    pub missed: Option<u64>,
+}
+
+/// Decodes a server event; for clients.
+pub fn decode_event(encoding: Encoding, frame: &[u8]) -> Result<ServerEvent, String> {
+    match encoding {
+        Encoding::Json => serde_json::from_slice(frame).map_err(|e| e.to_string()),
+        Encoding::MsgPack => rmp_serde::from_slice(frame).map_err(|e| e.to_string()),
+    }
+}
