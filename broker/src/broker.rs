@@ -3,17 +3,41 @@
 //! It numbers messages, records them in history and fans them out through
 //! the router into subscribers' outboxes. The publish path, in order:
 //! validate the subject (no allocation) → look up the subject's channel
-//! (shard read-lock) → under the channel's mutex: take the next sequence,
+//! (shard read-lock) → under the publish-order lock: take the next sequence,
 //! build the message (one allocation), record it, match, offer it to each
 //! subscriber's outbox → count.
+//!
+//! ## Why one publish-order lock
+//!
+//! A connection subscribed to several subjects (a wildcard, or several
+//! channels) resumes with one token: the position of the last message it
+//! received. That is only lossless if every connection receives messages in
+//! position order across subjects, and that needs numbering and enqueueing
+//! to happen as one step: were they separate, publisher A could take
+//! position 10, publisher B position 11, B enqueue first, and a client that
+//! disconnected after 11 would resume past 10 without ever seeing it (the
+//! `resuming_while_publishing_loses_nothing_and_repeats_nothing` test caught
+//! exactly this). So numbering → record → match → enqueue runs under one
+//! mutex. What it guards is short and never waits: a router lookup that
+//! subscription churn cannot stall (see `router`), and try-enqueues into
+//! bounded queues. Validation, channel lookup and all socket I/O stay
+//! outside it, in parallel.
+//!
+//! ## Lock order (the one place it is written down)
+//!
+//! `publish_order` → a channel's ring → a router shard or the wildcard trie
+//! (read) → an outbox. Each is released before the next is taken except
+//! `publish_order`, which spans the rest. Subscribing takes the router
+//! (write), then rings, then the outbox, one at a time; the history sweep
+//! takes a history shard, then rings. No path takes them in another order.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
 use crate::clock::{Clock, SystemClock};
-use crate::history::{History, HistoryError, HistoryLimits, Replay};
+use crate::history::{History, HistoryError, HistoryLimits, Replay, Sequences};
 use crate::message::{Message, Payload, PayloadError};
 use crate::outbox::{Offer, OverflowPolicy, QueueLimits};
 use crate::position::Position;
@@ -108,6 +132,8 @@ pub struct Broker {
     /// The last sequence handed out; node-wide, so positions of different
     /// subjects compare.
     last_sequence: AtomicU64,
+    /// Serialises numbering with enqueueing; see the module docs.
+    publish_order: Mutex<()>,
     router: Router<SubscriberRef>,
     history: History,
     counters: Counters,
@@ -129,6 +155,7 @@ impl Broker {
             clock,
             epoch,
             last_sequence: AtomicU64::new(0),
+            publish_order: Mutex::new(()),
             router: Router::new(),
             history,
             counters: Counters::default(),
@@ -168,21 +195,26 @@ impl Broker {
         }
         loop {
             let channel = self.history.channel(subject)?;
+            // Poisoning can only come from a panic in code that leaves no
+            // state half-changed behind this lock (it guards no data).
+            let order = self.publish_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let mut ring = channel.lock();
             if ring.is_retired() {
                 // Swept between lookup and lock; look it up afresh.
                 continue;
             }
-            // Taken under the channel lock, so that a subject's positions
-            // increase in the order its messages are delivered.
-            let sequence = self.last_sequence.fetch_add(1, Ordering::AcqRel) + 1;
+            // Only ever written under `publish_order`; atomic so that
+            // `last_position` can read it without the lock.
+            let sequence = self.last_sequence.load(Ordering::Relaxed) + 1;
+            self.last_sequence.store(sequence, Ordering::Release);
             let position = Position::new(self.epoch, sequence);
             let now = self.clock.now_millis();
             let message = Message::new(channel.subject.clone(), position, now, payload);
             ring.record(message.clone(), self.history.limits(), now);
+            drop(ring);
             let matches = self.router.matches(subject);
             self.fan_out(&matches, &message);
-            drop(ring);
+            drop(order);
             self.counters.published.fetch_add(1, Ordering::Relaxed);
             return Ok(position);
         }
@@ -208,22 +240,32 @@ impl Broker {
     }
 
     /// Retained messages on subjects matching `pattern` after `since`, in
-    /// position order, with what may have been lost. A position from another
-    /// epoch means the numbering restarted: everything retained is returned
-    /// and everything before it may have been lost.
+    /// position order, with the positions that may have been lost (a gap).
+    /// A position from another epoch means the numbering restarted:
+    /// everything retained is returned and everything before may be lost.
     pub fn history(&self, pattern: &Pattern, since: Option<Position>) -> (Option<(Position, Position)>, Vec<Message>) {
+        self.history_through(pattern, since, self.last_sequence.load(Ordering::Acquire))
+    }
+
+    /// [`Broker::history`], up to and including sequence `through`.
+    pub(crate) fn history_through(
+        &self,
+        pattern: &Pattern,
+        since: Option<Position>,
+        through: u64,
+    ) -> (Option<(Position, Position)>, Vec<Message>) {
         let now = self.clock.now_millis();
         let Some(since) = since else {
-            return (None, self.history.read_after(pattern, 0, now).messages);
+            return (None, self.history.read(pattern, Sequences { after: 0, through }, now).messages);
         };
         let same_epoch = since.epoch == self.epoch;
         let after = if same_epoch { since.sequence } else { 0 };
         let Replay {
             lost_through,
             messages,
-        } = self.history.read_after(pattern, after, now);
+        } = self.history.read(pattern, Sequences { after, through }, now);
         let gap = if !same_epoch {
-            let first_kept = messages.first().map_or(self.last_sequence.load(Ordering::Acquire), |m| m.sequence() - 1);
+            let first_kept = messages.first().map_or(through, |m| m.sequence() - 1);
             Some((
                 Position::new(since.epoch, since.sequence.saturating_add(1)),
                 Position::new(self.epoch, first_kept.max(lost_through)),
@@ -234,6 +276,17 @@ impl Broker {
             None
         };
         (gap, messages)
+    }
+
+    /// Subscribes at a cut in the numbering and returns it: every message up
+    /// to the returned sequence has already been offered to subscribers
+    /// (not to this one), every later one will be offered to this one too.
+    /// A resume reads history through the cut and lets the rest arrive live,
+    /// so nothing is missed and nothing repeated.
+    pub(crate) fn subscribe_at_cut(&self, pattern: &Pattern, subscriber: SubscriberRef) -> u64 {
+        let _order = self.publish_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.router.subscribe(pattern, subscriber);
+        self.last_sequence.load(Ordering::Acquire)
     }
 
     /// Expires old history and forgets idle subjects; the binary calls this

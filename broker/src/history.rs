@@ -2,9 +2,8 @@
 //!
 //! Each subject that has been published to owns a [`Channel`]: its validated
 //! [`Subject`] (shared by every message published there) and a ring bounded
-//! by count and age. The channel's mutex also orders publishing: a publish
-//! numbers, records and fans out its message while holding it, which is what
-//! makes "per subject, subscribers see positions in increasing order" true.
+//! by count and age, behind a short mutex of its own so that resumes and
+//! history reads of different subjects never contend.
 //!
 //! Nothing is lost silently. A ring remembers the highest position it has
 //! dropped, and the store remembers the highest position of any subject it
@@ -51,7 +50,7 @@ pub enum HistoryError {
     TooManySubjects { max: usize },
 }
 
-/// One subject's ring, and the lock that orders its publishes.
+/// One subject's ring.
 #[derive(Debug)]
 pub(crate) struct Channel {
     pub(crate) subject: Subject,
@@ -107,18 +106,27 @@ impl Ring {
         }
     }
 
-    /// Appends retained messages after `after_sequence` to `out`; returns the
-    /// highest dropped sequence above `after_sequence`, if any was dropped.
-    fn read_after(&mut self, after_sequence: u64, limits: &HistoryLimits, now_millis: u64, out: &mut Vec<Message>) -> u64 {
+    /// Appends retained messages in `sequences` to `out`; returns the
+    /// highest dropped sequence above its start, if any was dropped.
+    fn read(&mut self, sequences: Sequences, limits: &HistoryLimits, now_millis: u64, out: &mut Vec<Message>) -> u64 {
         self.expire(limits, now_millis);
+        let after_sequence = sequences.after;
         let start = self.messages.partition_point(|m| m.sequence() <= after_sequence);
-        out.extend(self.messages.range(start..).cloned());
+        let end = self.messages.partition_point(|m| m.sequence() <= sequences.through);
+        out.extend(self.messages.range(start..end.max(start)).cloned());
         if self.dropped_through > after_sequence {
             self.dropped_through
         } else {
             0
         }
     }
+}
+
+/// A range of sequences: after `after`, up to and including `through`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sequences {
+    pub(crate) after: u64,
+    pub(crate) through: u64,
 }
 
 /// What history holds after a position.
@@ -200,14 +208,15 @@ impl History {
         Ok(channel)
     }
 
-    /// Everything retained after `after_sequence` on subjects matching
-    /// `pattern`, in position order.
-    pub(crate) fn read_after(&self, pattern: &Pattern, after_sequence: u64, now_millis: u64) -> Replay {
+    /// Everything retained in `sequences` on subjects matching `pattern`,
+    /// in position order.
+    pub(crate) fn read(&self, pattern: &Pattern, sequences: Sequences, now_millis: u64) -> Replay {
+        let after_sequence = sequences.after;
         let mut replay = Replay::default();
         let mut read_channel = |channel: &Channel| {
             let lost = channel
                 .lock()
-                .read_after(after_sequence, &self.limits, now_millis, &mut replay.messages);
+                .read(sequences, &self.limits, now_millis, &mut replay.messages);
             replay.lost_through = replay.lost_through.max(lost);
         };
         if pattern.has_wildcards() {

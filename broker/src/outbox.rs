@@ -322,9 +322,13 @@ impl Outbox {
     }
 
     /// Merges a resume into the queue: `ack`, then the gap if any, then the
-    /// replayed messages, then live messages for `pattern` that arrived while
-    /// the replay was read and are not part of it. Messages that are both in
-    /// the queue and in the replay are delivered once, in replay order.
+    /// replayed messages together with the live messages for `pattern` that
+    /// arrived while the replay was read, in position order, each once.
+    ///
+    /// Position order, not "replay, then live": history is read one subject
+    /// at a time, so a live message of a subject read early can be older
+    /// than a replayed message of a subject read late. A client resumes from
+    /// the last position it saw, which is only safe if it saw them in order.
     pub(crate) fn finish_replay(&self, pattern: &Pattern, ack: Option<Reply>, gap: Option<Gap>, replay: Vec<Message>) {
         let mut state = self.lock();
         state.replays_in_progress -= 1;
@@ -382,29 +386,25 @@ impl State {
         }
     }
 
-    fn merge_replay(&mut self, pattern: &Pattern, ack: Option<Reply>, gap: Option<Gap>, replay: Vec<Message>) {
+    fn merge_replay(&mut self, pattern: &Pattern, ack: Option<Reply>, gap: Option<Gap>, mut replay: Vec<Message>) {
         // `replay` is in position order, so membership is a binary search.
-        let in_replay = |message: &Message| {
-            replay
-                .binary_search_by_key(&message.position(), Message::position)
-                .is_ok()
-        };
-        let mut later_live = Vec::new();
+        let replayed_count = replay.len();
         self.entries.retain(|entry| match entry {
             Outbound::Message(message) if pattern.matches(message.subject().as_str()) => {
-                if !in_replay(message) {
-                    later_live.push(message.clone());
+                let replayed = replay[..replayed_count]
+                    .binary_search_by_key(&message.position(), Message::position)
+                    .is_ok();
+                if !replayed {
+                    replay.push(message.clone());
                 }
                 false
             }
             _ => true,
         });
+        replay.sort_by_key(Message::position);
         self.entries.extend(ack.map(Outbound::Reply));
-        if let Some(gap) = gap {
-            self.entries.push_back(Outbound::Gap(gap));
-        }
+        self.entries.extend(gap.map(Outbound::Gap));
         self.entries.extend(replay.into_iter().map(Outbound::Message));
-        self.entries.extend(later_live.into_iter().map(Outbound::Message));
         self.message_count = 0;
         self.message_bytes = 0;
         for entry in &self.entries {

@@ -241,12 +241,12 @@ impl Session {
                 }
             }
             Some(since) => {
-                // Register first, read history second: a message published
-                // in between is then in the queue, in history or both, and
-                // the merge delivers it once.
+                // Live messages are held back until the replay is merged in
+                // ahead of them; history is read only up to the cut, the
+                // rest arrives live.
                 self.outbox.begin_replay();
-                self.broker.router().subscribe(&pattern, subscriber);
-                let (gap, messages) = self.bounded_replay(&pattern, since);
+                let cut = self.broker.subscribe_at_cut(&pattern, subscriber);
+                let (gap, messages) = self.bounded_replay(&pattern, since, cut);
                 self.outbox.finish_replay(&pattern, ack, gap, messages);
             }
         }
@@ -258,8 +258,8 @@ impl Session {
 
     /// History after `since`, cut to what the queue can hold: the newest
     /// messages are kept and the older ones join the gap.
-    fn bounded_replay(&self, pattern: &Pattern, since: Position) -> (Option<Gap>, Vec<Message>) {
-        let (gap, mut messages) = self.broker.history(pattern, Some(since));
+    fn bounded_replay(&self, pattern: &Pattern, since: Position, through: u64) -> (Option<Gap>, Vec<Message>) {
+        let (gap, mut messages) = self.broker.history_through(pattern, Some(since), through);
         let limits = self.outbox.limits();
         let mut bytes = 0;
         let keep_from = messages

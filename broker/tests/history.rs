@@ -1,0 +1,195 @@
+//! History windows (count and age), resume across wildcards in position
+//! order, and explicit gaps whenever the window does not cover a resume.
+
+mod common;
+
+use std::time::Duration;
+
+use herald_broker::{BrokerConfig, HistoryLimits, Position, ServerEvent};
+use serde_json::json;
+
+fn config(max_messages_per_subject: usize, max_age: Duration) -> BrokerConfig {
+    BrokerConfig {
+        history: HistoryLimits {
+            max_messages_per_subject,
+            max_age,
+            max_subjects: 1000,
+        },
+        ..BrokerConfig::default()
+    }
+}
+
+fn history_data(session: &herald_broker::Session, subject: &str, since: Option<&str>) -> Vec<serde_json::Value> {
+    let page = session.history(subject, since, None).unwrap();
+    page.messages
+        .iter()
+        .map(|m| serde_json::from_slice(m.payload().json()).unwrap())
+        .collect()
+}
+
+#[test]
+fn count_window_keeps_the_newest() {
+    let (broker, _clock) = common::broker(config(3, Duration::from_secs(60)));
+    let session = common::session(&broker);
+    for n in 0..5 {
+        broker.publish("c", common::json(&n.to_string())).unwrap();
+    }
+    assert_eq!(history_data(&session, "c", None), vec![json!(2), json!(3), json!(4)]);
+}
+
+#[test]
+fn age_window_drops_old_messages() {
+    let (broker, clock) = common::broker(config(100, Duration::from_secs(10)));
+    let session = common::session(&broker);
+    broker.publish("a", common::json("1")).unwrap();
+    clock.advance(Duration::from_secs(6));
+    broker.publish("a", common::json("2")).unwrap();
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(history_data(&session, "a", None), vec![json!(2)]);
+    clock.advance(Duration::from_secs(6));
+    assert!(history_data(&session, "a", None).is_empty());
+}
+
+#[test]
+fn resume_merges_wildcard_subjects_in_position_order() {
+    let (broker, _clock) = common::broker(config(100, Duration::from_secs(60)));
+    let first = broker.publish("room.a", common::json("0")).unwrap();
+    for (n, subject) in ["room.b", "room.a", "other.x", "room.c", "room.b"].iter().enumerate() {
+        broker.publish(subject, common::json(&(n + 1).to_string())).unwrap();
+    }
+    let mut session = common::session(&broker);
+    session.subscribe(Some(1), "room.*", Some(&first.token().to_string())).unwrap();
+    broker.publish("room.a", common::json("6")).unwrap();
+
+    let events = common::received_json(&session);
+    assert_eq!(events[0], ServerEvent::Ack { id: Some(1), pos: None });
+    assert_eq!(
+        common::data_of(&events),
+        vec![json!(1), json!(2), json!(4), json!(5), json!(6)],
+        "missed messages in position order, then live"
+    );
+    let positions = common::msg_positions(&events);
+    let mut sorted = positions.clone();
+    sorted.sort_by_key(|token| Position::from_token(token).unwrap());
+    assert_eq!(positions, sorted);
+}
+
+#[test]
+fn resume_beyond_the_count_window_is_an_explicit_gap() {
+    let (broker, _clock) = common::broker(config(2, Duration::from_secs(60)));
+    let start = broker.publish("g", common::json("0")).unwrap();
+    let positions: Vec<Position> =
+        (1..=4).map(|n| broker.publish("g", common::json(&n.to_string())).unwrap()).collect();
+    let mut session = common::session(&broker);
+    session.subscribe(None, "g", Some(&start.token().to_string())).unwrap();
+    let events = common::received_json(&session);
+    assert_eq!(
+        events[0],
+        ServerEvent::Gap {
+            subject: "g".into(),
+            from: positions[0].token().to_string(),
+            to: positions[1].token().to_string(),
+            missed: None,
+        }
+    );
+    assert_eq!(common::data_of(&events), vec![json!(3), json!(4)]);
+}
+
+#[test]
+fn resume_after_subjects_were_forgotten_is_an_explicit_gap() {
+    let (broker, clock) = common::broker(config(10, Duration::from_secs(10)));
+    let start = broker.publish("keep", common::json("0")).unwrap();
+    broker.publish("gone.a", common::json("1")).unwrap();
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(broker.sweep(), 2, "both subjects expired and were forgotten");
+    broker.publish("gone.b", common::json("2")).unwrap();
+
+    let mut session = common::session(&broker);
+    session.subscribe(None, "gone.*", Some(&start.token().to_string())).unwrap();
+    let events = common::received_json(&session);
+    assert!(matches!(&events[0], ServerEvent::Gap { subject, .. } if subject == "gone.*"), "{events:?}");
+    assert_eq!(common::data_of(&events), vec![json!(2)]);
+
+    // A token newer than anything forgotten resumes without a gap.
+    let recent = broker.last_position();
+    broker.publish("gone.b", common::json("3")).unwrap();
+    let mut session = common::session(&broker);
+    session.subscribe(None, "gone.*", Some(&recent.token().to_string())).unwrap();
+    let events = common::received_json(&session);
+    assert_eq!(common::data_of(&events), vec![json!(3)]);
+    assert!(!events.iter().any(|e| matches!(e, ServerEvent::Gap { .. })));
+}
+
+#[test]
+fn resume_from_another_epoch_is_a_gap_then_everything_retained() {
+    let (broker, _clock) = common::broker(config(10, Duration::from_secs(60)));
+    broker.publish("e", common::json("1")).unwrap();
+    let foreign = Position::new(common::EPOCH + 1, 500);
+    let mut session = common::session(&broker);
+    session.subscribe(None, "e", Some(&foreign.token().to_string())).unwrap();
+    let events = common::received_json(&session);
+    assert!(matches!(&events[0], ServerEvent::Gap { from, .. } if from == &Position::new(common::EPOCH + 1, 501).token().to_string()));
+    assert_eq!(common::data_of(&events), vec![json!(1)]);
+}
+
+#[test]
+fn resume_within_the_window_has_no_gap_and_no_duplicates() {
+    let (broker, _clock) = common::broker(config(100, Duration::from_secs(60)));
+    let mut live = common::session(&broker);
+    live.subscribe(None, "r", None).unwrap();
+    let mut seen = Vec::new();
+    for n in 0..4 {
+        broker.publish("r", common::json(&n.to_string())).unwrap();
+    }
+    let events = common::received_json(&live);
+    seen.extend(common::msg_positions(&events));
+    drop(live); // the connection drops
+    for n in 4..7 {
+        broker.publish("r", common::json(&n.to_string())).unwrap();
+    }
+    let mut resumed = common::session(&broker);
+    resumed.subscribe(None, "r", Some(seen.last().unwrap())).unwrap();
+    let events = common::received_json(&resumed);
+    assert!(!events.iter().any(|e| matches!(e, ServerEvent::Gap { .. })));
+    assert_eq!(common::data_of(&events), vec![json!(4), json!(5), json!(6)]);
+}
+
+#[test]
+fn replay_larger_than_the_queue_keeps_the_newest_and_reports_the_rest() {
+    let mut config = config(100, Duration::from_secs(60));
+    config.queue.max_messages = 3;
+    let (broker, _clock) = common::broker(config);
+    let start = broker.publish("big", common::json("0")).unwrap();
+    let positions: Vec<Position> =
+        (1..=6).map(|n| broker.publish("big", common::json(&n.to_string())).unwrap()).collect();
+    let mut session = common::session(&broker);
+    session.subscribe(None, "big", Some(&start.token().to_string())).unwrap();
+    let events = common::received_json(&session);
+    assert_eq!(
+        events[0],
+        ServerEvent::Gap {
+            subject: "big".into(),
+            from: positions[0].token().to_string(),
+            to: positions[2].token().to_string(),
+            missed: Some(3),
+        }
+    );
+    assert_eq!(common::data_of(&events), vec![json!(4), json!(5), json!(6)]);
+}
+
+#[test]
+fn history_pages_forward_from_a_token() {
+    let (broker, _clock) = common::broker(config(100, Duration::from_secs(60)));
+    let session = common::session(&broker);
+    let start = broker.publish("p", common::json("0")).unwrap();
+    for n in 1..=5 {
+        broker.publish("p", common::json(&n.to_string())).unwrap();
+    }
+    let page = session.history("p", Some(&start.token().to_string()), Some(2)).unwrap();
+    assert_eq!(page.messages.len(), 2);
+    let next = page.messages[1].position().token().to_string();
+    let page = session.history("p", Some(&next), Some(10)).unwrap();
+    let data: Vec<_> = page.messages.iter().map(|m| m.payload().json().clone()).collect();
+    assert_eq!(data, vec!["3", "4", "5"]);
+    assert_eq!(session.history("p", Some("garbage"), None).unwrap_err().code(), "invalid_token");
+}

@@ -1,0 +1,180 @@
+//! The wire protocol: commands decode to the documented structures in both
+//! encodings, bad frames get precise codes, and JSON and MessagePack clients
+//! read the same events.
+
+mod common;
+
+use bytes::Bytes;
+use herald_broker::protocol::{decode_event, DecodeErrorKind};
+use herald_broker::{decode_command, Command, Encoding, Payload, ServerEvent};
+use serde_json::json;
+
+fn decode_json(text: &str) -> Result<Command, herald_broker::DecodeError> {
+    decode_command(Encoding::Json, &Bytes::from(text.to_owned()))
+}
+
+/// The same command as MessagePack, built from its JSON form.
+fn decode_msgpack(value: serde_json::Value) -> Result<Command, herald_broker::DecodeError> {
+    decode_command(Encoding::MsgPack, &Bytes::from(rmp_serde::to_vec_named(&value).unwrap()))
+}
+
+#[test]
+fn documented_commands_decode_in_both_encodings() {
+    let cases = [
+        (
+            json!({"op":"sub","id":1,"subject":"chat.*","since":"AAAABwAAAAAAAAAB"}),
+            Command::Subscribe {
+                id: Some(1),
+                subject: "chat.*".into(),
+                since: Some("AAAABwAAAAAAAAAB".into()),
+            },
+        ),
+        (
+            json!({"op":"sub","subject":"chat.a"}),
+            Command::Subscribe {
+                id: None,
+                subject: "chat.a".into(),
+                since: None,
+            },
+        ),
+        (
+            json!({"op":"unsub","id":2,"subject":"chat.*"}),
+            Command::Unsubscribe {
+                id: Some(2),
+                subject: "chat.*".into(),
+            },
+        ),
+        (
+            json!({"op":"pub","id":3,"subject":"chat.a","data":{"text":"hi","n":[1,2.5,null,true]}}),
+            Command::Publish {
+                id: Some(3),
+                subject: "chat.a".into(),
+                payload: common::json(r#"{"n":[1,2.5,null,true],"text":"hi"}"#),
+            },
+        ),
+        (
+            json!({"op":"pub","subject":"chat.a","data":null}),
+            Command::Publish {
+                id: None,
+                subject: "chat.a".into(),
+                payload: common::json("null"),
+            },
+        ),
+        (json!({"op":"ping"}), Command::Ping { id: None }),
+        (
+            json!({"op":"history","id":9,"subject":"chat.>","limit":10,"future_field":true}),
+            Command::History {
+                id: Some(9),
+                subject: "chat.>".into(),
+                since: None,
+                limit: Some(10),
+            },
+        ),
+    ];
+    for (frame, expected) in cases {
+        assert_eq!(decode_json(&frame.to_string()).unwrap(), expected, "json {frame}");
+        assert_eq!(decode_msgpack(frame.clone()).unwrap(), expected, "msgpack {frame}");
+    }
+}
+
+#[test]
+fn json_payload_shares_the_frame() {
+    let frame = Bytes::from_static(br#"{"op":"pub","subject":"a","data":{"k":"v"}}"#);
+    let Command::Publish { payload, .. } = decode_command(Encoding::Json, &frame).unwrap() else {
+        panic!("a publish")
+    };
+    let frame_range = frame.as_ptr_range();
+    assert!(frame_range.contains(&payload.json().as_ptr()), "payload is a slice of the frame, not a copy");
+    assert_eq!(&payload.json()[..], br#"{"k":"v"}"#);
+}
+
+#[test]
+fn bad_frames_get_precise_codes() {
+    let cases: &[(&str, Option<u64>, &str)] = &[
+        ("not json", None, "malformed_frame"),
+        ("[1,2]", None, "malformed_frame"),
+        (r#"{"op":"sub","id":"one","subject":"a"}"#, None, "malformed_frame"),
+        (r#"{"op":"sub","id":1,"subject":"a""#, None, "malformed_frame"),
+        (r#"{"id":4}"#, Some(4), "missing_field"),
+        (r#"{"op":"dance","id":5}"#, Some(5), "unknown_op"),
+        (r#"{"op":"sub","id":6}"#, Some(6), "missing_field"),
+        (r#"{"op":"pub","id":7,"subject":"a"}"#, Some(7), "missing_field"),
+        (r#"{"op":"pub","id":8,"subject":"a","data":{"broken":}}"#, None, "malformed_frame"),
+    ];
+    for (frame, id, code) in cases {
+        let error = decode_json(frame).unwrap_err();
+        assert_eq!((error.id, error.code()), (*id, *code), "{frame}: {error}");
+        assert!(!error.to_string().is_empty());
+    }
+    let error = decode_command(Encoding::MsgPack, &Bytes::from_static(&[0xc1])).unwrap_err();
+    assert_eq!(error.code(), "malformed_frame");
+    let error = decode_json(r#"{"op":"dance"}"#).unwrap_err();
+    assert_eq!(error.kind, DecodeErrorKind::UnknownOp { op: "dance".into() });
+}
+
+#[test]
+fn payload_validation() {
+    assert!(Payload::from_json(Bytes::from_static(b"{\"a\":1}")).is_ok());
+    for bad in ["", "{", "1 2", "{\"a\":1}x", "NaN"] {
+        let error = Payload::from_json(Bytes::from(bad.to_owned())).unwrap_err();
+        assert_eq!(error.code(), "invalid_payload", "{bad:?}");
+    }
+    // A MessagePack map keyed by nil has no JSON form.
+    let mut map = Vec::new();
+    rmp::encode::write_map_len(&mut map, 1).unwrap();
+    rmp::encode::write_nil(&mut map).unwrap();
+    rmp::encode::write_uint(&mut map, 2).unwrap();
+    assert_eq!(Payload::from_msgpack(&map).unwrap_err().code(), "invalid_payload");
+}
+
+#[test]
+fn json_and_msgpack_clients_read_the_same_events() {
+    let (broker, _clock) = common::broker(Default::default());
+    let mut json_client = common::session(&broker);
+    let mut msgpack_client = common::session(&broker);
+    for session in [&mut json_client, &mut msgpack_client] {
+        session.handle(decode_json(r#"{"op":"sub","id":1,"subject":"chat.>"}"#).unwrap());
+        session.handle(decode_json(r#"{"op":"sub","id":2,"subject":"bad..subject"}"#).unwrap());
+        session.handle(decode_json(r#"{"op":"ping","id":3}"#).unwrap());
+    }
+    let payload = r#"{"text":"héllo \"quoted\"","list":[1,-2,3.5,true,null],"nested":{"deep":{}}}"#;
+    broker.publish("chat.room.1", common::json(payload)).unwrap();
+    json_client.handle(decode_json(r#"{"op":"history","id":4,"subject":"chat.*.1"}"#).unwrap());
+    msgpack_client.handle(decode_json(r#"{"op":"history","id":4,"subject":"chat.*.1"}"#).unwrap());
+
+    let from_json = common::received(&json_client, Encoding::Json);
+    let from_msgpack = common::received(&msgpack_client, Encoding::MsgPack);
+    assert_eq!(from_json, from_msgpack);
+    assert_eq!(from_json.len(), 5, "{from_json:?}");
+    assert_eq!(from_json[0], ServerEvent::Ack { id: Some(1), pos: None });
+    assert!(matches!(&from_json[1], ServerEvent::Err { id: Some(2), code, .. } if code == "invalid_subject"));
+    assert_eq!(from_json[2], ServerEvent::Pong { id: Some(3) });
+    let ServerEvent::Msg { subject, data, .. } = &from_json[3] else {
+        panic!("a message: {:?}", from_json[3])
+    };
+    assert_eq!(subject, "chat.room.1");
+    assert_eq!(data, &serde_json::from_str::<serde_json::Value>(payload).unwrap());
+    let ServerEvent::History { id, messages, gap, .. } = &from_json[4] else {
+        panic!("a history page: {:?}", from_json[4])
+    };
+    assert_eq!((*id, gap), (Some(4), &None));
+    assert_eq!(messages, &vec![from_json[3].clone()]);
+}
+
+#[test]
+fn msgpack_frames_are_maps_with_the_json_field_names() {
+    let (broker, _clock) = common::broker(Default::default());
+    let mut session = common::session(&broker);
+    session.subscribe(None, "a", None).unwrap();
+    let position = broker.publish("a", common::json(r#"{"x":[1,"two"]}"#)).unwrap();
+    let batch = common::take_raw(&session);
+    let frame = batch[0].encode(Encoding::MsgPack);
+    let value: serde_json::Value = rmp_serde::from_slice(&frame).unwrap();
+    assert_eq!(
+        value,
+        json!({"op":"msg","subject":"a","pos":position.token().to_string(),"data":{"x":[1,"two"]}})
+    );
+    // Encoded once: a second request returns the same shared bytes.
+    assert_eq!(batch[0].encode(Encoding::MsgPack).as_ptr(), frame.as_ptr());
+    assert!(decode_event(Encoding::MsgPack, &frame).is_ok());
+}
