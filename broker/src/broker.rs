@@ -197,7 +197,10 @@ impl Broker {
             let channel = self.history.channel(subject)?;
             // Poisoning can only come from a panic in code that leaves no
             // state half-changed behind this lock (it guards no data).
-            let order = self.publish_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let order = self
+                .publish_order
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             let mut ring = channel.lock();
             if ring.is_retired() {
                 // Swept between lookup and lock; look it up afresh.
@@ -243,7 +246,11 @@ impl Broker {
     /// position order, with the positions that may have been lost (a gap).
     /// A position from another epoch means the numbering restarted:
     /// everything retained is returned and everything before may be lost.
-    pub fn history(&self, pattern: &Pattern, since: Option<Position>) -> (Option<(Position, Position)>, Vec<Message>) {
+    pub fn history(
+        &self,
+        pattern: &Pattern,
+        since: Option<Position>,
+    ) -> (Option<(Position, Position)>, Vec<Message>) {
         self.history_through(pattern, since, self.last_sequence.load(Ordering::Acquire))
     }
 
@@ -256,7 +263,12 @@ impl Broker {
     ) -> (Option<(Position, Position)>, Vec<Message>) {
         let now = self.clock.now_millis();
         let Some(since) = since else {
-            return (None, self.history.read(pattern, Sequences { after: 0, through }, now).messages);
+            return (
+                None,
+                self.history
+                    .read(pattern, Sequences { after: 0, through }, now)
+                    .messages,
+            );
         };
         let same_epoch = since.epoch == self.epoch;
         let after = if same_epoch { since.sequence } else { 0 };
@@ -271,7 +283,10 @@ impl Broker {
                 Position::new(self.epoch, first_kept.max(lost_through)),
             ))
         } else if lost_through > 0 {
-            Some((Position::new(self.epoch, after + 1), Position::new(self.epoch, lost_through)))
+            Some((
+                Position::new(self.epoch, after + 1),
+                Position::new(self.epoch, lost_through),
+            ))
         } else {
             None
         };
@@ -284,7 +299,10 @@ impl Broker {
     /// A resume reads history through the cut and lets the rest arrive live,
     /// so nothing is missed and nothing repeated.
     pub(crate) fn subscribe_at_cut(&self, pattern: &Pattern, subscriber: SubscriberRef) -> u64 {
-        let _order = self.publish_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _order = self
+            .publish_order
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.router.subscribe(pattern, subscriber);
         self.last_sequence.load(Ordering::Acquire)
     }

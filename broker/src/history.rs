@@ -46,7 +46,9 @@ impl Default for HistoryLimits {
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum HistoryError {
-    #[error("the broker already tracks {max} subjects; publish to an existing one or raise history.max_subjects")]
+    #[error(
+        "the broker already tracks {max} subjects; publish to an existing one or raise history.max_subjects"
+    )]
     TooManySubjects { max: usize },
 }
 
@@ -108,11 +110,19 @@ impl Ring {
 
     /// Appends retained messages in `sequences` to `out`; returns the
     /// highest dropped sequence above its start, if any was dropped.
-    fn read(&mut self, sequences: Sequences, limits: &HistoryLimits, now_millis: u64, out: &mut Vec<Message>) -> u64 {
+    fn read(
+        &mut self,
+        sequences: Sequences,
+        limits: &HistoryLimits,
+        now_millis: u64,
+        out: &mut Vec<Message>,
+    ) -> u64 {
         self.expire(limits, now_millis);
         let after_sequence = sequences.after;
         let start = self.messages.partition_point(|m| m.sequence() <= after_sequence);
-        let end = self.messages.partition_point(|m| m.sequence() <= sequences.through);
+        let end = self
+            .messages
+            .partition_point(|m| m.sequence() <= sequences.through);
         out.extend(self.messages.range(start..end.max(start)).cloned());
         if self.dropped_through > after_sequence {
             self.dropped_through
@@ -254,7 +264,8 @@ impl History {
                     return true;
                 }
                 ring.retired = true;
-                self.forgotten_through.fetch_max(ring.last_sequence, Ordering::Release);
+                self.forgotten_through
+                    .fetch_max(ring.last_sequence, Ordering::Release);
                 forgotten += 1;
                 false
             });

@@ -75,7 +75,7 @@ impl Payload {
                 reason: error.to_string(),
             }
         })?;
-        if reader.get_ref().len() != 0 {
+        if !reader.get_ref().is_empty() {
             return Err(PayloadError::InvalidMsgPack {
                 reason: "trailing bytes after the value".to_owned(),
             });
@@ -178,7 +178,8 @@ impl Message {
             Encoding::Json => {
                 let mut out = Vec::with_capacity(inner.payload.len() + inner.subject.as_str().len() + 64);
                 out.extend_from_slice(br#"{"op":"msg","subject":"#);
-                serde_json::to_writer(&mut out, inner.subject.as_str()).expect("writing to a Vec cannot fail");
+                serde_json::to_writer(&mut out, inner.subject.as_str())
+                    .expect("writing to a Vec cannot fail");
                 out.extend_from_slice(br#","pos":""#);
                 out.extend_from_slice(token.as_str().as_bytes());
                 out.extend_from_slice(br#"","data":"#);
@@ -191,7 +192,11 @@ impl Message {
                 write_msgpack_str_pairs(
                     &mut out,
                     4,
-                    &[("op", "msg"), ("subject", inner.subject.as_str()), ("pos", token.as_str())],
+                    &[
+                        ("op", "msg"),
+                        ("subject", inner.subject.as_str()),
+                        ("pos", token.as_str()),
+                    ],
                 );
                 rmp::encode::write_str(&mut out, "data").expect("writing to a Vec cannot fail");
                 inner.payload.write_msgpack(&mut out);

@@ -84,8 +84,12 @@ impl CloseReason {
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CloseReason::SlowConsumer => f.write_str("queue limit exceeded: the client does not read fast enough"),
-            CloseReason::ReplyBacklog => f.write_str("too many replies waiting: the client sends without reading"),
+            CloseReason::SlowConsumer => {
+                f.write_str("queue limit exceeded: the client does not read fast enough")
+            }
+            CloseReason::ReplyBacklog => {
+                f.write_str("too many replies waiting: the client sends without reading")
+            }
             CloseReason::Shutdown => f.write_str("server is shutting down"),
             CloseReason::ProtocolViolation(why) => write!(f, "protocol violation: {why}"),
         }
@@ -181,7 +185,9 @@ impl Outbox {
             return Offer::Closed;
         }
         let mut dropped = 0;
-        if state.message_count + 1 > self.limits.max_messages || state.message_bytes + size > self.limits.max_bytes {
+        if state.message_count + 1 > self.limits.max_messages
+            || state.message_bytes + size > self.limits.max_bytes
+        {
             match self.policy {
                 OverflowPolicy::Disconnect => {
                     self.close_locked(&mut state, CloseReason::SlowConsumer);
@@ -230,7 +236,7 @@ impl Outbox {
         if state.reply_count >= self.limits.max_replies {
             self.close_locked(&mut state, CloseReason::ReplyBacklog);
         } else {
-            state.entries.push_back(Outbound::Reply(reply));
+            state.entries.push_back(Outbound::Reply(Box::new(reply)));
             state.reply_count += 1;
         }
         let wake = state.replays_in_progress == 0;
@@ -257,11 +263,11 @@ impl Outbox {
         state.message_count = 0;
         state.message_bytes = 0;
         state.reply_count = 0;
-        state.entries.push_back(Outbound::Reply(Reply::Error {
+        state.entries.push_back(Outbound::Reply(Box::new(Reply::Error {
             id: None,
             code: reason.code(),
             message: reason.to_string(),
-        }));
+        })));
         state.close_reason = Some(reason);
         self.closed.store(true, Ordering::Relaxed);
     }
@@ -295,7 +301,7 @@ impl Outbox {
             batch.clear();
             std::mem::swap(&mut state.entries, batch);
             for gap in state.owed_gaps.drain(..).rev() {
-                batch.push_front(Outbound::Gap(gap));
+                batch.push_front(Outbound::Gap(Box::new(gap)));
             }
             state.message_count = 0;
             state.message_bytes = 0;
@@ -329,7 +335,13 @@ impl Outbox {
     /// at a time, so a live message of a subject read early can be older
     /// than a replayed message of a subject read late. A client resumes from
     /// the last position it saw, which is only safe if it saw them in order.
-    pub(crate) fn finish_replay(&self, pattern: &Pattern, ack: Option<Reply>, gap: Option<Gap>, replay: Vec<Message>) {
+    pub(crate) fn finish_replay(
+        &self,
+        pattern: &Pattern,
+        ack: Option<Reply>,
+        gap: Option<Gap>,
+        replay: Vec<Message>,
+    ) {
         let mut state = self.lock();
         state.replays_in_progress -= 1;
         if state.close_reason.is_none() {
@@ -386,7 +398,13 @@ impl State {
         }
     }
 
-    fn merge_replay(&mut self, pattern: &Pattern, ack: Option<Reply>, gap: Option<Gap>, mut replay: Vec<Message>) {
+    fn merge_replay(
+        &mut self,
+        pattern: &Pattern,
+        ack: Option<Reply>,
+        gap: Option<Gap>,
+        mut replay: Vec<Message>,
+    ) {
         // `replay` is in position order, so membership is a binary search.
         let replayed_count = replay.len();
         self.entries.retain(|entry| match entry {
@@ -402,8 +420,8 @@ impl State {
             _ => true,
         });
         replay.sort_by_key(Message::position);
-        self.entries.extend(ack.map(Outbound::Reply));
-        self.entries.extend(gap.map(Outbound::Gap));
+        self.entries.extend(ack.map(|ack| Outbound::Reply(Box::new(ack))));
+        self.entries.extend(gap.map(|gap| Outbound::Gap(Box::new(gap))));
         self.entries.extend(replay.into_iter().map(Outbound::Message));
         self.message_count = 0;
         self.message_bytes = 0;

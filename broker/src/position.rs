@@ -125,7 +125,13 @@ mod tests {
 
     #[test]
     fn bad_tokens_are_rejected() {
-        for bad in ["", "short", "AAAAAAAAAAAAAAAAA", "AAAAAAAAAAAAAAA=", "AAAAAAAAAAAAAA\nA"] {
+        for bad in [
+            "",
+            "short",
+            "AAAAAAAAAAAAAAAAA",
+            "AAAAAAAAAAAAAAA=",
+            "AAAAAAAAAAAAAA\nA",
+        ] {
             assert!(Position::from_token(bad).is_err(), "{bad:?}");
         }
     }

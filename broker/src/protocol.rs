@@ -231,14 +231,19 @@ pub struct Gap {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     /// The command with this id succeeded; a publish carries the position.
-    Ack { id: Option<u64>, position: Option<Position> },
+    Ack {
+        id: Option<u64>,
+        position: Option<Position>,
+    },
     /// The command failed, or (without id) the connection is being closed.
     Error {
         id: Option<u64>,
         code: &'static str,
         message: String,
     },
-    Pong { id: Option<u64> },
+    Pong {
+        id: Option<u64>,
+    },
     /// The answer to `history`: an optional gap, then messages in position order.
     History {
         id: Option<u64>,
@@ -248,12 +253,13 @@ pub enum Reply {
     },
 }
 
-/// One event on its way to a client.
+/// One event on its way to a client. Queues hold millions of these, so
+/// the rare, large variants are boxed and an entry is two words.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     Message(Message),
-    Gap(Gap),
-    Reply(Reply),
+    Gap(Box<Gap>),
+    Reply(Box<Reply>),
 }
 
 impl Outbound {
@@ -261,14 +267,16 @@ impl Outbound {
     pub fn encode(&self, encoding: Encoding) -> Bytes {
         match self {
             Outbound::Message(message) => message.frame(encoding),
-            Outbound::Gap(gap) => encode_serde(encoding, &WireGap::from(gap)),
-            Outbound::Reply(Reply::History {
-                id,
-                subject,
-                gap,
-                messages,
-            }) => encode_history(encoding, *id, subject, gap.as_ref(), messages),
-            Outbound::Reply(reply) => encode_serde(encoding, &WireReply::from(reply)),
+            Outbound::Gap(gap) => encode_serde(encoding, &WireGap::from(&**gap)),
+            Outbound::Reply(reply) => match &**reply {
+                Reply::History {
+                    id,
+                    subject,
+                    gap,
+                    messages,
+                } => encode_history(encoding, *id, subject, gap.as_ref(), messages),
+                reply => encode_serde(encoding, &WireReply::from(reply)),
+            },
         }
     }
 }

@@ -39,10 +39,13 @@ pub type Matches<S> = SmallVec<[SubscriberList<S>; 4]>;
 
 type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
+/// One shard of the exact-subject map.
+type ExactShard<S> = RwLock<FastMap<Box<str>, SubscriberList<S>>>;
+
 /// A concurrent subject → subscribers index, generic over the subscriber
 /// handle so that it can be tested with plain numbers.
 pub struct Router<S> {
-    exact_shards: Box<[RwLock<FastMap<Box<str>, SubscriberList<S>>>]>,
+    exact_shards: Box<[ExactShard<S>]>,
     shard_hasher: ahash::RandomState,
     wildcards: RwLock<TrieNode<S>>,
     /// Wildcard subscriptions held; while 0, publishes skip the trie lock.
@@ -85,7 +88,9 @@ impl<S: Clone + Eq + Hash> Default for Router<S> {
 impl<S: Clone + Eq + Hash> Router<S> {
     pub fn new() -> Self {
         Router {
-            exact_shards: (0..EXACT_SHARDS).map(|_| RwLock::new(FastMap::default())).collect(),
+            exact_shards: (0..EXACT_SHARDS)
+                .map(|_| RwLock::new(FastMap::default()))
+                .collect(),
             shard_hasher: ahash::RandomState::new(),
             wildcards: RwLock::new(TrieNode::new()),
             wildcard_count: AtomicUsize::new(0),
@@ -96,7 +101,9 @@ impl<S: Clone + Eq + Hash> Router<S> {
     pub fn subscribe(&self, pattern: &Pattern, subscriber: S) -> bool {
         if !pattern.has_wildcards() {
             let mut shard = self.exact_shard_for_write(pattern.as_str());
-            let list = shard.entry(Box::from(pattern.as_str())).or_insert_with(|| Arc::new([]));
+            let list = shard
+                .entry(Box::from(pattern.as_str()))
+                .or_insert_with(|| Arc::new([]));
             return add_to_list(list, subscriber);
         }
         let mut root = write(&self.wildcards);
@@ -108,9 +115,12 @@ impl<S: Clone + Eq + Hash> Router<S> {
                 return self.count_wildcard(add_to_list(&mut node.full_wildcard, subscriber));
             }
             node = if token == SINGLE_WILDCARD {
-                node.single_wildcard_child.get_or_insert_with(|| Box::new(TrieNode::new()))
+                node.single_wildcard_child
+                    .get_or_insert_with(|| Box::new(TrieNode::new()))
             } else {
-                node.literal_children.entry(Box::from(token)).or_insert_with(TrieNode::new)
+                node.literal_children
+                    .entry(Box::from(token))
+                    .or_insert_with(TrieNode::new)
             };
         }
         self.count_wildcard(add_to_list(&mut node.ending_here, subscriber))
@@ -170,7 +180,10 @@ impl<S: Clone + Eq + Hash> Router<S> {
         self.shard_hasher.hash_one(subject) as usize % EXACT_SHARDS
     }
 
-    fn exact_shard_for_write(&self, subject: &str) -> RwLockWriteGuard<'_, FastMap<Box<str>, SubscriberList<S>>> {
+    fn exact_shard_for_write(
+        &self,
+        subject: &str,
+    ) -> RwLockWriteGuard<'_, FastMap<Box<str>, SubscriberList<S>>> {
         write(&self.exact_shards[self.shard_index(subject)])
     }
 
@@ -283,7 +296,11 @@ mod tests {
     }
 
     fn matched(router: &Router<u32>, subject: &str) -> BTreeSet<u32> {
-        router.matches(subject).iter().flat_map(|list| list.iter().copied()).collect()
+        router
+            .matches(subject)
+            .iter()
+            .flat_map(|list| list.iter().copied())
+            .collect()
     }
 
     /// One line per case: subscriptions as (pattern, id), then a subject and
@@ -294,7 +311,11 @@ mod tests {
             router.subscribe(&pattern(text), *id);
         }
         let expected: BTreeSet<u32> = expected.iter().copied().collect();
-        assert_eq!(matched(&router, subject), expected, "{subscriptions:?} <- {subject}");
+        assert_eq!(
+            matched(&router, subject),
+            expected,
+            "{subscriptions:?} <- {subject}"
+        );
     }
 
     #[test]
@@ -308,7 +329,11 @@ mod tests {
         check(&[("a.>", 1)], "a", &[]);
         check(&[(">", 1)], "a", &[1]);
         check(&[("*", 1)], "a.b", &[]);
-        check(&[("*.b", 1), ("a.*", 2), ("a.b", 3), ("a.>", 4), ("b.*", 5)], "a.b", &[1, 2, 3, 4]);
+        check(
+            &[("*.b", 1), ("a.*", 2), ("a.b", 3), ("a.>", 4), ("b.*", 5)],
+            "a.b",
+            &[1, 2, 3, 4],
+        );
         check(&[("*.*.c", 1), ("a.*.>", 2), ("*.b.*", 3)], "a.b.c", &[1, 2, 3]);
         check(&[("a.b", 1), ("a.b", 2)], "a.b", &[1, 2]);
     }

@@ -73,7 +73,10 @@ pub enum SessionError {
     #[error(transparent)]
     Decode(#[from] DecodeError),
     #[error("not allowed to {operation} {subject:?}")]
-    Forbidden { operation: &'static str, subject: String },
+    Forbidden {
+        operation: &'static str,
+        subject: String,
+    },
     #[error("this connection already holds {max} subscriptions")]
     TooManySubscriptions { max: usize },
     #[error("not subscribed to {subject:?}")]
@@ -171,15 +174,18 @@ impl Session {
         let result = match command {
             Command::Subscribe { subject, since, .. } => self.subscribe(id, &subject, since.as_deref()),
             Command::Unsubscribe { subject, .. } => self.unsubscribe(&subject).map(|()| self.ack(id, None)),
-            Command::Publish { subject, payload, .. } => {
-                self.publish(&subject, payload).map(|position| self.ack(id, Some(position)))
-            }
+            Command::Publish { subject, payload, .. } => self
+                .publish(&subject, payload)
+                .map(|position| self.ack(id, Some(position))),
             Command::Ping { .. } => {
                 self.outbox.push_reply(Reply::Pong { id });
                 Ok(())
             }
             Command::History {
-                subject, since, limit, ..
+                subject,
+                since,
+                limit,
+                ..
             } => self.history(&subject, since.as_deref(), limit).map(|page| {
                 self.outbox.push_reply(Reply::History {
                     id,
@@ -213,7 +219,12 @@ impl Session {
     /// `since`, first delivers what history holds after that token: a gap if
     /// history no longer covers it, then the missed messages in position
     /// order, then live messages, none twice.
-    pub fn subscribe(&mut self, id: Option<u64>, subject: &str, since: Option<&str>) -> Result<(), SessionError> {
+    pub fn subscribe(
+        &mut self,
+        id: Option<u64>,
+        subject: &str,
+        since: Option<&str>,
+    ) -> Result<(), SessionError> {
         let pattern = Pattern::parse(subject, &self.broker.config().subject_limits)?;
         if !self.access.may_subscribe(&pattern) {
             return Err(SessionError::Forbidden {
@@ -258,7 +269,12 @@ impl Session {
 
     /// History after `since`, cut to what the queue can hold: the newest
     /// messages are kept and the older ones join the gap.
-    fn bounded_replay(&self, pattern: &Pattern, since: Position, through: u64) -> (Option<Gap>, Vec<Message>) {
+    fn bounded_replay(
+        &self,
+        pattern: &Pattern,
+        since: Position,
+        through: u64,
+    ) -> (Option<Gap>, Vec<Message>) {
         let (gap, mut messages) = self.broker.history_through(pattern, Some(since), through);
         let limits = self.outbox.limits();
         let mut bytes = 0;
@@ -322,7 +338,12 @@ impl Session {
     /// Reads history for `subject` (a pattern). With `since`: the first
     /// `limit` messages after it, oldest first, so a client can page forward.
     /// Without: the newest `limit` messages.
-    pub fn history(&self, subject: &str, since: Option<&str>, limit: Option<usize>) -> Result<HistoryPage, SessionError> {
+    pub fn history(
+        &self,
+        subject: &str,
+        since: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<HistoryPage, SessionError> {
         let pattern = Pattern::parse(subject, &self.broker.config().subject_limits)?;
         if !self.access.may_subscribe(&pattern) {
             return Err(SessionError::Forbidden {

@@ -312,9 +312,27 @@ mod tests {
             ("chat.", Err(EmptyToken { index: 1 })),
             ("chat..room", Err(EmptyToken { index: 1 })),
             ("chat.ro om", Err(InvalidCharacter { index: 1, found: ' ' })),
-            ("chat\t", Err(InvalidCharacter { index: 0, found: '\t' })),
-            ("chat.\u{7}", Err(InvalidCharacter { index: 1, found: '\u{7}' })),
-            ("chat.\u{a0}x", Err(InvalidCharacter { index: 1, found: '\u{a0}' })),
+            (
+                "chat\t",
+                Err(InvalidCharacter {
+                    index: 0,
+                    found: '\t',
+                }),
+            ),
+            (
+                "chat.\u{7}",
+                Err(InvalidCharacter {
+                    index: 1,
+                    found: '\u{7}',
+                }),
+            ),
+            (
+                "chat.\u{a0}x",
+                Err(InvalidCharacter {
+                    index: 1,
+                    found: '\u{a0}',
+                }),
+            ),
             ("chat.*", Err(WildcardInSubject { index: 1 })),
             ("chat.>", Err(WildcardInSubject { index: 1 })),
             ("*.>", Err(WildcardInSubject { index: 0 })),
@@ -396,7 +414,10 @@ mod tests {
     #[test]
     fn codes_are_stable() {
         assert_eq!(SubjectError::Reserved.code(), "reserved_subject");
-        assert_eq!(SubjectError::TooLong { length: 1, max: 0 }.code(), "subject_too_long");
+        assert_eq!(
+            SubjectError::TooLong { length: 1, max: 0 }.code(),
+            "subject_too_long"
+        );
         assert_eq!(SubjectError::EmptyToken { index: 0 }.code(), "invalid_subject");
     }
 }

@@ -52,7 +52,11 @@ fn messages(batch: &VecDeque<Outbound>) -> impl Iterator<Item = (u64, u64, Posit
     batch.iter().filter_map(|event| match event {
         Outbound::Message(m) => {
             let value: serde_json::Value = serde_json::from_slice(m.payload().json()).unwrap();
-            Some((value["p"].as_u64().unwrap(), value["n"].as_u64().unwrap(), m.position()))
+            Some((
+                value["p"].as_u64().unwrap(),
+                value["n"].as_u64().unwrap(),
+                m.position(),
+            ))
         }
         _ => None,
     })
@@ -65,9 +69,18 @@ fn assert_complete_and_ordered(received: &[(u64, u64, Position)]) {
     }
     for publisher in 0..PUBLISHERS as u64 {
         let got = per_publisher.remove(&publisher).unwrap_or_default();
-        assert_eq!(got.len() as u64, PER_PUBLISHER, "publisher {publisher}: every message once");
+        assert_eq!(
+            got.len() as u64,
+            PER_PUBLISHER,
+            "publisher {publisher}: every message once"
+        );
         let first_break = got.windows(2).position(|w| w[0] + 1 != w[1]);
-        assert_eq!(first_break, None, "publisher {publisher}: in order, around {:?}", first_break.map(|i| &got[i.saturating_sub(3)..(i + 4).min(got.len())]));
+        assert_eq!(
+            first_break,
+            None,
+            "publisher {publisher}: in order, around {:?}",
+            first_break.map(|i| &got[i.saturating_sub(3)..(i + 4).min(got.len())])
+        );
     }
 }
 
@@ -78,7 +91,9 @@ fn churn_never_costs_stable_subscribers_a_message() {
     wildcard.subscribe(None, "load.*", None).unwrap();
     let mut exact: Vec<Session> = (0..PUBLISHERS).map(|_| common::session(&broker)).collect();
     for (publisher, session) in exact.iter_mut().enumerate() {
-        session.subscribe(None, &format!("load.{publisher}"), None).unwrap();
+        session
+            .subscribe(None, &format!("load.{publisher}"), None)
+            .unwrap();
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -128,7 +143,9 @@ fn resuming_while_publishing_loses_nothing_and_repeats_nothing() {
     // from the last position seen, reading a little in between.
     while publishers.iter().any(|p| !p.is_finished()) || last < broker.last_position() {
         let mut session = common::session(&broker);
-        session.subscribe(None, "load.*", Some(&last.token().to_string())).unwrap();
+        session
+            .subscribe(None, "load.*", Some(&last.token().to_string()))
+            .unwrap();
         for _ in 0..3 {
             if let Some(Ok(())) = session.outbox().try_take_batch(&mut batch) {
                 assert!(
@@ -174,7 +191,9 @@ fn delivered_plus_reported_gaps_equals_published() {
                     for event in &batch {
                         match event {
                             Outbound::Message(_) => delivered += 1,
-                            Outbound::Gap(gap) => gaps += gap.missed.expect("queue drops are counted exactly"),
+                            Outbound::Gap(gap) => {
+                                gaps += gap.missed.expect("queue drops are counted exactly")
+                            }
                             Outbound::Reply(_) => {}
                         }
                     }

@@ -19,7 +19,11 @@ fn config(max_messages_per_subject: usize, max_age: Duration) -> BrokerConfig {
     }
 }
 
-fn history_data(session: &herald_broker::Session, subject: &str, since: Option<&str>) -> Vec<serde_json::Value> {
+fn history_data(
+    session: &herald_broker::Session,
+    subject: &str,
+    since: Option<&str>,
+) -> Vec<serde_json::Value> {
     let page = session.history(subject, since, None).unwrap();
     page.messages
         .iter()
@@ -34,7 +38,10 @@ fn count_window_keeps_the_newest() {
     for n in 0..5 {
         broker.publish("c", common::json(&n.to_string())).unwrap();
     }
-    assert_eq!(history_data(&session, "c", None), vec![json!(2), json!(3), json!(4)]);
+    assert_eq!(
+        history_data(&session, "c", None),
+        vec![json!(2), json!(3), json!(4)]
+    );
 }
 
 #[test]
@@ -54,15 +61,28 @@ fn age_window_drops_old_messages() {
 fn resume_merges_wildcard_subjects_in_position_order() {
     let (broker, _clock) = common::broker(config(100, Duration::from_secs(60)));
     let first = broker.publish("room.a", common::json("0")).unwrap();
-    for (n, subject) in ["room.b", "room.a", "other.x", "room.c", "room.b"].iter().enumerate() {
-        broker.publish(subject, common::json(&(n + 1).to_string())).unwrap();
+    for (n, subject) in ["room.b", "room.a", "other.x", "room.c", "room.b"]
+        .iter()
+        .enumerate()
+    {
+        broker
+            .publish(subject, common::json(&(n + 1).to_string()))
+            .unwrap();
     }
     let mut session = common::session(&broker);
-    session.subscribe(Some(1), "room.*", Some(&first.token().to_string())).unwrap();
+    session
+        .subscribe(Some(1), "room.*", Some(&first.token().to_string()))
+        .unwrap();
     broker.publish("room.a", common::json("6")).unwrap();
 
     let events = common::received_json(&session);
-    assert_eq!(events[0], ServerEvent::Ack { id: Some(1), pos: None });
+    assert_eq!(
+        events[0],
+        ServerEvent::Ack {
+            id: Some(1),
+            pos: None
+        }
+    );
     assert_eq!(
         common::data_of(&events),
         vec![json!(1), json!(2), json!(4), json!(5), json!(6)],
@@ -78,10 +98,13 @@ fn resume_merges_wildcard_subjects_in_position_order() {
 fn resume_beyond_the_count_window_is_an_explicit_gap() {
     let (broker, _clock) = common::broker(config(2, Duration::from_secs(60)));
     let start = broker.publish("g", common::json("0")).unwrap();
-    let positions: Vec<Position> =
-        (1..=4).map(|n| broker.publish("g", common::json(&n.to_string())).unwrap()).collect();
+    let positions: Vec<Position> = (1..=4)
+        .map(|n| broker.publish("g", common::json(&n.to_string())).unwrap())
+        .collect();
     let mut session = common::session(&broker);
-    session.subscribe(None, "g", Some(&start.token().to_string())).unwrap();
+    session
+        .subscribe(None, "g", Some(&start.token().to_string()))
+        .unwrap();
     let events = common::received_json(&session);
     assert_eq!(
         events[0],
@@ -105,16 +128,23 @@ fn resume_after_subjects_were_forgotten_is_an_explicit_gap() {
     broker.publish("gone.b", common::json("2")).unwrap();
 
     let mut session = common::session(&broker);
-    session.subscribe(None, "gone.*", Some(&start.token().to_string())).unwrap();
+    session
+        .subscribe(None, "gone.*", Some(&start.token().to_string()))
+        .unwrap();
     let events = common::received_json(&session);
-    assert!(matches!(&events[0], ServerEvent::Gap { subject, .. } if subject == "gone.*"), "{events:?}");
+    assert!(
+        matches!(&events[0], ServerEvent::Gap { subject, .. } if subject == "gone.*"),
+        "{events:?}"
+    );
     assert_eq!(common::data_of(&events), vec![json!(2)]);
 
     // A token newer than anything forgotten resumes without a gap.
     let recent = broker.last_position();
     broker.publish("gone.b", common::json("3")).unwrap();
     let mut session = common::session(&broker);
-    session.subscribe(None, "gone.*", Some(&recent.token().to_string())).unwrap();
+    session
+        .subscribe(None, "gone.*", Some(&recent.token().to_string()))
+        .unwrap();
     let events = common::received_json(&session);
     assert_eq!(common::data_of(&events), vec![json!(3)]);
     assert!(!events.iter().any(|e| matches!(e, ServerEvent::Gap { .. })));
@@ -126,9 +156,13 @@ fn resume_from_another_epoch_is_a_gap_then_everything_retained() {
     broker.publish("e", common::json("1")).unwrap();
     let foreign = Position::new(common::EPOCH + 1, 500);
     let mut session = common::session(&broker);
-    session.subscribe(None, "e", Some(&foreign.token().to_string())).unwrap();
+    session
+        .subscribe(None, "e", Some(&foreign.token().to_string()))
+        .unwrap();
     let events = common::received_json(&session);
-    assert!(matches!(&events[0], ServerEvent::Gap { from, .. } if from == &Position::new(common::EPOCH + 1, 501).token().to_string()));
+    assert!(
+        matches!(&events[0], ServerEvent::Gap { from, .. } if from == &Position::new(common::EPOCH + 1, 501).token().to_string())
+    );
     assert_eq!(common::data_of(&events), vec![json!(1)]);
 }
 
@@ -160,10 +194,13 @@ fn replay_larger_than_the_queue_keeps_the_newest_and_reports_the_rest() {
     config.queue.max_messages = 3;
     let (broker, _clock) = common::broker(config);
     let start = broker.publish("big", common::json("0")).unwrap();
-    let positions: Vec<Position> =
-        (1..=6).map(|n| broker.publish("big", common::json(&n.to_string())).unwrap()).collect();
+    let positions: Vec<Position> = (1..=6)
+        .map(|n| broker.publish("big", common::json(&n.to_string())).unwrap())
+        .collect();
     let mut session = common::session(&broker);
-    session.subscribe(None, "big", Some(&start.token().to_string())).unwrap();
+    session
+        .subscribe(None, "big", Some(&start.token().to_string()))
+        .unwrap();
     let events = common::received_json(&session);
     assert_eq!(
         events[0],
@@ -185,11 +222,16 @@ fn history_pages_forward_from_a_token() {
     for n in 1..=5 {
         broker.publish("p", common::json(&n.to_string())).unwrap();
     }
-    let page = session.history("p", Some(&start.token().to_string()), Some(2)).unwrap();
+    let page = session
+        .history("p", Some(&start.token().to_string()), Some(2))
+        .unwrap();
     assert_eq!(page.messages.len(), 2);
     let next = page.messages[1].position().token().to_string();
     let page = session.history("p", Some(&next), Some(10)).unwrap();
     let data: Vec<_> = page.messages.iter().map(|m| m.payload().json().clone()).collect();
     assert_eq!(data, vec!["3", "4", "5"]);
-    assert_eq!(session.history("p", Some("garbage"), None).unwrap_err().code(), "invalid_token");
+    assert_eq!(
+        session.history("p", Some("garbage"), None).unwrap_err().code(),
+        "invalid_token"
+    );
 }

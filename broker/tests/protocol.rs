@@ -15,7 +15,10 @@ fn decode_json(text: &str) -> Result<Command, herald_broker::DecodeError> {
 
 /// The same command as MessagePack, built from its JSON form.
 fn decode_msgpack(value: serde_json::Value) -> Result<Command, herald_broker::DecodeError> {
-    decode_command(Encoding::MsgPack, &Bytes::from(rmp_serde::to_vec_named(&value).unwrap()))
+    decode_command(
+        Encoding::MsgPack,
+        &Bytes::from(rmp_serde::to_vec_named(&value).unwrap()),
+    )
 }
 
 #[test]
@@ -73,7 +76,11 @@ fn documented_commands_decode_in_both_encodings() {
     ];
     for (frame, expected) in cases {
         assert_eq!(decode_json(&frame.to_string()).unwrap(), expected, "json {frame}");
-        assert_eq!(decode_msgpack(frame.clone()).unwrap(), expected, "msgpack {frame}");
+        assert_eq!(
+            decode_msgpack(frame.clone()).unwrap(),
+            expected,
+            "msgpack {frame}"
+        );
     }
 }
 
@@ -84,7 +91,10 @@ fn json_payload_shares_the_frame() {
         panic!("a publish")
     };
     let frame_range = frame.as_ptr_range();
-    assert!(frame_range.contains(&payload.json().as_ptr()), "payload is a slice of the frame, not a copy");
+    assert!(
+        frame_range.contains(&payload.json().as_ptr()),
+        "payload is a slice of the frame, not a copy"
+    );
     assert_eq!(&payload.json()[..], br#"{"k":"v"}"#);
 }
 
@@ -93,13 +103,21 @@ fn bad_frames_get_precise_codes() {
     let cases: &[(&str, Option<u64>, &str)] = &[
         ("not json", None, "malformed_frame"),
         ("[1,2]", None, "malformed_frame"),
-        (r#"{"op":"sub","id":"one","subject":"a"}"#, None, "malformed_frame"),
+        (
+            r#"{"op":"sub","id":"one","subject":"a"}"#,
+            None,
+            "malformed_frame",
+        ),
         (r#"{"op":"sub","id":1,"subject":"a""#, None, "malformed_frame"),
         (r#"{"id":4}"#, Some(4), "missing_field"),
         (r#"{"op":"dance","id":5}"#, Some(5), "unknown_op"),
         (r#"{"op":"sub","id":6}"#, Some(6), "missing_field"),
         (r#"{"op":"pub","id":7,"subject":"a"}"#, Some(7), "missing_field"),
-        (r#"{"op":"pub","id":8,"subject":"a","data":{"broken":}}"#, None, "malformed_frame"),
+        (
+            r#"{"op":"pub","id":8,"subject":"a","data":{"broken":}}"#,
+            None,
+            "malformed_frame",
+        ),
     ];
     for (frame, id, code) in cases {
         let error = decode_json(frame).unwrap_err();
@@ -146,7 +164,13 @@ fn json_and_msgpack_clients_read_the_same_events() {
     let from_msgpack = common::received(&msgpack_client, Encoding::MsgPack);
     assert_eq!(from_json, from_msgpack);
     assert_eq!(from_json.len(), 5, "{from_json:?}");
-    assert_eq!(from_json[0], ServerEvent::Ack { id: Some(1), pos: None });
+    assert_eq!(
+        from_json[0],
+        ServerEvent::Ack {
+            id: Some(1),
+            pos: None
+        }
+    );
     assert!(matches!(&from_json[1], ServerEvent::Err { id: Some(2), code, .. } if code == "invalid_subject"));
     assert_eq!(from_json[2], ServerEvent::Pong { id: Some(3) });
     let ServerEvent::Msg { subject, data, .. } = &from_json[3] else {
@@ -154,7 +178,10 @@ fn json_and_msgpack_clients_read_the_same_events() {
     };
     assert_eq!(subject, "chat.room.1");
     assert_eq!(data, &serde_json::from_str::<serde_json::Value>(payload).unwrap());
-    let ServerEvent::History { id, messages, gap, .. } = &from_json[4] else {
+    let ServerEvent::History {
+        id, messages, gap, ..
+    } = &from_json[4]
+    else {
         panic!("a history page: {:?}", from_json[4])
     };
     assert_eq!((*id, gap), (Some(4), &None));

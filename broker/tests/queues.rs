@@ -45,11 +45,17 @@ fn drop_oldest_names_exactly_the_missed_positions() {
     );
     assert_eq!(common::data_of(&events[1..]), vec![json!(2), json!(3), json!(4)]);
     let metrics = broker.metrics();
-    assert_eq!((metrics.published, metrics.delivered, metrics.dropped), (5, 10, 2));
+    assert_eq!(
+        (metrics.published, metrics.delivered, metrics.dropped),
+        (5, 10, 2)
+    );
 
     // The gap is owed once; the next batch starts clean.
     broker.publish("feed.a", common::json("5")).unwrap();
-    assert_eq!(common::received_json(&slow), vec![common::received_json(&fast)[0].clone()]);
+    assert_eq!(
+        common::received_json(&slow),
+        vec![common::received_json(&fast)[0].clone()]
+    );
 }
 
 #[test]
@@ -62,13 +68,21 @@ fn drop_oldest_respects_the_byte_limit() {
         broker.publish("s", common::json("\"12345678\"")).unwrap();
     }
     let events = common::received_json(&slow);
-    assert!(matches!(&events[0], ServerEvent::Gap { missed: Some(1), .. }), "{events:?}");
+    assert!(
+        matches!(&events[0], ServerEvent::Gap { missed: Some(1), .. }),
+        "{events:?}"
+    );
     assert_eq!(common::data_of(&events).len(), 2);
 
     // A message larger than the whole limit is dropped itself, and owed.
-    broker.publish("s", common::json(&format!("\"{}\"", "x".repeat(40)))).unwrap();
+    broker
+        .publish("s", common::json(&format!("\"{}\"", "x".repeat(40))))
+        .unwrap();
     let events = common::received_json(&slow);
-    assert!(matches!(&events[..], [ServerEvent::Gap { missed: Some(1), .. }]), "{events:?}");
+    assert!(
+        matches!(&events[..], [ServerEvent::Gap { missed: Some(1), .. }]),
+        "{events:?}"
+    );
 }
 
 #[test]

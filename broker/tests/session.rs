@@ -6,12 +6,17 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_broker::{decode_command, BrokerConfig, Encoding, Pattern, ServerEvent, SessionError, SubscribeOnly};
+use herald_broker::{
+    decode_command, BrokerConfig, Encoding, Pattern, ServerEvent, SessionError, SubscribeOnly,
+};
 use serde_json::json;
 
 fn command(text: &str) -> herald_broker::Command {
     decode_command(Encoding::Json, &Bytes::from(text.to_owned())).unwrap()
 }
+
+/// The `(id, code)` of an expected `err`, or `None` for an expected `ack`.
+type ExpectedError = Option<(Option<u64>, &'static str)>;
 
 fn error_code(event: &ServerEvent) -> Option<(Option<u64>, &str)> {
     match event {
@@ -24,14 +29,32 @@ fn error_code(event: &ServerEvent) -> Option<(Option<u64>, &str)> {
 fn each_command_is_answered() {
     let (broker, _clock) = common::broker(BrokerConfig::default());
     let mut session = common::session(&broker);
-    let script: &[(&str, Option<(Option<u64>, &str)>)] = &[
+    let script: &[(&str, ExpectedError)] = &[
         (r#"{"op":"sub","id":1,"subject":"chat.*"}"#, None),
-        (r#"{"op":"sub","id":2,"subject":"chat..x"}"#, Some((Some(2), "invalid_subject"))),
-        (r#"{"op":"sub","id":3,"subject":"$SYS.>"}"#, Some((Some(3), "reserved_subject"))),
-        (r#"{"op":"sub","id":4,"subject":"chat.*","since":"nope"}"#, Some((Some(4), "invalid_token"))),
-        (r#"{"op":"pub","id":5,"subject":"chat.*","data":1}"#, Some((Some(5), "invalid_subject"))),
-        (r#"{"op":"unsub","id":6,"subject":"never.subscribed"}"#, Some((Some(6), "not_subscribed"))),
-        (r#"{"op":"history","id":7,"subject":"a.>.b"}"#, Some((Some(7), "invalid_subject"))),
+        (
+            r#"{"op":"sub","id":2,"subject":"chat..x"}"#,
+            Some((Some(2), "invalid_subject")),
+        ),
+        (
+            r#"{"op":"sub","id":3,"subject":"$SYS.>"}"#,
+            Some((Some(3), "reserved_subject")),
+        ),
+        (
+            r#"{"op":"sub","id":4,"subject":"chat.*","since":"nope"}"#,
+            Some((Some(4), "invalid_token")),
+        ),
+        (
+            r#"{"op":"pub","id":5,"subject":"chat.*","data":1}"#,
+            Some((Some(5), "invalid_subject")),
+        ),
+        (
+            r#"{"op":"unsub","id":6,"subject":"never.subscribed"}"#,
+            Some((Some(6), "not_subscribed")),
+        ),
+        (
+            r#"{"op":"history","id":7,"subject":"a.>.b"}"#,
+            Some((Some(7), "invalid_subject")),
+        ),
     ];
     for (frame, expected_error) in script {
         session.handle(command(frame));
@@ -39,18 +62,27 @@ fn each_command_is_answered() {
         assert_eq!(events.len(), 1, "{frame}: {events:?}");
         match expected_error {
             Some(expected) => assert_eq!(error_code(&events[0]), Some(*expected), "{frame}"),
-            None => assert!(matches!(events[0], ServerEvent::Ack { .. }), "{frame}: {events:?}"),
+            None => assert!(
+                matches!(events[0], ServerEvent::Ack { .. }),
+                "{frame}: {events:?}"
+            ),
         }
     }
 
-    session.handle(command(r#"{"op":"pub","id":8,"subject":"chat.a","data":{"k":1}}"#));
+    session.handle(command(
+        r#"{"op":"pub","id":8,"subject":"chat.a","data":{"k":1}}"#,
+    ));
     let events = common::received_json(&session);
     // The publisher is also a subscriber: fan-out happens inside the
     // publish, so its own message is queued just before the ack.
     let ServerEvent::Msg { pos, data, .. } = &events[0] else {
         panic!("own message: {events:?}")
     };
-    let ServerEvent::Ack { id: Some(8), pos: Some(ack_pos) } = &events[1] else {
+    let ServerEvent::Ack {
+        id: Some(8),
+        pos: Some(ack_pos),
+    } = &events[1]
+    else {
         panic!("publish ack with a position: {events:?}")
     };
     assert_eq!((pos, data), (ack_pos, &json!({"k":1})));
@@ -59,7 +91,10 @@ fn each_command_is_answered() {
     session.handle(command(r#"{"op":"pub","subject":"chat.a","data":2}"#));
     assert_eq!(
         common::received_json(&session),
-        vec![ServerEvent::Ack { id: Some(9), pos: None }],
+        vec![ServerEvent::Ack {
+            id: Some(9),
+            pos: None
+        }],
         "no ack without an id, no message after unsub"
     );
 }
@@ -72,7 +107,9 @@ fn oversized_payloads_are_refused() {
     };
     let (broker, _clock) = common::broker(config);
     let mut session = common::session(&broker);
-    session.handle(command(r#"{"op":"pub","id":1,"subject":"a","data":"0123456789abcdef"}"#));
+    session.handle(command(
+        r#"{"op":"pub","id":1,"subject":"a","data":"0123456789abcdef"}"#,
+    ));
     let events = common::received_json(&session);
     assert_eq!(error_code(&events[0]), Some((Some(1), "payload_too_large")));
     assert_eq!(broker.metrics().published, 0);
@@ -100,11 +137,20 @@ fn permissions_are_checked_on_every_operation() {
         }
     }
     let mut limited = broker.session(Arc::new(OnlyPublic));
-    assert!(matches!(limited.subscribe(None, ">", None), Err(SessionError::Forbidden { .. })));
-    assert!(matches!(limited.history("private.x", None, None), Err(SessionError::Forbidden { .. })));
+    assert!(matches!(
+        limited.subscribe(None, ">", None),
+        Err(SessionError::Forbidden { .. })
+    ));
+    assert!(matches!(
+        limited.history("private.x", None, None),
+        Err(SessionError::Forbidden { .. })
+    ));
     assert!(limited.subscribe(None, "public.*", None).is_ok());
     assert!(limited.publish("public.a", common::json("1")).is_ok());
-    assert!(matches!(limited.publish("private.a", common::json("1")), Err(SessionError::Forbidden { .. })));
+    assert!(matches!(
+        limited.publish("private.a", common::json("1")),
+        Err(SessionError::Forbidden { .. })
+    ));
 }
 
 #[test]

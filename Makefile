@@ -1,0 +1,31 @@
+# Herald developer commands. `make test` is what CI runs after lint.
+
+CARGO ?= cargo
+
+.PHONY: test lint fmt bench bench-core doc clean
+
+## Run every test in the workspace (unit, integration, property, doc tests).
+test:
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+## Formatting and clippy, as CI checks them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Criterion benches of the broker core (figures go to docs/benchmarks.md).
+bench-core:
+	$(CARGO) bench -p herald-broker --bench fanout
+	$(CARGO) bench -p herald-broker --bench router
+
+bench: bench-core
+
+doc:
+	$(CARGO) doc --workspace --no-deps
+
+clean:
+	$(CARGO) clean
