@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test lint fmt bench bench-core doc clean
+.PHONY: test lint fmt bench bench-core bench-medians doc clean
 
 ## Run every test in the workspace (unit, integration, property, doc tests).
 test:
@@ -22,10 +22,17 @@ bench-core:
 	$(CARGO) bench -p herald-broker --bench fanout
 	$(CARGO) bench -p herald-broker --bench router
 
-bench: bench-core
+bench: bench-core bench-medians
 
 doc:
 	$(CARGO) doc --workspace --no-deps
 
 clean:
 	$(CARGO) clean
+
+## Print the median of every criterion benchmark from the last run, in ns.
+bench-medians:
+	@find target/criterion -path '*/new/estimates.json' | sort | while read -r f; do \
+	  name=$${f#target/criterion/}; name=$${name%/new/estimates.json}; \
+	  python3 -c 'import json,sys; print("%-60s %12.1f" % (sys.argv[2], json.load(open(sys.argv[1]))["median"]["point_estimate"]))' "$$f" "$$name"; \
+	done
