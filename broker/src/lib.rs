@@ -18,6 +18,7 @@
 //! | [`history`] | per-subject rings bounded by count and age |
 //! | [`broker`] | publish: number, record, match, fan out |
 //! | [`session`] | the interface gateways use, and access checks |
+//! | [`auth`] | API keys, permissions, anonymous access |
 //! | [`protocol`] | client commands and server events, both encodings |
 //!
 //! ## Invariants
@@ -47,6 +48,7 @@
 //! );
 //! ```
 
+pub mod auth;
 pub mod broker;
 pub mod clock;
 pub mod history;
@@ -58,6 +60,7 @@ pub mod router;
 pub mod session;
 pub mod subject;
 
+pub use auth::{AnonymousAccess, ApiKey, AuthError, Authenticator, Permissions};
 pub use broker::{Broker, BrokerConfig, Metrics, PublishError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use history::HistoryLimits;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use crate::broker::{Broker, PublishError};
-use crate::message::{Message, Payload};
+use crate::message::{Message, Payload, PayloadError};
 use crate::outbox::Outbox;
 use crate::position::{InvalidToken, Position};
 use crate::protocol::{Command, DecodeError, Gap, Reply};
@@ -325,6 +325,13 @@ impl Session {
 
     /// Publishes if this connection may; returns the message's position.
     pub fn publish(&self, subject: &str, payload: Payload) -> Result<Position, SessionError> {
+        self.check_publish(subject, payload.len())?;
+        Ok(self.broker.publish(subject, payload)?)
+    }
+
+    /// Everything [`Session::publish`] checks before publishing: the subject,
+    /// the permission and the payload size. Lets a batch be refused whole.
+    pub fn check_publish(&self, subject: &str, payload_len: usize) -> Result<(), SessionError> {
         validate_subject(subject, &self.broker.config().subject_limits)?;
         if !self.access.may_publish(subject) {
             return Err(SessionError::Forbidden {
@@ -332,7 +339,15 @@ impl Session {
                 subject: subject.to_owned(),
             });
         }
-        Ok(self.broker.publish(subject, payload)?)
+        let max = self.broker.config().max_payload_bytes;
+        if payload_len > max {
+            return Err(PublishError::from(PayloadError::TooLarge {
+                size: payload_len,
+                max,
+            })
+            .into());
+        }
+        Ok(())
     }
 
     /// Reads history for `subject` (a pattern). With `since`: the first

@@ -1,0 +1,228 @@
+//! Who may do what: API keys with pattern permissions, and what anonymous
+//! connections may do.
+//!
+//! Every gateway turns the credential a client presents (an HTTP bearer
+//! token, a `token` query parameter) into an [`Access`] with
+//! [`Authenticator::authenticate`], then hands that `Access` to the
+//! connection's [`Session`](crate::Session), which checks it on every
+//! subscribe, publish and history read. Anonymous publishing is off unless
+//! configured.
+
+use std::fmt;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::session::{Access, AllowAll, SubscribeOnly};
+use crate::subject::{Pattern, FULL_WILDCARD, SINGLE_WILDCARD};
+
+/// What a connection without a credential may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AnonymousAccess {
+    /// Nothing: every connection needs a key.
+    None,
+    /// Subscribe and read history on any subject; never publish.
+    #[default]
+    Subscribe,
+    /// Everything, publishing included. For local development.
+    Publish,
+}
+
+/// Allow-lists of patterns for publishing and subscribing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    /// A subject may be published to if one of these patterns matches it.
+    pub publish: Vec<Pattern>,
+    /// A pattern may be subscribed to if one of these covers every subject
+    /// it can match.
+    pub subscribe: Vec<Pattern>,
+}
+
+impl Access for Permissions {
+    fn may_publish(&self, subject: &str) -> bool {
+        self.publish.iter().any(|allowed| allowed.matches(subject))
+    }
+
+    fn may_subscribe(&self, pattern: &Pattern) -> bool {
+        self.subscribe.iter().any(|allowed| covers(allowed, pattern))
+    }
+}
+
+/// Whether every subject matched by `requested` is matched by `allowed`.
+pub fn covers(allowed: &Pattern, requested: &Pattern) -> bool {
+    let mut requested_tokens = requested.tokens();
+    for allowed_token in allowed.tokens() {
+        let Some(requested_token) = requested_tokens.next() else {
+            return false;
+        };
+        match allowed_token {
+            FULL_WILDCARD => return true,
+            SINGLE_WILDCARD if requested_token != FULL_WILDCARD => {}
+            literal if literal == requested_token && requested_token != SINGLE_WILDCARD => {}
+            _ => return false,
+        }
+    }
+    requested_tokens.next().is_none()
+}
+
+/// One API key and what it may do.
+#[derive(Clone)]
+pub struct ApiKey {
+    pub key: String,
+    pub permissions: Permissions,
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret.
+        f.debug_struct("ApiKey")
+            .field("key", &"<redacted>")
+            .field("permissions", &self.permissions)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum AuthError {
+    #[error("a credential is required: send an API key as 'Authorization: Bearer <key>' or ?token=<key>")]
+    Missing,
+    #[error("the credential is not a valid API key")]
+    Invalid,
+}
+
+impl AuthError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "unauthorized",
+            AuthError::Invalid => "invalid_credential",
+        }
+    }
+}
+
+/// Turns credentials into access.
+pub struct Authenticator {
+    keys: Vec<(String, Arc<dyn Access>)>,
+    anonymous: Option<Arc<dyn Access>>,
+}
+
+impl Authenticator {
+    pub fn new(keys: Vec<ApiKey>, anonymous: AnonymousAccess) -> Authenticator {
+        let anonymous: Option<Arc<dyn Access>> = match anonymous {
+            AnonymousAccess::None => None,
+            AnonymousAccess::Subscribe => Some(Arc::new(SubscribeOnly)),
+            AnonymousAccess::Publish => Some(Arc::new(AllowAll)),
+        };
+        let keys = keys
+            .into_iter()
+            .map(|key| (key.key, Arc::new(key.permissions) as Arc<dyn Access>))
+            .collect();
+        Authenticator { keys, anonymous }
+    }
+
+    /// The access of a connection presenting `credential` (or none).
+    pub fn authenticate(&self, credential: Option<&str>) -> Result<Arc<dyn Access>, AuthError> {
+        let Some(credential) = credential else {
+            return self.anonymous.clone().ok_or(AuthError::Missing);
+        };
+        // Compare against every key without stopping early, so the time
+        // taken says nothing about which key was closest.
+        let mut found = None;
+        for (key, access) in &self.keys {
+            if constant_time_eq(key.as_bytes(), credential.as_bytes()) {
+                found = Some(access.clone());
+            }
+        }
+        found.ok_or(AuthError::Invalid)
+    }
+
+    /// Whether a connection without a credential may publish.
+    pub fn anonymous_may_publish(&self) -> bool {
+        self.anonymous
+            .as_ref()
+            .is_some_and(|access| access.may_publish("_"))
+    }
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("keys", &self.keys.len())
+            .field("anonymous", &self.anonymous)
+            .finish()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter()
+        .zip(b)
+        .fold(0u8, |difference, (x, y)| difference | (x ^ y))
+        == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subject::SubjectLimits;
+
+    fn pattern(text: &str) -> Pattern {
+        Pattern::parse(text, &SubjectLimits::default()).unwrap()
+    }
+
+    #[test]
+    fn covering() {
+        let cases = [
+            (">", "a.b", true),
+            (">", "a.>", true),
+            ("a.>", "a.b.c", true),
+            ("a.>", "a.*", true),
+            ("a.>", "a", false),
+            ("a.>", ">", false),
+            ("a.*", "a.b", true),
+            ("a.*", "a.*", true),
+            ("a.*", "a.>", false),
+            ("a.*", "a.b.c", false),
+            ("a.b", "a.b", true),
+            ("a.b", "a.*", false),
+            ("*.b", "x.b", true),
+            ("*.b", "*.b", true),
+            ("*.b", "x.c", false),
+        ];
+        for (allowed, requested, expected) in cases {
+            assert_eq!(
+                covers(&pattern(allowed), &pattern(requested)),
+                expected,
+                "{allowed} covers {requested}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_and_anonymous_access() {
+        let key = ApiKey {
+            key: "secret-1".into(),
+            permissions: Permissions {
+                publish: vec![pattern("news.>")],
+                subscribe: vec![pattern(">")],
+            },
+        };
+        let auth = Authenticator::new(vec![key], AnonymousAccess::Subscribe);
+        let access = auth.authenticate(Some("secret-1")).unwrap();
+        assert!(access.may_publish("news.a"));
+        assert!(!access.may_publish("chat.a"));
+        assert_eq!(
+            auth.authenticate(Some("secret-2")).unwrap_err(),
+            AuthError::Invalid
+        );
+        let anonymous = auth.authenticate(None).unwrap();
+        assert!(!anonymous.may_publish("news.a"));
+        assert!(anonymous.may_subscribe(&pattern("news.*")));
+        assert!(!auth.anonymous_may_publish());
+
+        let closed = Authenticator::new(vec![], AnonymousAccess::None);
+        assert_eq!(closed.authenticate(None).unwrap_err(), AuthError::Missing);
+        assert!(Authenticator::new(vec![], AnonymousAccess::Publish).anonymous_may_publish());
+    }
+}

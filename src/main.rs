@@ -1,0 +1,132 @@
+//! The `herald` command: CLI, logging and signals around [`herald::run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use herald::config::{Anonymous, Config, DEFAULT_CONFIG};
+
+/// Herald: a self-hosted real-time message broker.
+///
+/// Backends publish over HTTP; browsers subscribe over WebSocket. With no
+/// configuration it listens on 127.0.0.1:7400 and keeps history in memory.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Address for HTTP and WebSocket, e.g. 0.0.0.0:7400 (overrides server.listen).
+        #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// TOML configuration file; see `herald config default` for every key.
+        #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Development mode: anyone may publish and subscribe without a key.
+        /// Never use it on a reachable address.
+        #[arg(long, env = "HERALD_DEV")]
+        dev: bool,
+    },
+    /// Inspect configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the built-in default configuration, with comments.
+    Default,
+    /// Load and validate a configuration (defaults, file, environment).
+    Check {
+        #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => {
+            print!("{DEFAULT_CONFIG}");
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => {
+            let loaded = Config::load(config.as_deref(), true)?;
+            println!(
+                "configuration is valid; listening would be on {}",
+                loaded.server.listen
+            );
+            Ok(())
+        }
+        Command::Serve { listen, config, dev } => serve(listen, config, dev),
+    }
+}
+
+fn serve(listen: Option<SocketAddr>, config_file: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut config = Config::load(config_file.as_deref(), true)?;
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+    }
+    if dev {
+        config.auth.anonymous = Anonymous::Publish;
+        tracing::warn!(
+            "DEVELOPMENT MODE: anyone who can reach this server may publish and subscribe to every subject \
+             without a key. Do not expose it."
+        );
+    } else if config.auth.api_keys.is_empty() && config.auth.anonymous != Anonymous::Publish {
+        tracing::info!(
+            "no API keys configured: publishing is refused until auth.api_keys has one (or use --dev)"
+        );
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        herald::run(listener, config, shutdown_signal()).await
+    })
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+}
