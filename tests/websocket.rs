@@ -1,0 +1,399 @@
+//! The WebSocket gateway against the real server: fan-out, order, resume,
+//! slow subscribers, encodings, bad input, limits and shutdown.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use herald_broker::protocol::{Encoding, ServerEvent};
+use herald_broker::Position;
+use serde_json::json;
+use support::{Client, Server};
+use tokio_tungstenite::tungstenite::Message;
+
+fn sequence_of(pos: &str) -> u64 {
+    Position::from_token(pos).expect("server tokens decode").sequence
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_fan_out_to_a_thousand_subscribers_in_order_without_duplicates() {
+    support::raise_open_file_limit();
+    let server = Server::dev().await;
+    const SUBSCRIBERS: usize = 1000;
+    const PER_SUBJECT: u64 = 10;
+    const SUBJECTS: u64 = 3;
+    let mut clients = Vec::with_capacity(SUBSCRIBERS);
+    for _ in 0..SUBSCRIBERS {
+        let mut client = Client::connect(&server).await;
+        client.subscribe("room.*", None).await;
+        clients.push(client);
+    }
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let mut per_subject: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
+                for _ in 0..PER_SUBJECT * SUBJECTS {
+                    let ServerEvent::Msg { subject, pos, data } = client.next_event().await else {
+                        panic!("only messages expected")
+                    };
+                    per_subject
+                        .entry(subject)
+                        .or_default()
+                        .push((sequence_of(&pos), data["n"].as_u64().unwrap()));
+                }
+                per_subject
+            })
+        })
+        .collect();
+    let mut publisher = Client::connect(&server).await;
+    for n in 0..PER_SUBJECT {
+        for subject in 0..SUBJECTS {
+            publisher
+                .send(json!({"op":"pub","subject": format!("room.{subject}"), "data": {"n": n}}))
+                .await;
+        }
+    }
+    for reader in readers {
+        let per_subject = reader.await.unwrap();
+        assert_eq!(per_subject.len(), SUBJECTS as usize);
+        for (subject, received) in per_subject {
+            let numbers: Vec<u64> = received.iter().map(|r| r.1).collect();
+            assert_eq!(
+                numbers,
+                (0..PER_SUBJECT).collect::<Vec<_>>(),
+                "{subject}: all, once, in order"
+            );
+            assert!(
+                received.windows(2).all(|w| w[0].0 < w[1].0),
+                "{subject}: positions increase"
+            );
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn resume_after_a_dropped_connection_loses_nothing() {
+    let server = Server::dev().await;
+    let mut client = Client::connect(&server).await;
+    client.subscribe("feed.>", None).await;
+    for n in 0..3 {
+        support::publish(&server, "feed.a", json!(n)).await;
+    }
+    let mut last = String::new();
+    for n in 0..3 {
+        match client.next_event().await {
+            ServerEvent::Msg { pos, data, .. } => {
+                assert_eq!(data, json!(n));
+                last = pos;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(client);
+    for n in 3..6 {
+        support::publish(&server, if n % 2 == 0 { "feed.a" } else { "feed.b.c" }, json!(n)).await;
+    }
+    let mut client = Client::connect(&server).await;
+    client.subscribe("feed.>", Some(&last)).await;
+    support::publish(&server, "feed.a", json!(6)).await;
+    for n in 3..7 {
+        match client.next_event().await {
+            ServerEvent::Msg { data, .. } => assert_eq!(data, json!(n)),
+            other => panic!("expected message {n}, got {other:?}"),
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_never_delays_the_others() {
+    let server = Server::start(|config| {
+        config.auth.anonymous = herald::config::Anonymous::Publish;
+        config.websocket.write_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut stalled = Client::connect(&server).await;
+    stalled.subscribe("flood", None).await;
+    const READERS: usize = 3;
+    const BATCHES: usize = 40;
+    const PER_BATCH: usize = 500;
+    let (progress, mut progress_reports) = tokio::sync::mpsc::unbounded_channel();
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let mut client = Client::connect(&server).await;
+        client.subscribe("flood", None).await;
+        let progress = progress.clone();
+        readers.push(tokio::spawn(async move {
+            for batch in 0..BATCHES {
+                for i in 0..PER_BATCH {
+                    match client.next_event().await {
+                        ServerEvent::Msg { data, .. } => assert_eq!(data["n"], batch * PER_BATCH + i),
+                        other => panic!("a reading client must get everything: {other:?}"),
+                    }
+                }
+                progress.send(batch).unwrap();
+            }
+        }));
+    }
+    // 20 MB, far more than the stalled client's socket buffers and queue can
+    // hold, published as fast as the reading clients read it.
+    let body = "x".repeat(1000);
+    let http = reqwest::Client::new();
+    for batch in 0..BATCHES {
+        let messages: Vec<_> = (0..PER_BATCH)
+            .map(|i| json!({"subject": "flood", "data": {"n": batch * PER_BATCH + i, "body": body}}))
+            .collect();
+        let response = http
+            .post(server.url("/v1/publish"))
+            .bearer_auth(support::PUBLISHER_KEY)
+            .json(&json!({ "messages": messages }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        for _ in 0..READERS {
+            assert_eq!(
+                progress_reports.recv().await,
+                Some(batch),
+                "every reader got batch {batch}"
+            );
+        }
+    }
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    // The stalled client's fate followed its policy: its writes timed out and
+    // it was closed as a slow consumer, or it lost messages and is owed a gap.
+    let mut told = false;
+    let mut messages = 0u64;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stalled.socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                match herald_broker::protocol::decode_event(Encoding::Json, text.as_bytes()).unwrap() {
+                    ServerEvent::Msg { .. } => messages += 1,
+                    ServerEvent::Gap { missed, .. } => told |= missed.is_some(),
+                    ServerEvent::Err { code, .. } => told |= code == "slow_consumer",
+                    _ => {}
+                }
+            }
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
+                told = true;
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(told, "the stalled client was told (after {messages} messages)");
+    assert!(messages < (BATCHES * PER_BATCH) as u64);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn msgpack_and_json_clients_receive_the_same_messages() {
+    let server = Server::dev().await;
+    let mut json_client = Client::connect_with(&server, Encoding::Json, None).await;
+    let mut msgpack_client = Client::connect_with(&server, Encoding::MsgPack, None).await;
+    json_client.subscribe("mixed.*", None).await;
+    msgpack_client.subscribe("mixed.*", None).await;
+    let payloads = [
+        json!({"text": "héllo", "list": [1, -2, 3.5, null, true]}),
+        json!("plain"),
+        json!(null),
+    ];
+    for payload in &payloads {
+        support::publish(&server, "mixed.a", payload.clone()).await;
+    }
+    msgpack_client
+        .send(json!({"op": "pub", "id": 9, "subject": "mixed.b", "data": {"from": "msgpack"}}))
+        .await;
+    for _ in 0..payloads.len() + 1 {
+        let from_json = json_client.next_event().await;
+        let mut from_msgpack = msgpack_client.next_event().await;
+        if matches!(from_msgpack, ServerEvent::Ack { id: Some(9), .. }) {
+            from_msgpack = msgpack_client.next_event().await;
+        }
+        assert_eq!(from_json, from_msgpack);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_documented_errors_and_the_connection_keeps_working() {
+    let server = Server::dev().await;
+    let mut client = Client::connect(&server).await;
+    let cases: Vec<(Message, &str)> = vec![
+        (Message::text("{not json"), "malformed_frame"),
+        (Message::text(r#"{"op":"dance","id":1}"#), "unknown_op"),
+        (
+            Message::text(r#"{"op":"sub","id":2,"subject":"a..b"}"#),
+            "invalid_subject",
+        ),
+        (
+            Message::text(r#"{"op":"sub","id":3,"subject":"$SYS.>"}"#),
+            "reserved_subject",
+        ),
+        (
+            Message::text(r#"{"op":"pub","id":4,"subject":"a.*","data":1}"#),
+            "invalid_subject",
+        ),
+        (Message::text(r#"{"op":"sub","id":5}"#), "missing_field"),
+        (
+            Message::text(r#"{"op":"sub","id":6,"subject":"a","since":"bogus"}"#),
+            "invalid_token",
+        ),
+        (
+            Message::text(format!(
+                r#"{{"op":"pub","subject":"a","data":"{}"}}"#,
+                "x".repeat(70_000)
+            )),
+            "frame_too_large",
+        ),
+        (Message::binary(vec![0xc1]), "malformed_frame"),
+    ];
+    for (frame, code) in cases {
+        client.send_raw(frame).await;
+        match client.next_event().await {
+            ServerEvent::Err {
+                code: got, message, ..
+            } => {
+                assert_eq!(got, code);
+                assert!(!message.is_empty());
+            }
+            other => panic!("expected err {code}, got {other:?}"),
+        }
+    }
+    client.send(json!({"op": "ping", "id": 7})).await;
+    assert_eq!(client.next_event().await, ServerEvent::Pong { id: Some(7) });
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn frames_past_the_hard_limit_close_with_1009() {
+    let server = Server::dev().await;
+    let mut client = Client::connect(&server).await;
+    client.send_raw(Message::text("x".repeat(2 * 1024 * 1024))).await;
+    // The server stops reading and closes with 1009; if the close frame
+    // races the rest of the upload the client may see a reset instead.
+    match tokio::time::timeout(support::PATIENCE, client.socket.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1009),
+        Some(Ok(other)) => panic!("expected the connection to close, got {other:?}"),
+        None | Some(Ok(Message::Close(None))) | Some(Err(_)) => {}
+    }
+    // The server is fine.
+    let mut other = Client::connect(&server).await;
+    other.send(json!({"op": "ping", "id": 1})).await;
+    assert_eq!(other.next_event().await, ServerEvent::Pong { id: Some(1) });
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flood_is_closed_with_a_reason() {
+    let server = Server::start(|config| {
+        config.auth.anonymous = herald::config::Anonymous::Publish;
+        config.websocket.max_commands_per_second = 50;
+    })
+    .await;
+    let mut client = Client::connect(&server).await;
+    for _ in 0..200 {
+        client.send_raw(Message::text(r#"{"op":"ping"}"#)).await;
+    }
+    let mut saw_err = false;
+    let code = loop {
+        match tokio::time::timeout(support::PATIENCE, client.socket.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Text(text))) => saw_err |= text.contains("protocol_violation"),
+            Some(Ok(Message::Close(Some(frame)))) => break u16::from(frame.code),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert!(saw_err, "the reason arrives as an err event first");
+    assert_eq!(code, 1008);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn publishing_needs_permission() {
+    let server = Server::start(|_| {}).await;
+    let mut anonymous = Client::connect(&server).await;
+    anonymous.subscribe("news.*", None).await;
+    anonymous
+        .send(json!({"op": "pub", "id": 2, "subject": "news.a", "data": 1}))
+        .await;
+    assert!(
+        matches!(anonymous.next_event().await, ServerEvent::Err { id: Some(2), code, .. } if code == "forbidden")
+    );
+
+    let mut limited = Client::connect_with(&server, Encoding::Json, Some(support::NEWS_ONLY_KEY)).await;
+    limited
+        .send(json!({"op": "pub", "id": 3, "subject": "chat.a", "data": 1}))
+        .await;
+    assert!(
+        matches!(limited.next_event().await, ServerEvent::Err { id: Some(3), code, .. } if code == "forbidden")
+    );
+    limited
+        .send(json!({"op": "pub", "id": 4, "subject": "news.a", "data": 1}))
+        .await;
+    assert!(matches!(
+        limited.next_event().await,
+        ServerEvent::Ack {
+            id: Some(4),
+            pos: Some(_)
+        }
+    ));
+    assert!(matches!(anonymous.next_event().await, ServerEvent::Msg { subject, .. } if subject == "news.a"));
+
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws?token=wrong", server.address)).await;
+    assert!(refused.is_err(), "a wrong key is refused at the upgrade");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_connections_are_dropped() {
+    let server = Server::start(|config| {
+        config.websocket.heartbeat_interval = Duration::from_millis(100);
+        config.websocket.idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut silent = Client::connect(&server).await;
+    // Not polling the socket means never answering the server's pings.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let ended = loop {
+        match tokio::time::timeout(support::PATIENCE, silent.socket.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Ping(_))) => continue,
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break true,
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(ended);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_closes_clients_with_1001() {
+    let server = Server::dev().await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut client = Client::connect(&server).await;
+        client.subscribe("any.>", None).await;
+        clients.push(client);
+    }
+    server.shutdown().await;
+    for mut client in clients {
+        let (code, reason) = client.close_frame().await;
+        assert_eq!((code, reason.as_str()), (1001, "shutdown"));
+    }
+}
