@@ -101,14 +101,27 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
 impl Api {
     /// A session with the caller's access; used for one request.
     fn session(&self, headers: &HeaderMap) -> Result<Session, ApiError> {
-        let credential = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim);
-        let access: Arc<dyn Access> = self.auth.authenticate(credential)?;
+        let access: Arc<dyn Access> = self.auth.authenticate(bearer_token(headers))?;
         Ok(self.broker.session(access))
     }
+
+    /// Publishing without a key, when anonymous publishing is off, is a
+    /// missing credential (401), not a refused one (403).
+    fn check_may_publish(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if bearer_token(headers).is_none() && !self.auth.anonymous_may_publish() {
+            return Err(herald_broker::AuthError::Missing.into());
+        }
+        Ok(())
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -147,6 +160,7 @@ async fn publish(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    api.check_may_publish(&headers)?;
     let session = api.session(&headers)?;
     let body = body.map_err(ApiError::from_body_rejection)?;
     let parsed: PublishBody<'_> = serde_json::from_slice(&body)

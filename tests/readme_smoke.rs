@@ -1,0 +1,101 @@
+//! The README's own commands, end to end: the real binary started as the
+//! quick start starts it, a publish as its curl line sends it, a WebSocket
+//! subscriber receiving it, and SIGTERM for a clean exit.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+
+#[test]
+fn help_and_default_config_read_well() {
+    let help = Command::new(HERALD).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8(help.stdout).unwrap();
+    assert!(text.contains("serve") && text.contains("config"), "{text}");
+
+    let defaults = Command::new(HERALD).args(["config", "default"]).output().unwrap();
+    assert!(defaults.status.success());
+    let text = String::from_utf8(defaults.stdout).unwrap();
+    assert!(text.contains("listen = \"127.0.0.1:7400\""));
+
+    let bad = Command::new(HERALD)
+        .args(["serve", "--config", "/nonexistent/herald.toml"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "a missing config file fails closed");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("does not exist"));
+}
+
+#[tokio::test]
+async fn quick_start_publish_and_subscribe() {
+    let mut child = Command::new(HERALD)
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let address = loop {
+        let line = log.next().expect("the server logs its address").unwrap();
+        if let Some(rest) = line.split("address=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{address}/ws"))
+        .await
+        .unwrap();
+    socket
+        .send(Message::text(r#"{"op":"sub","id":1,"subject":"chat.*"}"#))
+        .await
+        .unwrap();
+    let ack = socket.next().await.unwrap().unwrap();
+    assert_eq!(ack.to_text().unwrap(), r#"{"op":"ack","id":1}"#);
+
+    // curl -X POST localhost:7400/v1/publish -d '{"subject":"chat.lobby","data":{"text":"hello"}}'
+    let response = reqwest::Client::new()
+        .post(format!("http://{address}/v1/publish"))
+        .body(r#"{"subject":"chat.lobby","data":{"text":"hello"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_str(message.to_text().unwrap()).unwrap();
+    assert_eq!(event["op"], "msg");
+    assert_eq!(event["subject"], "chat.lobby");
+    assert_eq!(event["data"], serde_json::json!({"text": "hello"}));
+
+    let terminated = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    // The reason arrives as a final err event, then the close frame.
+    let last_event = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .unwrap();
+    assert!(last_event
+        .unwrap()
+        .unwrap()
+        .to_text()
+        .unwrap()
+        .contains(r#""code":"shutdown""#));
+    let close = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .unwrap();
+    assert!(matches!(close, Some(Ok(Message::Close(Some(frame)))) if u16::from(frame.code) == 1001));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+}
