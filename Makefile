@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test lint fmt bench bench-core bench-medians doc clean
+.PHONY: test lint fmt bench bench-core bench-e2e bench-medians doc clean
 
 ## Run every test in the workspace (unit, integration, property, doc tests).
 test:
@@ -22,7 +22,15 @@ bench-core:
 	$(CARGO) bench -p herald-broker --bench fanout
 	$(CARGO) bench -p herald-broker --bench router
 
-bench: bench-core bench-medians
+## End-to-end: the release server and the load generator, as docs/benchmarks.md quotes them.
+bench-e2e:
+	$(CARGO) build --release -p herald -p herald-bench
+	./target/release/herald-bench fanout --subscribers 1000 --rate 500 --seconds 10
+	./target/release/herald-bench fanout --subscribers 1000 --rate 1000 --seconds 10
+	./target/release/herald-bench fanout --subscribers 1000 --rate 2000 --seconds 10
+	./target/release/herald-bench idle --connections 10000
+
+bench: bench-core bench-medians bench-e2e
 
 doc:
 	$(CARGO) doc --workspace --no-deps
