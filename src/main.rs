@@ -51,8 +51,17 @@ enum ConfigCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
+    if let Err(error) = execute(cli) {
+        // One line with the whole chain of causes, no backtrace: these are
+        // configuration and start-up errors meant for the operator.
+        eprintln!("herald: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Config {
             command: ConfigCommand::Default,

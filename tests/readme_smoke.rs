@@ -25,6 +25,23 @@ fn help_and_default_config_read_well() {
     let text = String::from_utf8(defaults.stdout).unwrap();
     assert!(text.contains("listen = \"127.0.0.1:7400\""));
 
+    // Environment overrides reach every key, and are validated like the rest.
+    let check = |name: &str, value: &str| {
+        Command::new(HERALD)
+            .args(["config", "check"])
+            .env(name, value)
+            .output()
+            .unwrap()
+    };
+    let good = check("HERALD_SERVER__LISTEN", "127.0.0.1:9999");
+    assert!(good.status.success());
+    assert!(String::from_utf8_lossy(&good.stdout).contains("127.0.0.1:9999"));
+    let bad = check("HERALD_BROKER__OVERFLOW_POLICY", "sometimes");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr)
+        .to_lowercase()
+        .contains("overflow_policy"));
+
     let bad = Command::new(HERALD)
         .args(["serve", "--config", "/nonexistent/herald.toml"])
         .output()
