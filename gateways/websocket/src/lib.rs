@@ -117,9 +117,12 @@ async fn upgrade(
         .protocols([MSGPACK_PROTOCOL, JSON_PROTOCOL])
         .max_message_size(gateway.config.hard_frame_limit_bytes)
         .max_frame_size(gateway.config.hard_frame_limit_bytes)
-        // tungstenite allocates its read buffer up front; 128 KiB by default
-        // would dominate an idle connection's memory.
-        .read_buffer_size(4 * 1024)
+        // tungstenite allocates its read buffer up front: 128 KiB by default,
+        // which would dominate an idle connection's memory. Commands are
+        // small, and a larger frame grows the buffer as it needs to
+        // (docs/benchmarks.md: 7.9 KB per idle connection at 4 KiB, 4.8 KB
+        // at 1 KiB, same fan-out throughput).
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024);
     let encoding = match upgrade.selected_protocol() {
         Some(protocol) if protocol == MSGPACK_PROTOCOL => Encoding::MsgPack,
