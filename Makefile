@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test lint fmt bench bench-core bench-e2e bench-medians doc clean
+.PHONY: test lint fmt bench bench-peers bench-core bench-e2e bench-smoke bench-medians doc clean
 
 ## Run every test in the workspace (unit, integration, property, doc tests).
 test:
@@ -17,26 +17,36 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## Criterion benches of the broker core (figures go to docs/benchmarks.md).
-bench-core:
-	$(CARGO) bench -p herald-broker --bench fanout
-	$(CARGO) bench -p herald-broker --bench router
+## The standard benchmark set (about 10 minutes on two cores): installs the
+## peers it needs, runs the core's criterion benches and the end-to-end
+## suite, and rewrites the generated part of docs/benchmarks.md.
+bench: bench-peers bench-core bench-e2e
 
-## End-to-end: the release server and the load generator, as docs/benchmarks.md quotes them.
+## nats-server from Debian's packages, if it is not installed yet.
+bench-peers:
+	@if command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; then \
+	  echo "nats-server present"; \
+	else \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nats-server; \
+	fi
+
+## Criterion benches of the broker core (shortened measurement).
+bench-core:
+	$(CARGO) bench -p herald-broker --bench fanout -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) bench -p herald-broker --bench router -- --warm-up-time 1 --measurement-time 3
+
+BENCH_ENVIRONMENT = Machine: $(shell nproc) vCPU $(shell grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), Linux $(shell uname -r); $(shell rustc --version | cut -d' ' -f1-2); $(shell (nats-server --version 2>/dev/null || /usr/sbin/nats-server --version 2>/dev/null) | head -1); herald $(shell git describe --always --dirty 2>/dev/null); run of $(shell date -u +%Y-%m-%d). Command: `make bench`.
+
+## End to end: release server, peers and the load generator.
 bench-e2e:
 	$(CARGO) build --release -p herald -p herald-bench
-	./target/release/herald-bench fanout --subscribers 1000 --rate 500 --seconds 10
-	./target/release/herald-bench fanout --subscribers 1000 --rate 1000 --seconds 10
-	./target/release/herald-bench fanout --subscribers 1000 --rate 2000 --seconds 10
-	./target/release/herald-bench idle --connections 10000
+	./target/release/herald-bench suite --environment "$(BENCH_ENVIRONMENT)"
 
-bench: bench-core bench-medians bench-e2e
-
-doc:
-	$(CARGO) doc --workspace --no-deps
-
-clean:
-	$(CARGO) clean
+## The seconds-long smoke run the test suite also makes (writes to /tmp).
+bench-smoke:
+	$(CARGO) build --release -p herald -p herald-bench
+	./target/release/herald-bench suite --smoke --out /tmp/herald-bench-smoke --page /tmp/herald-bench-smoke/benchmarks.md
 
 ## Print the median of every criterion benchmark from the last run, in ns.
 bench-medians:
@@ -44,3 +54,9 @@ bench-medians:
 	  name=$${f#target/criterion/}; name=$${name%/new/estimates.json}; \
 	  python3 -c 'import json,sys; print("%-60s %12.1f" % (sys.argv[2], json.load(open(sys.argv[1]))["median"]["point_estimate"]))' "$$f" "$$name"; \
 	done
+
+doc:
+	$(CARGO) doc --workspace --no-deps
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,400 @@
+//! Minimal clients for every target, sharing one shape: connect, subscribe,
+//! receive payloads; or publish payloads. Each is as thin as its protocol
+//! allows, so that what the numbers compare is the servers.
+//!
+//! Payloads are text: `ts=<micros> n=<sequence> <padding>`. Herald carries
+//! it as a JSON string in `data`; NATS carries the bytes as they are. The
+//! receiver finds `ts=` and `n=` by scanning, in every encoding.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{bail, Context};
+use bytes::{Buf, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// What a run is measured against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// Herald's WebSocket gateway, JSON frames.
+    HeraldJson,
+    /// Herald's WebSocket gateway, MessagePack frames.
+    HeraldMsgPack,
+    /// nats-server, NATS protocol over TCP.
+    NatsTcp,
+    /// nats-server, NATS protocol over its WebSocket listener.
+    NatsWebSocket,
+}
+
+impl Target {
+    pub const ALL: [Target; 4] = [
+        Target::HeraldJson,
+        Target::HeraldMsgPack,
+        Target::NatsTcp,
+        Target::NatsWebSocket,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::HeraldJson => "herald-ws-json",
+            Target::HeraldMsgPack => "herald-ws-msgpack",
+            Target::NatsTcp => "nats-tcp",
+            Target::NatsWebSocket => "nats-ws",
+        }
+    }
+
+    pub fn is_herald(self) -> bool {
+        matches!(self, Target::HeraldJson | Target::HeraldMsgPack)
+    }
+
+    pub fn parse(name: &str) -> anyhow::Result<Target> {
+        Target::ALL
+            .into_iter()
+            .find(|target| target.name() == name)
+            .with_context(|| format!("unknown target {name:?}"))
+    }
+}
+
+/// Builds a payload of `size` bytes carrying its send time and sequence.
+pub fn payload(sent_micros: u64, sequence: u64, size: usize) -> String {
+    let head = format!("ts={sent_micros} n={sequence} ");
+    let padding = size.saturating_sub(head.len() + 2); // the JSON quotes
+    format!("{head}{}", "x".repeat(padding))
+}
+
+/// `(ts, n)` from a frame that contains a payload; `None` for other frames.
+pub fn stamp_of(frame: &[u8]) -> Option<(u64, u64)> {
+    let ts = number_after(frame, b"ts=")?;
+    let n = number_after(frame, b" n=")?;
+    Some((ts, n))
+}
+
+fn number_after(frame: &[u8], key: &[u8]) -> Option<u64> {
+    let start = frame.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = frame[start..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&frame[start..start + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// What a subscriber receives.
+#[derive(Debug)]
+pub enum Received {
+    /// A message frame (the whole frame; payload inside).
+    Message(Vec<u8>),
+    /// Herald told the subscriber it missed messages.
+    Gap,
+    /// Anything else (acks, pings, server info).
+    Other,
+    Closed,
+}
+
+type WebSocket = WebSocketStream<TcpStream>;
+
+/// One connection to a target, able to subscribe, receive and publish.
+#[derive(Debug)]
+pub enum Connection {
+    Herald { socket: WebSocket, msgpack: bool },
+    NatsTcp { stream: TcpStream, parser: NatsParser },
+    NatsWebSocket { socket: WebSocket, parser: NatsParser },
+}
+
+/// Opens a TCP connection from `source` (a 127.0.0.x address, so that many
+/// thousands of connections do not exhaust one address's ports).
+async fn tcp_from(source: Option<IpAddr>, server: SocketAddr) -> anyhow::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(source) = source {
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    Ok(socket.connect(server).await?)
+}
+
+impl Connection {
+    pub async fn open(
+        target: Target,
+        server: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> anyhow::Result<Connection> {
+        let stream = tcp_from(source, server).await?;
+        stream.set_nodelay(true)?;
+        match target {
+            Target::HeraldJson | Target::HeraldMsgPack => {
+                let msgpack = target == Target::HeraldMsgPack;
+                let mut request = format!("ws://{server}/ws").into_client_request()?;
+                if msgpack {
+                    request.headers_mut().insert(
+                        "sec-websocket-protocol",
+                        HeaderValue::from_static("herald.msgpack"),
+                    );
+                }
+                let (socket, _) = tokio_tungstenite::client_async(request, stream).await?;
+                Ok(Connection::Herald { socket, msgpack })
+            }
+            Target::NatsTcp => {
+                let mut connection = Connection::NatsTcp {
+                    stream,
+                    parser: NatsParser::default(),
+                };
+                connection.send_raw(NATS_CONNECT.as_bytes()).await?;
+                Ok(connection)
+            }
+            Target::NatsWebSocket => {
+                let (socket, _) = tokio_tungstenite::client_async(format!("ws://{server}/"), stream).await?;
+                let mut connection = Connection::NatsWebSocket {
+                    socket,
+                    parser: NatsParser::default(),
+                };
+                connection.send_raw(NATS_CONNECT.as_bytes()).await?;
+                Ok(connection)
+            }
+        }
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        match self {
+            Connection::NatsTcp { stream, .. } => stream.write_all(bytes).await?,
+            Connection::NatsWebSocket { socket, .. } => socket.send(Message::binary(bytes.to_vec())).await?,
+            Connection::Herald { socket, msgpack } => {
+                let frame = if *msgpack {
+                    let value: serde_json::Value = serde_json::from_slice(bytes)?;
+                    Message::binary(rmp_serde::to_vec_named(&value)?)
+                } else {
+                    Message::text(String::from_utf8(bytes.to_vec())?)
+                };
+                socket.send(frame).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribes and, where the protocol confirms, waits for it.
+    pub async fn subscribe(&mut self, subject: &str, sid: u64) -> anyhow::Result<()> {
+        match self {
+            Connection::Herald { .. } => {
+                let command = format!(r#"{{"op":"sub","id":{sid},"subject":"{subject}"}}"#);
+                self.send_raw(command.as_bytes()).await?;
+                loop {
+                    match self.receive_frame().await? {
+                        Received::Other => return Ok(()),
+                        Received::Closed => bail!("closed while subscribing"),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {
+                // PING after SUB: the PONG proves the SUB was processed.
+                self.send_raw(format!("SUB {subject} {sid}\r\nPING\r\n").as_bytes())
+                    .await?;
+                self.wait_for_pong().await
+            }
+        }
+    }
+
+    pub async fn unsubscribe(&mut self, subject: &str, sid: u64) -> anyhow::Result<()> {
+        match self {
+            Connection::Herald { .. } => {
+                self.send_raw(format!(r#"{{"op":"unsub","subject":"{subject}"}}"#).as_bytes())
+                    .await
+            }
+            _ => self.send_raw(format!("UNSUB {sid}\r\n").as_bytes()).await,
+        }
+    }
+
+    async fn wait_for_pong(&mut self) -> anyhow::Result<()> {
+        loop {
+            if let Some(parser) = self.parser() {
+                if parser.take_pong() {
+                    return Ok(());
+                }
+            }
+            if let Received::Closed = self.receive_frame().await? {
+                bail!("closed before PONG");
+            }
+        }
+    }
+
+    fn parser(&mut self) -> Option<&mut NatsParser> {
+        match self {
+            Connection::NatsTcp { parser, .. } | Connection::NatsWebSocket { parser, .. } => Some(parser),
+            Connection::Herald { .. } => None,
+        }
+    }
+
+    /// Publishes without waiting for any acknowledgement.
+    pub async fn publish(&mut self, subject: &str, payload: &str) -> anyhow::Result<()> {
+        match self {
+            Connection::Herald { .. } => {
+                let command = format!(r#"{{"op":"pub","subject":"{subject}","data":"{payload}"}}"#);
+                self.send_raw(command.as_bytes()).await
+            }
+            _ => {
+                let command = format!("PUB {subject} {}\r\n{payload}\r\n", payload.len());
+                self.send_raw(command.as_bytes()).await
+            }
+        }
+    }
+
+    /// Flushes buffered writes, waiting for the server where it can say so.
+    pub async fn flush(&mut self) -> anyhow::Result<()> {
+        match self {
+            Connection::NatsTcp { stream, .. } => stream.flush().await?,
+            Connection::NatsWebSocket { socket, .. } | Connection::Herald { socket, .. } => {
+                socket.flush().await?
+            }
+        }
+        Ok(())
+    }
+
+    /// The next thing the server sends.
+    pub async fn receive(&mut self) -> anyhow::Result<Received> {
+        self.receive_frame().await
+    }
+
+    async fn receive_frame(&mut self) -> anyhow::Result<Received> {
+        match self {
+            Connection::Herald { socket, .. } => match socket.next().await {
+                Some(Ok(Message::Text(text))) => Ok(classify_herald(text.as_bytes())),
+                Some(Ok(Message::Binary(binary))) => Ok(classify_herald(&binary)),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Ok(Received::Closed),
+                Some(Ok(_)) => Ok(Received::Other),
+            },
+            Connection::NatsTcp { stream, parser } => loop {
+                if let Some(received) = parser.next_event() {
+                    if parser.take_ping() {
+                        stream.write_all(b"PONG\r\n").await?;
+                    }
+                    return Ok(received);
+                }
+                let mut chunk = [0u8; 16 * 1024];
+                let read = stream.read(&mut chunk).await?;
+                if read == 0 {
+                    return Ok(Received::Closed);
+                }
+                parser.feed(&chunk[..read]);
+            },
+            Connection::NatsWebSocket { socket, parser } => loop {
+                if let Some(received) = parser.next_event() {
+                    if parser.take_ping() {
+                        socket.send(Message::binary(b"PONG\r\n".to_vec())).await?;
+                    }
+                    return Ok(received);
+                }
+                match socket.next().await {
+                    Some(Ok(Message::Binary(binary))) => parser.feed(&binary),
+                    Some(Ok(Message::Text(text))) => parser.feed(text.as_bytes()),
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(Received::Closed),
+                    Some(Ok(_)) => {}
+                }
+            },
+        }
+    }
+}
+
+fn classify_herald(frame: &[u8]) -> Received {
+    // Both encodings carry the op as a string: `"op":"msg"` in JSON, the
+    // bytes `op` then `msg` in MessagePack.
+    if frame.windows(3).any(|w| w == b"msg") && stamp_of(frame).is_some() {
+        Received::Message(frame.to_vec())
+    } else if frame.windows(3).any(|w| w == b"gap") {
+        Received::Gap
+    } else {
+        Received::Other
+    }
+}
+
+const NATS_CONNECT: &str = "CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":false}\r\n";
+
+/// Incremental parser of the server side of the NATS protocol: `MSG`,
+/// `PING`, `PONG`, `INFO`, `+OK`, `-ERR`.
+#[derive(Debug, Default)]
+pub struct NatsParser {
+    buffer: BytesMut,
+    pings_owed: u32,
+    pongs_seen: u32,
+}
+
+impl NatsParser {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    fn take_ping(&mut self) -> bool {
+        let owed = self.pings_owed > 0;
+        self.pings_owed = 0;
+        owed
+    }
+
+    fn take_pong(&mut self) -> bool {
+        let seen = self.pongs_seen > 0;
+        self.pongs_seen = self.pongs_seen.saturating_sub(1);
+        seen
+    }
+
+    /// The next complete event in the buffer, if any.
+    pub fn next_event(&mut self) -> Option<Received> {
+        loop {
+            let line_end = self.buffer.windows(2).position(|w| w == b"\r\n")?;
+            let line = &self.buffer[..line_end];
+            if line.starts_with(b"MSG ") {
+                // MSG <subject> <sid> [reply-to] <#bytes>
+                let length: usize = std::str::from_utf8(line).ok()?.rsplit(' ').next()?.parse().ok()?;
+                let total = line_end + 2 + length + 2;
+                if self.buffer.len() < total {
+                    return None;
+                }
+                let payload = self.buffer[line_end + 2..line_end + 2 + length].to_vec();
+                self.buffer.advance(total);
+                return Some(Received::Message(payload));
+            }
+            let is_ping = line == b"PING";
+            let is_pong = line == b"PONG";
+            let is_error = line.starts_with(b"-ERR");
+            self.buffer.advance(line_end + 2);
+            if is_ping {
+                self.pings_owed += 1;
+                return Some(Received::Other);
+            }
+            if is_pong {
+                self.pongs_seen += 1;
+                return Some(Received::Other);
+            }
+            if is_error {
+                return Some(Received::Closed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_stamps_read_back_in_every_encoding() {
+        let text = payload(1_700_000_000_000_000, 42, 128);
+        assert_eq!(text.len() + 2, 128);
+        let json = format!(r#"{{"op":"msg","subject":"s","pos":"p","data":"{text}"}}"#);
+        assert_eq!(stamp_of(json.as_bytes()), Some((1_700_000_000_000_000, 42)));
+        let msgpack = rmp_serde::to_vec_named(&serde_json::json!({"op":"msg","data": text})).unwrap();
+        assert_eq!(stamp_of(&msgpack), Some((1_700_000_000_000_000, 42)));
+    }
+
+    #[test]
+    fn nats_parser_handles_split_and_batched_input() {
+        let mut parser = NatsParser::default();
+        parser.feed(b"INFO {}\r\nMSG a.b 1 5\r\nhel");
+        assert!(parser.next_event().is_none());
+        parser.feed(b"lo\r\nPING\r\nMSG a 1 0\r\n\r\n");
+        assert!(matches!(parser.next_event(), Some(Received::Message(p)) if p == b"hello"));
+        assert!(matches!(parser.next_event(), Some(Received::Other)));
+        assert!(parser.take_ping());
+        assert!(matches!(parser.next_event(), Some(Received::Message(p)) if p.is_empty()));
+        assert!(parser.next_event().is_none());
+    }
+}

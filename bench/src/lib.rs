@@ -1,0 +1,161 @@
+//! # herald-bench
+//!
+//! Herald's end-to-end load generator. Every server under test runs as its
+//! own process on loopback; real clients connect from this one:
+//!
+//! | scenario | measures |
+//! |---|---|
+//! | `fanout` | 1 publisher → N subscribers on one subject, as fast as it goes: deliveries/s, loss, order |
+//! | `latency` | the same at a fixed rate (50% of the measured maximum): p50/p99/p999/max, CDF |
+//! | `idle` | C idle subscribed connections: server RSS per connection |
+//! | `churn` | fan-out deliveries/s alone vs during a subscribe/unsubscribe storm |
+//!
+//! Targets: Herald's WebSocket gateway (JSON, MessagePack) and, as the peer
+//! measured in the same run, nats-server over TCP and over its WebSocket
+//! listener. The clients of every target are equally thin (`clients`).
+//!
+//! [`suite`] runs the standard set and [`report`] turns the records into
+//! the tables and plots of `docs/benchmarks.md`. [`smoke`] is the seconds
+//! long version the test suite runs, asserting correctness, never timings.
+
+pub mod clients;
+pub mod report;
+pub mod scenarios;
+pub mod servers;
+
+use anyhow::ensure;
+
+pub use clients::Target;
+pub use scenarios::Record;
+pub use servers::{Binaries, Server};
+
+/// How big a suite run is.
+#[derive(Debug, Clone, Copy)]
+pub struct SuiteSize {
+    pub fanout_subscribers: &'static [usize],
+    pub fanout_seconds: f64,
+    pub latency_subscribers: usize,
+    /// Fixed latency publish rate; `None`: half the measured maximum.
+    pub latency_rate: Option<u64>,
+    pub latency_seconds: f64,
+    pub idle_connections: usize,
+    pub churn_subscribers: usize,
+    pub churn_seconds: f64,
+}
+
+impl SuiteSize {
+    /// The set `make bench` runs: a few minutes on two cores.
+    pub const STANDARD: SuiteSize = SuiteSize {
+        fanout_subscribers: &[100, 1_000, 10_000],
+        fanout_seconds: 3.0,
+        latency_subscribers: 1_000,
+        latency_rate: None,
+        latency_seconds: 5.0,
+        idle_connections: 10_000,
+        churn_subscribers: 100,
+        churn_seconds: 3.0,
+    };
+
+    /// Seconds, for the test suite.
+    pub const SMOKE: SuiteSize = SuiteSize {
+        fanout_subscribers: &[20],
+        fanout_seconds: 0.5,
+        latency_subscribers: 20,
+        latency_rate: Some(200),
+        latency_seconds: 0.5,
+        idle_connections: 50,
+        churn_subscribers: 10,
+        churn_seconds: 0.5,
+    };
+}
+
+/// Runs every scenario against every target, each on a fresh server.
+/// `progress` sees each record as it is made.
+pub async fn suite(
+    binaries: &Binaries,
+    targets: &[Target],
+    size: SuiteSize,
+    mut progress: impl FnMut(&Record),
+) -> anyhow::Result<Vec<Record>> {
+    let mut records = Vec::new();
+    let mut keep = |record: Record, records: &mut Vec<Record>| {
+        progress(&record);
+        records.push(record);
+    };
+    for &target in targets {
+        let mut max_rate_at_latency_size = None;
+        for &subscribers in size.fanout_subscribers {
+            let server = Server::start(target, binaries).await?;
+            let record =
+                scenarios::fanout(target, &server, subscribers, None, size.fanout_seconds, 128).await;
+            server.stop().await;
+            let record = record?;
+            if subscribers == size.latency_subscribers {
+                max_rate_at_latency_size = Some(record.deliveries_per_second / subscribers as f64);
+            }
+            keep(record, &mut records);
+        }
+        // Latency at half the maximum this target sustained at this size.
+        let rate = size
+            .latency_rate
+            .unwrap_or_else(|| max_rate_at_latency_size.map_or(100, |max| ((max * 0.5) as u64).max(1)));
+        let server = Server::start(target, binaries).await?;
+        let record = scenarios::fanout(
+            target,
+            &server,
+            size.latency_subscribers,
+            Some(rate),
+            size.latency_seconds,
+            128,
+        )
+        .await;
+        server.stop().await;
+        keep(
+            Record {
+                scenario: "latency".into(),
+                ..record?
+            },
+            &mut records,
+        );
+
+        let server = Server::start(target, binaries).await?;
+        let record = scenarios::idle(target, &server, size.idle_connections).await;
+        server.stop().await;
+        keep(record?, &mut records);
+
+        let server = Server::start(target, binaries).await?;
+        let record = scenarios::churn(target, &server, size.churn_subscribers, size.churn_seconds).await;
+        server.stop().await;
+        keep(record?, &mut records);
+    }
+    Ok(records)
+}
+
+/// The smoke run: every scenario, seconds long, against `targets`; fails on
+/// any duplicate or reordering, and on any loss at a fixed rate far below
+/// what a server sustains (where nothing may be lost). Flat-out runs may
+/// lose messages by design (queues overflow), so there only delivery itself
+/// is checked.
+pub async fn smoke(binaries: &Binaries, targets: &[Target]) -> anyhow::Result<Vec<Record>> {
+    let records = suite(binaries, targets, SuiteSize::SMOKE, |_| {}).await?;
+    for record in &records {
+        ensure!(record.duplicates == 0, "duplicates in {record:?}");
+        ensure!(record.out_of_order == 0, "reordering in {record:?}");
+        if record.scenario == "latency" {
+            ensure!(
+                record.delivered == record.expected && record.expected > 0,
+                "loss at a fixed low rate in {record:?}"
+            );
+        }
+        if record.scenario == "idle" {
+            ensure!(
+                record.connections == SuiteSize::SMOKE.idle_connections,
+                "idle run incomplete"
+            );
+        }
+        if record.scenario == "fanout" || record.scenario == "churn" {
+            ensure!(record.delivered > 0, "nothing delivered in {record:?}");
+        }
+    }
+    Ok(records)
+}

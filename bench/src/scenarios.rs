@@ -1,0 +1,355 @@
+//! The scenarios, each bounded in time and count, each producing one
+//! [`Record`]. They check correctness as they measure: every delivery is
+//! checked for duplicates and order (one publisher, so sequence numbers
+//! must arrive increasing), and Herald's gap notices are counted.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::clients::{payload, stamp_of, Connection, Received, Target};
+use crate::servers::Server;
+
+/// Connections per source address: stays well inside one address's
+/// ephemeral port range.
+const CONNECTIONS_PER_SOURCE: usize = 20_000;
+/// How long receivers may keep draining after publishing stops.
+const DRAIN: Duration = Duration::from_secs(3);
+const SUBJECT: &str = "bench.fanout";
+
+/// One run's result; one JSON line.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub scenario: String,
+    pub target: String,
+    #[serde(default)]
+    pub subscribers: usize,
+    /// Fixed publish rate (messages/s), or absent for "as fast as possible".
+    #[serde(default)]
+    pub publish_rate: Option<u64>,
+    #[serde(default)]
+    pub payload_bytes: usize,
+    #[serde(default)]
+    pub seconds: f64,
+    #[serde(default)]
+    pub published: u64,
+    #[serde(default)]
+    pub delivered: u64,
+    #[serde(default)]
+    pub expected: u64,
+    #[serde(default)]
+    pub gap_events: u64,
+    #[serde(default)]
+    pub duplicates: u64,
+    #[serde(default)]
+    pub out_of_order: u64,
+    #[serde(default)]
+    pub deliveries_per_second: f64,
+    #[serde(default)]
+    pub latency_us: Option<Latency>,
+    /// Latency CDF: (percentile, microseconds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_cdf: Vec<(f64, u64)>,
+    #[serde(default)]
+    pub connections: usize,
+    #[serde(default)]
+    pub bytes_per_connection: u64,
+    #[serde(default)]
+    pub churn_rounds: u64,
+    /// For churn: deliveries/s before the storm.
+    #[serde(default)]
+    pub baseline_deliveries_per_second: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// 127.0.0.1 for the first connections, then 127.0.0.2, and so on.
+fn source_for(index: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        0,
+        1 + (index / CONNECTIONS_PER_SOURCE) as u8,
+    ))
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
+}
+
+async fn subscribers(
+    target: Target,
+    server: SocketAddr,
+    count: usize,
+    subject: &str,
+) -> anyhow::Result<Vec<Connection>> {
+    let mut connections = Vec::with_capacity(count);
+    for index in 0..count {
+        let mut connection = Connection::open(target, server, Some(source_for(index)))
+            .await
+            .with_context(|| format!("subscriber {index}"))?;
+        connection.subscribe(subject, 1).await?;
+        connections.push(connection);
+    }
+    Ok(connections)
+}
+
+/// What one subscriber saw.
+struct Tally {
+    delivered: u64,
+    gaps: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    latency: Histogram<u64>,
+    last_delivery: Option<Instant>,
+}
+
+async fn receive_until_done(
+    mut connection: Connection,
+    mut published: watch::Receiver<Option<u64>>,
+    deadline: tokio::time::Instant,
+) -> Tally {
+    let mut tally = Tally {
+        delivered: 0,
+        gaps: 0,
+        duplicates: 0,
+        out_of_order: 0,
+        latency: histogram(),
+        last_delivery: None,
+    };
+    let mut last_sequence: Option<u64> = None;
+    let mut seen_everything = false;
+    while !seen_everything {
+        let received = tokio::select! {
+            received = connection.receive() => received,
+            () = tokio::time::sleep_until(deadline) => break,
+            changed = published.changed(), if published.borrow().is_none() => {
+                if changed.is_err() { break; }
+                seen_everything = published.borrow().is_some_and(|total| tally.delivered >= total);
+                continue;
+            }
+        };
+        match received {
+            Ok(Received::Message(frame)) => {
+                let Some((sent, sequence)) = stamp_of(&frame) else {
+                    continue;
+                };
+                match last_sequence {
+                    Some(last) if sequence == last => tally.duplicates += 1,
+                    Some(last) if sequence < last => tally.out_of_order += 1,
+                    _ => {}
+                }
+                last_sequence = Some(last_sequence.map_or(sequence, |last| last.max(sequence)));
+                tally.delivered += 1;
+                tally.last_delivery = Some(Instant::now());
+                let _ = tally.latency.record(now_micros().saturating_sub(sent).max(1));
+                seen_everything = published.borrow().is_some_and(|total| tally.delivered >= total);
+            }
+            Ok(Received::Gap) => tally.gaps += 1,
+            Ok(Received::Other) => {}
+            Ok(Received::Closed) | Err(_) => break,
+        }
+    }
+    tally
+}
+
+/// Publishes for `seconds`, at `rate` messages/s or as fast as the
+/// connection takes them. Returns how many were published.
+async fn publish_for(
+    publisher: &mut Connection,
+    rate: Option<u64>,
+    seconds: f64,
+    payload_bytes: usize,
+    started: Instant,
+) -> anyhow::Result<u64> {
+    let duration = Duration::from_secs_f64(seconds);
+    let mut sequence = 0u64;
+    match rate {
+        Some(rate) => {
+            let interval = Duration::from_secs_f64(1.0 / rate as f64);
+            let total = (rate as f64 * seconds) as u64;
+            while sequence < total {
+                let due = started + interval.mul_f64(sequence as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    tokio::time::sleep(wait).await;
+                }
+                publisher
+                    .publish(SUBJECT, &payload(now_micros(), sequence, payload_bytes))
+                    .await?;
+                sequence += 1;
+            }
+        }
+        None => {
+            while started.elapsed() < duration {
+                for _ in 0..32 {
+                    publisher
+                        .publish(SUBJECT, &payload(now_micros(), sequence, payload_bytes))
+                        .await?;
+                    sequence += 1;
+                }
+                publisher.flush().await?;
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    publisher.flush().await?;
+    Ok(sequence)
+}
+
+/// One publisher → `subscriber_count` subscribers on one subject.
+pub async fn fanout(
+    target: Target,
+    server: &Server,
+    subscriber_count: usize,
+    rate: Option<u64>,
+    seconds: f64,
+    payload_bytes: usize,
+) -> anyhow::Result<Record> {
+    let connections = subscribers(target, server.address, subscriber_count, SUBJECT).await?;
+    let mut publisher = Connection::open(target, server.address, None).await?;
+    let (published_sender, published) = watch::channel(None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(seconds) + DRAIN;
+    let receivers: Vec<_> = connections
+        .into_iter()
+        .map(|connection| tokio::spawn(receive_until_done(connection, published.clone(), deadline)))
+        .collect();
+    let started = Instant::now();
+    let total = publish_for(&mut publisher, rate, seconds, payload_bytes, started).await?;
+    let publish_seconds = started.elapsed().as_secs_f64();
+    let _ = published_sender.send(Some(total));
+
+    let mut record = Record {
+        scenario: "fanout".into(),
+        target: target.name().into(),
+        subscribers: subscriber_count,
+        publish_rate: rate,
+        payload_bytes,
+        published: total,
+        expected: total * subscriber_count as u64,
+        ..Record::default()
+    };
+    let mut latency = histogram();
+    let mut last_delivery = started;
+    for receiver in receivers {
+        let tally = receiver.await?;
+        record.delivered += tally.delivered;
+        record.gap_events += tally.gaps;
+        record.duplicates += tally.duplicates;
+        record.out_of_order += tally.out_of_order;
+        latency.add(&tally.latency)?;
+        last_delivery = last_delivery.max(tally.last_delivery.unwrap_or(started));
+    }
+    let elapsed = (last_delivery - started).as_secs_f64().max(publish_seconds);
+    record.seconds = round(elapsed);
+    record.deliveries_per_second = round(record.delivered as f64 / elapsed);
+    record.latency_us = Some(summarize(&latency));
+    record.latency_cdf = [
+        1.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99, 100.0,
+    ]
+    .into_iter()
+    .map(|percentile| (percentile, latency.value_at_percentile(percentile)))
+    .collect();
+    Ok(record)
+}
+
+/// `connections` idle connections, each subscribed to its own subject;
+/// the server's resident memory per connection.
+pub async fn idle(target: Target, server: &Server, connections: usize) -> anyhow::Result<Record> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server.rss_bytes()?;
+    let mut held = Vec::with_capacity(connections);
+    for index in 0..connections {
+        let mut connection = Connection::open(target, server.address, Some(source_for(index))).await?;
+        connection.subscribe(&format!("idle.{index}"), 1).await?;
+        held.push(connection);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = server.rss_bytes()?;
+    drop(held);
+    Ok(Record {
+        scenario: "idle".into(),
+        target: target.name().into(),
+        connections,
+        bytes_per_connection: after.saturating_sub(before) / connections.max(1) as u64,
+        ..Record::default()
+    })
+}
+
+/// Fan-out as fast as possible, first alone, then while another connection
+/// subscribes and unsubscribes in a loop (to other subjects and to the
+/// published one).
+pub async fn churn(
+    target: Target,
+    server: &Server,
+    subscriber_count: usize,
+    seconds: f64,
+) -> anyhow::Result<Record> {
+    let baseline = fanout(target, server, subscriber_count, None, seconds, 128).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let mut churner = Connection::open(target, server.address, None).await?;
+    let storm = tokio::spawn({
+        let (stop, rounds) = (stop.clone(), rounds.clone());
+        async move {
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let subject = if round % 2 == 0 {
+                    SUBJECT.to_owned()
+                } else {
+                    format!("churn.{}", round % 1000)
+                };
+                let sid = 10 + round % 1000;
+                if churner.subscribe(&subject, sid).await.is_err()
+                    || churner.unsubscribe(&subject, sid).await.is_err()
+                {
+                    return;
+                }
+                round += 1;
+                rounds.store(round, Ordering::Relaxed);
+            }
+        }
+    });
+    let during = fanout(target, server, subscriber_count, None, seconds, 128).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(5), storm).await;
+    let during = during?;
+    Ok(Record {
+        scenario: "churn".into(),
+        churn_rounds: rounds.load(Ordering::Relaxed),
+        baseline_deliveries_per_second: baseline.deliveries_per_second,
+        ..during
+    })
+}
+
+fn summarize(histogram: &Histogram<u64>) -> Latency {
+    Latency {
+        p50: histogram.value_at_quantile(0.50),
+        p90: histogram.value_at_quantile(0.90),
+        p99: histogram.value_at_quantile(0.99),
+        p999: histogram.value_at_quantile(0.999),
+        max: histogram.max(),
+    }
+}
+
+fn round(value: f64) -> f64 {
+    (value * 10.0).round() / 10.0
+}

@@ -1,0 +1,33 @@
+//! The load generator's smoke mode, so the tool cannot rot: every scenario
+//! for a few seconds against the real binary (and nats-server, when it is
+//! installed: `.ci/run` installs it). It asserts correctness (no
+//! duplicates, no reordering, nothing lost at a low fixed rate), never
+//! timings.
+
+use herald_bench::{Binaries, Target};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_and_delivers_correctly() {
+    let binaries = Binaries::locate(env!("CARGO_BIN_EXE_herald").into());
+    let targets: Vec<Target> = Target::ALL
+        .into_iter()
+        .filter(|target| target.is_herald() || binaries.has_nats())
+        .collect();
+    if !binaries.has_nats() {
+        eprintln!("nats-server is not installed: the smoke run covers Herald only");
+    }
+    let records = herald_bench::smoke(&binaries, &targets)
+        .await
+        .expect("smoke run passes");
+    for target in &targets {
+        for scenario in ["fanout", "latency", "idle", "churn"] {
+            assert!(
+                records
+                    .iter()
+                    .any(|r| r.target == target.name() && r.scenario == scenario),
+                "{} {scenario} ran",
+                target.name()
+            );
+        }
+    }
+}
