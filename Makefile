@@ -22,13 +22,21 @@ fmt:
 ## suite, and rewrites the generated part of docs/benchmarks.md.
 bench: bench-peers bench-core bench-e2e
 
-## nats-server from Debian's packages, if it is not installed yet.
+## The peers, installed if missing: nats-server from Debian's packages,
+## Socket.IO 4 from npm (needs Node.js; skipped with a note without it).
 bench-peers:
 	@if command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; then \
 	  echo "nats-server present"; \
 	else \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nats-server; \
+	fi
+	@if ! command -v node >/dev/null 2>&1; then \
+	  echo "node not found: the Socket.IO peer is skipped"; \
+	elif [ -d bench/peers/socketio/node_modules/socket.io ]; then \
+	  echo "socket.io present"; \
+	else \
+	  cd bench/peers/socketio && npm ci --no-audit --no-fund --loglevel=error; \
 	fi
 
 ## Criterion benches of the broker core (shortened measurement).

@@ -29,14 +29,17 @@ pub enum Target {
     NatsTcp,
     /// nats-server, NATS protocol over its WebSocket listener.
     NatsWebSocket,
+    /// Socket.IO 4 on Node.js (WebSocket transport), rooms as subjects.
+    SocketIo,
 }
 
 impl Target {
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 5] = [
         Target::HeraldJson,
         Target::HeraldMsgPack,
         Target::NatsTcp,
         Target::NatsWebSocket,
+        Target::SocketIo,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +48,7 @@ impl Target {
             Target::HeraldMsgPack => "herald-ws-msgpack",
             Target::NatsTcp => "nats-tcp",
             Target::NatsWebSocket => "nats-ws",
+            Target::SocketIo => "socketio",
         }
     }
 
@@ -103,6 +107,7 @@ pub enum Connection {
     Herald { socket: WebSocket, msgpack: bool },
     NatsTcp { stream: TcpStream, parser: NatsParser },
     NatsWebSocket { socket: WebSocket, parser: NatsParser },
+    SocketIo { socket: WebSocket },
 }
 
 /// Opens a TCP connection from `source` (a 127.0.0.x address, so that many
@@ -144,6 +149,16 @@ impl Connection {
                 connection.send_raw(NATS_CONNECT.as_bytes()).await?;
                 Ok(connection)
             }
+            Target::SocketIo => {
+                let url = format!("ws://{server}/socket.io/?EIO=4&transport=websocket");
+                let (socket, _) = tokio_tungstenite::client_async(url, stream).await?;
+                let mut connection = Connection::SocketIo { socket };
+                // Engine.IO "open", then join the default namespace.
+                connection.expect_socketio_prefix("0").await?;
+                connection.send_raw(b"40").await?;
+                connection.expect_socketio_prefix("40").await?;
+                Ok(connection)
+            }
             Target::NatsWebSocket => {
                 let (socket, _) = tokio_tungstenite::client_async(format!("ws://{server}/"), stream).await?;
                 let mut connection = Connection::NatsWebSocket {
@@ -156,8 +171,30 @@ impl Connection {
         }
     }
 
+    /// Reads Socket.IO frames until one starts with `prefix`.
+    async fn expect_socketio_prefix(&mut self, prefix: &str) -> anyhow::Result<()> {
+        let Connection::SocketIo { socket } = self else {
+            bail!("not a Socket.IO connection")
+        };
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) if text.starts_with(prefix) => return Ok(()),
+                Some(Ok(Message::Text(text))) if text.as_str() == "2" => {
+                    socket.send(Message::text("3")).await?
+                }
+                Some(Ok(_)) => {}
+                _ => bail!("Socket.IO connection closed while waiting for {prefix:?}"),
+            }
+        }
+    }
+
     async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         match self {
+            Connection::SocketIo { socket } => {
+                socket
+                    .send(Message::text(String::from_utf8(bytes.to_vec())?))
+                    .await?
+            }
             Connection::NatsTcp { stream, .. } => stream.write_all(bytes).await?,
             Connection::NatsWebSocket { socket, .. } => socket.send(Message::binary(bytes.to_vec())).await?,
             Connection::Herald { socket, msgpack } => {
@@ -176,6 +213,12 @@ impl Connection {
     /// Subscribes and, where the protocol confirms, waits for it.
     pub async fn subscribe(&mut self, subject: &str, sid: u64) -> anyhow::Result<()> {
         match self {
+            Connection::SocketIo { .. } => {
+                // Event with acknowledgement id 0; the server acks with "430[]".
+                self.send_raw(format!(r#"420["sub","{subject}"]"#).as_bytes())
+                    .await?;
+                self.expect_socketio_prefix("430").await
+            }
             Connection::Herald { .. } => {
                 let command = format!(r#"{{"op":"sub","id":{sid},"subject":"{subject}"}}"#);
                 self.send_raw(command.as_bytes()).await?;
@@ -198,6 +241,10 @@ impl Connection {
 
     pub async fn unsubscribe(&mut self, subject: &str, sid: u64) -> anyhow::Result<()> {
         match self {
+            Connection::SocketIo { .. } => {
+                self.send_raw(format!(r#"42["unsub","{subject}"]"#).as_bytes())
+                    .await
+            }
             Connection::Herald { .. } => {
                 self.send_raw(format!(r#"{{"op":"unsub","subject":"{subject}"}}"#).as_bytes())
                     .await
@@ -222,13 +269,17 @@ impl Connection {
     fn parser(&mut self) -> Option<&mut NatsParser> {
         match self {
             Connection::NatsTcp { parser, .. } | Connection::NatsWebSocket { parser, .. } => Some(parser),
-            Connection::Herald { .. } => None,
+            Connection::Herald { .. } | Connection::SocketIo { .. } => None,
         }
     }
 
     /// Publishes without waiting for any acknowledgement.
     pub async fn publish(&mut self, subject: &str, payload: &str) -> anyhow::Result<()> {
         match self {
+            Connection::SocketIo { .. } => {
+                self.send_raw(format!(r#"42["pub","{subject}","{payload}"]"#).as_bytes())
+                    .await
+            }
             Connection::Herald { .. } => {
                 let command = format!(r#"{{"op":"pub","subject":"{subject}","data":"{payload}"}}"#);
                 self.send_raw(command.as_bytes()).await
@@ -244,9 +295,9 @@ impl Connection {
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         match self {
             Connection::NatsTcp { stream, .. } => stream.flush().await?,
-            Connection::NatsWebSocket { socket, .. } | Connection::Herald { socket, .. } => {
-                socket.flush().await?
-            }
+            Connection::NatsWebSocket { socket, .. }
+            | Connection::Herald { socket, .. }
+            | Connection::SocketIo { socket } => socket.flush().await?,
         }
         Ok(())
     }
@@ -258,6 +309,21 @@ impl Connection {
 
     async fn receive_frame(&mut self) -> anyhow::Result<Received> {
         match self {
+            Connection::SocketIo { socket } => match socket.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    if text.as_str() == "2" {
+                        // Engine.IO ping: answer, or the server drops us.
+                        socket.send(Message::text("3")).await?;
+                        Ok(Received::Other)
+                    } else if text.starts_with(r#"42["msg""#) {
+                        Ok(Received::Message(text.as_bytes().to_vec()))
+                    } else {
+                        Ok(Received::Other)
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Ok(Received::Closed),
+                Some(Ok(_)) => Ok(Received::Other),
+            },
             Connection::Herald { socket, .. } => match socket.next().await {
                 Some(Ok(Message::Text(text))) => Ok(classify_herald(text.as_bytes())),
                 Some(Ok(Message::Binary(binary))) => Ok(classify_herald(&binary)),

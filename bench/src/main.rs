@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
             let targets = if targets.is_empty() {
                 Target::ALL
                     .into_iter()
-                    .filter(|t| t.is_herald() || binaries.has_nats())
+                    .filter(|t| binaries.can_run(*t))
                     .collect::<Vec<_>>()
             } else {
                 targets

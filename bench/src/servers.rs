@@ -18,24 +18,55 @@ use crate::clients::Target;
 pub struct Binaries {
     pub herald: PathBuf,
     pub nats_server: PathBuf,
+    /// Node.js, for the Socket.IO peer.
+    pub node: PathBuf,
+    /// The Socket.IO peer's script; its `node_modules` come from
+    /// `make bench-peers` (npm ci).
+    pub socketio_script: PathBuf,
 }
 
 impl Binaries {
     /// `herald` as given; `nats-server` from PATH or /usr/sbin (Debian).
     pub fn locate(herald: PathBuf) -> Binaries {
-        let nats_server = std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-            .map(|dir| dir.join("nats-server"))
-            .find(|candidate| candidate.exists())
-            .unwrap_or_else(|| PathBuf::from("nats-server"));
-        Binaries { herald, nats_server }
+        Binaries {
+            herald,
+            nats_server: on_path("nats-server"),
+            node: on_path("node"),
+            socketio_script: Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/socketio/server.js"),
+        }
     }
 
     pub fn has_nats(&self) -> bool {
         self.nats_server.exists()
     }
+
+    pub fn has_socketio(&self) -> bool {
+        let modules = self
+            .socketio_script
+            .with_file_name("node_modules")
+            .join("socket.io");
+        self.node.exists() && modules.exists()
+    }
+
+    /// Whether the server of `target` is installed here.
+    pub fn can_run(&self, target: Target) -> bool {
+        match target {
+            Target::HeraldJson | Target::HeraldMsgPack => true,
+            Target::NatsTcp | Target::NatsWebSocket => self.has_nats(),
+            Target::SocketIo => self.has_socketio(),
+        }
+    }
+}
+
+/// `name` from PATH, or from Debian's /usr/sbin and /usr/bin.
+fn on_path(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// A running server and the address each target reaches it on.
@@ -51,6 +82,11 @@ impl Server {
     pub async fn start(target: Target, binaries: &Binaries) -> anyhow::Result<Server> {
         match target {
             Target::HeraldJson | Target::HeraldMsgPack => start_herald(&binaries.herald).await,
+            Target::SocketIo => {
+                let mut command = Command::new(&binaries.node);
+                command.arg(&binaries.socketio_script);
+                start_logging_address(command, "node (Socket.IO peer)").await
+            }
             Target::NatsTcp | Target::NatsWebSocket => {
                 start_nats(&binaries.nats_server, target == Target::NatsWebSocket).await
             }
@@ -86,19 +122,26 @@ async fn start_herald(binary: &Path) -> anyhow::Result<Server> {
             binary.display()
         );
     }
-    let mut child = Command::new(binary)
+    let mut command = Command::new(binary);
+    command
         .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn,herald=info")
         // Publishers here send far more than the default flood limit.
-        .env("HERALD_WEBSOCKET__MAX_COMMANDS_PER_SECOND", "100000000")
+        .env("HERALD_WEBSOCKET__MAX_COMMANDS_PER_SECOND", "100000000");
+    start_logging_address(command, "herald").await
+}
+
+/// Starts a server that logs `address=HOST:PORT` on stderr once listening.
+async fn start_logging_address(mut command: Command, name: &str) -> anyhow::Result<Server> {
+    let mut child = command
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
+        .with_context(|| format!("cannot start {name}"))?;
     let mut lines = BufReader::new(child.stderr.take().context("no stderr")?).lines();
     let address = loop {
         let Some(line) = lines.next_line().await? else {
-            bail!("herald exited before listening");
+            bail!("{name} exited before listening");
         };
         if let Some(rest) = line.split("address=").nth(1) {
             break rest.split_whitespace().next().unwrap_or_default().parse()?;
