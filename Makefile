@@ -44,7 +44,7 @@ bench-core:
 	$(CARGO) bench -p herald-broker --bench fanout -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p herald-broker --bench router -- --warm-up-time 1 --measurement-time 3
 
-BENCH_ENVIRONMENT = Machine: $(shell nproc) vCPU $(shell grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), Linux $(shell uname -r); $(shell rustc --version | cut -d' ' -f1-2); $(shell (nats-server --version 2>/dev/null || /usr/sbin/nats-server --version 2>/dev/null) | head -1); herald $(shell git describe --always --dirty 2>/dev/null); run of $(shell date -u +%Y-%m-%d). Command: `make bench`.
+BENCH_ENVIRONMENT = Machine: $(shell nproc) vCPU $(shell grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), Linux $(shell uname -r); $(shell rustc --version | cut -d' ' -f1-2); $(shell (nats-server --version 2>/dev/null || /usr/sbin/nats-server --version 2>/dev/null) | head -1); node $(shell node --version 2>/dev/null), socket.io $(shell node -p "require('./bench/peers/socketio/node_modules/socket.io/package.json').version" 2>/dev/null); herald $(shell git describe --always --dirty 2>/dev/null); run of $(shell date -u +%Y-%m-%d). Command: make bench.
 
 ## End to end: release server, peers and the load generator.
 bench-e2e:
