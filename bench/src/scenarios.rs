@@ -126,7 +126,6 @@ struct Tally {
 async fn receive_until_done(
     mut connection: Connection,
     mut published: watch::Receiver<Option<u64>>,
-    deadline: tokio::time::Instant,
 ) -> Tally {
     let mut tally = Tally {
         delivered: 0,
@@ -137,14 +136,21 @@ async fn receive_until_done(
         last_delivery: None,
     };
     let mut last_sequence: Option<u64> = None;
-    let mut seen_everything = false;
-    while !seen_everything {
+    // Until publishing ends there is no deadline; after, DRAIN to catch up.
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let total = *published.borrow();
+        if total.is_some_and(|total| tally.delivered >= total) {
+            break;
+        }
+        if total.is_some() && deadline.is_none() {
+            deadline = Some(tokio::time::Instant::now() + DRAIN);
+        }
         let received = tokio::select! {
             received = connection.receive() => received,
-            () = tokio::time::sleep_until(deadline) => break,
-            changed = published.changed(), if published.borrow().is_none() => {
+            () = sleep_until_some(deadline) => break,
+            changed = published.changed(), if total.is_none() => {
                 if changed.is_err() { break; }
-                seen_everything = published.borrow().is_some_and(|total| tally.delivered >= total);
                 continue;
             }
         };
@@ -162,7 +168,6 @@ async fn receive_until_done(
                 tally.delivered += 1;
                 tally.last_delivery = Some(Instant::now());
                 let _ = tally.latency.record(now_micros().saturating_sub(sent).max(1));
-                seen_everything = published.borrow().is_some_and(|total| tally.delivered >= total);
             }
             Ok(Received::Gap) => tally.gaps += 1,
             Ok(Received::Other) => {}
@@ -170,6 +175,13 @@ async fn receive_until_done(
         }
     }
     tally
+}
+
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Publishes for `seconds`, at `rate` messages/s or as fast as the
@@ -227,10 +239,9 @@ pub async fn fanout(
     let connections = subscribers(target, server.address, subscriber_count, SUBJECT).await?;
     let mut publisher = Connection::open(target, server.address, None).await?;
     let (published_sender, published) = watch::channel(None);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(seconds) + DRAIN;
     let receivers: Vec<_> = connections
         .into_iter()
-        .map(|connection| tokio::spawn(receive_until_done(connection, published.clone(), deadline)))
+        .map(|connection| tokio::spawn(receive_until_done(connection, published.clone())))
         .collect();
     let started = Instant::now();
     let total = publish_for(&mut publisher, rate, seconds, payload_bytes, started).await?;
