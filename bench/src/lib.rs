@@ -47,13 +47,13 @@ impl SuiteSize {
     /// The set `make bench` runs: a few minutes on two cores.
     pub const STANDARD: SuiteSize = SuiteSize {
         fanout_subscribers: &[100, 1_000, 10_000],
-        fanout_seconds: 3.0,
+        fanout_seconds: 2.0,
         latency_subscribers: 1_000,
         latency_rate: None,
-        latency_seconds: 5.0,
+        latency_seconds: 3.0,
         idle_connections: 10_000,
         churn_subscribers: 100,
-        churn_seconds: 3.0,
+        churn_seconds: 2.0,
     };
 
     /// Seconds, for the test suite.

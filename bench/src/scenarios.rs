@@ -20,7 +20,7 @@ use crate::servers::Server;
 /// ephemeral port range.
 const CONNECTIONS_PER_SOURCE: usize = 20_000;
 /// How long receivers may keep draining after publishing stops.
-const DRAIN: Duration = Duration::from_secs(3);
+const DRAIN: Duration = Duration::from_secs(2);
 const SUBJECT: &str = "bench.fanout";
 
 /// One run's result; one JSON line.
