@@ -90,7 +90,7 @@ pub fn markdown(records: &[Record], environment: &str) -> String {
     let _ = writeln!(out, "{environment}\n");
 
     out.push_str("### Fan-out, as fast as it goes (1 publisher → N subscribers, 128-byte payloads)\n\n");
-    out.push_str("Deliveries per second at the subscribers; in brackets, the share of expected deliveries that arrived (the rest overflowed queues: Herald reports each loss to its subscriber as a `gap`). Ratio: to nats-tcp at the same N.\n\n");
+    out.push_str("Deliveries per second at the subscribers. *Delivered*: the share of expected deliveries that arrived within the run (publishing, then a drain), not a loss rate. *Gap events*: Herald subscribers told that their full queue dropped messages (the other servers do not report drops). Ratio: deliveries/s to nats-tcp's at the same N.\n\n");
     out.push_str(
         "| N | target | deliveries/s | delivered | gap events | ratio |\n|---:|---|---:|---:|---:|---:|\n",
     );
