@@ -35,8 +35,12 @@ pub struct Record {
     pub publish_rate: Option<u64>,
     #[serde(default)]
     pub payload_bytes: usize,
+    /// From the first publish to the last delivery.
     #[serde(default)]
     pub seconds: f64,
+    /// How long publishing itself took.
+    #[serde(default)]
+    pub publish_seconds: f64,
     #[serde(default)]
     pub published: u64,
     #[serde(default)]
@@ -146,6 +150,12 @@ async fn receive_until_done(
         if total.is_some() && deadline.is_none() {
             deadline = Some(tokio::time::Instant::now() + DRAIN);
         }
+        // Checked here as well as in the select below: with thousands of
+        // busy receivers the runtime's timer may fire late, and a receiver
+        // that always has data would never see it.
+        if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
+            break;
+        }
         let received = tokio::select! {
             received = connection.receive() => received,
             () = sleep_until_some(deadline) => break,
@@ -237,12 +247,12 @@ pub async fn fanout(
     payload_bytes: usize,
 ) -> anyhow::Result<Record> {
     let connections = subscribers(target, server.address, subscriber_count, SUBJECT).await?;
-    let mut publisher = Connection::open(target, server.address, None).await?;
     let (published_sender, published) = watch::channel(None);
     let receivers: Vec<_> = connections
         .into_iter()
         .map(|connection| tokio::spawn(receive_until_done(connection, published.clone())))
         .collect();
+    let mut publisher = Connection::open(target, server.address, None).await?;
     let started = Instant::now();
     let total = publish_for(&mut publisher, rate, seconds, payload_bytes, started).await?;
     let publish_seconds = started.elapsed().as_secs_f64();
@@ -271,6 +281,7 @@ pub async fn fanout(
     }
     let elapsed = (last_delivery - started).as_secs_f64().max(publish_seconds);
     record.seconds = round(elapsed);
+    record.publish_seconds = round(publish_seconds);
     record.deliveries_per_second = round(record.delivered as f64 / elapsed);
     record.latency_us = Some(summarize(&latency));
     record.latency_cdf = [
