@@ -52,10 +52,6 @@ impl Target {
         }
     }
 
-    pub fn is_herald(self) -> bool {
-        matches!(self, Target::HeraldJson | Target::HeraldMsgPack)
-    }
-
     pub fn parse(name: &str) -> anyhow::Result<Target> {
         Target::ALL
             .into_iter()

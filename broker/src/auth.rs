@@ -152,6 +152,12 @@ impl fmt::Debug for Authenticator {
     }
 }
 
+/// The credential in an `Authorization` header value (`Bearer <key>`).
+/// Every gateway reads credentials through this one function.
+pub fn bearer_credential(authorization: &str) -> Option<&str> {
+    authorization.strip_prefix("Bearer ").map(str::trim)
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;

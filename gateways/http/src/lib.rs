@@ -116,12 +116,8 @@ impl Api {
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    herald_broker::auth::bearer_credential(value)
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -137,12 +137,8 @@ async fn upgrade(
 
 /// The key from `Authorization: Bearer <key>`, if present.
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    herald_broker::auth::bearer_credential(value)
 }
 
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
