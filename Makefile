@@ -22,17 +22,21 @@ fmt:
 ## suite, and rewrites the generated part of docs/benchmarks.md.
 bench: bench-peers bench-core bench-e2e
 
-## The peers, installed if missing: nats-server from Debian's packages,
-## Socket.IO 4 from npm (needs Node.js; skipped with a note without it).
+## The peers, installed if missing: nats-server and Pushpin from Debian's
+## packages, Socket.IO 4 from npm (Socket.IO and Pushpin's origin app need
+## Node.js; without it they are skipped with a note).
 bench-peers:
-	@if command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; then \
-	  echo "nats-server present"; \
+	@missing=; \
+	command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
+	command -v pushpin >/dev/null 2>&1 || missing="$$missing pushpin"; \
+	if [ -z "$$missing" ]; then \
+	  echo "nats-server and pushpin present"; \
 	else \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nats-server; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 	@if ! command -v node >/dev/null 2>&1; then \
-	  echo "node not found: the Socket.IO peer is skipped"; \
+	  echo "node not found: the Socket.IO and Pushpin peers are skipped"; \
 	elif [ -d bench/peers/socketio/node_modules/socket.io ]; then \
 	  echo "socket.io present"; \
 	else \
@@ -44,7 +48,7 @@ bench-core:
 	$(CARGO) bench -p herald-broker --bench fanout -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) bench -p herald-broker --bench router -- --warm-up-time 1 --measurement-time 3
 
-BENCH_ENVIRONMENT = Machine: $(shell nproc) vCPU $(shell grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), Linux $(shell uname -r); $(shell rustc --version | cut -d' ' -f1-2); $(shell (nats-server --version 2>/dev/null || /usr/sbin/nats-server --version 2>/dev/null) | head -1); node $(shell node --version 2>/dev/null), socket.io $(shell node -p "require('./bench/peers/socketio/node_modules/socket.io/package.json').version" 2>/dev/null); herald $(shell git describe --always --dirty 2>/dev/null); run of $(shell date -u +%Y-%m-%d). Command: make bench.
+BENCH_ENVIRONMENT = Machine: $(shell nproc) vCPU $(shell grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), Linux $(shell uname -r); $(shell rustc --version | cut -d' ' -f1-2); $(shell (nats-server --version 2>/dev/null || /usr/sbin/nats-server --version 2>/dev/null) | head -1); node $(shell node --version 2>/dev/null), socket.io $(shell node -p "require('./bench/peers/socketio/node_modules/socket.io/package.json').version" 2>/dev/null); $(shell pushpin --version 2>/dev/null | head -1); herald $(shell git describe --always --dirty 2>/dev/null); run of $(shell date -u +%Y-%m-%d). Command: make bench.
 
 ## End to end: release server, peers and the load generator.
 bench-e2e:

@@ -31,15 +31,19 @@ pub enum Target {
     NatsWebSocket,
     /// Socket.IO 4 on Node.js (WebSocket transport), rooms as subjects.
     SocketIo,
+    /// Pushpin (WebSocket, channels as subjects) in front of a minimal
+    /// origin app; publishing through its HTTP control API.
+    Pushpin,
 }
 
 impl Target {
-    pub const ALL: [Target; 5] = [
+    pub const ALL: [Target; 6] = [
         Target::HeraldJson,
         Target::HeraldMsgPack,
         Target::NatsTcp,
         Target::NatsWebSocket,
         Target::SocketIo,
+        Target::Pushpin,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +53,18 @@ impl Target {
             Target::NatsTcp => "nats-tcp",
             Target::NatsWebSocket => "nats-ws",
             Target::SocketIo => "socketio",
+            Target::Pushpin => "pushpin",
+        }
+    }
+
+    /// The largest fan-out this target is run at, where smaller than the
+    /// standard set's: Socket.IO's single Node thread and Pushpin's
+    /// per-connection delivery pace fall so far behind a flat-out publisher
+    /// at 10 000 subscribers that one run takes minutes.
+    pub fn max_fanout_subscribers(self) -> Option<usize> {
+        match self {
+            Target::SocketIo | Target::Pushpin => Some(1_000),
+            _ => None,
         }
     }
 
@@ -90,6 +106,8 @@ pub enum Received {
     Message(Vec<u8>),
     /// Herald told the subscriber it missed messages.
     Gap,
+    /// The answer to [`Connection::request_sync`].
+    Pong,
     /// Anything else (acks, pings, server info).
     Other,
     Closed,
@@ -100,16 +118,39 @@ type WebSocket = WebSocketStream<TcpStream>;
 /// One connection to a target, able to subscribe, receive and publish.
 #[derive(Debug)]
 pub enum Connection {
-    Herald { socket: WebSocket, msgpack: bool },
-    NatsTcp { stream: TcpStream, parser: NatsParser },
-    NatsWebSocket { socket: WebSocket, parser: NatsParser },
-    SocketIo { socket: WebSocket },
+    Herald {
+        socket: WebSocket,
+        msgpack: bool,
+    },
+    NatsTcp {
+        stream: TcpStream,
+        parser: NatsParser,
+    },
+    NatsWebSocket {
+        socket: WebSocket,
+        parser: NatsParser,
+    },
+    SocketIo {
+        socket: WebSocket,
+    },
+    /// A client WebSocket through Pushpin.
+    Pushpin {
+        socket: WebSocket,
+    },
+    /// Pushpin's HTTP control API, which answers one request at a time on a
+    /// connection (a pipelined request is refused), so the publisher holds
+    /// at most one request in flight.
+    PushpinPublisher(Box<PushpinPublisher>),
 }
 
 /// Opens a TCP connection from `source` (a 127.0.0.x address, so that many
 /// thousands of connections do not exhaust one address's ports).
 async fn tcp_from(source: Option<IpAddr>, server: SocketAddr) -> anyhow::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
+    // Close with a reset: tens of thousands of closed connections per run
+    // left in TIME_WAIT make the next run's binds crawl (the kernel searches
+    // ever longer for a free port).
+    socket.set_zero_linger()?;
     if let Some(source) = source {
         socket.bind(SocketAddr::new(source, 0))?;
     }
@@ -150,10 +191,15 @@ impl Connection {
                 let (socket, _) = tokio_tungstenite::client_async(url, stream).await?;
                 let mut connection = Connection::SocketIo { socket };
                 // Engine.IO "open", then join the default namespace.
-                connection.expect_socketio_prefix("0").await?;
+                connection.expect_text_prefix("0").await?;
                 connection.send_raw(b"40").await?;
-                connection.expect_socketio_prefix("40").await?;
+                connection.expect_text_prefix("40").await?;
                 Ok(connection)
+            }
+            Target::Pushpin => {
+                let (socket, _) =
+                    tokio_tungstenite::client_async(format!("ws://{server}/ws"), stream).await?;
+                Ok(Connection::Pushpin { socket })
             }
             Target::NatsWebSocket => {
                 let (socket, _) = tokio_tungstenite::client_async(format!("ws://{server}/"), stream).await?;
@@ -167,10 +213,26 @@ impl Connection {
         }
     }
 
-    /// Reads Socket.IO frames until one starts with `prefix`.
-    async fn expect_socketio_prefix(&mut self, prefix: &str) -> anyhow::Result<()> {
-        let Connection::SocketIo { socket } = self else {
-            bail!("not a Socket.IO connection")
+    /// A connection to publish on: the one subscribers use, except for
+    /// Pushpin, which takes publishes on its control API.
+    pub async fn open_publisher(target: Target, server: &crate::Server) -> anyhow::Result<Connection> {
+        match (target, server.publish_address) {
+            (Target::Pushpin, Some(control)) => {
+                let stream = tcp_from(None, control).await?;
+                stream.set_nodelay(true)?;
+                Ok(Connection::PushpinPublisher(Box::new(PushpinPublisher::new(
+                    stream, control,
+                ))))
+            }
+            (Target::Pushpin, None) => bail!("Pushpin started without a control address"),
+            _ => Connection::open(target, server.address, None).await,
+        }
+    }
+
+    /// Reads text frames until one starts with `prefix` (Socket.IO, Pushpin).
+    async fn expect_text_prefix(&mut self, prefix: &str) -> anyhow::Result<()> {
+        let (Connection::SocketIo { socket } | Connection::Pushpin { socket }) = self else {
+            bail!("not a Socket.IO or Pushpin connection")
         };
         loop {
             match socket.next().await {
@@ -179,14 +241,15 @@ impl Connection {
                     socket.send(Message::text("3")).await?
                 }
                 Some(Ok(_)) => {}
-                _ => bail!("Socket.IO connection closed while waiting for {prefix:?}"),
+                _ => bail!("connection closed while waiting for {prefix:?}"),
             }
         }
     }
 
     async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         match self {
-            Connection::SocketIo { socket } => {
+            Connection::PushpinPublisher(_) => bail!("Pushpin's control API takes only publishes"),
+            Connection::SocketIo { socket } | Connection::Pushpin { socket } => {
                 socket
                     .send(Message::text(String::from_utf8(bytes.to_vec())?))
                     .await?
@@ -213,7 +276,11 @@ impl Connection {
                 // Event with acknowledgement id 0; the server acks with "430[]".
                 self.send_raw(format!(r#"420["sub","{subject}"]"#).as_bytes())
                     .await?;
-                self.expect_socketio_prefix("430").await
+                self.expect_text_prefix("430").await
+            }
+            Connection::Pushpin { .. } | Connection::PushpinPublisher(_) => {
+                self.send_raw(format!("sub {subject}").as_bytes()).await?;
+                self.expect_text_prefix(&format!("ok {subject}")).await
             }
             Connection::Herald { .. } => {
                 let command = format!(r#"{{"op":"sub","id":{sid},"subject":"{subject}"}}"#);
@@ -230,7 +297,7 @@ impl Connection {
                 // PING after SUB: the PONG proves the SUB was processed.
                 self.send_raw(format!("SUB {subject} {sid}\r\nPING\r\n").as_bytes())
                     .await?;
-                self.wait_for_pong().await
+                self.await_sync().await
             }
         }
     }
@@ -245,33 +312,55 @@ impl Connection {
                 self.send_raw(format!(r#"{{"op":"unsub","subject":"{subject}"}}"#).as_bytes())
                     .await
             }
+            Connection::Pushpin { .. } | Connection::PushpinPublisher(_) => {
+                self.send_raw(format!("unsub {subject}").as_bytes()).await
+            }
             _ => self.send_raw(format!("UNSUB {sid}\r\n").as_bytes()).await,
         }
     }
 
-    async fn wait_for_pong(&mut self) -> anyhow::Result<()> {
+    /// Asks the server to answer once it has processed everything sent
+    /// before: NATS `PING`, Herald `ping`, a Socket.IO event with an ack.
+    /// Servers handle a connection's input in order, so the answer proves
+    /// the earlier publishes were taken (routed and queued), not delivered.
+    pub async fn request_sync(&mut self) -> anyhow::Result<()> {
+        match self {
+            Connection::PushpinPublisher(publisher) => publisher.send_pending().await,
+            Connection::SocketIo { .. } => self.send_raw(br#"421["sync"]"#).await,
+            Connection::Herald { .. } => self.send_raw(br#"{"op":"ping","id":1}"#).await,
+            _ => self.send_raw(b"PING\r\n").await,
+        }
+    }
+
+    /// Reads until the answer to one [`request_sync`](Self::request_sync).
+    pub async fn await_sync(&mut self) -> anyhow::Result<()> {
+        if let Connection::PushpinPublisher(publisher) = self {
+            return publisher.await_answer().await;
+        }
         loop {
-            if let Some(parser) = self.parser() {
-                if parser.take_pong() {
-                    return Ok(());
-                }
-            }
-            if let Received::Closed = self.receive_frame().await? {
-                bail!("closed before PONG");
+            match self.receive_frame().await? {
+                Received::Pong => return Ok(()),
+                Received::Closed => bail!("closed before the server answered a sync"),
+                _ => {}
             }
         }
     }
 
-    fn parser(&mut self) -> Option<&mut NatsParser> {
-        match self {
-            Connection::NatsTcp { parser, .. } | Connection::NatsWebSocket { parser, .. } => Some(parser),
-            Connection::Herald { .. } | Connection::SocketIo { .. } => None,
-        }
+    /// Whether publishes wait in the client for the next
+    /// [`request_sync`](Self::request_sync) (Pushpin: one HTTP request
+    /// carries them all) rather than going out at once.
+    pub fn holds_publishes(&self) -> bool {
+        matches!(self, Connection::PushpinPublisher(_))
     }
 
     /// Publishes without waiting for any acknowledgement.
     pub async fn publish(&mut self, subject: &str, payload: &str) -> anyhow::Result<()> {
         match self {
+            Connection::PushpinPublisher(publisher) => {
+                publisher.queue(subject, payload);
+                Ok(())
+            }
+            Connection::Pushpin { .. } => bail!("Pushpin clients publish through the control API"),
             Connection::SocketIo { .. } => {
                 self.send_raw(format!(r#"42["pub","{subject}","{payload}"]"#).as_bytes())
                     .await
@@ -291,9 +380,11 @@ impl Connection {
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         match self {
             Connection::NatsTcp { stream, .. } => stream.flush().await?,
+            Connection::PushpinPublisher(_) => {} // requests are written whole
             Connection::NatsWebSocket { socket, .. }
             | Connection::Herald { socket, .. }
-            | Connection::SocketIo { socket } => socket.flush().await?,
+            | Connection::SocketIo { socket }
+            | Connection::Pushpin { socket } => socket.flush().await?,
         }
         Ok(())
     }
@@ -305,6 +396,14 @@ impl Connection {
 
     async fn receive_frame(&mut self) -> anyhow::Result<Received> {
         match self {
+            Connection::PushpinPublisher(_) => bail!("Pushpin's control API sends no events"),
+            Connection::Pushpin { socket } => match socket.next().await {
+                Some(Ok(Message::Text(text))) if text.starts_with("ts=") => {
+                    Ok(Received::Message(text.as_bytes().to_vec()))
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Ok(Received::Closed),
+                Some(Ok(_)) => Ok(Received::Other),
+            },
             Connection::SocketIo { socket } => match socket.next().await {
                 Some(Ok(Message::Text(text))) => {
                     if text.as_str() == "2" {
@@ -313,6 +412,8 @@ impl Connection {
                         Ok(Received::Other)
                     } else if text.starts_with(r#"42["msg""#) {
                         Ok(Received::Message(text.as_bytes().to_vec()))
+                    } else if text.starts_with("431") {
+                        Ok(Received::Pong)
                     } else {
                         Ok(Received::Other)
                     }
@@ -365,8 +466,134 @@ fn classify_herald(frame: &[u8]) -> Received {
         Received::Message(frame.to_vec())
     } else if frame.windows(3).any(|w| w == b"gap") {
         Received::Gap
+    } else if frame.windows(4).any(|w| w == b"pong") {
+        Received::Pong
     } else {
         Received::Other
+    }
+}
+
+/// A publisher on Pushpin's HTTP control API (`POST /publish/`), one
+/// request in flight at a time. Pushpin answers each with
+/// `Connection: close`, so every request opens a new connection.
+#[derive(Debug)]
+pub struct PushpinPublisher {
+    /// `None` once Pushpin closed it.
+    stream: Option<TcpStream>,
+    control: SocketAddr,
+    host: String,
+    /// The `items` of the next request, comma-separated JSON objects.
+    pending: String,
+    /// A request was sent and its response not read yet.
+    in_flight: bool,
+    /// Requests answered but not yet reported by `await_answer`.
+    answered: u32,
+    input: BytesMut,
+}
+
+impl PushpinPublisher {
+    fn new(stream: TcpStream, control: SocketAddr) -> PushpinPublisher {
+        PushpinPublisher {
+            stream: Some(stream),
+            control,
+            host: control.to_string(),
+            pending: String::new(),
+            in_flight: false,
+            answered: 0,
+            input: BytesMut::with_capacity(4096),
+        }
+    }
+
+    fn queue(&mut self, channel: &str, content: &str) {
+        if !self.pending.is_empty() {
+            self.pending.push(',');
+        }
+        let item = serde_json::json!({
+            "channel": channel,
+            "formats": { "ws-message": { "content": content } },
+        });
+        self.pending.push_str(&item.to_string());
+    }
+
+    /// Sends what is queued as one request, once the previous one is
+    /// answered. Nothing queued still counts as one (empty) answer.
+    async fn send_pending(&mut self) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            self.answered += 1;
+            return Ok(());
+        }
+        if self.in_flight {
+            self.read_response().await?;
+            self.answered += 1;
+        }
+        let body = format!(r#"{{"items":[{}]}}"#, self.pending);
+        self.pending.clear();
+        let head = format!(
+            "POST /publish/ HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        );
+        let stream = match &mut self.stream {
+            Some(stream) => stream,
+            None => {
+                let stream = TcpStream::connect(self.control).await?;
+                stream.set_nodelay(true)?;
+                self.input.clear();
+                self.stream.insert(stream)
+            }
+        };
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        self.in_flight = true;
+        Ok(())
+    }
+
+    async fn await_answer(&mut self) -> anyhow::Result<()> {
+        if self.answered > 0 {
+            self.answered -= 1;
+            return Ok(());
+        }
+        if !self.in_flight {
+            bail!("no publish request in flight");
+        }
+        self.read_response().await
+    }
+
+    /// Reads one response; anything but 200 is an error.
+    async fn read_response(&mut self) -> anyhow::Result<()> {
+        let stream = self.stream.as_mut().context("no control connection")?;
+        let head_end = loop {
+            if let Some(at) = self.input.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if stream.read_buf(&mut self.input).await? == 0 {
+                bail!("Pushpin closed the control connection");
+            }
+        };
+        let head = std::str::from_utf8(&self.input[..head_end])?.to_ascii_lowercase();
+        let status_ok = head.starts_with("http/1.1 200") || head.starts_with("http/1.0 200");
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .map_or(Ok(0), |value| value.trim().parse())?;
+        while self.input.len() < head_end + length {
+            if stream.read_buf(&mut self.input).await? == 0 {
+                bail!("Pushpin closed the control connection");
+            }
+        }
+        let body = String::from_utf8_lossy(&self.input[head_end..head_end + length]).into_owned();
+        self.input.advance(head_end + length);
+        self.in_flight = false;
+        if head.contains("\r\nconnection: close") {
+            self.stream = None;
+        }
+        if !status_ok {
+            bail!(
+                "Pushpin refused a publish: {} {body}",
+                head.lines().next().unwrap_or_default()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -378,7 +605,6 @@ const NATS_CONNECT: &str = "CONNECT {\"verbose\":false,\"pedantic\":false,\"echo
 pub struct NatsParser {
     buffer: BytesMut,
     pings_owed: u32,
-    pongs_seen: u32,
 }
 
 impl NatsParser {
@@ -390,12 +616,6 @@ impl NatsParser {
         let owed = self.pings_owed > 0;
         self.pings_owed = 0;
         owed
-    }
-
-    fn take_pong(&mut self) -> bool {
-        let seen = self.pongs_seen > 0;
-        self.pongs_seen = self.pongs_seen.saturating_sub(1);
-        seen
     }
 
     /// The next complete event in the buffer, if any.
@@ -423,8 +643,7 @@ impl NatsParser {
                 return Some(Received::Other);
             }
             if is_pong {
-                self.pongs_seen += 1;
-                return Some(Received::Other);
+                return Some(Received::Pong);
             }
             if is_error {
                 return Some(Received::Closed);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use futures_util::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -100,21 +101,27 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
 }
 
+/// Connections opened at once while setting up: enough to keep both sides
+/// busy, few enough not to look like a connection storm.
+const SETUP_CONCURRENCY: usize = 32;
+
 async fn subscribers(
     target: Target,
     server: SocketAddr,
     count: usize,
     subject: &str,
 ) -> anyhow::Result<Vec<Connection>> {
-    let mut connections = Vec::with_capacity(count);
-    for index in 0..count {
-        let mut connection = Connection::open(target, server, Some(source_for(index)))
-            .await
-            .with_context(|| format!("subscriber {index}"))?;
-        connection.subscribe(subject, 1).await?;
-        connections.push(connection);
-    }
-    Ok(connections)
+    futures_util::stream::iter(0..count)
+        .map(|index| async move {
+            let mut connection = Connection::open(target, server, Some(source_for(index)))
+                .await
+                .with_context(|| format!("subscriber {index}"))?;
+            connection.subscribe(subject, 1).await?;
+            anyhow::Ok(connection)
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .try_collect()
+        .await
 }
 
 /// What one subscriber saw.
@@ -180,7 +187,7 @@ async fn receive_until_done(
                 let _ = tally.latency.record(now_micros().saturating_sub(sent).max(1));
             }
             Ok(Received::Gap) => tally.gaps += 1,
-            Ok(Received::Other) => {}
+            Ok(Received::Pong | Received::Other) => {}
             Ok(Received::Closed) | Err(_) => break,
         }
     }
@@ -194,46 +201,92 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Publishes for `seconds`, at `rate` messages/s or as fast as the
-/// connection takes them. Returns how many were published.
+/// Messages between two sync requests.
+const SYNC_EVERY: u64 = 32;
+/// Deliveries the publisher may have sent but the server not yet taken.
+const IN_FLIGHT_DELIVERIES: u64 = 1024 * 1024;
+/// How long the publisher waits for the server to take what is in flight
+/// once publishing time is up.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// How many messages may be in flight towards a server fanning out to
+/// `subscribers`: a bounded amount of work (about a second's
+/// worth at the rates measured here), so a publisher can never bury a server
+/// under a backlog that outlives the run.
+fn in_flight_messages(subscribers: usize) -> u64 {
+    (IN_FLIGHT_DELIVERIES / subscribers.max(1) as u64).clamp(SYNC_EVERY, 128 * SYNC_EVERY)
+}
+
+/// Publishes for `seconds`, at `rate` messages/s or as fast as the server
+/// takes them, and returns how many were published once the server has
+/// taken them all.
+///
+/// Flow control is the same for every target: every [`SYNC_EVERY`] messages
+/// the publisher asks the server to confirm it has processed its input
+/// (`request_sync`), and it never has more than [`in_flight_messages`]
+/// unconfirmed. Without this, "as fast as possible" means "as fast as the
+/// kernel buffers fill": megabytes of publishes queue in the sockets and
+/// the server works through them for a minute after the run was meant to end.
 async fn publish_for(
     publisher: &mut Connection,
     rate: Option<u64>,
     seconds: f64,
     payload_bytes: usize,
+    subscribers: usize,
     started: Instant,
 ) -> anyhow::Result<u64> {
     let duration = Duration::from_secs_f64(seconds);
+    let window = in_flight_messages(subscribers) / SYNC_EVERY;
+    let interval = rate.map(|rate| Duration::from_secs_f64(1.0 / rate as f64));
+    let total = rate.map(|rate| (rate as f64 * seconds) as u64);
     let mut sequence = 0u64;
-    match rate {
-        Some(rate) => {
-            let interval = Duration::from_secs_f64(1.0 / rate as f64);
-            let total = (rate as f64 * seconds) as u64;
-            while sequence < total {
+    let mut unconfirmed = 0u64;
+    loop {
+        let more = match total {
+            Some(total) => sequence < total,
+            None => started.elapsed() < duration,
+        };
+        if !more {
+            break;
+        }
+        for _ in 0..SYNC_EVERY {
+            if let Some(interval) = interval {
+                if total.is_some_and(|total| sequence >= total) {
+                    break;
+                }
                 let due = started + interval.mul_f64(sequence as f64);
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    publisher.flush().await?;
                     tokio::time::sleep(wait).await;
                 }
-                publisher
-                    .publish(SUBJECT, &payload(now_micros(), sequence, payload_bytes))
-                    .await?;
-                sequence += 1;
+            }
+            publisher
+                .publish(SUBJECT, &payload(now_micros(), sequence, payload_bytes))
+                .await?;
+            sequence += 1;
+            if interval.is_some() && publisher.holds_publishes() {
+                // At a fixed rate each message leaves when it is due.
+                publisher.request_sync().await?;
+                unconfirmed += 1;
             }
         }
-        None => {
-            while started.elapsed() < duration {
-                for _ in 0..32 {
-                    publisher
-                        .publish(SUBJECT, &payload(now_micros(), sequence, payload_bytes))
-                        .await?;
-                    sequence += 1;
-                }
-                publisher.flush().await?;
-                tokio::task::yield_now().await;
-            }
+        publisher.request_sync().await?;
+        publisher.flush().await?;
+        unconfirmed += 1;
+        while unconfirmed > window {
+            publisher.await_sync().await?;
+            unconfirmed -= 1;
         }
     }
-    publisher.flush().await?;
+    tokio::time::timeout(SETTLE, async {
+        while unconfirmed > 0 {
+            publisher.await_sync().await?;
+            unconfirmed -= 1;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("the server did not take the last publishes in time")??;
     Ok(sequence)
 }
 
@@ -252,9 +305,17 @@ pub async fn fanout(
         .into_iter()
         .map(|connection| tokio::spawn(receive_until_done(connection, published.clone())))
         .collect();
-    let mut publisher = Connection::open(target, server.address, None).await?;
+    let mut publisher = Connection::open_publisher(target, server).await?;
     let started = Instant::now();
-    let total = publish_for(&mut publisher, rate, seconds, payload_bytes, started).await?;
+    let total = publish_for(
+        &mut publisher,
+        rate,
+        seconds,
+        payload_bytes,
+        subscriber_count,
+        started,
+    )
+    .await?;
     let publish_seconds = started.elapsed().as_secs_f64();
     let _ = published_sender.send(Some(total));
 

@@ -1,5 +1,6 @@
 //! The servers under test, each started as its own process on loopback
-//! ports, so its memory can be read from /proc and the load generator's own
+//! ports, so its memory can be read from /proc (summed over the processes
+//! it starts: Pushpin's runner starts four) and the load generator's own
 //! work is not counted in it.
 
 use std::net::SocketAddr;
@@ -23,6 +24,10 @@ pub struct Binaries {
     /// The Socket.IO peer's script; its `node_modules` come from
     /// `make bench-peers` (npm ci).
     pub socketio_script: PathBuf,
+    /// Pushpin's runner (Debian package `pushpin`).
+    pub pushpin: PathBuf,
+    /// The origin app Pushpin forwards WebSocket events to (no npm modules).
+    pub pushpin_origin_script: PathBuf,
 }
 
 impl Binaries {
@@ -33,6 +38,8 @@ impl Binaries {
             nats_server: on_path("nats-server"),
             node: on_path("node"),
             socketio_script: Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/socketio/server.js"),
+            pushpin: on_path("pushpin"),
+            pushpin_origin_script: Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/pushpin/origin.js"),
         }
     }
 
@@ -54,6 +61,7 @@ impl Binaries {
             Target::HeraldJson | Target::HeraldMsgPack => true,
             Target::NatsTcp | Target::NatsWebSocket => self.has_nats(),
             Target::SocketIo => self.has_socketio(),
+            Target::Pushpin => self.pushpin.exists() && self.node.exists(),
         }
     }
 }
@@ -72,9 +80,16 @@ fn on_path(name: &str) -> PathBuf {
 /// A running server and the address each target reaches it on.
 #[derive(Debug)]
 pub struct Server {
+    /// The leader of the server's process group.
     child: Child,
     pub address: SocketAddr,
-    /// A scratch directory (nats-server's config); removed on stop.
+    /// Where publishers go when that is not `address` (Pushpin's control API).
+    pub publish_address: Option<SocketAddr>,
+    /// Processes the server needs but that are not it (Pushpin's origin app);
+    /// stopped with it, not counted in its memory.
+    helpers: Vec<Server>,
+    /// A scratch directory (config files, run and log directories); removed
+    /// on stop.
     scratch: Option<PathBuf>,
 }
 
@@ -90,29 +105,105 @@ impl Server {
             Target::NatsTcp | Target::NatsWebSocket => {
                 start_nats(&binaries.nats_server, target == Target::NatsWebSocket).await
             }
+            Target::Pushpin => start_pushpin(binaries).await,
         }
     }
 
-    /// Resident memory of the server process, in bytes.
+    /// Resident memory of the server, in bytes: the process and every
+    /// process it started (Pushpin's runner starts four services).
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
-        let pid = self.child.id().context("server exited")?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let kib: u64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .context("no VmRSS")?
-            .parse()?;
-        Ok(kib * 1024)
+        let leader = self.child.id().context("server exited")?;
+        let total_kib: u64 = process_tree(leader).into_iter().map(rss_kib).sum();
+        anyhow::ensure!(total_kib > 0, "no resident memory found for process {leader}");
+        Ok(total_kib * 1024)
     }
 
+    /// Stops the server and everything it started: SIGTERM first (Pushpin's
+    /// runner stops its services on it), SIGKILL for whatever is left.
     pub async fn stop(mut self) {
-        let _ = self.child.start_kill();
+        if let Some(leader) = self.child.id() {
+            let tree = process_tree(leader);
+            signal("-TERM", &tree[..1]);
+            if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                .await
+                .is_err()
+            {
+                signal("-KILL", &tree[..1]);
+            }
+            signal("-KILL", &tree[1..]);
+        }
         let _ = self.child.wait().await;
+        for helper in std::mem::take(&mut self.helpers) {
+            Box::pin(helper.stop()).await;
+        }
         if let Some(scratch) = self.scratch.take() {
             let _ = std::fs::remove_dir_all(scratch);
         }
     }
+}
+
+impl Drop for Server {
+    /// A server dropped without `stop` (a failed run) takes everything it
+    /// started with it.
+    fn drop(&mut self) {
+        if let Some(leader) = self.child.id() {
+            signal("-KILL", &process_tree(leader));
+        }
+    }
+}
+
+/// `pid` and all its descendants, parents first.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // pid (comm) state ppid ...; comm may hold spaces and parentheses.
+            let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((child, parent))
+        })
+        .collect();
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while next < tree.len() {
+        let parent = tree[next];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(child, _)| *child),
+        );
+        next += 1;
+    }
+    tree
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kib| kib.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `kill <signal> <pids>`.
+fn signal(signal: &str, pids: &[u32]) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .arg(signal)
+        .args(pids.iter().map(u32::to_string))
+        .stderr(Stdio::null())
+        .status();
 }
 
 async fn start_herald(binary: &Path) -> anyhow::Result<Server> {
@@ -135,7 +226,6 @@ async fn start_herald(binary: &Path) -> anyhow::Result<Server> {
 async fn start_logging_address(mut command: Command, name: &str) -> anyhow::Result<Server> {
     let mut child = command
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {name}"))?;
     let mut lines = BufReader::new(child.stderr.take().context("no stderr")?).lines();
@@ -151,6 +241,8 @@ async fn start_logging_address(mut command: Command, name: &str) -> anyhow::Resu
     Ok(Server {
         child,
         address,
+        publish_address: None,
+        helpers: Vec::new(),
         scratch: None,
     })
 }
@@ -182,22 +274,126 @@ async fn start_nats(binary: &Path, websocket: bool) -> anyhow::Result<Server> {
         .arg(&config)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))?;
     let address: SocketAddr = format!("127.0.0.1:{address_port}").parse()?;
-    // Ready when it accepts connections.
+    let server = Server {
+        child,
+        address,
+        publish_address: None,
+        helpers: Vec::new(),
+        scratch: Some(scratch),
+    };
+    wait_listening(server, &[address], "nats-server").await
+}
+
+/// Pushpin in front of its origin app. Pushpin's defaults are for a public
+/// deployment; three are changed so they do not cap a loopback benchmark:
+/// the handler's delivery rate limit (`message_rate`, 2 500 messages/s by
+/// default) and its queue (`message_hwm`), and the connection limit. Ports
+/// are free ones and the internal sockets live in the scratch directory, so
+/// several runs never collide. The runner also starts its own zurl (the
+/// proxy's HTTP client towards the origin), which the packaged config
+/// expects as a system service.
+async fn start_pushpin(binaries: &Binaries) -> anyhow::Result<Server> {
+    if !binaries.pushpin.exists() {
+        bail!("pushpin not found: install it (Debian: apt-get install pushpin)");
+    }
+    let mut origin_command = Command::new(&binaries.node);
+    origin_command.arg(&binaries.pushpin_origin_script);
+    let origin = start_logging_address(origin_command, "node (Pushpin origin)").await?;
+    let (client_port, control_port) = (free_port()?, free_port()?);
+    let scratch = std::env::temp_dir().join(format!(
+        "herald-bench-pushpin-{}-{client_port}",
+        std::process::id()
+    ));
+    for dir in ["run", "log"] {
+        std::fs::create_dir_all(scratch.join(dir))?;
+    }
+    let routes = scratch.join("routes");
+    std::fs::write(&routes, format!("* {},over_http\n", origin.address))?;
+    let config = scratch.join("pushpin.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "[global]\n\
+             include={{libdir}}/internal.conf\n\
+             rundir={run}\n\
+             ipc_prefix=bench-\n\
+             [runner]\n\
+             services=condure,zurl,pushpin-proxy,pushpin-handler\n\
+             http_port=127.0.0.1:{client_port}\n\
+             logdir={log}\n\
+             log_level=1\n\
+             client_maxconn=100000\n\
+             [proxy]\n\
+             zurl_out_specs=ipc://{{rundir}}/{{ipc_prefix}}zurl-in\n\
+             zurl_out_stream_specs=ipc://{{rundir}}/{{ipc_prefix}}zurl-in-stream\n\
+             zurl_in_specs=ipc://{{rundir}}/{{ipc_prefix}}zurl-out\n\
+             routesfile={routes}\n\
+             updates_check=off\n\
+             [handler]\n\
+             push_in_spec=ipc://{{rundir}}/{{ipc_prefix}}push-in\n\
+             push_in_sub_specs=ipc://{{rundir}}/{{ipc_prefix}}push-in-sub\n\
+             push_in_http_addr=127.0.0.1\n\
+             push_in_http_port={control_port}\n\
+             stats_spec=ipc://{{rundir}}/{{ipc_prefix}}stats\n\
+             command_spec=ipc://{{rundir}}/{{ipc_prefix}}command\n\
+             message_rate=1000000\n\
+             message_hwm=1000000\n\
+             message_block_size=100000\n",
+            run = scratch.join("run").display(),
+            log = scratch.join("log").display(),
+            routes = routes.display(),
+        ),
+    )?;
+    let child = Command::new(&binaries.pushpin)
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", binaries.pushpin.display()))?;
+    let address: SocketAddr = format!("127.0.0.1:{client_port}").parse()?;
+    let control: SocketAddr = format!("127.0.0.1:{control_port}").parse()?;
+    let server = Server {
+        child,
+        address,
+        publish_address: Some(control),
+        helpers: vec![origin],
+        scratch: Some(scratch),
+    };
+    let server = wait_listening(server, &[address, control], "pushpin").await?;
+    // Listening is not ready: until the proxy's HTTP client (zurl) is up,
+    // connections get 502. Ready once a subscription round trip works.
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(address).await.is_ok() {
-            return Ok(Server {
-                child,
-                address,
-                scratch: Some(scratch),
-            });
+        let round_trip = async {
+            let mut probe = crate::clients::Connection::open(Target::Pushpin, address, None).await?;
+            probe.subscribe("bench.ready", 1).await
+        };
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), round_trip).await {
+            return Ok(server);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop().await;
+    bail!("pushpin never accepted a WebSocket subscription")
+}
+
+/// Returns `server` once every one of `addresses` accepts connections.
+async fn wait_listening(server: Server, addresses: &[SocketAddr], name: &str) -> anyhow::Result<Server> {
+    for _ in 0..200 {
+        let mut ready = true;
+        for address in addresses {
+            ready &= tokio::net::TcpStream::connect(address).await.is_ok();
+        }
+        if ready {
+            return Ok(server);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("nats-server did not start listening on {address}")
+    server.stop().await;
+    bail!("{name} did not start listening on {addresses:?}")
 }
 
 fn free_port() -> anyhow::Result<u16> {
