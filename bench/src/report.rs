@@ -90,7 +90,7 @@ pub fn markdown(records: &[Record], environment: &str) -> String {
     let _ = writeln!(out, "{environment}\n");
 
     out.push_str("### Fan-out, as fast as it goes (1 publisher → N subscribers, 128-byte payloads)\n\n");
-    out.push_str("Deliveries per second at the subscribers. *Delivered*: the share of expected deliveries that arrived within the run (publishing, then a drain), not a loss rate. *Gap events*: Herald subscribers told that their full queue dropped messages (the other servers do not report drops). Ratio: deliveries/s to nats-tcp's at the same N.\n\n");
+    out.push_str("Deliveries per second at the subscribers, over the time from the first publish to the last delivery. The publisher is paced by the server's own confirmations, the same way for every target (at most about a million deliveries unconfirmed). *Delivered*: the share of expected deliveries that arrived within the run (publishing, then a 2 s drain), not a loss rate. *Gap events*: Herald subscribers told that their full queue dropped messages (the other servers do not report drops). Ratio: deliveries/s to nats-tcp's at the same N.\n\n");
     out.push_str(
         "| N | target | deliveries/s | delivered | gap events | ratio |\n|---:|---|---:|---:|---:|---:|\n",
     );
@@ -272,11 +272,13 @@ pub fn rewrite_block(path: &Path, block: &str) -> anyhow::Result<()> {
     std::fs::write(path, updated).with_context(|| format!("cannot write {}", path.display()))
 }
 
-const COLORS: [RGBColor; 4] = [
+const COLORS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
 ];
 
 /// Deliveries/s against N, one line per target, log-log.

@@ -340,8 +340,7 @@ async fn start_pushpin(binaries: &Binaries) -> anyhow::Result<Server> {
              stats_spec=ipc://{{rundir}}/{{ipc_prefix}}stats\n\
              command_spec=ipc://{{rundir}}/{{ipc_prefix}}command\n\
              message_rate=1000000\n\
-             message_hwm=1000000\n\
-             message_block_size=100000\n",
+             message_hwm=1000000\n",
             run = scratch.join("run").display(),
             log = scratch.join("log").display(),
             routes = routes.display(),
