@@ -17,7 +17,7 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## The standard benchmark set (about 10 minutes on two cores): installs the
+## The standard benchmark set (about 7 minutes on two cores): installs the
 ## peers it needs, runs the core's criterion benches and the end-to-end
 ## suite, and rewrites the generated part of docs/benchmarks.md.
 bench: bench-peers bench-core bench-e2e

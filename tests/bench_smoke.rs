@@ -1,8 +1,8 @@
 //! The load generator's smoke mode, so the tool cannot rot: every scenario
-//! for a few seconds against the real binary (and nats-server, when it is
-//! installed: `.ci/run` installs it). It asserts correctness (no
-//! duplicates, no reordering, nothing lost at a low fixed rate), never
-//! timings.
+//! for a few seconds against the real binary and every peer installed here
+//! (nats-server, Socket.IO, Pushpin: `.ci/run` installs them). It asserts
+//! correctness (no duplicates, no reordering, nothing lost at a low fixed
+//! rate), never timings.
 
 use herald_bench::{Binaries, Target};
 

@@ -56,6 +56,9 @@ fn find<'a>(
 
 fn ratio(value: f64, peer: Option<f64>) -> String {
     match peer {
+        // Three decimals below 0.1, so a far-behind target does
+        // not show as 0.00×.
+        Some(peer) if peer > 0.0 && value / peer < 0.1 => format!("{:.3}×", value / peer),
         Some(peer) if peer > 0.0 => format!("{:.2}×", value / peer),
         _ => "—".into(),
     }

@@ -283,7 +283,9 @@ async fn publish_for(
         publisher.flush().await?;
         unconfirmed.push_back(Instant::now());
         while unconfirmed.len() as u64 > window
-            || unconfirmed.front().is_some_and(|sent: &Instant| sent.elapsed() > MAX_BACKLOG)
+            || unconfirmed
+                .front()
+                .is_some_and(|sent: &Instant| sent.elapsed() > MAX_BACKLOG)
         {
             match tokio::time::timeout_at(deadline, publisher.await_sync()).await {
                 Ok(answered) => answered?,
