@@ -33,7 +33,7 @@ bench-peers:
 	  echo "nats-server and pushpin present"; \
 	else \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 	@if ! command -v node >/dev/null 2>&1; then \
 	  echo "node not found: the Socket.IO and Pushpin peers are skipped"; \
