@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use herald_broker::{AllowAll, Broker, BrokerConfig, Encoding, HistoryLimits, Payload, QueueLimits, Session};
+use herald_broker::{
+    Acknowledge, AllowAll, Broker, BrokerConfig, Encoding, HistoryLimits, Payload, QueueLimits, Session,
+};
 
 /// A 128-byte JSON payload, as in the end-to-end benchmarks.
 fn payload() -> Payload {
@@ -66,8 +68,10 @@ fn fanout(c: &mut Criterion) {
         let broker = Broker::new(config());
         let sessions: Vec<Session> = (0..subscribers)
             .map(|_| {
-                let mut session = broker.session(Arc::new(AllowAll));
-                session.subscribe(None, "bench.subject", None).unwrap();
+                let mut session = Session::new(&broker, Arc::new(AllowAll));
+                session
+                    .subscribe(&["bench.subject"], None, Acknowledge::Never)
+                    .unwrap();
                 session
             })
             .collect();
@@ -109,8 +113,10 @@ fn fanout(c: &mut Criterion) {
 /// Encoding the `msg` frame: once per message, whatever the fan-out.
 fn encode(c: &mut Criterion) {
     let broker = Broker::new(config());
-    let mut session = broker.session(Arc::new(AllowAll));
-    session.subscribe(None, "bench.subject", None).unwrap();
+    let mut session = Session::new(&broker, Arc::new(AllowAll));
+    session
+        .subscribe(&["bench.subject"], None, Acknowledge::Never)
+        .unwrap();
     let mut group = c.benchmark_group("encode_msg_frame");
     for encoding in [Encoding::Json, Encoding::MsgPack] {
         group.bench_function(format!("{encoding:?}"), |b| {

@@ -12,7 +12,7 @@ use std::thread;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use herald_broker::router::Router;
-use herald_broker::{AllowAll, Broker, BrokerConfig, Pattern, Payload, SubjectLimits};
+use herald_broker::{Acknowledge, AllowAll, Broker, BrokerConfig, Pattern, Payload, Session, SubjectLimits};
 
 const SUBSCRIPTIONS: u32 = 100_000;
 
@@ -82,15 +82,17 @@ fn publish_under_churn(c: &mut Criterion) {
         let broker = Broker::new(BrokerConfig::default());
         let mut readers = Vec::new();
         for _ in 0..100 {
-            let mut session = broker.session(Arc::new(AllowAll));
-            session.subscribe(None, "hot.subject", None).unwrap();
+            let mut session = Session::new(&broker, Arc::new(AllowAll));
+            session
+                .subscribe(&["hot.subject"], None, Acknowledge::Never)
+                .unwrap();
             readers.push(session);
         }
         let stop = Arc::new(AtomicBool::new(false));
         let churner = (churn != "none").then(|| {
             let (broker, stop) = (broker.clone(), stop.clone());
             thread::spawn(move || {
-                let mut session = broker.session(Arc::new(AllowAll));
+                let mut session = Session::new(&broker, Arc::new(AllowAll));
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let text = match churn {
@@ -98,7 +100,7 @@ fn publish_under_churn(c: &mut Criterion) {
                         "wildcards" => format!("hot.{}.>", n % 100),
                         _ => "hot.subject".to_owned(),
                     };
-                    session.subscribe(None, &text, None).unwrap();
+                    session.subscribe(&[&text], None, Acknowledge::Never).unwrap();
                     session.unsubscribe(&text).unwrap();
                     n += 1;
                 }

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use herald_broker::{AllowAll, Broker, BrokerConfig, Encoding, Payload, QueueLimits, Session};
+use herald_broker::{Acknowledge, AllowAll, Broker, BrokerConfig, Encoding, Payload, QueueLimits, Session};
 
 fn payload(json: &str) -> Payload {
     Payload::from_json(json.to_owned().into()).expect("valid JSON")
@@ -36,8 +36,10 @@ fn main() {
     };
     let broker = Broker::new(config);
 
-    let mut alice = broker.session(Arc::new(AllowAll));
-    alice.subscribe(Some(1), "chat.*", None).expect("valid pattern");
+    let mut alice = Session::new(&broker, Arc::new(AllowAll));
+    alice
+        .subscribe(&["chat.*"], None, Acknowledge::command(Some(1)))
+        .expect("valid pattern");
     broker
         .publish("chat.lobby", payload(r#"{"text":"hello"}"#))
         .unwrap();
@@ -54,9 +56,13 @@ fn main() {
         .unwrap();
 
     println!("-- alice reconnects and resumes from {}", last_seen.token());
-    let mut alice = broker.session(Arc::new(AllowAll));
+    let mut alice = Session::new(&broker, Arc::new(AllowAll));
     alice
-        .subscribe(Some(2), "chat.*", Some(last_seen.token().as_str()))
+        .subscribe(
+            &["chat.*"],
+            Some(last_seen.token().as_str()),
+            Acknowledge::command(Some(2)),
+        )
         .expect("valid token");
     show("alice", &alice);
 

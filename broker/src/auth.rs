@@ -1,8 +1,8 @@
 //! Who may do what: API keys with pattern permissions, and what anonymous
 //! connections may do.
 //!
-//! Every gateway turns the credential a client presents (an HTTP bearer
-//! token, a `token` query parameter) into an [`Access`] with
+//! Every gateway turns the credential a client presents (the gateway kit
+//! reads it from the request) into an [`Access`] with
 //! [`Authenticator::authenticate`], then hands that `Access` to the
 //! connection's [`Session`](crate::Session), which checks it on every
 //! subscribe, publish and history read. Anonymous publishing is off unless
@@ -11,13 +11,56 @@
 use std::fmt;
 use std::sync::Arc;
 
+use serde::Deserialize;
 use thiserror::Error;
 
-use crate::session::{Access, AllowAll, SubscribeOnly};
-use crate::subject::{Pattern, FULL_WILDCARD, SINGLE_WILDCARD};
+use crate::subject::{Pattern, SubjectError, SubjectLimits, FULL_WILDCARD, SINGLE_WILDCARD};
+
+/// The shortest API key accepted in configuration.
+pub const MIN_KEY_LENGTH: usize = 16;
+
+/// What one connection may do. Checked on every subscribe, publish and
+/// history read; identities and their rules (tokens, API keys) are built by
+/// [`Authenticator::authenticate`].
+pub trait Access: Send + Sync + fmt::Debug {
+    /// May this connection publish on `subject` (already validated)?
+    fn may_publish(&self, subject: &str) -> bool;
+    /// May this connection subscribe to, or read the history of, `pattern`?
+    fn may_subscribe(&self, pattern: &Pattern) -> bool;
+}
+
+/// Access that allows everything: development mode and trusted servers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl Access for AllowAll {
+    fn may_publish(&self, _subject: &str) -> bool {
+        true
+    }
+
+    fn may_subscribe(&self, _pattern: &Pattern) -> bool {
+        true
+    }
+}
+
+/// Access that allows subscribing but not publishing: the safe default for
+/// anonymous browsers when anonymous subscribing is enabled.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SubscribeOnly;
+
+impl Access for SubscribeOnly {
+    fn may_publish(&self, _subject: &str) -> bool {
+        false
+    }
+
+    fn may_subscribe(&self, _pattern: &Pattern) -> bool {
+        true
+    }
+}
 
 /// What a connection without a credential may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AnonymousAccess {
     /// Nothing: every connection needs a key.
     None,
@@ -99,6 +142,50 @@ impl AuthError {
     }
 }
 
+/// The `[auth]` section of the configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub anonymous: AnonymousAccess,
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+/// One API key as configured: the patterns it may publish to and
+/// subscribe to, as text.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub key: String,
+    #[serde(default)]
+    pub publish: Vec<String>,
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+}
+
+impl fmt::Debug for ApiKeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyConfig")
+            .field("key", &"<redacted>")
+            .field("publish", &self.publish)
+            .field("subscribe", &self.subscribe)
+            .finish()
+    }
+}
+
+/// Why an `[auth]` section was refused at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AuthConfigError {
+    #[error("auth.api_keys[{index}].key is shorter than {MIN_KEY_LENGTH} characters; use a long random key")]
+    KeyTooShort { index: usize },
+    #[error("auth.api_keys[{index}].{field}: {pattern:?}: {error}")]
+    InvalidPattern {
+        index: usize,
+        field: &'static str,
+        pattern: String,
+        error: SubjectError,
+    },
+}
+
 /// Turns credentials into access.
 pub struct Authenticator {
     keys: Vec<(String, Arc<dyn Access>)>,
@@ -117,6 +204,41 @@ impl Authenticator {
             .map(|key| (key.key, Arc::new(key.permissions) as Arc<dyn Access>))
             .collect();
         Authenticator { keys, anonymous }
+    }
+
+    /// An authenticator from configuration, patterns checked against the
+    /// broker's subject limits.
+    pub fn from_config(
+        config: &AuthConfig,
+        limits: &SubjectLimits,
+    ) -> Result<Authenticator, AuthConfigError> {
+        let mut keys = Vec::with_capacity(config.api_keys.len());
+        for (index, key) in config.api_keys.iter().enumerate() {
+            if key.key.len() < MIN_KEY_LENGTH {
+                return Err(AuthConfigError::KeyTooShort { index });
+            }
+            let patterns = |field: &'static str, texts: &[String]| {
+                texts
+                    .iter()
+                    .map(|text| {
+                        Pattern::parse(text, limits).map_err(|error| AuthConfigError::InvalidPattern {
+                            index,
+                            field,
+                            pattern: text.clone(),
+                            error,
+                        })
+                    })
+                    .collect::<Result<Vec<Pattern>, AuthConfigError>>()
+            };
+            keys.push(ApiKey {
+                key: key.key.clone(),
+                permissions: Permissions {
+                    publish: patterns("publish", &key.publish)?,
+                    subscribe: patterns("subscribe", &key.subscribe)?,
+                },
+            });
+        }
+        Ok(Authenticator::new(keys, config.anonymous))
     }
 
     /// The access of a connection presenting `credential` (or none).
@@ -150,12 +272,6 @@ impl fmt::Debug for Authenticator {
             .field("anonymous", &self.anonymous)
             .finish()
     }
-}
-
-/// The credential in an `Authorization` header value (`Bearer <key>`).
-/// Every gateway reads credentials through this one function.
-pub fn bearer_credential(authorization: &str) -> Option<&str> {
-    authorization.strip_prefix("Bearer ").map(str::trim)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

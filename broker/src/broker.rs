@@ -5,7 +5,7 @@
 //! validate the subject (no allocation) → look up the subject's channel
 //! (shard read-lock) → under the publish-order lock: take the next sequence,
 //! build the message (one allocation), record it, match, offer it to each
-//! subscriber's outbox → count.
+//! subscriber's outbox, mark it committed → count.
 //!
 //! ## Why one publish-order lock
 //!
@@ -23,34 +23,47 @@
 //! bounded queues. Validation, channel lookup and all socket I/O stay
 //! outside it, in parallel.
 //!
+//! Because publishes are serialised, two watermarks describe the stream
+//! exactly: `last_sequence` (numbered) and `committed_sequence` (recorded
+//! and fanned out). Everything at or below the committed mark is in history
+//! and in every queue it will ever reach, which lets a long poll read an
+//! exact cut without taking the lock (see `poll`).
+//!
 //! ## Lock order (the one place it is written down)
 //!
 //! `publish_order` → a channel's ring → a router shard or the wildcard trie
 //! (read) → an outbox. Each is released before the next is taken except
-//! `publish_order`, which spans the rest. Subscribing takes the router
-//! (write), then rings, then the outbox, one at a time; the history sweep
-//! takes a history shard, then rings. No path takes them in another order.
+//! `publish_order`, which spans the rest. Subscribing takes `publish_order`,
+//! then the router (write); it reads rings and fills the outbox after
+//! releasing both. Creating a channel takes a history shard, then the
+//! subject tree; the history sweep takes a history shard, then rings, then
+//! the subject tree. No path takes them in another order.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde::Deserialize;
 use thiserror::Error;
 
 use crate::clock::{Clock, SystemClock};
-use crate::history::{History, HistoryError, HistoryLimits, Replay, Sequences};
+use crate::history::{Channel, History, HistoryError, HistoryLimits, Sequences};
 use crate::message::{Message, Payload, PayloadError};
-use crate::outbox::{Offer, OverflowPolicy, QueueLimits};
+use crate::outbox::{Offer, Outbox, OverflowPolicy, QueueLimits, Subscriber};
 use crate::position::Position;
+use crate::protocol::Gap;
 use crate::router::{Matches, Router};
-use crate::session::{Access, Session, SubscriberRef};
 use crate::subject::{validate_subject, Pattern, SubjectError, SubjectLimits};
 
 /// Everything the broker can be configured with. Every field has a default
-/// that is safe for a single node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// that is safe for a single node. In the server's configuration file it is
+/// the `[broker]` section, with these names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
+    #[serde(rename = "subjects")]
     pub subject_limits: SubjectLimits,
     /// Largest accepted payload (the JSON text of `data`), in bytes.
+    #[serde(rename = "max_payload", deserialize_with = "crate::units::size::deserialize")]
     pub max_payload_bytes: usize,
     pub history: HistoryLimits,
     /// Queue bounds of each connection.
@@ -58,7 +71,7 @@ pub struct BrokerConfig {
     /// What happens to a connection whose queue overflows.
     pub overflow_policy: OverflowPolicy,
     /// Patterns one connection may hold at once.
-    pub max_subscriptions_per_session: usize,
+    pub max_subscriptions_per_connection: usize,
     /// Most messages one `history` request returns.
     pub max_history_page: usize,
 }
@@ -71,7 +84,7 @@ impl Default for BrokerConfig {
             history: HistoryLimits::default(),
             queue: QueueLimits::default(),
             overflow_policy: OverflowPolicy::default(),
-            max_subscriptions_per_session: 1024,
+            max_subscriptions_per_connection: 1024,
             max_history_page: 1000,
         }
     }
@@ -98,6 +111,15 @@ impl PublishError {
     }
 }
 
+/// Why a batch was refused, and which of its messages caused it. A refused
+/// batch published nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("message {index} of the batch: {error}")]
+pub struct BatchError {
+    pub index: usize,
+    pub error: PublishError,
+}
+
 /// Counters since start. Updated once per publish, not once per recipient.
 #[derive(Debug, Default)]
 struct Counters {
@@ -115,10 +137,30 @@ pub struct Metrics {
     pub delivered: u64,
     /// Messages dropped by full queues (each reported to its client as a gap).
     pub dropped: u64,
-    /// Connections closed as slow consumers.
+    /// Connections closed as slow consumers: their queue overflowed under
+    /// the `disconnect` policy, or a gateway's write to them stalled.
     pub slow_consumers: u64,
     pub subscriptions: u64,
     pub history_subjects: u64,
+}
+
+/// What history holds after a position, on one or more patterns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replay {
+    /// Per pattern, the positions history no longer covers.
+    pub gaps: Vec<Gap>,
+    /// Retained messages, in position order, each once.
+    pub messages: Vec<Message>,
+}
+
+/// How a subscription starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// Every message on the patterns after this position reaches the
+    /// subscriber live; none at or before it does.
+    pub cut: Position,
+    /// With a `since`, what history holds between it and the cut.
+    pub replay: Replay,
 }
 
 /// The fan-out core.
@@ -132,9 +174,12 @@ pub struct Broker {
     /// The last sequence handed out; node-wide, so positions of different
     /// subjects compare.
     last_sequence: AtomicU64,
+    /// The last sequence recorded and fanned out: everything at or below it
+    /// is in history and queued wherever it will ever be queued.
+    committed_sequence: AtomicU64,
     /// Serialises numbering with enqueueing; see the module docs.
     publish_order: Mutex<()>,
-    router: Router<SubscriberRef>,
+    router: Router<Subscriber>,
     history: History,
     counters: Counters,
     next_session_id: AtomicU64,
@@ -155,6 +200,7 @@ impl Broker {
             clock,
             epoch,
             last_sequence: AtomicU64::new(0),
+            committed_sequence: AtomicU64::new(0),
             publish_order: Mutex::new(()),
             router: Router::new(),
             history,
@@ -173,18 +219,43 @@ impl Broker {
 
     /// The position of the last message published, or sequence 0.
     pub fn last_position(&self) -> Position {
-        Position::new(self.epoch, self.last_sequence.load(Ordering::Acquire))
-    }
-
-    /// Opens a session for one client connection.
-    pub fn session(self: &Arc<Self>, access: Arc<dyn Access>) -> Session {
-        let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
-        Session::new(self.clone(), id, access)
+        Position::new(self.epoch, self.committed_sequence())
     }
 
     /// Publishes `payload` on `subject`, unchecked by any permission: the
-    /// trusted path for servers. Clients publish through a [`Session`].
+    /// trusted path for servers. Clients publish through a
+    /// [`Session`](crate::Session).
     pub fn publish(&self, subject: &str, payload: Payload) -> Result<Position, PublishError> {
+        self.check(subject, &payload)?;
+        let channel = self.history.channel(subject)?;
+        let _order = self.lock_publish_order();
+        Ok(self.publish_locked(&channel, payload))
+    }
+
+    /// Publishes every message of `batch` in order, or none of them: every
+    /// message is checked and every subject's channel found or created
+    /// before the first is numbered. The batch's positions are consecutive.
+    pub fn publish_batch<S: AsRef<str>>(
+        &self,
+        batch: impl IntoIterator<Item = (S, Payload)>,
+    ) -> Result<Vec<Position>, BatchError> {
+        let mut checked = Vec::new();
+        for (index, (subject, payload)) in batch.into_iter().enumerate() {
+            let subject = subject.as_ref();
+            let channel = self
+                .check(subject, &payload)
+                .and_then(|()| Ok(self.history.channel(subject)?))
+                .map_err(|error| BatchError { index, error })?;
+            checked.push((channel, payload));
+        }
+        let _order = self.lock_publish_order();
+        Ok(checked
+            .into_iter()
+            .map(|(channel, payload)| self.publish_locked(&channel, payload))
+            .collect())
+    }
+
+    fn check(&self, subject: &str, payload: &Payload) -> Result<(), PublishError> {
         validate_subject(subject, &self.config.subject_limits)?;
         if payload.len() > self.config.max_payload_bytes {
             return Err(PayloadError::TooLarge {
@@ -193,37 +264,37 @@ impl Broker {
             }
             .into());
         }
-        loop {
-            let channel = self.history.channel(subject)?;
-            // Poisoning can only come from a panic in code that leaves no
-            // state half-changed behind this lock (it guards no data).
-            let order = self
-                .publish_order
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let mut ring = channel.lock();
-            if ring.is_retired() {
-                // Swept between lookup and lock; look it up afresh.
-                continue;
-            }
-            // Only ever written under `publish_order`; atomic so that
-            // `last_position` can read it without the lock.
-            let sequence = self.last_sequence.load(Ordering::Relaxed) + 1;
-            self.last_sequence.store(sequence, Ordering::Release);
-            let position = Position::new(self.epoch, sequence);
-            let now = self.clock.now_millis();
-            let message = Message::new(channel.subject.clone(), position, now, payload);
-            ring.record(message.clone(), self.history.limits(), now);
-            drop(ring);
-            let matches = self.router.matches(subject);
-            self.fan_out(&matches, &message);
-            drop(order);
-            self.counters.published.fetch_add(1, Ordering::Relaxed);
-            return Ok(position);
-        }
+        Ok(())
     }
 
-    fn fan_out(&self, matches: &Matches<SubscriberRef>, message: &Message) {
+    /// Poisoning can only come from a panic in code that leaves no state
+    /// half-changed behind this lock (it guards no data).
+    fn lock_publish_order(&self) -> MutexGuard<'_, ()> {
+        self.publish_order
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Number, record, match, enqueue, commit; under `publish_order`.
+    fn publish_locked(&self, channel: &Channel, payload: Payload) -> Position {
+        // Only ever written under `publish_order`; atomic so that readers
+        // (positions, polls) need not take the lock.
+        let sequence = self.last_sequence.load(Ordering::Relaxed) + 1;
+        self.last_sequence.store(sequence, Ordering::Release);
+        let position = Position::new(self.epoch, sequence);
+        let now = self.clock.now_millis();
+        let message = Message::new(channel.subject.clone(), position, now, payload);
+        channel.record(message.clone(), self.history.limits(), now);
+        let matches = self.router.matches(channel.subject.as_str());
+        self.fan_out(&matches, &message);
+        // Release: whoever reads this mark sees the message in history and
+        // in every queue it was offered to.
+        self.committed_sequence.store(sequence, Ordering::Release);
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        position
+    }
+
+    fn fan_out(&self, matches: &Matches<Subscriber>, message: &Message) {
         let mut tally = Tally::default();
         if let [only] = matches.as_slice() {
             for subscriber in only.iter() {
@@ -242,75 +313,120 @@ impl Broker {
         tally.record(&self.counters);
     }
 
-    /// Retained messages on subjects matching `pattern` after `since`, in
-    /// position order, with the positions that may have been lost (a gap).
-    /// A position from another epoch means the numbering restarted:
+    /// Subscribes `outbox` to `patterns` at one cut in the numbering: every
+    /// later message reaches it live, and with `since`, history between
+    /// `since` and the cut is returned to be replayed ahead of them. Holds
+    /// the outbox's live messages back until the caller finishes the
+    /// subscription with [`Outbox::finish_replay`], so the client sees the
+    /// ack and the replay first. This is the one way in for subscribing.
+    pub(crate) fn subscribe(
+        &self,
+        patterns: &[Pattern],
+        outbox: &Arc<Outbox>,
+        since: Option<Position>,
+    ) -> Resume {
+        outbox.begin_replay();
+        for pattern in patterns {
+            outbox.add_pattern(pattern);
+        }
+        let cut = {
+            // Under the lock no message is between numbering and enqueueing,
+            // so the subscription and the cut agree exactly.
+            let _order = self.lock_publish_order();
+            for pattern in patterns {
+                self.router.subscribe(pattern, Subscriber(outbox.clone()));
+            }
+            self.last_sequence.load(Ordering::Acquire)
+        };
+        let replay = match since {
+            Some(since) => self.replay(patterns, Some(since), cut),
+            None => Replay::default(),
+        };
+        Resume {
+            cut: Position::new(self.epoch, cut),
+            replay,
+        }
+    }
+
+    pub(crate) fn unsubscribe(&self, pattern: &Pattern, outbox: &Arc<Outbox>) {
+        self.router.unsubscribe(pattern, &Subscriber(outbox.clone()));
+    }
+
+    /// Retained messages on subjects matching `patterns`, after `since`
+    /// (everything retained without it), up to and including sequence
+    /// `through`, with a gap for each pattern whose history falls short. A
+    /// position from another epoch means the numbering restarted:
     /// everything retained is returned and everything before may be lost.
-    pub fn history(
-        &self,
-        pattern: &Pattern,
-        since: Option<Position>,
-    ) -> (Option<(Position, Position)>, Vec<Message>) {
-        self.history_through(pattern, since, self.last_sequence.load(Ordering::Acquire))
-    }
-
-    /// [`Broker::history`], up to and including sequence `through`.
-    pub(crate) fn history_through(
-        &self,
-        pattern: &Pattern,
-        since: Option<Position>,
-        through: u64,
-    ) -> (Option<(Position, Position)>, Vec<Message>) {
+    pub(crate) fn replay(&self, patterns: &[Pattern], since: Option<Position>, through: u64) -> Replay {
         let now = self.clock.now_millis();
-        let Some(since) = since else {
-            return (
-                None,
-                self.history
-                    .read(pattern, Sequences { after: 0, through }, now)
-                    .messages,
-            );
+        let same_epoch = since.is_none_or(|since| since.epoch == self.epoch);
+        let after = match since {
+            Some(since) if same_epoch => since.sequence,
+            _ => 0,
         };
-        let same_epoch = since.epoch == self.epoch;
-        let after = if same_epoch { since.sequence } else { 0 };
-        let Replay {
-            lost_through,
-            messages,
-        } = self.history.read(pattern, Sequences { after, through }, now);
-        let gap = if !same_epoch {
-            let first_kept = messages.first().map_or(through, |m| m.sequence() - 1);
-            Some((
-                Position::new(since.epoch, since.sequence.saturating_add(1)),
-                Position::new(self.epoch, first_kept.max(lost_through)),
-            ))
-        } else if lost_through > 0 {
-            Some((
-                Position::new(self.epoch, after + 1),
-                Position::new(self.epoch, lost_through),
-            ))
-        } else {
-            None
-        };
-        (gap, messages)
+        let mut replay = Replay::default();
+        for pattern in patterns {
+            let read = self.history.read(pattern, Sequences { after, through }, now);
+            let gap = since.and_then(|since| {
+                if !same_epoch {
+                    let first_kept = read.messages.first().map_or(through, |m| m.sequence() - 1);
+                    Some((
+                        Position::new(since.epoch, since.sequence.saturating_add(1)),
+                        Position::new(self.epoch, first_kept.max(read.lost_through)),
+                    ))
+                } else if read.lost_through > 0 {
+                    Some((
+                        Position::new(self.epoch, after + 1),
+                        Position::new(self.epoch, read.lost_through),
+                    ))
+                } else {
+                    None
+                }
+            });
+            replay.gaps.extend(gap.map(|(from, to)| Gap {
+                subject: pattern.clone(),
+                from,
+                to,
+                missed: None,
+            }));
+            replay.messages.extend(read.messages);
+        }
+        if patterns.len() > 1 {
+            // Overlapping patterns read the same message more than once.
+            replay.messages.sort_unstable_by_key(Message::sequence);
+            replay.messages.dedup_by_key(|message| message.sequence());
+        }
+        replay
     }
 
-    /// Subscribes at a cut in the numbering and returns it: every message up
-    /// to the returned sequence has already been offered to subscribers
-    /// (not to this one), every later one will be offered to this one too.
-    /// A resume reads history through the cut and lets the rest arrive live,
-    /// so nothing is missed and nothing repeated.
-    pub(crate) fn subscribe_at_cut(&self, pattern: &Pattern, subscriber: SubscriberRef) -> u64 {
-        let _order = self
-            .publish_order
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.router.subscribe(pattern, subscriber);
+    /// The last sequence handed out (numbered, maybe not yet fanned out).
+    pub(crate) fn numbered_sequence(&self) -> u64 {
         self.last_sequence.load(Ordering::Acquire)
+    }
+
+    /// The last sequence recorded and fanned out.
+    pub(crate) fn committed_sequence(&self) -> u64 {
+        self.committed_sequence.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn router(&self) -> &Router<Subscriber> {
+        &self.router
+    }
+
+    pub(crate) fn next_session_id(&self) -> u64 {
+        self.next_session_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Expires old history and forgets idle subjects; the binary calls this
     /// periodically. Returns how many subjects were forgotten.
     pub fn sweep(&self) -> usize {
         self.history.sweep(self.clock.now_millis())
+    }
+
+    /// Counts a connection a gateway closed because its writes stalled:
+    /// a slow consumer the queues themselves did not catch.
+    pub fn count_slow_consumer(&self) {
+        self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn metrics(&self) -> Metrics {
@@ -322,10 +438,6 @@ impl Broker {
             subscriptions: self.router.subscription_count() as u64,
             history_subjects: self.history.subject_count() as u64,
         }
-    }
-
-    pub(crate) fn router(&self) -> &Router<SubscriberRef> {
-        &self.router
     }
 }
 

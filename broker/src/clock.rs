@@ -3,23 +3,35 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// A monotonic source of "now", in milliseconds since an arbitrary origin.
+/// "Now", in milliseconds since the Unix epoch, never going backwards.
+///
+/// One reading serves two purposes: history ages by it (so it must be
+/// monotonic) and messages carry it to clients as their `ts` (so it must be
+/// wall-clock time). [`SystemClock`] reconciles the two by reading the wall
+/// clock once at start and advancing it with the monotonic clock.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     fn now_millis(&self) -> u64;
 }
 
-/// The real monotonic clock.
+/// The real clock: wall-clock time at start, advanced monotonically. It
+/// never jumps when the system clock is set; over a long uptime it may drift
+/// from the system clock by whatever NTP corrects in the meantime.
 #[derive(Debug)]
 pub struct SystemClock {
     origin: Instant,
+    origin_unix_millis: u64,
 }
 
 impl SystemClock {
     pub fn new() -> SystemClock {
+        let origin_unix_millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
         SystemClock {
             origin: Instant::now(),
+            origin_unix_millis,
         }
     }
 }
@@ -32,7 +44,7 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn now_millis(&self) -> u64 {
-        self.origin.elapsed().as_millis() as u64
+        self.origin_unix_millis + self.origin.elapsed().as_millis() as u64
     }
 }
 
@@ -43,8 +55,16 @@ pub struct ManualClock {
 }
 
 impl ManualClock {
+    /// A clock standing at the epoch (0 ms).
     pub fn new() -> ManualClock {
         ManualClock::default()
+    }
+
+    /// A clock standing at `unix_millis`.
+    pub fn starting_at(unix_millis: u64) -> ManualClock {
+        ManualClock {
+            millis: AtomicU64::new(unix_millis),
+        }
     }
 
     pub fn advance(&self, by: Duration) {
@@ -55,5 +75,19 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_millis(&self) -> u64 {
         self.millis.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_clock_reads_wall_clock_time() {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let clock = SystemClock::new();
+        let first = clock.now_millis();
+        assert!(first.abs_diff(wall) < 5_000, "{first} vs {wall}");
+        assert!(clock.now_millis() >= first);
     }
 }

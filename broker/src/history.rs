@@ -5,29 +5,42 @@
 //! by count and age, behind a short mutex of its own so that resumes and
 //! history reads of different subjects never contend.
 //!
+//! Two indexes lead to the channels: a sharded hash map for publishing (one
+//! hash and a shard read-lock per publish) and a token tree of subjects for
+//! reading with a pattern, so that a wildcard read visits only the subjects
+//! it matches, never every subject the broker knows. Only creating and
+//! forgetting a subject touches the tree.
+//!
 //! Nothing is lost silently. A ring remembers the highest position it has
 //! dropped, and the store remembers the highest position of any subject it
 //! has forgotten entirely, so a read that starts before either is answered
 //! with an explicit gap.
+//!
+//! Lock order: a history shard (write) → the subject tree (write), when a
+//! subject is created or forgotten; a ring is locked alone, after any index
+//! lock is released (the sweep is the exception: shard → ring → tree).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
+use serde::Deserialize;
 use thiserror::Error;
 
 use crate::message::Message;
-use crate::subject::{Pattern, Subject};
+use crate::subject::{Pattern, Subject, FULL_WILDCARD, SINGLE_WILDCARD, TOKEN_SEPARATOR};
 
 const SHARDS: usize = 32;
 
 /// Bounds of the history store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HistoryLimits {
     /// Messages kept per subject; 0 keeps none (live delivery only).
     pub max_messages_per_subject: usize,
     /// Messages older than this are dropped.
+    #[serde(with = "crate::units::duration")]
     pub max_age: Duration,
     /// Distinct subjects tracked at once. Publishing to a new subject past
     /// this is refused until [`crate::Broker::sweep`] forgets idle ones.
@@ -56,6 +69,9 @@ pub enum HistoryError {
 #[derive(Debug)]
 pub(crate) struct Channel {
     pub(crate) subject: Subject,
+    /// The highest sequence recorded here, readable without the ring's
+    /// lock: a read after it skips the channel without locking it.
+    last_sequence: AtomicU64,
     ring: Mutex<Ring>,
 }
 
@@ -64,34 +80,39 @@ pub(crate) struct Ring {
     messages: VecDeque<Message>,
     /// Highest sequence dropped from this ring by count or age; 0 if none.
     dropped_through: u64,
-    /// Highest sequence ever recorded here.
-    last_sequence: u64,
-    /// Set when `sweep` removed the channel; a publisher that fetched the
-    /// channel just before must look it up again rather than write into a
-    /// ring nobody can read.
-    retired: bool,
 }
 
 impl Channel {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Ring> {
+    fn new(subject: Subject) -> Channel {
+        Channel {
+            subject,
+            last_sequence: AtomicU64::new(0),
+            ring: Mutex::new(Ring {
+                messages: VecDeque::new(),
+                dropped_through: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ring> {
         self.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a newly published message.
+    pub(crate) fn record(&self, message: Message, limits: &HistoryLimits, now_millis: u64) {
+        let sequence = message.sequence();
+        let mut ring = self.lock();
+        ring.messages.push_back(message);
+        while ring.messages.len() > limits.max_messages_per_subject {
+            ring.drop_front();
+        }
+        ring.expire(limits, now_millis);
+        // Release: a reader that sees the new sequence finds the message.
+        self.last_sequence.store(sequence, Ordering::Release);
     }
 }
 
 impl Ring {
-    pub(crate) fn is_retired(&self) -> bool {
-        self.retired
-    }
-
-    pub(crate) fn record(&mut self, message: Message, limits: &HistoryLimits, now_millis: u64) {
-        self.last_sequence = message.sequence();
-        self.messages.push_back(message);
-        while self.messages.len() > limits.max_messages_per_subject {
-            self.drop_front();
-        }
-        self.expire(limits, now_millis);
-    }
-
     fn expire(&mut self, limits: &HistoryLimits, now_millis: u64) {
         let max_age = limits.max_age.as_millis() as u64;
         while let Some(oldest) = self.messages.front() {
@@ -139,14 +160,14 @@ pub(crate) struct Sequences {
     pub(crate) through: u64,
 }
 
-/// What history holds after a position.
+/// What history holds in a range of sequences on one pattern.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Replay {
-    /// Highest sequence that may have been lost after the requested position;
-    /// 0 when history covers everything since it.
-    pub lost_through: u64,
-    /// Retained messages after the position, in position order.
-    pub messages: Vec<Message>,
+pub(crate) struct PatternReplay {
+    /// Highest sequence in the range that may have been lost; 0 when
+    /// history covers the whole range.
+    pub(crate) lost_through: u64,
+    /// Retained messages in the range, in position order.
+    pub(crate) messages: Vec<Message>,
 }
 
 type ChannelMap = HashMap<Subject, Arc<Channel>, ahash::RandomState>;
@@ -157,6 +178,8 @@ pub(crate) struct History {
     limits: HistoryLimits,
     shards: Box<[RwLock<ChannelMap>]>,
     shard_hasher: ahash::RandomState,
+    /// The subjects of every channel, for reads with a pattern.
+    tree: RwLock<SubjectTree>,
     subject_count: AtomicUsize,
     /// Highest sequence recorded on any channel that `sweep` removed: reads
     /// starting before it may have lost messages of subjects now forgotten.
@@ -169,6 +192,7 @@ impl History {
             limits,
             shards: (0..SHARDS).map(|_| RwLock::new(ChannelMap::default())).collect(),
             shard_hasher: ahash::RandomState::new(),
+            tree: RwLock::new(SubjectTree::default()),
             subject_count: AtomicUsize::new(0),
             forgotten_through: AtomicU64::new(0),
         }
@@ -186,13 +210,17 @@ impl History {
         &self.shards[self.shard_hasher.hash_one(subject) as usize % SHARDS]
     }
 
-    /// The channel of a validated subject, created on first use.
+    fn lookup(&self, subject: &str) -> Option<Arc<Channel>> {
+        read(self.shard(subject)).get(subject).cloned()
+    }
+
+    /// The channel of a validated subject, created on first use. While the
+    /// caller holds it, `sweep` leaves it alone.
     pub(crate) fn channel(&self, subject: &str) -> Result<Arc<Channel>, HistoryError> {
-        let shard = self.shard(subject);
-        if let Some(channel) = read(shard).get(subject) {
-            return Ok(channel.clone());
+        if let Some(channel) = self.lookup(subject) {
+            return Ok(channel);
         }
-        let mut map = write(shard);
+        let mut map = write(self.shard(subject));
         if let Some(channel) = map.get(subject) {
             return Ok(channel.clone());
         }
@@ -204,15 +232,8 @@ impl History {
             });
         }
         let subject = Subject::from_validated(subject);
-        let channel = Arc::new(Channel {
-            subject: subject.clone(),
-            ring: Mutex::new(Ring {
-                messages: VecDeque::new(),
-                dropped_through: 0,
-                last_sequence: 0,
-                retired: false,
-            }),
-        });
+        let channel = Arc::new(Channel::new(subject.clone()));
+        write(&self.tree).insert(&subject);
         map.insert(subject, channel.clone());
         self.subject_count.fetch_add(1, Ordering::Relaxed);
         Ok(channel)
@@ -220,52 +241,61 @@ impl History {
 
     /// Everything retained in `sequences` on subjects matching `pattern`,
     /// in position order.
-    pub(crate) fn read(&self, pattern: &Pattern, sequences: Sequences, now_millis: u64) -> Replay {
+    pub(crate) fn read(&self, pattern: &Pattern, sequences: Sequences, now_millis: u64) -> PatternReplay {
         let after_sequence = sequences.after;
-        let mut replay = Replay::default();
-        let mut read_channel = |channel: &Channel| {
+        let mut replay = PatternReplay::default();
+        let channels: Vec<Arc<Channel>> = if pattern.has_wildcards() {
+            let subjects = read(&self.tree).matching(pattern);
+            subjects
+                .iter()
+                .filter_map(|subject| self.lookup(subject.as_str()))
+                .collect()
+        } else {
+            self.lookup(pattern.as_str()).into_iter().collect()
+        };
+        for channel in &channels {
+            // Acquire pairs with `record`: nothing after `after` was ever
+            // recorded here, so nothing can be read or have been dropped.
+            if channel.last_sequence.load(Ordering::Acquire) <= after_sequence {
+                continue;
+            }
             let lost = channel
                 .lock()
                 .read(sequences, &self.limits, now_millis, &mut replay.messages);
             replay.lost_through = replay.lost_through.max(lost);
-        };
-        if pattern.has_wildcards() {
-            // A scan: resumes are rare next to publishes, and an index of
-            // subjects by pattern would cost every publish to a new subject.
-            for shard in self.shards.iter() {
-                let matching: Vec<Arc<Channel>> = read(shard)
-                    .iter()
-                    .filter(|(subject, _)| pattern.matches(subject.as_str()))
-                    .map(|(_, channel)| channel.clone())
-                    .collect();
-                matching.iter().for_each(|channel| read_channel(channel));
-            }
-        } else if let Some(channel) = read(self.shard(pattern.as_str())).get(pattern.as_str()).cloned() {
-            read_channel(&channel);
         }
         let forgotten = self.forgotten_through.load(Ordering::Acquire);
         if forgotten > after_sequence {
             replay.lost_through = replay.lost_through.max(forgotten);
         }
-        replay.messages.sort_unstable_by_key(Message::sequence);
+        if channels.len() > 1 {
+            replay.messages.sort_unstable_by_key(Message::sequence);
+        }
         replay
     }
 
-    /// Expires old messages and forgets subjects whose ring is empty.
-    /// Returns how many subjects were forgotten.
+    /// Expires old messages and forgets subjects whose ring is empty and
+    /// that nobody is publishing to. Returns how many were forgotten.
     pub(crate) fn sweep(&self, now_millis: u64) -> usize {
         let mut forgotten = 0;
         for shard in self.shards.iter() {
             let mut map = write(shard);
-            map.retain(|_, channel| {
+            map.retain(|subject, channel| {
+                // A publisher holding the channel (it cloned it under this
+                // shard's lock, which we now hold exclusively) is about to
+                // record into it: keep it, or the message would land in a
+                // ring nobody can read.
+                if Arc::strong_count(channel) > 1 {
+                    return true;
+                }
                 let mut ring = channel.lock();
                 ring.expire(&self.limits, now_millis);
                 if !ring.messages.is_empty() {
                     return true;
                 }
-                ring.retired = true;
                 self.forgotten_through
-                    .fetch_max(ring.last_sequence, Ordering::Release);
+                    .fetch_max(channel.last_sequence.load(Ordering::Relaxed), Ordering::Release);
+                write(&self.tree).remove(subject);
                 forgotten += 1;
                 false
             });
@@ -275,10 +305,141 @@ impl History {
     }
 }
 
+/// The subjects that have a channel, as a trie of their tokens.
+#[derive(Debug, Default)]
+struct SubjectTree {
+    root: TreeNode,
+}
+
+#[derive(Debug, Default)]
+struct TreeNode {
+    children: HashMap<Box<str>, TreeNode, ahash::RandomState>,
+    /// Set when a subject ends at this node.
+    subject: Option<Subject>,
+}
+
+impl SubjectTree {
+    fn insert(&mut self, subject: &Subject) {
+        let mut node = &mut self.root;
+        for token in subject.tokens() {
+            node = node.children.entry(Box::from(token)).or_default();
+        }
+        node.subject = Some(subject.clone());
+    }
+
+    fn remove(&mut self, subject: &Subject) {
+        fn remove_from(node: &mut TreeNode, tokens: &[&str]) {
+            let Some((first, rest)) = tokens.split_first() else {
+                node.subject = None;
+                return;
+            };
+            if let Some(child) = node.children.get_mut(*first) {
+                remove_from(child, rest);
+                if child.subject.is_none() && child.children.is_empty() {
+                    node.children.remove(*first);
+                }
+            }
+        }
+        let tokens: Vec<&str> = subject.as_str().split(TOKEN_SEPARATOR).collect();
+        remove_from(&mut self.root, &tokens);
+    }
+
+    /// Every subject `pattern` matches.
+    fn matching(&self, pattern: &Pattern) -> Vec<Subject> {
+        fn visit(node: &TreeNode, tokens: &[&str], out: &mut Vec<Subject>) {
+            let Some((first, rest)) = tokens.split_first() else {
+                out.extend(node.subject.iter().cloned());
+                return;
+            };
+            match *first {
+                FULL_WILDCARD => node.children.values().for_each(|child| every_subject(child, out)),
+                SINGLE_WILDCARD => node.children.values().for_each(|child| visit(child, rest, out)),
+                literal => {
+                    if let Some(child) = node.children.get(literal) {
+                        visit(child, rest, out);
+                    }
+                }
+            }
+        }
+        fn every_subject(node: &TreeNode, out: &mut Vec<Subject>) {
+            out.extend(node.subject.iter().cloned());
+            node.children.values().for_each(|child| every_subject(child, out));
+        }
+        let tokens: Vec<&str> = pattern.tokens().collect();
+        let mut out = Vec::new();
+        visit(&self.root, &tokens, &mut out);
+        out
+    }
+}
+
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subject::SubjectLimits;
+
+    fn pattern(text: &str) -> Pattern {
+        Pattern::parse(text, &SubjectLimits::default()).unwrap()
+    }
+
+    /// One line per case: the subjects known, a pattern, what it reaches.
+    fn check(subjects: &[&str], pattern_text: &str, expected: &[&str]) {
+        let mut tree = SubjectTree::default();
+        for subject in subjects {
+            tree.insert(&Subject::from_validated(subject));
+        }
+        let mut found: Vec<String> = tree
+            .matching(&pattern(pattern_text))
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        found.sort();
+        assert_eq!(found, expected, "{subjects:?} <- {pattern_text}");
+    }
+
+    #[test]
+    fn the_subject_tree_finds_exactly_what_a_pattern_matches() {
+        let known = ["a", "a.b", "a.c", "a.b.c", "b.b", "b.b.d"];
+        check(&known, "a", &["a"]);
+        check(&known, "a.*", &["a.b", "a.c"]);
+        check(&known, "a.>", &["a.b", "a.b.c", "a.c"]);
+        check(&known, "*.b", &["a.b", "b.b"]);
+        check(&known, "*.b.>", &["a.b.c", "b.b.d"]);
+        check(&known, ">", &["a", "a.b", "a.b.c", "a.c", "b.b", "b.b.d"]);
+        check(&known, "*", &["a"]);
+        check(&known, "c.>", &[]);
+        // The tree agrees with the pattern matcher on every pair.
+        for text in ["a", "a.*", "a.>", "*.b", "*.*.*", ">", "*.b.>", "b.*.d"] {
+            let expected: Vec<&str> = known
+                .iter()
+                .copied()
+                .filter(|subject| pattern(text).matches(subject))
+                .collect();
+            let mut expected = expected;
+            expected.sort();
+            check(&known, text, &expected);
+        }
+    }
+
+    #[test]
+    fn removing_subjects_prunes_the_tree() {
+        let mut tree = SubjectTree::default();
+        let subjects: Vec<Subject> = ["a.b", "a.b.c", "x"]
+            .into_iter()
+            .map(Subject::from_validated)
+            .collect();
+        subjects.iter().for_each(|s| tree.insert(s));
+        tree.remove(&subjects[1]);
+        assert_eq!(tree.matching(&pattern("a.>")), vec![subjects[0].clone()]);
+        tree.remove(&subjects[0]);
+        tree.remove(&subjects[2]);
+        assert!(tree.root.children.is_empty(), "{tree:?}");
+    }
 }

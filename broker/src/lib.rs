@@ -16,10 +16,12 @@
 //! | [`outbox`] | bounded per-connection queues and overflow policies |
 //! | [`position`] | positions and resume tokens |
 //! | [`history`] | per-subject rings bounded by count and age |
-//! | [`broker`] | publish: number, record, match, fan out |
-//! | [`session`] | the interface gateways use, and access checks |
-//! | [`auth`] | API keys, permissions, anonymous access |
-//! | [`protocol`] | client commands and server events, both encodings |
+//! | [`broker`] | publish: number, record, match, fan out; the one subscribe door |
+//! | [`session`] | the interface connection-based gateways use |
+//! | [`poll`] | cursor reads for gateways without a connection (long polling) |
+//! | [`auth`] | access checks, API keys, permissions, anonymous access |
+//! | [`protocol`] | client commands and server events, every encoding |
+//! | [`units`] | how configuration writes sizes and durations |
 //!
 //! ## Invariants
 //!
@@ -32,20 +34,18 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use herald_broker::{AllowAll, Broker, BrokerConfig, Payload};
+//! use herald_broker::{Acknowledge, AllowAll, Broker, BrokerConfig, Payload, Session};
 //!
 //! let broker = Broker::new(BrokerConfig::default());
-//! let mut session = broker.session(Arc::new(AllowAll));
-//! session.subscribe(None, "chat.*", None).unwrap();
+//! let mut session = Session::new(&broker, Arc::new(AllowAll));
+//! session.subscribe(&["chat.*"], None, Acknowledge::Never).unwrap();
 //! let position = broker.publish("chat.lobby", Payload::from_json(r#"{"text":"hi"}"#.into()).unwrap()).unwrap();
 //!
 //! let mut batch = std::collections::VecDeque::new();
 //! session.outbox().try_take_batch(&mut batch).unwrap().unwrap();
-//! let frame = batch[0].encode(herald_broker::Encoding::Json);
-//! assert_eq!(
-//!     frame,
-//!     format!(r#"{{"op":"msg","subject":"chat.lobby","pos":"{}","data":{{"text":"hi"}}}}"#, position.token()),
-//! );
+//! let frame = String::from_utf8(batch[0].encode(herald_broker::Encoding::Json).to_vec()).unwrap();
+//! assert!(frame.starts_with(&format!(r#"{{"op":"msg","subject":"chat.lobby","pos":"{}","ts":"#, position.token())));
+//! assert!(frame.ends_with(r#","data":{"text":"hi"}}"#));
 //! ```
 
 pub mod auth;
@@ -54,19 +54,25 @@ pub mod clock;
 pub mod history;
 pub mod message;
 pub mod outbox;
+pub mod poll;
 pub mod position;
 pub mod protocol;
 pub mod router;
 pub mod session;
 pub mod subject;
+pub mod units;
 
-pub use auth::{AnonymousAccess, ApiKey, AuthError, Authenticator, Permissions};
-pub use broker::{Broker, BrokerConfig, Metrics, PublishError};
+pub use auth::{
+    Access, AllowAll, AnonymousAccess, ApiKey, ApiKeyConfig, AuthConfig, AuthConfigError, AuthError,
+    Authenticator, Permissions, SubscribeOnly,
+};
+pub use broker::{BatchError, Broker, BrokerConfig, Metrics, PublishError, Replay, Resume};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use history::HistoryLimits;
 pub use message::{Message, Payload, PayloadError};
 pub use outbox::{CloseReason, Offer, Outbox, OverflowPolicy, QueueLimits};
+pub use poll::{Poll, PollPage, Watch};
 pub use position::{InvalidToken, Position};
 pub use protocol::{decode_command, Command, DecodeError, Encoding, Gap, Outbound, Reply, ServerEvent};
-pub use session::{Access, AllowAll, HistoryPage, Session, SessionError, SubscribeOnly};
+pub use session::{Acknowledge, HistoryPage, Session, SessionBatchError, SessionError};
 pub use subject::{Pattern, Subject, SubjectError, SubjectLimits};

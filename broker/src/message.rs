@@ -2,9 +2,11 @@
 //!
 //! A [`Message`] is one reference-counted allocation per publish. Its payload
 //! is validated JSON held as [`Bytes`] (often a slice of the very frame the
-//! publisher sent). The `msg` event each wire encoding sends is built at most
-//! once per message, on first demand, and then shared by every recipient of
-//! that encoding: fan-out to ten thousand subscribers encodes once.
+//! publisher sent). It carries a cache of its encoded frames, one slot per
+//! wire encoding: the protocol (`protocol.rs`) fills a slot on first demand
+//! and every recipient of that encoding shares it, so fan-out to ten
+//! thousand subscribers encodes once. This module knows nothing of the
+//! encodings themselves.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -13,8 +15,11 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use crate::position::Position;
-use crate::protocol::Encoding;
 use crate::subject::Subject;
+
+/// How many encoded frames a message can cache: one per wire encoding
+/// (`protocol::Encoding::COUNT`, checked there at compile time).
+pub(crate) const FRAME_SLOTS: usize = 3;
 
 /// A message payload: one JSON value, already validated.
 #[derive(Clone, PartialEq, Eq)]
@@ -121,11 +126,12 @@ pub struct Message(Arc<MessageInner>);
 struct MessageInner {
     subject: Subject,
     position: Position,
-    /// When it was published, by the broker's clock; history ages by it.
+    /// When it was published, in milliseconds since the Unix epoch by the
+    /// broker's clock: history ages by it and clients receive it as `ts`.
     published_at_millis: u64,
     payload: Payload,
-    /// The encoded `msg` event, one slot per [`Encoding`], filled on demand.
-    frames: [OnceLock<Bytes>; Encoding::COUNT],
+    /// Encoded frames, one slot per wire encoding, filled on demand.
+    frames: [OnceLock<Bytes>; FRAME_SLOTS],
 }
 
 impl Message {
@@ -135,7 +141,7 @@ impl Message {
             position,
             published_at_millis,
             payload,
-            frames: [OnceLock::new(), OnceLock::new()],
+            frames: Default::default(),
         }))
     }
 
@@ -155,6 +161,7 @@ impl Message {
         &self.0.payload
     }
 
+    /// Milliseconds since the Unix epoch at publish time.
     pub fn published_at_millis(&self) -> u64 {
         self.0.published_at_millis
     }
@@ -164,54 +171,9 @@ impl Message {
         self.0.payload.len() + self.0.subject.as_str().len()
     }
 
-    /// The `msg` event for `encoding`, encoded once and shared afterwards.
-    pub fn frame(&self, encoding: Encoding) -> Bytes {
-        self.0.frames[encoding.index()]
-            .get_or_init(|| self.encode_frame(encoding))
-            .clone()
-    }
-
-    fn encode_frame(&self, encoding: Encoding) -> Bytes {
-        let inner = &*self.0;
-        let token = inner.position.token();
-        match encoding {
-            Encoding::Json => {
-                let mut out = Vec::with_capacity(inner.payload.len() + inner.subject.as_str().len() + 64);
-                out.extend_from_slice(br#"{"op":"msg","subject":"#);
-                serde_json::to_writer(&mut out, inner.subject.as_str())
-                    .expect("writing to a Vec cannot fail");
-                out.extend_from_slice(br#","pos":""#);
-                out.extend_from_slice(token.as_str().as_bytes());
-                out.extend_from_slice(br#"","data":"#);
-                out.extend_from_slice(inner.payload.json());
-                out.push(b'}');
-                Bytes::from(out)
-            }
-            Encoding::MsgPack => {
-                let mut out = Vec::with_capacity(inner.payload.len() + inner.subject.as_str().len() + 48);
-                write_msgpack_str_pairs(
-                    &mut out,
-                    4,
-                    &[
-                        ("op", "msg"),
-                        ("subject", inner.subject.as_str()),
-                        ("pos", token.as_str()),
-                    ],
-                );
-                rmp::encode::write_str(&mut out, "data").expect("writing to a Vec cannot fail");
-                inner.payload.write_msgpack(&mut out);
-                Bytes::from(out)
-            }
-        }
-    }
-}
-
-/// Writes a map header for `map_len` entries followed by string pairs.
-fn write_msgpack_str_pairs(out: &mut Vec<u8>, map_len: u32, pairs: &[(&str, &str)]) {
-    rmp::encode::write_map_len(out, map_len).expect("writing to a Vec cannot fail");
-    for (key, value) in pairs {
-        rmp::encode::write_str(out, key).expect("writing to a Vec cannot fail");
-        rmp::encode::write_str(out, value).expect("writing to a Vec cannot fail");
+    /// The frame cached in `slot`, encoded by `encode` the first time.
+    pub(crate) fn cached_frame(&self, slot: usize, encode: impl FnOnce(&Message) -> Bytes) -> Bytes {
+        self.0.frames[slot].get_or_init(|| encode(self)).clone()
     }
 }
 

@@ -13,8 +13,9 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
@@ -23,7 +24,8 @@ use crate::protocol::{Gap, Outbound, Reply};
 use crate::subject::Pattern;
 
 /// What to do when a subscriber's queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum OverflowPolicy {
     /// Drop the oldest queued messages; the client later receives a `gap`
     /// naming the positions it missed and can fetch them from history.
@@ -34,11 +36,13 @@ pub enum OverflowPolicy {
 }
 
 /// Bounds of one connection's queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QueueLimits {
     /// Most messages waiting to be written.
     pub max_messages: usize,
     /// Most message bytes (payload + subject) waiting to be written.
+    #[serde(deserialize_with = "crate::units::size::deserialize")]
     pub max_bytes: usize,
     /// Most replies (acks, errors, pongs) waiting; a client that keeps
     /// sending commands without reading the answers is closed past this.
@@ -65,6 +69,14 @@ pub enum CloseReason {
     ReplyBacklog,
     /// The server is shutting down.
     Shutdown,
+    /// Nothing arrived from the client, not even a heartbeat answer, for
+    /// longer than the transport allows.
+    IdleTimeout,
+    /// A one-way stream reached the longest a stream may last; the client
+    /// reconnects and resumes where it was.
+    StreamExpired,
+    /// The client sent a frame larger than the transport ever reads.
+    FrameTooLarge { max: usize },
     /// The gateway closed the connection for breaking the protocol.
     ProtocolViolation(String),
 }
@@ -76,6 +88,9 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::ReplyBacklog => "reply_backlog",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::StreamExpired => "stream_expired",
+            CloseReason::FrameTooLarge { .. } => "frame_too_large",
             CloseReason::ProtocolViolation(_) => "protocol_violation",
         }
     }
@@ -91,8 +106,42 @@ impl fmt::Display for CloseReason {
                 f.write_str("too many replies waiting: the client sends without reading")
             }
             CloseReason::Shutdown => f.write_str("server is shutting down"),
+            CloseReason::IdleTimeout => f.write_str("nothing received from the client for too long"),
+            CloseReason::StreamExpired => {
+                f.write_str("the stream reached its maximum duration; reconnect to resume")
+            }
+            CloseReason::FrameTooLarge { max } => {
+                write!(
+                    f,
+                    "a frame was larger than {max} bytes, the most this server reads"
+                )
+            }
             CloseReason::ProtocolViolation(why) => write!(f, "protocol violation: {why}"),
         }
+    }
+}
+
+/// A connection's handle in the router: its outbox, compared by identity.
+#[derive(Clone)]
+pub(crate) struct Subscriber(pub(crate) Arc<Outbox>);
+
+impl Subscriber {
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.0
+    }
+}
+
+impl PartialEq for Subscriber {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Subscriber {}
+
+impl Hash for Subscriber {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state)
     }
 }
 
@@ -334,9 +383,9 @@ impl Outbox {
         self.lock().replays_in_progress += 1;
     }
 
-    /// Merges a resume into the queue: `ack`, then the gap if any, then the
-    /// replayed messages together with the live messages for `pattern` that
-    /// arrived while the replay was read, in position order, each once.
+    /// Merges a subscription's start into the queue: `ack`, then its gaps,
+    /// then the replayed messages together with the live messages for
+    /// `patterns` that arrived meanwhile, in position order, each once.
     ///
     /// Position order, not "replay, then live": history is read one subject
     /// at a time, so a live message of a subject read early can be older
@@ -344,16 +393,16 @@ impl Outbox {
     /// the last position it saw, which is only safe if it saw them in order.
     pub(crate) fn finish_replay(
         &self,
-        pattern: &Pattern,
+        patterns: &[Pattern],
         ack: Option<Reply>,
-        gap: Option<Gap>,
+        gaps: Vec<Gap>,
         replay: Vec<Message>,
     ) {
         let mut state = self.lock();
         state.replays_in_progress -= 1;
         if state.close_reason.is_none() {
             state.reply_count += usize::from(ack.is_some());
-            state.merge_replay(pattern, ack, gap, replay);
+            state.merge_replay(patterns, ack, gaps, replay);
         }
         let wake = state.replays_in_progress == 0 && !state.entries.is_empty();
         drop(state);
@@ -407,15 +456,19 @@ impl State {
 
     fn merge_replay(
         &mut self,
-        pattern: &Pattern,
+        patterns: &[Pattern],
         ack: Option<Reply>,
-        gap: Option<Gap>,
+        gaps: Vec<Gap>,
         mut replay: Vec<Message>,
     ) {
         // `replay` is in position order, so membership is a binary search.
         let replayed_count = replay.len();
+        let subscribed = |message: &Message| {
+            let subject = message.subject().as_str();
+            patterns.iter().any(|pattern| pattern.matches(subject))
+        };
         self.entries.retain(|entry| match entry {
-            Outbound::Message(message) if pattern.matches(message.subject().as_str()) => {
+            Outbound::Message(message) if subscribed(message) => {
                 let replayed = replay[..replayed_count]
                     .binary_search_by_key(&message.position(), Message::position)
                     .is_ok();
@@ -428,7 +481,8 @@ impl State {
         });
         replay.sort_by_key(Message::position);
         self.entries.extend(ack.map(|ack| Outbound::Reply(Box::new(ack))));
-        self.entries.extend(gap.map(|gap| Outbound::Gap(Box::new(gap))));
+        self.entries
+            .extend(gaps.into_iter().map(|gap| Outbound::Gap(Box::new(gap))));
         self.entries.extend(replay.into_iter().map(Outbound::Message));
         self.message_count = 0;
         self.message_bytes = 0;

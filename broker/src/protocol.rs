@@ -7,15 +7,16 @@
 //! (a missing subject, an unknown op or a mistyped field is a [`DecodeError`]
 //! carrying the command's `id` when it could be read).
 //!
-//! The `msg` event is encoded by [`Message::frame`](crate::Message::frame),
-//! once per message; everything else is encoded here.
+//! Every event is encoded here. A `msg` event is encoded once per message
+//! and encoding ([`Message::frame`]) and shared by all its recipients; the
+//! other events are rare and encoded when written.
 
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use thiserror::Error;
 
-use crate::message::{Message, Payload, PayloadError};
+use crate::message::{Message, Payload, PayloadError, FRAME_SLOTS};
 use crate::position::Position;
 use crate::subject::Pattern;
 
@@ -30,19 +31,28 @@ pub enum Encoding {
     Json,
     /// MessagePack, one map per frame, with the same field names as JSON.
     MsgPack,
+    /// Server events only: the JSON event as the `data:` of a
+    /// `text/event-stream` event, named by its `op`, with the position as
+    /// its `id:` where it has one (Server-Sent Events). Commands never come
+    /// in this encoding; decoding reads them as JSON.
+    EventStream,
 }
 
 impl Encoding {
     /// How many encodings there are; sizes per-encoding caches.
-    pub const COUNT: usize = 2;
+    pub const COUNT: usize = 3;
 
     pub(crate) fn index(self) -> usize {
         match self {
             Encoding::Json => 0,
             Encoding::MsgPack => 1,
+            Encoding::EventStream => 2,
         }
     }
 }
+
+// A message caches one frame per encoding.
+const _: () = assert!(Encoding::COUNT == FRAME_SLOTS);
 
 /// A command from a client, decoded but not yet validated against the
 /// broker's rules (subjects are checked by the [`Session`](crate::Session)).
@@ -144,7 +154,7 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de Raw
 /// Decodes one command frame.
 pub fn decode_command(encoding: Encoding, frame: &Bytes) -> Result<Command, DecodeError> {
     match encoding {
-        Encoding::Json => decode_json_command(frame),
+        Encoding::Json | Encoding::EventStream => decode_json_command(frame),
         Encoding::MsgPack => {
             // MessagePack commands are read through their JSON form: one
             // decoder to keep right, and the payload is JSON either way.
@@ -265,10 +275,14 @@ pub enum Outbound {
 impl Outbound {
     /// The wire frame of this event.
     pub fn encode(&self, encoding: Encoding) -> Bytes {
-        match self {
-            Outbound::Message(message) => message.frame(encoding),
-            Outbound::Gap(gap) => encode_serde(encoding, &WireGap::from(&**gap)),
-            Outbound::Reply(reply) => match &**reply {
+        match (self, encoding) {
+            (Outbound::Message(message), _) => message.frame(encoding),
+            (_, Encoding::EventStream) => {
+                let json = self.encode(Encoding::Json);
+                event_stream_frame(self.op(), self.event_id(), &json)
+            }
+            (Outbound::Gap(gap), _) => encode_serde(encoding, &WireGap::from(&**gap)),
+            (Outbound::Reply(reply), _) => match &**reply {
                 Reply::History {
                     id,
                     subject,
@@ -279,6 +293,109 @@ impl Outbound {
             },
         }
     }
+
+    /// The event's `op`.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Outbound::Message(_) => "msg",
+            Outbound::Gap(_) => "gap",
+            Outbound::Reply(reply) => match &**reply {
+                Reply::Ack { .. } => "ack",
+                Reply::Error { .. } => "err",
+                Reply::Pong { .. } => "pong",
+                Reply::History { .. } => "history",
+            },
+        }
+    }
+
+    /// The position a client resumes from once it has this event: a
+    /// message's own, or the one an `ack` carries. Gaps have none: they name
+    /// a range, and what follows a gap may be older than its end (another
+    /// subscription's messages), so a gap never advances a resume token.
+    pub fn event_id(&self) -> Option<Position> {
+        match self {
+            Outbound::Message(message) => Some(message.position()),
+            Outbound::Reply(reply) => match &**reply {
+                Reply::Ack { position, .. } => *position,
+                _ => None,
+            },
+            Outbound::Gap(_) => None,
+        }
+    }
+}
+
+impl Message {
+    /// The `msg` event for `encoding`: encoded by the first recipient that
+    /// needs it, then shared by every other.
+    pub fn frame(&self, encoding: Encoding) -> Bytes {
+        self.cached_frame(encoding.index(), |message| encode_message(message, encoding))
+    }
+}
+
+/// `{"op":"msg","subject":..,"pos":..,"ts":..,"data":..}` in `encoding`.
+fn encode_message(message: &Message, encoding: Encoding) -> Bytes {
+    let write = "writing to a Vec cannot fail";
+    let subject = message.subject().as_str();
+    let payload = message.payload();
+    let token = message.position().token();
+    let ts = message.published_at_millis();
+    match encoding {
+        Encoding::Json => {
+            let mut out = Vec::with_capacity(payload.len() + subject.len() + 80);
+            out.extend_from_slice(br#"{"op":"msg","subject":"#);
+            serde_json::to_writer(&mut out, subject).expect(write);
+            out.extend_from_slice(br#","pos":""#);
+            out.extend_from_slice(token.as_str().as_bytes());
+            out.extend_from_slice(br#"","ts":"#);
+            serde_json::to_writer(&mut out, &ts).expect(write);
+            out.extend_from_slice(br#","data":"#);
+            out.extend_from_slice(payload.json());
+            out.push(b'}');
+            Bytes::from(out)
+        }
+        Encoding::MsgPack => {
+            let mut out = Vec::with_capacity(payload.len() + subject.len() + 64);
+            rmp::encode::write_map_len(&mut out, 5).expect(write);
+            for (key, value) in [("op", "msg"), ("subject", subject), ("pos", token.as_str())] {
+                rmp::encode::write_str(&mut out, key).expect(write);
+                rmp::encode::write_str(&mut out, value).expect(write);
+            }
+            rmp::encode::write_str(&mut out, "ts").expect(write);
+            rmp::encode::write_uint(&mut out, ts).expect(write);
+            rmp::encode::write_str(&mut out, "data").expect(write);
+            payload.write_msgpack(&mut out);
+            Bytes::from(out)
+        }
+        Encoding::EventStream => {
+            event_stream_frame("msg", Some(message.position()), &message.frame(Encoding::Json))
+        }
+    }
+}
+
+/// One `text/event-stream` event: `id:` (when given), `event:`, and the
+/// JSON as `data:`. A payload may hold line breaks (pretty-printed JSON);
+/// each starts a new `data:` line, which the client joins with `\n`, so
+/// it reads back the same JSON value.
+fn event_stream_frame(event: &str, id: Option<Position>, json: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(json.len() + event.len() + 48);
+    if let Some(id) = id {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.token().as_str().as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(event.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    let mut rest = json;
+    while let Some(at) = rest.iter().position(|&byte| byte == b'\n' || byte == b'\r') {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(b"\ndata: ");
+        let crlf = rest[at] == b'\r' && rest.get(at + 1) == Some(&b'\n');
+        rest = &rest[at + 1 + usize::from(crlf)..];
+    }
+    out.extend_from_slice(rest);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
 }
 
 #[derive(Serialize)]
@@ -347,7 +464,9 @@ impl<'a> From<&'a Gap> for WireGap<'a> {
 
 fn encode_serde<T: Serialize>(encoding: Encoding, value: &T) -> Bytes {
     let bytes = match encoding {
-        Encoding::Json => serde_json::to_vec(value).expect("protocol structs always serialize"),
+        Encoding::Json | Encoding::EventStream => {
+            serde_json::to_vec(value).expect("protocol structs always serialize")
+        }
         Encoding::MsgPack => rmp_serde::to_vec_named(value).expect("protocol structs always serialize"),
     };
     Bytes::from(bytes)
@@ -362,11 +481,16 @@ fn encode_history(
     gap: Option<&Gap>,
     messages: &[Message],
 ) -> Bytes {
+    // Inside an event-stream event the body is plain JSON.
+    let encoding = match encoding {
+        Encoding::EventStream => Encoding::Json,
+        other => other,
+    };
     let frames: Vec<Bytes> = messages.iter().map(|m| m.frame(encoding)).collect();
     let mut out = Vec::with_capacity(frames.iter().map(Bytes::len).sum::<usize>() + 128);
     let gap = gap.map(WireGap::from);
     match encoding {
-        Encoding::Json => {
+        Encoding::Json | Encoding::EventStream => {
             out.extend_from_slice(br#"{"op":"history","#);
             if let Some(id) = id {
                 out.extend_from_slice(format!(r#""id":{id},"#).as_bytes());
@@ -421,6 +545,8 @@ pub enum ServerEvent {
     Msg {
         subject: String,
         pos: String,
+        /// Milliseconds since the Unix epoch at publish time.
+        ts: u64,
         data: serde_json::Value,
     },
     #[serde(rename = "ack")]
@@ -476,5 +602,13 @@ pub fn decode_event(encoding: Encoding, frame: &[u8]) -> Result<ServerEvent, Str
     match encoding {
         Encoding::Json => serde_json::from_slice(frame).map_err(|e| e.to_string()),
         Encoding::MsgPack => rmp_serde::from_slice(frame).map_err(|e| e.to_string()),
+        Encoding::EventStream => {
+            let data: Vec<&str> = std::str::from_utf8(frame)
+                .map_err(|e| e.to_string())?
+                .lines()
+                .filter_map(|line| line.strip_prefix("data: "))
+                .collect();
+            serde_json::from_str(&data.join("\n")).map_err(|e| e.to_string())
+        }
     }
 }

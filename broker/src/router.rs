@@ -10,12 +10,13 @@
 //!   Publishes skip it entirely while no wildcard subscription exists.
 //!
 //! Subscriber lists are immutable `Arc<[S]>` snapshots, replaced on every
-//! change (copy-on-write). A publisher therefore holds a lock only while it
-//! clones the few `Arc`s that match and then fans out with no lock held:
-//! subscription churn, however heavy, waits at most for a hash lookup or a
-//! trie walk and never for a fan-out; a fan-out never waits for churn longer
-//! than one list copy. A change copies one list, which is O(subscribers of
-//! that one pattern).
+//! change (copy-on-write). A match therefore holds an index lock only while
+//! it clones the few `Arc`s that match; the fan-out that follows holds no
+//! lock of the router's. (It does run under the broker's publish-order lock,
+//! and so do subscribes, which need an exact cut in the numbering: a
+//! subscribe waits for at most one fan-out, and a fan-out for at most one
+//! list copy. See `broker.rs`.) A change copies one list, which is
+//! O(subscribers of that one pattern).
 //!
 //! Lock order: a trie or shard lock is never held while taking another lock.
 
@@ -157,8 +158,11 @@ impl<S: Clone + Eq + Hash> Router<S> {
                 found.push(list.clone());
             }
         }
-        // Relaxed: a subscribe racing with this publish may or may not see
-        // it either way; the resume merge in the session handles that race.
+        // Relaxed: subscribes and publishes are ordered by the broker's
+        // publish-order lock, not by this counter; a long poll's watch, which
+        // subscribes without that lock, only needs to be seen by publishes
+        // numbered after it registered, and the lock release/acquire between
+        // them orders that.
         if self.wildcard_count.load(Ordering::Relaxed) > 0 {
             let tokens: SmallVec<[&str; 16]> = subject.split(TOKEN_SEPARATOR).collect();
             collect_matches(&read(&self.wildcards), &tokens, &mut found);

@@ -10,56 +10,17 @@
 //! Dropping the session removes its subscriptions from the router.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::broker::{Broker, PublishError};
+use crate::auth::Access;
+use crate::broker::{BatchError, Broker, PublishError, Replay};
 use crate::message::{Message, Payload, PayloadError};
 use crate::outbox::Outbox;
 use crate::position::{InvalidToken, Position};
 use crate::protocol::{Command, DecodeError, Gap, Reply};
 use crate::subject::{validate_subject, Pattern, SubjectError};
-
-/// What one connection may do. Checked on every subscribe, publish and
-/// history read; identities and their rules (tokens, API keys) are built by
-/// the edge that authenticated the connection.
-pub trait Access: Send + Sync + fmt::Debug {
-    /// May this connection publish on `subject` (already validated)?
-    fn may_publish(&self, subject: &str) -> bool;
-    /// May this connection subscribe to, or read the history of, `pattern`?
-    fn may_subscribe(&self, pattern: &Pattern) -> bool;
-}
-
-/// Access that allows everything: development mode and trusted servers.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AllowAll;
-
-impl Access for AllowAll {
-    fn may_publish(&self, _subject: &str) -> bool {
-        true
-    }
-
-    fn may_subscribe(&self, _pattern: &Pattern) -> bool {
-        true
-    }
-}
-
-/// Access that allows subscribing but not publishing: the safe default for
-/// anonymous browsers when anonymous subscribing is enabled.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SubscribeOnly;
-
-impl Access for SubscribeOnly {
-    fn may_publish(&self, _subject: &str) -> bool {
-        false
-    }
-
-    fn may_subscribe(&self, _pattern: &Pattern) -> bool {
-        true
-    }
-}
 
 /// Why a session operation failed. Each maps to a stable `err` code.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -81,6 +42,8 @@ pub enum SessionError {
     TooManySubscriptions { max: usize },
     #[error("not subscribed to {subject:?}")]
     NotSubscribed { subject: String },
+    #[error("no subject given: name at least one pattern to subscribe to")]
+    NoSubjects,
 }
 
 impl SessionError {
@@ -93,31 +56,37 @@ impl SessionError {
             SessionError::Forbidden { .. } => "forbidden",
             SessionError::TooManySubscriptions { .. } => "too_many_subscriptions",
             SessionError::NotSubscribed { .. } => "not_subscribed",
+            SessionError::NoSubjects => "missing_field",
         }
     }
 }
 
-/// A connection's handle in the router: its outbox, compared by identity.
-#[derive(Clone)]
-pub(crate) struct SubscriberRef(Arc<Outbox>);
-
-impl SubscriberRef {
-    pub(crate) fn outbox(&self) -> &Outbox {
-        &self.0
-    }
+/// A batch that was refused whole, and which message refused it.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("message {index} of the batch: {error}")]
+pub struct SessionBatchError {
+    pub index: usize,
+    pub error: SessionError,
 }
 
-impl PartialEq for SubscriberRef {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
+/// Whether a subscription is acknowledged with the position to resume from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acknowledge {
+    /// No `ack`: a `sub` command without an `id` is answered only if it fails.
+    Never,
+    /// An `ack` carrying the position, ahead of the messages; with the
+    /// command's `id` when it has one (one-way transports send it without,
+    /// as the first event of a stream).
+    Always { id: Option<u64> },
 }
 
-impl Eq for SubscriberRef {}
-
-impl Hash for SubscriberRef {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        std::ptr::hash(Arc::as_ptr(&self.0), state)
+impl Acknowledge {
+    /// How a command with this `id` is acknowledged.
+    pub fn command(id: Option<u64>) -> Acknowledge {
+        match id {
+            Some(id) => Acknowledge::Always { id: Some(id) },
+            None => Acknowledge::Never,
+        }
     }
 }
 
@@ -128,6 +97,34 @@ pub struct HistoryPage {
     /// Positions that may be missing before `messages`.
     pub gap: Option<Gap>,
     pub messages: Vec<Message>,
+}
+
+/// Parses the patterns a client asks for and checks that it may read them:
+/// what every way of subscribing (a session, a poll) checks first.
+/// Duplicates are dropped; the order is kept.
+pub(crate) fn subscribable_patterns<S: AsRef<str>>(
+    broker: &Broker,
+    access: &dyn Access,
+    subjects: &[S],
+) -> Result<Vec<Pattern>, SessionError> {
+    if subjects.is_empty() {
+        return Err(SessionError::NoSubjects);
+    }
+    let mut patterns: Vec<Pattern> = Vec::with_capacity(subjects.len());
+    for subject in subjects {
+        let subject = subject.as_ref();
+        let pattern = Pattern::parse(subject, &broker.config().subject_limits)?;
+        if !access.may_subscribe(&pattern) {
+            return Err(SessionError::Forbidden {
+                operation: "subscribe to",
+                subject: subject.to_owned(),
+            });
+        }
+        if !patterns.contains(&pattern) {
+            patterns.push(pattern);
+        }
+    }
+    Ok(patterns)
 }
 
 /// One client connection's view of the broker.
@@ -141,12 +138,13 @@ pub struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(broker: Arc<Broker>, id: u64, access: Arc<dyn Access>) -> Session {
+    /// Opens a session for one client connection with what it may do.
+    pub fn new(broker: &Arc<Broker>, access: Arc<dyn Access>) -> Session {
         let config = broker.config();
         let outbox = Arc::new(Outbox::new(config.queue, config.overflow_policy));
         Session {
-            broker,
-            id,
+            id: broker.next_session_id(),
+            broker: broker.clone(),
             outbox,
             access,
             patterns: Vec::new(),
@@ -172,7 +170,9 @@ impl Session {
     pub fn handle(&mut self, command: Command) {
         let id = command.id();
         let result = match command {
-            Command::Subscribe { subject, since, .. } => self.subscribe(id, &subject, since.as_deref()),
+            Command::Subscribe { subject, since, .. } => self
+                .subscribe(&[subject], since.as_deref(), Acknowledge::command(id))
+                .map(drop),
             Command::Unsubscribe { subject, .. } => self.unsubscribe(&subject).map(|()| self.ack(id, None)),
             Command::Publish { subject, payload, .. } => self
                 .publish(&subject, payload)
@@ -215,67 +215,53 @@ impl Session {
         }
     }
 
-    /// Subscribes to `subject` (a pattern) and acknowledges with `id`. With
-    /// `since`, first delivers what history holds after that token: a gap if
-    /// history no longer covers it, then the missed messages in position
-    /// order, then live messages, none twice.
-    pub fn subscribe(
+    /// Subscribes to `subjects` (patterns) at one cut in the numbering, and
+    /// returns the position to resume from: without `since`, the cut (every
+    /// later message is delivered live); with it, `since` itself. With
+    /// `since`, what history holds after it is delivered first: a gap per
+    /// pattern whose history falls short, then the missed messages in
+    /// position order, then live ones, none twice.
+    ///
+    /// `ack` says whether the client is told that position in an `ack`.
+    pub fn subscribe<S: AsRef<str>>(
         &mut self,
-        id: Option<u64>,
-        subject: &str,
+        subjects: &[S],
         since: Option<&str>,
-    ) -> Result<(), SessionError> {
-        let pattern = Pattern::parse(subject, &self.broker.config().subject_limits)?;
-        if !self.access.may_subscribe(&pattern) {
-            return Err(SessionError::Forbidden {
-                operation: "subscribe to",
-                subject: subject.to_owned(),
-            });
-        }
+        ack: Acknowledge,
+    ) -> Result<Position, SessionError> {
+        let patterns = subscribable_patterns(&self.broker, &*self.access, subjects)?;
         let since = since.map(Position::from_token).transpose()?;
-        let already_subscribed = self.patterns.contains(&pattern);
-        let max = self.broker.config().max_subscriptions_per_session;
-        if !already_subscribed && self.patterns.len() >= max {
+        let new_patterns: Vec<Pattern> = patterns
+            .iter()
+            .filter(|pattern| !self.patterns.contains(pattern))
+            .cloned()
+            .collect();
+        let max = self.broker.config().max_subscriptions_per_connection;
+        if self.patterns.len() + new_patterns.len() > max {
             return Err(SessionError::TooManySubscriptions { max });
         }
-        let ack = id.map(|id| Reply::Ack {
-            id: Some(id),
-            position: None,
-        });
-        let subscriber = SubscriberRef(self.outbox.clone());
-        self.outbox.add_pattern(&pattern);
-        match since {
-            None => {
-                self.broker.router().subscribe(&pattern, subscriber);
-                if let Some(ack) = ack {
-                    self.outbox.push_reply(ack);
-                }
-            }
-            Some(since) => {
-                // Live messages are held back until the replay is merged in
-                // ahead of them; history is read only up to the cut, the
-                // rest arrives live.
-                self.outbox.begin_replay();
-                let cut = self.broker.subscribe_at_cut(&pattern, subscriber);
-                let (gap, messages) = self.bounded_replay(&pattern, since, cut);
-                self.outbox.finish_replay(&pattern, ack, gap, messages);
-            }
-        }
-        if !already_subscribed {
-            self.patterns.push(pattern);
-        }
-        Ok(())
+        let resume = self.broker.subscribe(&patterns, &self.outbox, since);
+        let position = since.unwrap_or(resume.cut);
+        let Replay { gaps, messages } = self.bounded_replay(&patterns, resume.replay);
+        let ack = match ack {
+            Acknowledge::Never => None,
+            Acknowledge::Always { id } => Some(Reply::Ack {
+                id,
+                position: Some(position),
+            }),
+        };
+        self.outbox.finish_replay(&patterns, ack, gaps, messages);
+        self.patterns.extend(new_patterns);
+        Ok(position)
     }
 
-    /// History after `since`, cut to what the queue can hold: the newest
-    /// messages are kept and the older ones join the gap.
-    fn bounded_replay(
-        &self,
-        pattern: &Pattern,
-        since: Position,
-        through: u64,
-    ) -> (Option<Gap>, Vec<Message>) {
-        let (gap, mut messages) = self.broker.history_through(pattern, Some(since), through);
+    /// A replay cut to what the queue can hold: the newest messages are
+    /// kept and the older ones join the gap of their pattern.
+    fn bounded_replay(&self, patterns: &[Pattern], replay: Replay) -> Replay {
+        let Replay {
+            mut gaps,
+            mut messages,
+        } = replay;
         let limits = self.outbox.limits();
         let mut bytes = 0;
         let keep_from = messages
@@ -286,26 +272,27 @@ impl Session {
             })
             .map_or(0, |index| index + 1)
             .max(messages.len().saturating_sub(limits.max_messages));
-        let mut gap = gap.map(|(from, to)| Gap {
-            subject: pattern.clone(),
-            from,
-            to,
-            missed: None,
-        });
-        if keep_from > 0 {
-            let cut: Vec<Message> = messages.drain(..keep_from).collect();
-            let last_cut = cut.last().expect("keep_from > 0").position();
-            gap = Some(match gap {
-                Some(gap) => Gap { to: last_cut, ..gap },
-                None => Gap {
+        for cut in messages.drain(..keep_from) {
+            let subject = cut.subject().as_str();
+            let Some(pattern) = patterns.iter().find(|p| p.matches(subject)) else {
+                continue;
+            };
+            let position = cut.position();
+            match gaps.iter_mut().find(|gap| &gap.subject == pattern) {
+                Some(gap) => {
+                    gap.from = gap.from.min(position);
+                    gap.to = gap.to.max(position);
+                    gap.missed = gap.missed.map(|missed| missed + 1);
+                }
+                None => gaps.push(Gap {
                     subject: pattern.clone(),
-                    from: cut[0].position(),
-                    to: last_cut,
-                    missed: Some(cut.len() as u64),
-                },
-            });
+                    from: position,
+                    to: position,
+                    missed: Some(1),
+                }),
+            }
         }
-        (gap, messages)
+        Replay { gaps, messages }
     }
 
     pub fn unsubscribe(&mut self, subject: &str) -> Result<(), SessionError> {
@@ -316,9 +303,7 @@ impl Session {
             });
         };
         self.patterns.remove(index);
-        self.broker
-            .router()
-            .unsubscribe(&pattern, &SubscriberRef(self.outbox.clone()));
+        self.broker.unsubscribe(&pattern, &self.outbox);
         self.outbox.remove_pattern(&pattern);
         Ok(())
     }
@@ -329,8 +314,26 @@ impl Session {
         Ok(self.broker.publish(subject, payload)?)
     }
 
+    /// Publishes every message of `batch` if this connection may publish
+    /// each of them, or none: a batch is never half-published.
+    pub fn publish_batch<S: AsRef<str>>(
+        &self,
+        batch: Vec<(S, Payload)>,
+    ) -> Result<Vec<Position>, SessionBatchError> {
+        for (index, (subject, payload)) in batch.iter().enumerate() {
+            self.check_publish(subject.as_ref(), payload.len())
+                .map_err(|error| SessionBatchError { index, error })?;
+        }
+        self.broker
+            .publish_batch(batch)
+            .map_err(|BatchError { index, error }| SessionBatchError {
+                index,
+                error: error.into(),
+            })
+    }
+
     /// Everything [`Session::publish`] checks before publishing: the subject,
-    /// the permission and the payload size. Lets a batch be refused whole.
+    /// the permission and the payload size.
     pub fn check_publish(&self, subject: &str, payload_len: usize) -> Result<(), SessionError> {
         validate_subject(subject, &self.broker.config().subject_limits)?;
         if !self.access.may_publish(subject) {
@@ -369,19 +372,18 @@ impl Session {
         let since = since.map(Position::from_token).transpose()?;
         let max = self.broker.config().max_history_page;
         let limit = limit.unwrap_or(max).min(max);
-        let (gap, mut messages) = self.broker.history(&pattern, since);
+        let Replay { gaps, mut messages } = self.broker.replay(
+            std::slice::from_ref(&pattern),
+            since,
+            self.broker.committed_sequence(),
+        );
         if since.is_some() {
             messages.truncate(limit);
         } else {
             messages.drain(..messages.len().saturating_sub(limit));
         }
         Ok(HistoryPage {
-            gap: gap.map(|(from, to)| Gap {
-                subject: pattern.clone(),
-                from,
-                to,
-                missed: None,
-            }),
+            gap: gaps.into_iter().next(),
             subject: pattern,
             messages,
         })
@@ -390,9 +392,8 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let subscriber = SubscriberRef(self.outbox.clone());
         for pattern in &self.patterns {
-            self.broker.router().unsubscribe(pattern, &subscriber);
+            self.broker.unsubscribe(pattern, &self.outbox);
         }
     }
 }

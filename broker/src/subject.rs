@@ -31,7 +31,8 @@ pub const FULL_WILDCARD: &str = ">";
 pub const SYSTEM_PREFIX: char = '$';
 
 /// Limits applied when parsing subjects and patterns from clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SubjectLimits {
     /// Longest accepted subject or pattern, in bytes.
     pub max_length: usize,

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::thread;
 
 use herald_broker::protocol::Outbound;
-use herald_broker::{BrokerConfig, HistoryLimits, OverflowPolicy, Position, QueueLimits, Session};
+use herald_broker::{
+    Acknowledge, AllowAll, BrokerConfig, HistoryLimits, OverflowPolicy, Poll, Position, QueueLimits, Session,
+};
 
 const PUBLISHERS: usize = 2;
 const PER_PUBLISHER: u64 = 5_000;
@@ -88,11 +90,11 @@ fn assert_complete_and_ordered(received: &[(u64, u64, Position)]) {
 fn churn_never_costs_stable_subscribers_a_message() {
     let (broker, _clock) = common::broker(roomy());
     let mut wildcard = common::session(&broker);
-    wildcard.subscribe(None, "load.*", None).unwrap();
+    wildcard.subscribe(&["load.*"], None, Acknowledge::Never).unwrap();
     let mut exact: Vec<Session> = (0..PUBLISHERS).map(|_| common::session(&broker)).collect();
     for (publisher, session) in exact.iter_mut().enumerate() {
         session
-            .subscribe(None, &format!("load.{publisher}"), None)
+            .subscribe(&[&format!("load.{publisher}")], None, Acknowledge::Never)
             .unwrap();
     }
 
@@ -107,7 +109,7 @@ fn churn_never_costs_stable_subscribers_a_message() {
                 while !stop.load(Ordering::Relaxed) {
                     let mut session = common::session(&broker);
                     let pattern = patterns[(rounds as usize + worker) % patterns.len()];
-                    session.subscribe(None, pattern, None).unwrap();
+                    session.subscribe(&[pattern], None, Acknowledge::Never).unwrap();
                     session.unsubscribe(pattern).unwrap();
                     rounds += 1;
                 }
@@ -144,7 +146,7 @@ fn resuming_while_publishing_loses_nothing_and_repeats_nothing() {
     while publishers.iter().any(|p| !p.is_finished()) || last < broker.last_position() {
         let mut session = common::session(&broker);
         session
-            .subscribe(None, "load.*", Some(&last.token().to_string()))
+            .subscribe(&["load.*"], Some(&last.token().to_string()), Acknowledge::Never)
             .unwrap();
         for _ in 0..3 {
             if let Some(Ok(())) = session.outbox().try_take_batch(&mut batch) {
@@ -177,7 +179,7 @@ fn delivered_plus_reported_gaps_equals_published() {
     };
     let (broker, _clock) = common::broker(config);
     let mut session = common::session(&broker);
-    session.subscribe(None, "load.>", None).unwrap();
+    session.subscribe(&["load.>"], None, Acknowledge::Never).unwrap();
     let outbox = session.outbox().clone();
     let done = Arc::new(AtomicBool::new(false));
     let reader = {
@@ -212,4 +214,101 @@ fn delivered_plus_reported_gaps_equals_published() {
     assert_eq!(delivered + gaps, PUBLISHERS as u64 * PER_PUBLISHER);
     assert_eq!(broker.metrics().dropped, gaps);
     drop(session);
+}
+
+#[test]
+fn resuming_several_patterns_with_one_token_loses_nothing_and_repeats_nothing() {
+    // One stream over several patterns resumed with one token, as an SSE
+    // stream is: one cut for all of them keeps the stream in position order.
+    let (broker, _clock) = common::broker(roomy());
+    let publishers = spawn_publishers(&broker);
+    let patterns = ["load.0", "load.1", "load.*"];
+    let mut received = Vec::new();
+    let mut last = Position::new(common::EPOCH, 0);
+    let mut batch = VecDeque::new();
+    while publishers.iter().any(|p| !p.is_finished()) || last < broker.last_position() {
+        let mut session = common::session(&broker);
+        session
+            .subscribe(&patterns, Some(&last.token().to_string()), Acknowledge::Never)
+            .unwrap();
+        for _ in 0..3 {
+            if let Some(Ok(())) = session.outbox().try_take_batch(&mut batch) {
+                let got: Vec<_> = messages(&batch).collect();
+                assert!(
+                    got.windows(2).all(|w| w[0].2 < w[1].2),
+                    "one stream, position order"
+                );
+                received.extend(got);
+                last = received.last().map_or(last, |r| r.2);
+            }
+            thread::yield_now();
+        }
+    }
+    for publisher in publishers {
+        publisher.join().unwrap();
+    }
+    assert_complete_and_ordered(&received);
+}
+
+#[test]
+fn polling_while_publishing_loses_nothing_and_repeats_nothing() {
+    let (broker, _clock) = common::broker(roomy());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    let publishers = spawn_publishers(&broker);
+    let received = runtime.block_on(async {
+        let mut received: Vec<(u64, u64, Position)> = Vec::new();
+        // From the very beginning: without a cursor a poll starts at the end.
+        let mut cursor = Position::new(common::EPOCH, 0).token().to_string();
+        let mut polls = 0u64;
+        loop {
+            let publishing = publishers.iter().any(|p| !p.is_finished());
+            if !publishing && received.len() as u64 >= PUBLISHERS as u64 * PER_PUBLISHER {
+                break;
+            }
+            polls += 1;
+            let poll = Poll::new(&broker, &AllowAll, &["load.*"], Some(&cursor)).unwrap();
+            let mut page = poll.read();
+            if page.is_empty() {
+                // Alternate between waiting a little and giving up at once,
+                // so both ways a wait ends are exercised.
+                let mut watch = poll.watch(page.cursor);
+                let wait = std::time::Duration::from_micros(if polls % 2 == 0 { 200 } else { 0 });
+                page = match tokio::time::timeout(wait, watch.next_page()).await {
+                    Ok(page) => page,
+                    Err(_) => watch.settle(),
+                };
+            }
+            assert!(
+                page.gaps.is_empty(),
+                "history covers every poll here: {:?}",
+                page.gaps
+            );
+            for message in &page.messages {
+                let value: serde_json::Value = serde_json::from_slice(message.payload().json()).unwrap();
+                received.push((
+                    value["p"].as_u64().unwrap(),
+                    value["n"].as_u64().unwrap(),
+                    message.position(),
+                ));
+            }
+            cursor = page.cursor.token().to_string();
+            assert!(
+                publishing || polls < 1_000_000,
+                "polling stopped making progress at {} of {} messages",
+                received.len(),
+                PUBLISHERS as u64 * PER_PUBLISHER
+            );
+        }
+        received
+    });
+    for publisher in publishers {
+        publisher.join().unwrap();
+    }
+    assert!(received.windows(2).all(|w| w[0].2 < w[1].2), "position order");
+    assert_complete_and_ordered(&received);
+    assert_eq!(broker.metrics().subscriptions, 0, "every watch unregistered");
 }

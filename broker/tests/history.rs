@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use herald_broker::{BrokerConfig, HistoryLimits, Position, ServerEvent};
+use herald_broker::{Acknowledge, BrokerConfig, HistoryLimits, Position, ServerEvent};
 use serde_json::json;
 
 fn config(max_messages_per_subject: usize, max_age: Duration) -> BrokerConfig {
@@ -71,7 +71,11 @@ fn resume_merges_wildcard_subjects_in_position_order() {
     }
     let mut session = common::session(&broker);
     session
-        .subscribe(Some(1), "room.*", Some(&first.token().to_string()))
+        .subscribe(
+            &["room.*"],
+            Some(&first.token().to_string()),
+            Acknowledge::command(Some(1)),
+        )
         .unwrap();
     broker.publish("room.a", common::json("6")).unwrap();
 
@@ -80,8 +84,9 @@ fn resume_merges_wildcard_subjects_in_position_order() {
         events[0],
         ServerEvent::Ack {
             id: Some(1),
-            pos: None
-        }
+            pos: Some(first.token().to_string()),
+        },
+        "a resume is acknowledged with the position it resumes from"
     );
     assert_eq!(
         common::data_of(&events),
@@ -103,7 +108,7 @@ fn resume_beyond_the_count_window_is_an_explicit_gap() {
         .collect();
     let mut session = common::session(&broker);
     session
-        .subscribe(None, "g", Some(&start.token().to_string()))
+        .subscribe(&["g"], Some(&start.token().to_string()), Acknowledge::Never)
         .unwrap();
     let events = common::received_json(&session);
     assert_eq!(
@@ -129,7 +134,7 @@ fn resume_after_subjects_were_forgotten_is_an_explicit_gap() {
 
     let mut session = common::session(&broker);
     session
-        .subscribe(None, "gone.*", Some(&start.token().to_string()))
+        .subscribe(&["gone.*"], Some(&start.token().to_string()), Acknowledge::Never)
         .unwrap();
     let events = common::received_json(&session);
     assert!(
@@ -143,7 +148,7 @@ fn resume_after_subjects_were_forgotten_is_an_explicit_gap() {
     broker.publish("gone.b", common::json("3")).unwrap();
     let mut session = common::session(&broker);
     session
-        .subscribe(None, "gone.*", Some(&recent.token().to_string()))
+        .subscribe(&["gone.*"], Some(&recent.token().to_string()), Acknowledge::Never)
         .unwrap();
     let events = common::received_json(&session);
     assert_eq!(common::data_of(&events), vec![json!(3)]);
@@ -157,7 +162,7 @@ fn resume_from_another_epoch_is_a_gap_then_everything_retained() {
     let foreign = Position::new(common::EPOCH + 1, 500);
     let mut session = common::session(&broker);
     session
-        .subscribe(None, "e", Some(&foreign.token().to_string()))
+        .subscribe(&["e"], Some(&foreign.token().to_string()), Acknowledge::Never)
         .unwrap();
     let events = common::received_json(&session);
     assert!(
@@ -170,7 +175,7 @@ fn resume_from_another_epoch_is_a_gap_then_everything_retained() {
 fn resume_within_the_window_has_no_gap_and_no_duplicates() {
     let (broker, _clock) = common::broker(config(100, Duration::from_secs(60)));
     let mut live = common::session(&broker);
-    live.subscribe(None, "r", None).unwrap();
+    live.subscribe(&["r"], None, Acknowledge::Never).unwrap();
     let mut seen = Vec::new();
     for n in 0..4 {
         broker.publish("r", common::json(&n.to_string())).unwrap();
@@ -182,7 +187,9 @@ fn resume_within_the_window_has_no_gap_and_no_duplicates() {
         broker.publish("r", common::json(&n.to_string())).unwrap();
     }
     let mut resumed = common::session(&broker);
-    resumed.subscribe(None, "r", Some(seen.last().unwrap())).unwrap();
+    resumed
+        .subscribe(&["r"], Some(seen.last().unwrap()), Acknowledge::Never)
+        .unwrap();
     let events = common::received_json(&resumed);
     assert!(!events.iter().any(|e| matches!(e, ServerEvent::Gap { .. })));
     assert_eq!(common::data_of(&events), vec![json!(4), json!(5), json!(6)]);
@@ -199,7 +206,7 @@ fn replay_larger_than_the_queue_keeps_the_newest_and_reports_the_rest() {
         .collect();
     let mut session = common::session(&broker);
     session
-        .subscribe(None, "big", Some(&start.token().to_string()))
+        .subscribe(&["big"], Some(&start.token().to_string()), Acknowledge::Never)
         .unwrap();
     let events = common::received_json(&session);
     assert_eq!(

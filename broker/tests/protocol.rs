@@ -6,7 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use herald_broker::protocol::{decode_event, DecodeErrorKind};
-use herald_broker::{decode_command, Command, Encoding, Payload, ServerEvent};
+use herald_broker::{decode_command, Acknowledge, Command, Encoding, Payload, Position, ServerEvent};
 use serde_json::json;
 
 fn decode_json(text: &str) -> Result<Command, herald_broker::DecodeError> {
@@ -168,8 +168,9 @@ fn json_and_msgpack_clients_read_the_same_events() {
         from_json[0],
         ServerEvent::Ack {
             id: Some(1),
-            pos: None
-        }
+            pos: Some(Position::new(common::EPOCH, 0).token().to_string()),
+        },
+        "a sub is acknowledged with the position to resume from: here, before anything"
     );
     assert!(matches!(&from_json[1], ServerEvent::Err { id: Some(2), code, .. } if code == "invalid_subject"));
     assert_eq!(from_json[2], ServerEvent::Pong { id: Some(3) });
@@ -192,16 +193,68 @@ fn json_and_msgpack_clients_read_the_same_events() {
 fn msgpack_frames_are_maps_with_the_json_field_names() {
     let (broker, _clock) = common::broker(Default::default());
     let mut session = common::session(&broker);
-    session.subscribe(None, "a", None).unwrap();
+    session.subscribe(&["a"], None, Acknowledge::Never).unwrap();
     let position = broker.publish("a", common::json(r#"{"x":[1,"two"]}"#)).unwrap();
     let batch = common::take_raw(&session);
     let frame = batch[0].encode(Encoding::MsgPack);
     let value: serde_json::Value = rmp_serde::from_slice(&frame).unwrap();
     assert_eq!(
         value,
-        json!({"op":"msg","subject":"a","pos":position.token().to_string(),"data":{"x":[1,"two"]}})
+        json!({"op":"msg","subject":"a","pos":position.token().to_string(),"ts":common::START_MILLIS,"data":{"x":[1,"two"]}})
     );
     // Encoded once: a second request returns the same shared bytes.
     assert_eq!(batch[0].encode(Encoding::MsgPack).as_ptr(), frame.as_ptr());
     assert!(decode_event(Encoding::MsgPack, &frame).is_ok());
+}
+
+#[test]
+fn event_stream_frames_carry_ids_and_survive_line_breaks_in_payloads() {
+    let (broker, clock) = common::broker(Default::default());
+    let mut session = common::session(&broker);
+    let subscribed = session
+        .subscribe(&["s.*"], None, Acknowledge::Always { id: None })
+        .unwrap();
+    clock.advance(std::time::Duration::from_millis(1500));
+    // Pretty-printed JSON, with both kinds of line break, inside a string too.
+    let payload = "{\r\n  \"text\": \"two\\nlines\",\n  \"n\": [1,\r 2]\n}";
+    let position = broker.publish("s.a", common::json(payload)).unwrap();
+    let batch = common::take_raw(&session);
+    let ack = batch[0].encode(Encoding::EventStream);
+    assert_eq!(
+        std::str::from_utf8(&ack).unwrap(),
+        format!(
+            "id: {0}\nevent: ack\ndata: {{\"op\":\"ack\",\"pos\":\"{0}\"}}\n\n",
+            subscribed.token()
+        )
+    );
+    let frame = batch[1].encode(Encoding::EventStream);
+    let text = std::str::from_utf8(&frame).unwrap();
+    assert!(
+        text.starts_with(&format!("id: {}\nevent: msg\ndata: {{", position.token())),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("\n\n") && !text[..text.len() - 2].contains("\n\n"),
+        "{text:?}"
+    );
+    assert!(
+        text.trim_end()
+            .lines()
+            .skip(2)
+            .all(|line| line.starts_with("data: ")),
+        "every payload line is a data line: {text:?}"
+    );
+    assert!(!text.contains('\r'));
+    let event = decode_event(Encoding::EventStream, &frame).unwrap();
+    assert_eq!(
+        event,
+        decode_event(Encoding::Json, &batch[1].encode(Encoding::Json)).unwrap()
+    );
+    let ServerEvent::Msg { ts, data, .. } = event else {
+        panic!("a message: {event:?}")
+    };
+    assert_eq!(ts, common::START_MILLIS + 1500);
+    assert_eq!(data, json!({"text": "two\nlines", "n": [1, 2]}));
+    // Shared by every recipient, like the other encodings.
+    assert_eq!(batch[1].encode(Encoding::EventStream).as_ptr(), frame.as_ptr());
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use herald_broker::{BrokerConfig, CloseReason, OverflowPolicy, QueueLimits, ServerEvent};
+use herald_broker::{Acknowledge, BrokerConfig, CloseReason, OverflowPolicy, QueueLimits, ServerEvent};
 use serde_json::json;
 
 fn config(policy: OverflowPolicy, max_messages: usize, max_bytes: usize) -> BrokerConfig {
@@ -23,8 +23,8 @@ fn drop_oldest_names_exactly_the_missed_positions() {
     let (broker, _clock) = common::broker(config(OverflowPolicy::DropOldest, 3, 1 << 20));
     let mut slow = common::session(&broker);
     let mut fast = common::session(&broker);
-    slow.subscribe(None, "feed.*", None).unwrap();
-    fast.subscribe(None, "feed.*", None).unwrap();
+    slow.subscribe(&["feed.*"], None, Acknowledge::Never).unwrap();
+    fast.subscribe(&["feed.*"], None, Acknowledge::Never).unwrap();
 
     let mut positions = Vec::new();
     for n in 0..5 {
@@ -63,7 +63,7 @@ fn drop_oldest_respects_the_byte_limit() {
     // Each message weighs its payload plus its subject: 1 + 10 + 1 = 12 bytes.
     let (broker, _clock) = common::broker(config(OverflowPolicy::DropOldest, 100, 30));
     let mut slow = common::session(&broker);
-    slow.subscribe(None, "s", None).unwrap();
+    slow.subscribe(&["s"], None, Acknowledge::Never).unwrap();
     for _ in 0..3 {
         broker.publish("s", common::json("\"12345678\"")).unwrap();
     }
@@ -90,8 +90,8 @@ fn disconnect_policy_evicts_with_a_reason_and_spares_the_others() {
     let (broker, _clock) = common::broker(config(OverflowPolicy::Disconnect, 2, 1 << 20));
     let mut slow = common::session(&broker);
     let mut fast = common::session(&broker);
-    slow.subscribe(None, "t", None).unwrap();
-    fast.subscribe(None, "t", None).unwrap();
+    slow.subscribe(&["t"], None, Acknowledge::Never).unwrap();
+    fast.subscribe(&["t"], None, Acknowledge::Never).unwrap();
     for n in 0..3 {
         broker.publish("t", common::json(&n.to_string())).unwrap();
         assert_eq!(common::data_of(&common::received_json(&fast)), vec![json!(n)]);
@@ -126,7 +126,7 @@ fn replies_pile_up_only_so_far() {
 async fn writer_waits_then_takes_a_whole_batch() {
     let (broker, _clock) = common::broker(BrokerConfig::default());
     let mut session = common::session(&broker);
-    session.subscribe(None, "w", None).unwrap();
+    session.subscribe(&["w"], None, Acknowledge::Never).unwrap();
     let outbox = session.outbox().clone();
     let writer = tokio::spawn(async move {
         let mut batch = std::collections::VecDeque::new();

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_broker::{
-    decode_command, BrokerConfig, Encoding, Pattern, ServerEvent, SessionError, SubscribeOnly,
+    decode_command, Acknowledge, BrokerConfig, Encoding, Pattern, ServerEvent, Session, SessionError,
+    SubscribeOnly,
 };
 use serde_json::json;
 
@@ -118,7 +119,7 @@ fn oversized_payloads_are_refused() {
 #[test]
 fn permissions_are_checked_on_every_operation() {
     let (broker, _clock) = common::broker(BrokerConfig::default());
-    let mut reader = broker.session(Arc::new(SubscribeOnly));
+    let mut reader = Session::new(&broker, Arc::new(SubscribeOnly));
     reader.handle(command(r#"{"op":"sub","id":1,"subject":"news.>"}"#));
     reader.handle(command(r#"{"op":"pub","id":2,"subject":"news.a","data":"x"}"#));
     let events = common::received_json(&reader);
@@ -136,16 +137,16 @@ fn permissions_are_checked_on_every_operation() {
             pattern.as_str().starts_with("public.")
         }
     }
-    let mut limited = broker.session(Arc::new(OnlyPublic));
+    let mut limited = Session::new(&broker, Arc::new(OnlyPublic));
     assert!(matches!(
-        limited.subscribe(None, ">", None),
+        limited.subscribe(&[">"], None, Acknowledge::Never),
         Err(SessionError::Forbidden { .. })
     ));
     assert!(matches!(
         limited.history("private.x", None, None),
         Err(SessionError::Forbidden { .. })
     ));
-    assert!(limited.subscribe(None, "public.*", None).is_ok());
+    assert!(limited.subscribe(&["public.*"], None, Acknowledge::Never).is_ok());
     assert!(limited.publish("public.a", common::json("1")).is_ok());
     assert!(matches!(
         limited.publish("private.a", common::json("1")),
@@ -156,18 +157,18 @@ fn permissions_are_checked_on_every_operation() {
 #[test]
 fn subscriptions_per_connection_are_limited() {
     let config = BrokerConfig {
-        max_subscriptions_per_session: 2,
+        max_subscriptions_per_connection: 2,
         ..BrokerConfig::default()
     };
     let (broker, _clock) = common::broker(config);
     let mut session = common::session(&broker);
-    session.subscribe(None, "a", None).unwrap();
-    session.subscribe(None, "b.*", None).unwrap();
-    session.subscribe(None, "a", None).unwrap(); // already held: not a new one
-    let error = session.subscribe(None, "c", None).unwrap_err();
+    session.subscribe(&["a"], None, Acknowledge::Never).unwrap();
+    session.subscribe(&["b.*"], None, Acknowledge::Never).unwrap();
+    session.subscribe(&["a"], None, Acknowledge::Never).unwrap(); // already held: not a new one
+    let error = session.subscribe(&["c"], None, Acknowledge::Never).unwrap_err();
     assert_eq!(error.code(), "too_many_subscriptions");
     session.unsubscribe("a").unwrap();
-    session.subscribe(None, "c", None).unwrap();
+    session.subscribe(&["c"], None, Acknowledge::Never).unwrap();
 }
 
 #[test]
@@ -175,7 +176,7 @@ fn overlapping_patterns_deliver_once() {
     let (broker, _clock) = common::broker(BrokerConfig::default());
     let mut session = common::session(&broker);
     for pattern in ["chat.a", "chat.*", "chat.>", ">"] {
-        session.subscribe(None, pattern, None).unwrap();
+        session.subscribe(&[pattern], None, Acknowledge::Never).unwrap();
     }
     broker.publish("chat.a", common::json("1")).unwrap();
     assert_eq!(common::data_of(&common::received_json(&session)), vec![json!(1)]);
@@ -185,9 +186,86 @@ fn overlapping_patterns_deliver_once() {
 fn dropping_a_session_removes_its_subscriptions() {
     let (broker, _clock) = common::broker(BrokerConfig::default());
     let mut session = common::session(&broker);
-    session.subscribe(None, "x.*", None).unwrap();
-    session.subscribe(None, "x.y", None).unwrap();
+    session.subscribe(&["x.*"], None, Acknowledge::Never).unwrap();
+    session.subscribe(&["x.y"], None, Acknowledge::Never).unwrap();
     assert_eq!(broker.metrics().subscriptions, 2);
     drop(session);
     assert_eq!(broker.metrics().subscriptions, 0);
+}
+
+#[test]
+fn the_sub_ack_carries_a_position_that_resumes_what_was_missed() {
+    let (broker, _clock) = common::broker(BrokerConfig::default());
+    broker.publish("room.a", common::json("0")).unwrap();
+    let mut first = common::session(&broker);
+    first.handle(command(r#"{"op":"sub","id":1,"subject":"room.*"}"#));
+    let events = common::received_json(&first);
+    let [ServerEvent::Ack {
+        id: Some(1),
+        pos: Some(pos),
+    }] = events.as_slice()
+    else {
+        panic!("one ack with a position: {events:?}")
+    };
+    // The client goes away having received nothing but the ack; messages are
+    // published meanwhile; it resumes from the ack's position.
+    drop(first);
+    broker.publish("room.a", common::json("1")).unwrap();
+    broker.publish("room.b", common::json("2")).unwrap();
+    let mut second = common::session(&broker);
+    let resumed_from = second
+        .subscribe(&["room.*"], Some(pos), Acknowledge::command(Some(2)))
+        .unwrap();
+    assert_eq!(
+        resumed_from.token().as_str(),
+        pos,
+        "a resume acks its own position"
+    );
+    let events = common::received_json(&second);
+    assert_eq!(
+        common::data_of(&events),
+        vec![json!(1), json!(2)],
+        "what was published while away, not what came before the first sub: {events:?}"
+    );
+}
+
+#[test]
+fn a_batch_is_published_whole_or_not_at_all() {
+    let config = BrokerConfig {
+        history: herald_broker::HistoryLimits {
+            max_subjects: 3,
+            ..Default::default()
+        },
+        ..BrokerConfig::default()
+    };
+    let (broker, _clock) = common::broker(config);
+    let mut watcher = common::session(&broker);
+    watcher.subscribe(&[">"], None, Acknowledge::Never).unwrap();
+    broker.publish("known", common::json("0")).unwrap();
+    let _ = common::received_json(&watcher);
+    let session = common::session(&broker);
+    // The fourth subject is one too many: the limit is met mid-batch, after
+    // messages that on their own would have been accepted.
+    let batch: Vec<(&str, _)> = ["known", "new.1", "new.2", "new.3"]
+        .into_iter()
+        .map(|subject| (subject, common::json("1")))
+        .collect();
+    let error = session.publish_batch(batch).unwrap_err();
+    assert_eq!((error.index, error.error.code()), (3, "too_many_subjects"));
+    assert!(
+        common::received_json(&watcher).is_empty(),
+        "nothing of the batch was published"
+    );
+    assert_eq!(broker.metrics().published, 1);
+
+    let batch: Vec<(&str, _)> = ["known", "new.1", "known"]
+        .into_iter()
+        .map(|subject| (subject, common::json("2")))
+        .collect();
+    let positions = session.publish_batch(batch).unwrap();
+    assert!(
+        positions.windows(2).all(|w| w[0].sequence + 1 == w[1].sequence),
+        "consecutive"
+    );
+    assert_eq!(common::data_of(&common::received_json(&watcher)).len(), 3);
 }

@@ -11,9 +11,11 @@ use herald_broker::{
 };
 
 pub const EPOCH: u32 = 7;
+/// Where the manual clock starts: a plausible Unix time, in milliseconds.
+pub const START_MILLIS: u64 = 1_767_225_600_000;
 
 pub fn broker(config: BrokerConfig) -> (Arc<Broker>, Arc<ManualClock>) {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::starting_at(START_MILLIS));
     (Broker::with_clock(config, clock.clone(), EPOCH), clock)
 }
 
@@ -22,7 +24,7 @@ pub fn json(text: &str) -> Payload {
 }
 
 pub fn session(broker: &Arc<Broker>) -> Session {
-    broker.session(Arc::new(AllowAll))
+    Session::new(broker, Arc::new(AllowAll))
 }
 
 /// Everything queued for the session's client, as the client decodes it.
