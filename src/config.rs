@@ -1,146 +1,77 @@
 //! Configuration: one typed struct, layered defaults → file → environment.
 //!
-//! The defaults are `src/herald.default.toml`, compiled in and printed by
-//! `herald config default`, so the documented defaults and the real ones
-//! cannot drift apart. Unknown keys are errors, sizes and durations are
-//! typed ("64KiB", "20s"), and everything is validated before the server
-//! starts.
+//! Each section is declared once, next to the code it configures, and
+//! nested here as it is: `[broker]` is the core's `BrokerConfig`, `[auth]`
+//! its `AuthConfig`, `[websocket]` the WebSocket gateway's own config, and
+//! so on. The defaults are the server's own sections
+//! (`src/herald.default.toml`) followed by each compiled-in gateway's
+//! section, with their comments; `herald config default` prints them, so
+//! the documented defaults and the real ones cannot drift apart. Unknown
+//! keys are errors, sizes and durations are typed ("64KiB", "20s"), and
+//! everything is validated before the server starts.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use bytesize::ByteSize;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
-use herald_broker::{
-    AnonymousAccess, ApiKey, BrokerConfig, HistoryLimits, OverflowPolicy, Pattern, Permissions, QueueLimits,
-    SubjectLimits,
-};
+use herald_broker::{AuthConfig, Authenticator, BrokerConfig};
 use serde::Deserialize;
 
-/// The compiled-in defaults, with their comments.
-pub const DEFAULT_CONFIG: &str = include_str!("herald.default.toml");
+/// The server's own sections of the defaults, with their comments.
+const SERVER_DEFAULTS: &str = include_str!("herald.default.toml");
+
+/// The compiled-in defaults: the server's sections, then each gateway's.
+pub fn default_config_text() -> String {
+    let mut text = String::from(SERVER_DEFAULTS);
+    let gateway_sections: &[&str] = &[
+        #[cfg(feature = "http")]
+        herald_http::DEFAULT_CONFIG,
+        #[cfg(feature = "websocket")]
+        herald_websocket::DEFAULT_CONFIG,
+        #[cfg(feature = "sse")]
+        herald_sse::DEFAULT_CONFIG,
+        #[cfg(feature = "longpoll")]
+        herald_longpoll::DEFAULT_CONFIG,
+    ];
+    for section in gateway_sections {
+        text.push('\n');
+        text.push_str(section);
+    }
+    text
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub server: ServerSection,
-    pub auth: AuthSection,
-    pub http: HttpSection,
-    pub websocket: WebSocketSection,
-    pub broker: BrokerSection,
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub broker: BrokerConfig,
+    #[cfg(feature = "http")]
+    pub http: herald_http::HttpConfig,
+    #[cfg(feature = "websocket")]
+    pub websocket: herald_websocket::WebSocketConfig,
+    #[cfg(feature = "sse")]
+    pub sse: herald_sse::SseConfig,
+    #[cfg(feature = "longpoll")]
+    pub longpoll: herald_longpoll::LongPollConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The `[server]` section: the listener and the process.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServerSection {
+pub struct ServerConfig {
     pub listen: SocketAddr,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "herald_broker::units::duration")]
     pub shutdown_grace: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "herald_broker::units::duration")]
     pub sweep_interval: Duration,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthSection {
-    pub anonymous: Anonymous,
-    pub api_keys: Vec<ApiKeySection>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Anonymous {
-    None,
-    Subscribe,
-    Publish,
-}
-
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeySection {
-    pub key: String,
-    #[serde(default)]
-    pub publish: Vec<String>,
-    #[serde(default)]
-    pub subscribe: Vec<String>,
-}
-
-impl std::fmt::Debug for ApiKeySection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiKeySection")
-            .field("key", &"<redacted>")
-            .field("publish", &self.publish)
-            .field("subscribe", &self.subscribe)
-            .finish()
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpSection {
-    pub max_body: ByteSize,
-    pub max_batch: usize,
-    pub cors_origins: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebSocketSection {
-    pub max_frame: ByteSize,
-    pub hard_frame_limit: ByteSize,
-    #[serde(with = "humantime_serde")]
-    pub heartbeat_interval: Duration,
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    /// A write to a connection that makes no progress for this long closes it.
+    #[serde(with = "herald_broker::units::duration")]
     pub write_timeout: Duration,
-    pub max_commands_per_second: u32,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrokerSection {
-    pub max_payload: ByteSize,
-    pub max_subscriptions_per_connection: usize,
-    pub overflow_policy: Policy,
-    pub max_history_page: usize,
-    pub subjects: SubjectsSection,
-    pub queue: QueueSection,
-    pub history: HistorySection,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Policy {
-    DropOldest,
-    Disconnect,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubjectsSection {
-    pub max_length: usize,
-    pub max_tokens: usize,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueueSection {
-    pub max_messages: usize,
-    pub max_bytes: ByteSize,
-    pub max_replies: usize,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HistorySection {
-    pub max_messages_per_subject: usize,
-    #[serde(with = "humantime_serde")]
-    pub max_age: Duration,
-    pub max_subjects: usize,
+    pub cors_origins: Vec<String>,
 }
 
 impl Config {
@@ -152,7 +83,7 @@ impl Config {
     /// Defaults, then `file` if given, then `HERALD_<SECTION>__<KEY>`
     /// environment variables; validated.
     pub fn load(file: Option<&Path>, read_environment: bool) -> anyhow::Result<Config> {
-        let mut figment = Figment::from(Toml::string(DEFAULT_CONFIG));
+        let mut figment = Figment::from(Toml::string(&default_config_text()));
         if let Some(file) = file {
             if !file.exists() {
                 bail!("config file {} does not exist", file.display());
@@ -173,112 +104,36 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
-        let ws = &self.websocket;
-        if ws.heartbeat_interval >= ws.idle_timeout {
-            bail!("websocket.heartbeat_interval must be shorter than websocket.idle_timeout");
-        }
-        if ws.max_frame > ws.hard_frame_limit {
-            bail!("websocket.max_frame must not exceed websocket.hard_frame_limit");
-        }
-        if self.broker.max_payload.as_u64() as usize > ws.max_frame.as_u64() as usize {
-            bail!("broker.max_payload must fit in websocket.max_frame");
-        }
-        if self.broker.queue.max_messages == 0 || self.broker.queue.max_bytes.as_u64() == 0 {
+    /// Checks what each section cannot check alone.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let broker = &self.broker;
+        if broker.queue.max_messages == 0 || broker.queue.max_bytes == 0 {
             bail!("broker.queue limits must be positive");
         }
-        for (index, key) in self.auth.api_keys.iter().enumerate() {
-            if key.key.len() < 16 {
-                bail!("auth.api_keys[{index}].key is shorter than 16 characters; use a long random key");
+        if self.server.write_timeout.is_zero() {
+            bail!("server.write_timeout must be positive");
+        }
+        #[cfg(feature = "websocket")]
+        {
+            self.websocket.validate().map_err(anyhow::Error::msg)?;
+            if broker.max_payload_bytes > self.websocket.max_frame_bytes {
+                bail!("broker.max_payload must fit in websocket.max_frame");
             }
         }
-        self.api_keys()?;
+        #[cfg(feature = "sse")]
+        self.sse.validate().map_err(anyhow::Error::msg)?;
+        #[cfg(feature = "longpoll")]
+        self.longpoll.validate().map_err(anyhow::Error::msg)?;
+        self.authenticator()?;
         Ok(())
     }
 
-    pub fn broker_config(&self) -> BrokerConfig {
-        let broker = &self.broker;
-        BrokerConfig {
-            subject_limits: SubjectLimits {
-                max_length: broker.subjects.max_length,
-                max_tokens: broker.subjects.max_tokens,
-            },
-            max_payload_bytes: broker.max_payload.as_u64() as usize,
-            history: HistoryLimits {
-                max_messages_per_subject: broker.history.max_messages_per_subject,
-                max_age: broker.history.max_age,
-                max_subjects: broker.history.max_subjects,
-            },
-            queue: QueueLimits {
-                max_messages: broker.queue.max_messages,
-                max_bytes: broker.queue.max_bytes.as_u64() as usize,
-                max_replies: broker.queue.max_replies,
-            },
-            overflow_policy: match broker.overflow_policy {
-                Policy::DropOldest => OverflowPolicy::DropOldest,
-                Policy::Disconnect => OverflowPolicy::Disconnect,
-            },
-            max_subscriptions_per_session: broker.max_subscriptions_per_connection,
-            max_history_page: broker.max_history_page,
-        }
-    }
-
-    pub fn anonymous_access(&self) -> AnonymousAccess {
-        match self.auth.anonymous {
-            Anonymous::None => AnonymousAccess::None,
-            Anonymous::Subscribe => AnonymousAccess::Subscribe,
-            Anonymous::Publish => AnonymousAccess::Publish,
-        }
-    }
-
-    pub fn api_keys(&self) -> anyhow::Result<Vec<ApiKey>> {
-        let limits = SubjectLimits {
-            max_length: self.broker.subjects.max_length,
-            max_tokens: self.broker.subjects.max_tokens,
-        };
-        let patterns = |index: usize, field: &str, texts: &[String]| {
-            texts
-                .iter()
-                .map(|text| {
-                    Pattern::parse(text, &limits)
-                        .with_context(|| format!("auth.api_keys[{index}].{field}: {text:?}"))
-                })
-                .collect::<anyhow::Result<Vec<Pattern>>>()
-        };
-        self.auth
-            .api_keys
-            .iter()
-            .enumerate()
-            .map(|(index, key)| {
-                Ok(ApiKey {
-                    key: key.key.clone(),
-                    permissions: Permissions {
-                        publish: patterns(index, "publish", &key.publish)?,
-                        subscribe: patterns(index, "subscribe", &key.subscribe)?,
-                    },
-                })
-            })
-            .collect()
-    }
-
-    pub fn http_config(&self) -> herald_http::HttpConfig {
-        herald_http::HttpConfig {
-            max_body_bytes: self.http.max_body.as_u64() as usize,
-            max_batch: self.http.max_batch,
-            cors_origins: self.http.cors_origins.clone(),
-        }
-    }
-
-    pub fn websocket_config(&self) -> herald_websocket::WebSocketConfig {
-        let ws = &self.websocket;
-        herald_websocket::WebSocketConfig {
-            max_frame_bytes: ws.max_frame.as_u64() as usize,
-            hard_frame_limit_bytes: ws.hard_frame_limit.as_u64() as usize,
-            heartbeat_interval: ws.heartbeat_interval,
-            idle_timeout: ws.idle_timeout,
-            write_timeout: ws.write_timeout,
-            max_commands_per_second: ws.max_commands_per_second,
-        }
+    /// The authenticator the `[auth]` section describes.
+    pub fn authenticator(&self) -> anyhow::Result<Authenticator> {
+        Ok(Authenticator::from_config(
+            &self.auth,
+            &self.broker.subject_limits,
+        )?)
     }
 }
 
@@ -287,16 +142,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_parse_and_match_the_core_defaults() {
+    fn defaults_parse_and_match_every_section_s_own_defaults() {
         let config = Config::default_config();
         assert_eq!(config.server.listen, "127.0.0.1:7400".parse().unwrap());
-        assert_eq!(config.broker_config(), BrokerConfig::default());
-        assert_eq!(
-            config.websocket_config(),
-            herald_websocket::WebSocketConfig::default()
-        );
-        assert_eq!(config.http_config(), herald_http::HttpConfig::default());
-        assert_eq!(config.anonymous_access(), AnonymousAccess::Subscribe);
+        assert_eq!(config.broker, BrokerConfig::default());
+        assert_eq!(config.auth, AuthConfig::default());
+        #[cfg(feature = "http")]
+        assert_eq!(config.http, herald_http::HttpConfig::default());
+        #[cfg(feature = "websocket")]
+        assert_eq!(config.websocket, herald_websocket::WebSocketConfig::default());
+        #[cfg(feature = "sse")]
+        assert_eq!(config.sse, herald_sse::SseConfig::default());
+        #[cfg(feature = "longpoll")]
+        assert_eq!(config.longpoll, herald_longpoll::LongPollConfig::default());
     }
 
     #[test]
@@ -307,7 +165,10 @@ mod tests {
             ("[server]\nlisten = \"nowhere\"\n", "listen"),
             ("[server]\nlisen = \"127.0.0.1:1\"\n", "lisen"),
             ("[broker]\noverflow_policy = \"maybe\"\n", "overflow_policy"),
+            ("[broker.queue]\nmax_bytes = \"lots\"\n", "max_bytes"),
             ("[websocket]\nheartbeat_interval = \"1m\"\n", "heartbeat_interval"),
+            ("[sse]\nretry = \"soon\"\n", "retry"),
+            ("[longpoll]\ndefault_wait = \"2m\"\n", "default_wait"),
             ("[[auth.api_keys]]\nkey = \"short\"\n", "shorter than 16"),
             (
                 "[[auth.api_keys]]\nkey = \"0123456789abcdef\"\npublish = [\"a..b\"]\n",

@@ -2,91 +2,184 @@
 //!
 //! The `herald` server: wires the broker core to its gateways on one HTTP
 //! listener, from a [`Config`]. `main` is glue (CLI, logging, signals); the
-//! entry point is [`run`], which tests call on port 0.
+//! entry point is [`run`] (or [`Herald`], to keep handles on the broker and
+//! the counters), which tests call on port 0.
+//!
+//! | feature | gateway | routes |
+//! |---|---|---|
+//! | `http` | `herald-http` | `POST /v1/publish`, `GET /v1/history`, `GET /healthz` |
+//! | `websocket` | `herald-websocket` | `GET /ws` |
+//! | `sse` | `herald-sse` | `GET /sse` |
+//! | `longpoll` | `herald-longpoll` | `GET /poll` |
+//!
+//! All are on by default; a gateway compiled in can still be turned off
+//! with its section's `enabled = false`.
 
 pub mod config;
+mod listener;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use herald_broker::{Authenticator, Broker};
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::Router;
+use herald_broker::Broker;
+use herald_gateway::{DisconnectCounters, GatewayContext};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use config::Config;
 
-/// Serves Herald on `listener` until `shutdown` completes, then shuts down
-/// in stages: stop accepting, close every WebSocket with 1001, wait for
-/// connections to finish (at most `server.shutdown_grace`), return.
+/// Serves Herald on `listener` until `shutdown` completes; see [`Herald::run`].
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let broker = Broker::new(config.broker_config());
-    let auth = Arc::new(Authenticator::new(config.api_keys()?, config.anonymous_access()));
-    let closing = CancellationToken::new();
-    let connections = TaskTracker::new();
+    Herald::new(config)?.run(listener, shutdown).await
+}
 
-    let websocket = herald_websocket::router(herald_websocket::WebSocketGateway {
-        broker: broker.clone(),
-        auth: auth.clone(),
-        config: config.websocket_config(),
-        shutdown: closing.clone(),
-        connections: connections.clone(),
-    });
-    let app = herald_http::router(broker.clone(), auth, config.http_config()).merge(websocket);
+/// A configured server, not yet listening.
+#[derive(Debug)]
+pub struct Herald {
+    config: Config,
+    context: GatewayContext,
+}
 
-    let sweeper = tokio::spawn({
-        let (broker, closing) = (broker.clone(), closing.clone());
-        let interval = config.server.sweep_interval;
-        async move {
-            let mut ticks = tokio::time::interval(interval);
-            loop {
-                tokio::select! {
-                    _ = ticks.tick() => { broker.sweep(); }
-                    () = closing.cancelled() => return,
+impl Herald {
+    pub fn new(config: Config) -> anyhow::Result<Herald> {
+        config.validate()?;
+        let broker = Broker::new(config.broker.clone());
+        let auth = Arc::new(config.authenticator()?);
+        Ok(Herald {
+            context: GatewayContext::new(broker, auth),
+            config,
+        })
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.context.broker
+    }
+
+    /// How many connections ended, per reason.
+    pub fn disconnects(&self) -> &Arc<DisconnectCounters> {
+        &self.context.disconnects
+    }
+
+    /// Every enabled gateway's routes on one router, CORS applied to all.
+    fn router(&self) -> Router {
+        #[allow(unused_mut)] // with no gateway compiled in, nothing is merged
+        let mut app = Router::new();
+        let context = &self.context;
+        #[cfg(feature = "http")]
+        {
+            app = app.merge(herald_http::router(context.clone(), self.config.http.clone()));
+        }
+        #[cfg(feature = "websocket")]
+        if self.config.websocket.enabled {
+            app = app.merge(herald_websocket::router(
+                context.clone(),
+                self.config.websocket.clone(),
+            ));
+        }
+        #[cfg(feature = "sse")]
+        if self.config.sse.enabled {
+            app = app.merge(herald_sse::router(context.clone(), self.config.sse.clone()));
+        }
+        #[cfg(feature = "longpoll")]
+        if self.config.longpoll.enabled {
+            app = app.merge(herald_longpoll::router(
+                context.clone(),
+                self.config.longpoll.clone(),
+            ));
+        }
+        let _ = context;
+        match cors_layer(&self.config.server.cors_origins) {
+            Some(cors) => app.layer(cors),
+            None => app,
+        }
+    }
+
+    /// Serves until `shutdown` completes, then shuts down in stages: stop
+    /// accepting; tell every streaming connection (`shutdown`) and answer
+    /// every waiting poll; wait for connections to finish, at most
+    /// `server.shutdown_grace`; return.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let app = self.router();
+        let context = self.context;
+        let server = self.config.server;
+        let sweeper = tokio::spawn({
+            let (broker, closing) = (context.broker.clone(), context.shutdown.clone());
+            let interval = server.sweep_interval;
+            async move {
+                let mut ticks = tokio::time::interval(interval);
+                loop {
+                    tokio::select! {
+                        _ = ticks.tick() => { broker.sweep(); }
+                        () = closing.cancelled() => return,
+                    }
                 }
             }
-        }
-    });
+        });
 
-    let address = listener.local_addr().context("listener has no local address")?;
-    tracing::info!(%address, "listening");
-    let signal = {
-        let closing = closing.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: closing connections");
-            closing.cancel();
+        let address = listener.local_addr().context("listener has no local address")?;
+        tracing::info!(%address, "listening");
+        let signal = {
+            let closing = context.shutdown.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: closing connections");
+                closing.cancel();
+            }
+        };
+        let listener = listener::TimeoutListener::new(listener, server.write_timeout);
+        let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
+        let serve = tokio::spawn(async move { serve.await });
+        context.shutdown.cancelled().await;
+        context.connections.close();
+        let drained = tokio::time::timeout(server.shutdown_grace, async {
+            context.connections.wait().await;
+            let _ = serve.await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                grace = ?server.shutdown_grace,
+                "connections still open after the grace period; exiting anyway"
+            );
         }
-    };
-    // Without TCP_NODELAY a small frame can wait for the client's delayed
-    // ACK: tens of milliseconds added to the latency tail.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
-    let grace = config.server.shutdown_grace;
-    let serve = tokio::spawn(async move { serve.await });
-    closing.cancelled().await;
-    connections.close();
-    let drained = tokio::time::timeout(grace, async {
-        connections.wait().await;
-        let _ = serve.await;
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            ?grace,
-            "connections still open after the grace period; exiting anyway"
+        sweeper.abort();
+        tracing::info!(
+            metrics = ?context.broker.metrics(),
+            disconnects = ?context.disconnects.snapshot(),
+            "stopped"
         );
+        Ok(())
     }
-    sweeper.abort();
-    tracing::info!(metrics = ?broker.metrics(), "stopped");
-    Ok(())
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("last-event-id"),
+            ]),
+    )
 }

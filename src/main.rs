@@ -5,12 +5,14 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use herald::config::{Anonymous, Config, DEFAULT_CONFIG};
+use herald::config::{default_config_text, Config};
+use herald_broker::AnonymousAccess;
 
 /// Herald: a self-hosted real-time message broker.
 ///
-/// Backends publish over HTTP; browsers subscribe over WebSocket. With no
-/// configuration it listens on 127.0.0.1:7400 and keeps history in memory.
+/// Backends publish over HTTP; browsers subscribe over WebSocket, Server-Sent
+/// Events or long polling. With no configuration it listens on
+/// 127.0.0.1:7400 and keeps history in memory.
 #[derive(Debug, Parser)]
 #[command(name = "herald", version, propagate_version = true)]
 struct Cli {
@@ -22,7 +24,7 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve {
-        /// Address for HTTP and WebSocket, e.g. 0.0.0.0:7400 (overrides server.listen).
+        /// Address for every HTTP transport, e.g. 0.0.0.0:7400 (overrides server.listen).
         #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
         listen: Option<SocketAddr>,
         /// TOML configuration file; see `herald config default` for every key.
@@ -66,7 +68,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Config {
             command: ConfigCommand::Default,
         } => {
-            print!("{DEFAULT_CONFIG}");
+            print!("{}", default_config_text());
             Ok(())
         }
         Command::Config {
@@ -97,12 +99,12 @@ fn serve(listen: Option<SocketAddr>, config_file: Option<PathBuf>, dev: bool) ->
         config.server.listen = listen;
     }
     if dev {
-        config.auth.anonymous = Anonymous::Publish;
+        config.auth.anonymous = AnonymousAccess::Publish;
         tracing::warn!(
             "DEVELOPMENT MODE: anyone who can reach this server may publish and subscribe to every subject \
              without a key. Do not expose it."
         );
-    } else if config.auth.api_keys.is_empty() && config.auth.anonymous != Anonymous::Publish {
+    } else if config.auth.api_keys.is_empty() && config.auth.anonymous != AnonymousAccess::Publish {
         tracing::info!(
             "no API keys configured: publishing is refused until auth.api_keys has one (or use --dev)"
         );

@@ -74,8 +74,8 @@ async fn publish_and_history() {
 #[tokio::test]
 async fn errors_have_codes_and_statuses() {
     let server = Server::start(|config| {
-        config.broker.max_payload = bytesize::ByteSize::kib(1);
-        config.http.max_body = bytesize::ByteSize::kib(64);
+        config.broker.max_payload_bytes = 1024;
+        config.http.max_body_bytes = 64 * 1024;
         config.http.max_batch = 3;
         config.broker.history.max_subjects = 3;
     })
@@ -151,7 +151,7 @@ async fn errors_have_codes_and_statuses() {
 
 #[tokio::test]
 async fn history_needs_a_key_when_anonymous_access_is_off() {
-    let server = Server::start(|config| config.auth.anonymous = herald::config::Anonymous::None).await;
+    let server = Server::start(|config| config.auth.anonymous = herald_broker::AnonymousAccess::None).await;
     let (status, body) = get(&server, "/v1/history?subject=a").await;
     assert_eq!(
         (status, body["code"].as_str()),
@@ -169,7 +169,8 @@ async fn history_needs_a_key_when_anonymous_access_is_off() {
 
 #[tokio::test]
 async fn cors_allows_only_configured_origins() {
-    let server = Server::start(|config| config.http.cors_origins = vec!["https://app.example".into()]).await;
+    let server =
+        Server::start(|config| config.server.cors_origins = vec!["https://app.example".into()]).await;
     let preflight = |origin: &'static str| {
         reqwest::Client::new()
             .request(reqwest::Method::OPTIONS, server.url("/v1/publish"))

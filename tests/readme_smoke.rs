@@ -5,7 +5,8 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -50,17 +51,42 @@ fn help_and_default_config_read_well() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("does not exist"));
 }
 
+/// The server process, killed if the test ends before it exits by itself.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[tokio::test]
 async fn quick_start_publish_and_subscribe() {
-    let mut child = Command::new(HERALD)
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut child = Running(
+        Command::new(HERALD)
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The log is read on its own thread, so waiting for a line can time out.
+    let (lines, log) = mpsc::channel();
+    let stderr = child.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
     let address = loop {
-        let line = log.next().expect("the server logs its address").unwrap();
+        let line = log
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server logs its address within 30 s");
         if let Some(rest) = line.split("address=").nth(1) {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
@@ -72,8 +98,17 @@ async fn quick_start_publish_and_subscribe() {
         .send(Message::text(r#"{"op":"sub","id":1,"subject":"chat.*"}"#))
         .await
         .unwrap();
-    let ack = socket.next().await.unwrap().unwrap();
-    assert_eq!(ack.to_text().unwrap(), r#"{"op":"ack","id":1}"#);
+    let ack = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let ack: serde_json::Value = serde_json::from_str(ack.to_text().unwrap()).unwrap();
+    assert_eq!((ack["op"].as_str(), ack["id"].as_u64()), (Some("ack"), Some(1)));
+    assert!(
+        ack["pos"].is_string(),
+        "the ack carries the position to resume from: {ack}"
+    );
 
     // curl -X POST localhost:7400/v1/publish -d '{"subject":"chat.lobby","data":{"text":"hello"}}'
     let response = reqwest::Client::new()
@@ -95,7 +130,7 @@ async fn quick_start_publish_and_subscribe() {
     assert_eq!(event["data"], serde_json::json!({"text": "hello"}));
 
     let terminated = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(terminated.success());
@@ -113,6 +148,6 @@ async fn quick_start_publish_and_subscribe() {
         .await
         .unwrap();
     assert!(matches!(close, Some(Ok(Message::Close(Some(frame)))) if u16::from(frame.code) == 1001));
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
 }

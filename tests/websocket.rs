@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use herald_broker::protocol::{Encoding, ServerEvent};
 use herald_broker::Position;
-use serde_json::json;
+use serde_json::{json, Value};
 use support::{Client, Server};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -36,7 +36,10 @@ async fn wildcard_fan_out_to_a_thousand_subscribers_in_order_without_duplicates(
             tokio::spawn(async move {
                 let mut per_subject: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
                 for _ in 0..PER_SUBJECT * SUBJECTS {
-                    let ServerEvent::Msg { subject, pos, data } = client.next_event().await else {
+                    let ServerEvent::Msg {
+                        subject, pos, data, ..
+                    } = client.next_event().await
+                    else {
                         panic!("only messages expected")
                     };
                     per_subject
@@ -109,11 +112,40 @@ async fn resume_after_a_dropped_connection_loses_nothing() {
     server.shutdown().await;
 }
 
+/// Publishes `batches` batches of `per_batch` 1 KB messages `{"n":..}` on
+/// `subject` over the HTTP API.
+async fn publish_flood(
+    server: &Server,
+    subject: &str,
+    batches: usize,
+    per_batch: usize,
+    mut after_batch: impl FnMut(usize),
+) {
+    let body = "x".repeat(1000);
+    let http = reqwest::Client::new();
+    for batch in 0..batches {
+        let messages: Vec<_> = (0..per_batch)
+            .map(|i| json!({"subject": subject, "data": {"n": batch * per_batch + i, "body": body}}))
+            .collect();
+        let response = http
+            .post(server.url("/v1/publish"))
+            .bearer_auth(support::PUBLISHER_KEY)
+            .json(&json!({ "messages": messages }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        after_batch(batch);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_that_stops_reading_never_delays_the_others() {
+async fn a_subscriber_that_stops_reading_never_delays_the_others_and_is_told_why_it_was_closed() {
     let server = Server::start(|config| {
-        config.auth.anonymous = herald::config::Anonymous::Publish;
-        config.websocket.write_timeout = Duration::from_millis(500);
+        config.broker.overflow_policy = herald_broker::OverflowPolicy::Disconnect;
+        // Long enough that the stalled client is caught by its queue, not by
+        // the write timeout, and can still be told why once it reads again.
+        config.websocket.write_timeout = Duration::from_secs(60);
     })
     .await;
     let mut stalled = Client::connect(&server).await;
@@ -141,20 +173,9 @@ async fn a_subscriber_that_stops_reading_never_delays_the_others() {
     }
     // 20 MB, far more than the stalled client's socket buffers and queue can
     // hold, published as fast as the reading clients read it.
-    let body = "x".repeat(1000);
-    let http = reqwest::Client::new();
+    let mut reports = Vec::new();
+    publish_flood(&server, "flood", BATCHES, PER_BATCH, |batch| reports.push(batch)).await;
     for batch in 0..BATCHES {
-        let messages: Vec<_> = (0..PER_BATCH)
-            .map(|i| json!({"subject": "flood", "data": {"n": batch * PER_BATCH + i, "body": body}}))
-            .collect();
-        let response = http
-            .post(server.url("/v1/publish"))
-            .bearer_auth(support::PUBLISHER_KEY)
-            .json(&json!({ "messages": messages }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
         for _ in 0..READERS {
             assert_eq!(
                 progress_reports.recv().await,
@@ -166,30 +187,93 @@ async fn a_subscriber_that_stops_reading_never_delays_the_others() {
     for reader in readers {
         reader.await.unwrap();
     }
-    // The stalled client's fate followed its policy: its writes timed out and
-    // it was closed as a slow consumer, or it lost messages and is owed a gap.
-    let mut told = false;
-    let mut messages = 0u64;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), stalled.socket.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => {
-                match herald_broker::protocol::decode_event(Encoding::Json, text.as_bytes()).unwrap() {
-                    ServerEvent::Msg { .. } => messages += 1,
-                    ServerEvent::Gap { missed, .. } => told |= missed.is_some(),
-                    ServerEvent::Err { code, .. } => told |= code == "slow_consumer",
-                    _ => {}
-                }
+    assert_eq!(
+        server.broker.metrics().slow_consumers,
+        1,
+        "the stalled client, and only it"
+    );
+    // Reading again, the stalled client gets what was on its way, then the
+    // reason, then the close frame.
+    let mut messages = 0usize;
+    let reason = loop {
+        match stalled.next_event().await {
+            ServerEvent::Msg { .. } => messages += 1,
+            ServerEvent::Err { id: None, code, .. } => break code,
+            other => panic!("expected messages then the reason, got {other:?}"),
+        }
+    };
+    assert_eq!(reason, "slow_consumer");
+    assert!(messages < BATCHES * PER_BATCH, "{messages}");
+    assert_eq!(stalled.close_frame().await, (1008, "slow_consumer".to_owned()));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_under_drop_oldest_is_told_exactly_what_it_missed() {
+    let server = Server::start(|config| {
+        config.broker.queue.max_messages = 64;
+        config.websocket.write_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut slow = Client::connect(&server).await;
+    slow.subscribe("drops", None).await;
+    const BATCHES: usize = 20;
+    const PER_BATCH: usize = 500;
+    publish_flood(&server, "drops", BATCHES, PER_BATCH, |_| {}).await;
+    let published = (BATCHES * PER_BATCH) as u64;
+    // Every message is accounted for: received, or counted in a gap.
+    let (mut received, mut missed, mut last_n) = (0u64, 0u64, None::<u64>);
+    while received + missed < published {
+        match slow.next_event().await {
+            ServerEvent::Msg { data, .. } => {
+                let n = data["n"].as_u64().unwrap();
+                assert!(last_n.is_none_or(|last| n > last), "in order, none twice");
+                last_n = Some(n);
+                received += 1;
             }
-            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
-                told = true;
-                break;
+            ServerEvent::Gap { missed: count, .. } => {
+                missed += count.expect("queue drops are counted exactly")
             }
-            Ok(Some(Ok(_))) => {}
-            Err(_) => break,
+            other => panic!("{other:?}"),
         }
     }
-    assert!(told, "the stalled client was told (after {messages} messages)");
-    assert!(messages < (BATCHES * PER_BATCH) as u64);
+    assert_eq!(received + missed, published);
+    assert!(missed > 0, "the queue overflowed");
+    assert_eq!(server.broker.metrics().dropped, missed);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
+    let server = Server::start(|config| {
+        config.websocket.write_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut stalled = Client::connect(&server).await;
+    stalled.subscribe("stall", None).await;
+    // Publish until the stalled client's socket is full and a write to it
+    // stalls: then the server cuts it off and counts a slow consumer.
+    let deadline = tokio::time::Instant::now() + support::PATIENCE;
+    while server.disconnects.count("write_timeout") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled writer was never cut off"
+        );
+        publish_flood(&server, "stall", 1, 500, |_| {}).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.broker.metrics().slow_consumers, 1);
+    // The client finds its connection ended after what had been written.
+    let ended = tokio::time::timeout(support::PATIENCE, async {
+        loop {
+            match stalled.socket.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was closed by the server");
     server.shutdown().await;
 }
 
@@ -276,28 +360,33 @@ async fn bad_input_gets_documented_errors_and_the_connection_keeps_working() {
 async fn frames_past_the_hard_limit_close_with_1009() {
     let server = Server::dev().await;
     let mut client = Client::connect(&server).await;
-    client.send_raw(Message::text("x".repeat(2 * 1024 * 1024))).await;
-    // The server stops reading and closes with 1009; if the close frame
-    // races the rest of the upload the client may see a reset instead.
-    match tokio::time::timeout(support::PATIENCE, client.socket.next())
-        .await
-        .unwrap()
-    {
-        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1009),
-        None | Some(Ok(Message::Close(None))) | Some(Err(_)) => {}
-        Some(Ok(other)) => panic!("expected the connection to close, got {other:?}"),
+    // Only the header of a 2 MiB text frame: the server refuses it from the
+    // header alone, and no unread upload races its close frame.
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&(2u64 * 1024 * 1024).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = client.socket.get_mut() else {
+        panic!("plain TCP")
+    };
+    tokio::io::AsyncWriteExt::write_all(tcp, &header).await.unwrap();
+    match client.next_event().await {
+        ServerEvent::Err { id: None, code, .. } => assert_eq!(code, "frame_too_large"),
+        other => panic!("expected the reason first, got {other:?}"),
     }
+    assert_eq!(client.close_frame().await, (1009, "frame_too_large".to_owned()));
     // The server is fine.
     let mut other = Client::connect(&server).await;
     other.send(json!({"op": "ping", "id": 1})).await;
     assert_eq!(other.next_event().await, ServerEvent::Pong { id: Some(1) });
+    let disconnects = server.disconnects.clone();
     server.shutdown().await;
+    assert_eq!(disconnects.count("frame_too_large"), 1);
 }
 
 #[tokio::test]
 async fn a_flood_is_closed_with_a_reason() {
     let server = Server::start(|config| {
-        config.auth.anonymous = herald::config::Anonymous::Publish;
+        config.auth.anonymous = herald_broker::AnonymousAccess::Publish;
         config.websocket.max_commands_per_second = 50;
     })
     .await;
@@ -358,8 +447,12 @@ async fn publishing_needs_permission() {
     server.shutdown().await;
 }
 
+const TEXT: u8 = 0x1;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+
 #[tokio::test]
-async fn silent_connections_are_dropped() {
+async fn silent_connections_are_closed_with_idle_timeout() {
     let server = Server::start(|config| {
         config.websocket.heartbeat_interval = Duration::from_millis(100);
         config.websocket.idle_timeout = Duration::from_millis(300);
@@ -368,18 +461,24 @@ async fn silent_connections_are_dropped() {
     let mut silent = Client::connect(&server).await;
     // Not polling the socket means never answering the server's pings.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let ended = loop {
-        match tokio::time::timeout(support::PATIENCE, silent.socket.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(Message::Ping(_))) => continue,
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break true,
-            Some(Ok(other)) => panic!("unexpected {other:?}"),
-        }
+    // Pings were sent to it; after them, the reason and the close frame.
+    let frames = silent.raw_frames_to_the_end().await;
+    let [.., (TEXT, reason), (CLOSE, close)] = frames.as_slice() else {
+        panic!("expected the reason and a close frame last: {frames:?}")
     };
-    assert!(ended);
+    let reason: Value = serde_json::from_slice(reason).unwrap();
+    assert_eq!(
+        (reason["op"].as_str(), reason["code"].as_str()),
+        (Some("err"), Some("idle_timeout"))
+    );
+    assert_eq!(close[..2], 1001u16.to_be_bytes());
+    assert_eq!(&close[2..], b"idle_timeout");
+    assert!(frames[..frames.len() - 2]
+        .iter()
+        .all(|(opcode, _)| *opcode == PING));
+    let disconnects = server.disconnects.clone();
     server.shutdown().await;
+    assert_eq!(disconnects.count("idle_timeout"), 1);
 }
 
 #[tokio::test]

@@ -3,11 +3,14 @@
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use herald::config::{Anonymous, ApiKeySection, Config};
+use herald::{Config, Herald};
 use herald_broker::protocol::{decode_event, Encoding, ServerEvent};
+use herald_broker::{AnonymousAccess, ApiKeyConfig, Broker};
+use herald_gateway::DisconnectCounters;
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -25,6 +28,10 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 
 pub struct Server {
     pub address: SocketAddr,
+    /// The server's broker, to read its counters.
+    pub broker: Arc<Broker>,
+    /// How many connections ended, per reason.
+    pub disconnects: Arc<DisconnectCounters>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -34,33 +41,37 @@ impl Server {
     pub async fn start(adjust: impl FnOnce(&mut Config)) -> Server {
         let mut config = Config::default_config();
         config.auth.api_keys = vec![
-            ApiKeySection {
+            ApiKeyConfig {
                 key: PUBLISHER_KEY.into(),
                 publish: vec![">".into()],
                 subscribe: vec![">".into()],
             },
-            ApiKeySection {
+            ApiKeyConfig {
                 key: NEWS_ONLY_KEY.into(),
                 publish: vec!["news.>".into()],
                 subscribe: vec!["news.>".into()],
             },
         ];
         adjust(&mut config);
+        let herald = Herald::new(config).expect("a valid test configuration");
+        let (broker, disconnects) = (herald.broker().clone(), herald.disconnects().clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(herald::run(listener, config, async move {
+        let task = tokio::spawn(herald.run(listener, async move {
             let _ = stopped.await;
         }));
         Server {
             address,
+            broker,
+            disconnects,
             stop: Some(stop),
             task: Some(task),
         }
     }
 
     pub async fn dev() -> Server {
-        Server::start(|config| config.auth.anonymous = Anonymous::Publish).await
+        Server::start(|config| config.auth.anonymous = AnonymousAccess::Publish).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -124,8 +135,8 @@ impl Client {
     /// Sends a command given as JSON, in this client's encoding.
     pub async fn send(&mut self, command: Value) {
         let frame = match self.encoding {
-            Encoding::Json => Message::text(command.to_string()),
             Encoding::MsgPack => Message::binary(rmp_serde::to_vec_named(&command).unwrap()),
+            _ => Message::text(command.to_string()),
         };
         self.socket.send(frame).await.expect("send");
     }
@@ -168,6 +179,35 @@ impl Client {
         }
     }
 
+    /// Reads the raw connection to its end, bypassing the WebSocket client
+    /// (which would answer pings with pongs, and fail writing them to a
+    /// closed connection before handing over what the server sent last).
+    /// Returns every server frame as (opcode, payload).
+    pub async fn raw_frames_to_the_end(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let MaybeTlsStream::Plain(tcp) = self.socket.get_mut() else {
+            panic!("plain TCP")
+        };
+        let mut bytes = Vec::new();
+        tokio::time::timeout(PATIENCE, tokio::io::AsyncReadExt::read_to_end(tcp, &mut bytes))
+            .await
+            .expect("the server closed the connection within the test's patience")
+            .expect("read");
+        let mut frames = Vec::new();
+        let mut rest = &bytes[..];
+        while rest.len() >= 2 {
+            // Server frames are unmasked; lengths up to 64 KiB here.
+            let opcode = rest[0] & 0x0f;
+            let (length, header) = match rest[1] & 0x7f {
+                126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+                127 => panic!("no test frame is that large"),
+                length => (length as usize, 2),
+            };
+            frames.push((opcode, rest[header..header + length].to_vec()));
+            rest = &rest[header + length..];
+        }
+        frames
+    }
+
     /// Reads until the server closes; returns the close code and reason.
     pub async fn close_frame(&mut self) -> (u16, String) {
         loop {
@@ -203,4 +243,125 @@ pub async fn publish(server: &Server, subject: &str, data: Value) -> String {
 /// Lets this process hold many sockets (both ends of each connection).
 pub fn raise_open_file_limit() {
     let _ = rlimit::increase_nofile_limit(65_536);
+}
+
+/// One Server-Sent Event as a client parses it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    /// `event:`; empty for a comment-only block (a heartbeat).
+    pub event: String,
+    pub data: String,
+    pub retry: Option<u64>,
+    pub comment: bool,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).expect("event data is JSON")
+    }
+}
+
+/// A streaming `text/event-stream` reader, as `EventSource` reads one.
+pub struct SseClient {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseClient {
+    /// `GET /sse?<query>`, with `Last-Event-ID` when given; must be a 200
+    /// event stream.
+    pub async fn connect(server: &Server, query: &str, last_event_id: Option<&str>) -> SseClient {
+        let response = SseClient::request(server, query, last_event_id).await;
+        assert_eq!(response.status(), 200, "{query}");
+        let headers = response.headers();
+        assert_eq!(headers["content-type"], "text/event-stream");
+        assert_eq!(headers["cache-control"], "no-cache");
+        assert_eq!(headers["x-accel-buffering"], "no");
+        SseClient {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    pub async fn request(server: &Server, query: &str, last_event_id: Option<&str>) -> reqwest::Response {
+        let mut request = reqwest::Client::new().get(server.url(&format!("/sse?{query}")));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        tokio::time::timeout(PATIENCE, request.send())
+            .await
+            .expect("the server answers")
+            .unwrap()
+    }
+
+    /// The next event, or `None` once the server ended the stream.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                return Some(parse_sse_block(&block));
+            }
+            let chunk = tokio::time::timeout(PATIENCE, self.response.chunk())
+                .await
+                .expect("an event within the test's patience")
+                .ok()??;
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8 stream"));
+        }
+    }
+
+    /// The next event that is not a heartbeat or retry advice.
+    pub async fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            let event = self.next().await?;
+            if !event.event.is_empty() {
+                return Some(event);
+            }
+        }
+    }
+}
+
+fn parse_sse_block(block: &str) -> SseEvent {
+    let mut event = SseEvent::default();
+    let mut data = Vec::new();
+    for line in block.lines() {
+        if line.starts_with(':') {
+            event.comment = true;
+        } else if let Some((field, value)) = line.split_once(": ").or_else(|| line.split_once(':')) {
+            match field {
+                "id" => event.id = Some(value.to_owned()),
+                "event" => event.event = value.to_owned(),
+                "data" => data.push(value),
+                "retry" => event.retry = value.parse().ok(),
+                other => panic!("unknown field {other:?} in {block:?}"),
+            }
+        }
+    }
+    event.data = data.join("\n");
+    event
+}
+
+/// Publishes a batch over the HTTP API with the publisher key; returns the
+/// positions.
+pub async fn publish_batch(server: &Server, messages: &[(String, Value)]) -> Vec<String> {
+    let messages: Vec<Value> = messages
+        .iter()
+        .map(|(subject, data)| serde_json::json!({"subject": subject, "data": data}))
+        .collect();
+    let response = reqwest::Client::new()
+        .post(server.url("/v1/publish"))
+        .bearer_auth(PUBLISHER_KEY)
+        .json(&serde_json::json!({ "messages": messages }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect()
 }

@@ -1,47 +1,49 @@
 //! # herald-http
 //!
 //! Herald's HTTP API, for backends: publish (one message or a batch), read
-//! history, check health. Every error is JSON `{"code","message"}` with the
-//! HTTP status that fits it; the codes are the protocol's
+//! history, check health. Every error is the kit's JSON `{"code","message"}`
+//! with the HTTP status that fits it; the codes are the protocol's
 //! (`docs/protocol.md`).
 //!
 //! | route | does |
 //! |---|---|
-//! | `POST /v1/publish` | `{"subject","data"}` → `{"pos"}`; or `{"messages":[...]}` → `{"positions":[...]}` |
+//! | `POST /v1/publish` | `{"subject","data"}` → `{"pos"}`; or `{"messages":[...]}` → `{"positions":[...]}`, all or nothing |
 //! | `GET /v1/history?subject=&since=&limit=` | retained messages, oldest first |
 //! | `GET /healthz` | `{"status":"ok"}` |
 //!
 //! Credentials: `Authorization: Bearer <api key>`. Without one, only what
 //! anonymous access allows (by default: reading history, not publishing).
 
-mod error;
-
 use std::sync::Arc;
 
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use herald_broker::{Access, Authenticator, Broker, Payload, Session};
+use herald_broker::{Encoding, Outbound, Payload, Reply, Session};
+use herald_gateway::credentials::bearer;
+use herald_gateway::{GatewayContext, HttpError, QueryParams};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use error::ApiError;
+/// The `[http]` section of the configuration, with its comments.
+pub const DEFAULT_CONFIG: &str = include_str!("http.default.toml");
 
-/// Limits and browser access of the HTTP API.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Limits of the HTTP API: the `[http]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Largest request body accepted, in bytes.
+    #[serde(
+        rename = "max_body",
+        deserialize_with = "herald_broker::units::size::deserialize"
+    )]
     pub max_body_bytes: usize,
     /// Most messages in one batch publish.
     pub max_batch: usize,
-    /// Origins allowed to call the API from a browser; `*` allows any.
-    /// Empty: no CORS headers at all.
-    pub cors_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -49,75 +51,42 @@ impl Default for HttpConfig {
         Self {
             max_body_bytes: 1024 * 1024,
             max_batch: 1000,
-            cors_origins: Vec::new(),
         }
     }
 }
 
 #[derive(Debug)]
 struct Api {
-    broker: Arc<Broker>,
-    auth: Arc<Authenticator>,
+    context: GatewayContext,
     config: HttpConfig,
 }
 
 /// The API's routes.
-pub fn router(broker: Arc<Broker>, auth: Arc<Authenticator>, config: HttpConfig) -> Router {
-    let cors = cors_layer(&config.cors_origins);
+pub fn router(context: GatewayContext, config: HttpConfig) -> Router {
     let body_limit = config.max_body_bytes;
-    let api = Arc::new(Api { broker, auth, config });
-    let router = Router::new()
+    Router::new()
         .route("/v1/publish", post(publish))
         .route("/v1/history", get(history))
         .route("/healthz", get(health))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
-        .with_state(api);
-    match cors {
-        Some(cors) => router.layer(cors),
-        None => router,
-    }
-}
-
-fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
-    if origins.is_empty() {
-        return None;
-    }
-    let allow_origin = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
-    };
-    Some(
-        CorsLayer::new()
-            .allow_origin(allow_origin)
-            .allow_methods([Method::GET, Method::POST])
-            .allow_headers([
-                axum::http::header::AUTHORIZATION,
-                axum::http::header::CONTENT_TYPE,
-            ]),
-    )
+        .with_state(Arc::new(Api { context, config }))
 }
 
 impl Api {
     /// A session with the caller's access; used for one request.
-    fn session(&self, headers: &HeaderMap) -> Result<Session, ApiError> {
-        let access: Arc<dyn Access> = self.auth.authenticate(bearer_token(headers))?;
-        Ok(self.broker.session(access))
+    fn session(&self, headers: &HeaderMap) -> Result<Session, HttpError> {
+        let access = self.context.authenticate(headers, &QueryParams::default())?;
+        Ok(Session::new(&self.context.broker, access))
     }
 
     /// Publishing without a key, when anonymous publishing is off, is a
     /// missing credential (401), not a refused one (403).
-    fn check_may_publish(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        if bearer_token(headers).is_none() && !self.auth.anonymous_may_publish() {
+    fn check_may_publish(&self, headers: &HeaderMap) -> Result<(), HttpError> {
+        if bearer(headers).is_none() && !self.context.auth.anonymous_may_publish() {
             return Err(herald_broker::AuthError::Missing.into());
         }
         Ok(())
     }
-}
-
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
-    herald_broker::auth::bearer_credential(value)
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -155,12 +124,12 @@ async fn publish(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     api.check_may_publish(&headers)?;
     let session = api.session(&headers)?;
-    let body = body.map_err(ApiError::from_body_rejection)?;
+    let body = body.map_err(body_rejection)?;
     let parsed: PublishBody<'_> = serde_json::from_slice(&body)
-        .map_err(|error| ApiError::bad_request("malformed_body", format!("{PUBLISH_SHAPE}: {error}")))?;
+        .map_err(|error| HttpError::bad_request("malformed_body", format!("{PUBLISH_SHAPE}: {error}")))?;
     match parsed {
         PublishBody {
             subject: Some(subject),
@@ -177,7 +146,7 @@ async fn publish(
             messages: Some(messages),
         } => {
             if messages.len() > api.config.max_batch {
-                return Err(ApiError::payload_too_large(
+                return Err(HttpError::payload_too_large(
                     "batch_too_large",
                     format!(
                         "{} messages in one batch; the limit is {}",
@@ -186,24 +155,30 @@ async fn publish(
                     ),
                 ));
             }
-            // Check the whole batch before publishing any of it, so a bad
-            // message does not leave the batch half-published.
-            for (index, message) in messages.iter().enumerate() {
-                session
-                    .check_publish(&message.subject, message.data.get().len())
-                    .map_err(|error| ApiError::from(error).at_index(index))?;
-            }
-            let mut positions = Vec::with_capacity(messages.len());
-            for (index, message) in messages.iter().enumerate() {
-                let payload = Payload::from_validated_json(&body, message.data.get());
-                let position = session
-                    .publish(&message.subject, payload)
-                    .map_err(|error| ApiError::from(error).at_index(index))?;
-                positions.push(position.token().to_string());
-            }
+            let batch: Vec<(String, Payload)> = messages
+                .into_iter()
+                .map(|message| {
+                    let payload = Payload::from_validated_json(&body, message.data.get());
+                    (message.subject, payload)
+                })
+                .collect();
+            let positions: Vec<String> = session
+                .publish_batch(batch)?
+                .iter()
+                .map(|position| position.token().to_string())
+                .collect();
             Ok(Json(serde_json::json!({ "positions": positions })).into_response())
         }
-        _ => Err(ApiError::bad_request("malformed_body", PUBLISH_SHAPE)),
+        _ => Err(HttpError::bad_request("malformed_body", PUBLISH_SHAPE)),
+    }
+}
+
+fn body_rejection(rejection: BytesRejection) -> HttpError {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        HttpError::payload_too_large("body_too_large", rejection.body_text())
+    } else {
+        HttpError::new(status, "unreadable_body", rejection.body_text())
     }
 }
 
@@ -217,18 +192,18 @@ struct HistoryQuery {
 async fn history(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
-    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Response, HttpError> {
     let session = api.session(&headers)?;
     let Query(query) =
-        query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
+        query.map_err(|rejection| HttpError::bad_request("invalid_query", rejection.body_text()))?;
     let page = session.history(&query.subject, query.since.as_deref(), query.limit)?;
-    let reply = herald_broker::Outbound::Reply(Box::new(herald_broker::Reply::History {
+    let reply = Outbound::Reply(Box::new(Reply::History {
         id: None,
         subject: page.subject,
         gap: page.gap,
         messages: page.messages,
     }));
-    let body = reply.encode(herald_broker::Encoding::Json);
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+    let body = reply.encode(Encoding::Json);
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

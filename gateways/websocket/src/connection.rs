@@ -1,7 +1,7 @@
-//! One WebSocket connection: a reader and a writer running side by side in
-//! one task, sharing nothing but the session's outbox.
+//! One WebSocket connection: a reader and the kit's writer driver running
+//! side by side in one task, sharing nothing but the session's outbox.
 
-use std::collections::VecDeque;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,19 +9,22 @@ use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use herald_broker::{decode_command, CloseReason, Encoding, Outbound, Outbox, Reply, Session, SessionError};
-use tokio::time::{timeout, Instant};
+use herald_broker::{CloseReason, Encoding, Session};
+use herald_gateway::frames::handle_frame;
+use herald_gateway::{drive, CommandRateLimiter, DisconnectReason, EventWriter, WriterConfig};
+use tokio::time::timeout;
 
-use crate::WebSocketGateway;
+use crate::Gateway;
 
 /// How a connection's reading side ended.
 #[derive(Debug, PartialEq, Eq)]
 enum ReadEnd {
-    /// The client closed, the socket failed, or it went silent: nothing more
-    /// can be written usefully.
-    Gone(&'static str),
-    /// The server decided to close (shutdown, abuse); the writer still owes
-    /// the client a final `err` and a close frame.
+    /// The client closed or the socket failed: nothing more can be written
+    /// usefully.
+    Gone(DisconnectReason),
+    /// The server closed the session (idle, flooding, oversized frame, a
+    /// reply backlog); the writer still owes the client a final `err` and a
+    /// close frame.
     Closing,
 }
 
@@ -32,64 +35,65 @@ pub(crate) async fn serve(
     socket: WebSocket,
     mut session: Session,
     encoding: Encoding,
-    gateway: Arc<WebSocketGateway>,
+    gateway: Arc<Gateway>,
 ) {
     let outbox = session.outbox().clone();
     let (sink, stream) = socket.split();
+    let mut writer = WebSocketWriter { sink, encoding };
+    let config = &gateway.config;
+    let writer_config = WriterConfig {
+        heartbeat_interval: config.heartbeat_interval,
+        write_timeout: config.write_timeout,
+        max_duration: None,
+    };
     let session_id = session.id();
-    let reader = read_frames(stream, &mut session, encoding, &gateway);
-    let writer = write_batches(sink, &outbox, encoding, &gateway);
-    tokio::pin!(reader, writer);
+    let reader = read_frames(stream, &mut session, encoding, config);
+    let writing = drive(&mut writer, &outbox, encoding, &writer_config, &gateway.context);
+    tokio::pin!(reader, writing);
     let reason = tokio::select! {
-        written = &mut writer => written,
+        reason = &mut writing => reason,
         read = &mut reader => match read {
-            ReadEnd::Gone(why) => why,
-            ReadEnd::Closing => timeout(CLOSE_GRACE, writer).await.unwrap_or("close_timeout"),
+            ReadEnd::Gone(reason) => reason,
+            ReadEnd::Closing => timeout(CLOSE_GRACE, writing).await.unwrap_or(DisconnectReason::CloseTimeout),
         },
     };
-    tracing::debug!(session = session_id, reason, "websocket closed");
+    gateway.context.disconnected("websocket", session_id, &reason);
 }
 
-/// Reads frames until the client leaves or the server closes the session.
+/// Reads frames until the client leaves or the session is closed.
 async fn read_frames(
     mut stream: SplitStream<WebSocket>,
     session: &mut Session,
     encoding: Encoding,
-    gateway: &WebSocketGateway,
+    config: &crate::WebSocketConfig,
 ) -> ReadEnd {
-    let config = &gateway.config;
-    let mut window_start = Instant::now();
-    let mut commands_in_window = 0u32;
+    let mut limiter = CommandRateLimiter::new(config.max_commands_per_second);
     loop {
-        let next = tokio::select! {
-            next = timeout(config.idle_timeout, stream.next()) => next,
-            () = gateway.shutdown.cancelled() => {
-                session.outbox().close(CloseReason::Shutdown);
+        let frame = match timeout(config.idle_timeout, stream.next()).await {
+            Err(_elapsed) => {
+                session.outbox().close(CloseReason::IdleTimeout);
                 return ReadEnd::Closing;
             }
-        };
-        let frame = match next {
-            Err(_elapsed) => return ReadEnd::Gone("idle_timeout"),
-            Ok(None) => return ReadEnd::Gone("client_closed"),
-            Ok(Some(Err(_))) => return ReadEnd::Gone("read_error"),
+            Ok(None) => return ReadEnd::Gone(DisconnectReason::ClientClosed),
+            Ok(Some(Err(error))) => {
+                if !is_frame_too_large(error) {
+                    return ReadEnd::Gone(DisconnectReason::ReadError);
+                }
+                session.outbox().close(CloseReason::FrameTooLarge {
+                    max: config.hard_frame_limit_bytes,
+                });
+                return ReadEnd::Closing;
+            }
             Ok(Some(Ok(frame))) => frame,
         };
         let data = match frame {
             Message::Text(text) => Bytes::from(text),
             Message::Binary(binary) => binary,
             Message::Ping(_) | Message::Pong(_) => continue,
-            Message::Close(_) => return ReadEnd::Gone("client_closed"),
+            Message::Close(_) => return ReadEnd::Gone(DisconnectReason::ClientClosed),
         };
-        if window_start.elapsed() >= Duration::from_secs(1) {
-            window_start = Instant::now();
-            commands_in_window = 0;
-        }
-        commands_in_window += 1;
-        if commands_in_window > config.max_commands_per_second {
-            session.outbox().close(CloseReason::ProtocolViolation(format!(
-                "more than {} commands in one second",
-                config.max_commands_per_second
-            )));
+        if let Err(reason) = limiter.admit() {
+            session.outbox().close(reason);
             return ReadEnd::Closing;
         }
         handle_frame(session, encoding, data, config.max_frame_bytes);
@@ -101,89 +105,62 @@ async fn read_frames(
     }
 }
 
-fn handle_frame(session: &mut Session, encoding: Encoding, data: Bytes, max_frame_bytes: usize) {
-    if data.len() > max_frame_bytes {
-        session.outbox().push_reply(Reply::Error {
-            id: None,
-            code: "frame_too_large",
-            message: format!("frame is {} bytes; the limit is {max_frame_bytes}", data.len()),
-        });
-        return;
-    }
-    match decode_command(encoding, &data) {
-        Ok(command) => session.handle(command),
-        Err(error) => session.reject(error.id, &SessionError::Decode(error)),
-    }
+fn is_frame_too_large(error: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    matches!(
+        error.into_inner().downcast_ref::<Error>(),
+        Some(Error::Capacity(_))
+    )
 }
 
-/// Writes what the outbox yields, a batch at a time, and pings on schedule.
-/// Returns why it stopped.
-async fn write_batches(
-    mut sink: SplitSink<WebSocket, Message>,
-    outbox: &Outbox,
+/// Writes events as WebSocket frames: text for JSON, binary for MessagePack.
+struct WebSocketWriter {
+    sink: SplitSink<WebSocket, Message>,
     encoding: Encoding,
-    gateway: &WebSocketGateway,
-) -> &'static str {
-    let config = &gateway.config;
-    let mut batch = VecDeque::new();
-    let mut heartbeat = tokio::time::interval_at(
-        Instant::now() + config.heartbeat_interval,
-        config.heartbeat_interval,
-    );
-    loop {
-        let next = tokio::select! {
-            next = outbox.next_batch(&mut batch) => next,
-            _ = heartbeat.tick() => {
-                if timeout(config.write_timeout, sink.send(Message::Ping(Bytes::new()))).await.map_or(true, |r| r.is_err()) {
-                    return "write_error";
-                }
-                continue;
-            }
-        };
-        let closing = next.err();
-        let written = timeout(config.write_timeout, async {
-            for event in batch.drain(..) {
-                sink.feed(frame(&event, encoding)).await?;
-            }
-            if let Some(reason) = &closing {
-                sink.feed(Message::Close(Some(CloseFrame {
-                    code: close_code_for(reason),
-                    reason: Utf8Bytes::from(reason.code()),
-                })))
-                .await?;
-            }
-            sink.flush().await
-        })
-        .await;
-        match (written, closing) {
-            (Err(_elapsed), _) => {
-                outbox.close(CloseReason::SlowConsumer);
-                return "write_timeout";
-            }
-            (Ok(Err(_)), _) => return "write_error",
-            (Ok(Ok(())), Some(reason)) => return reason.code(),
-            (Ok(Ok(())), None) => {}
-        }
-    }
 }
 
-fn frame(event: &Outbound, encoding: Encoding) -> Message {
-    let bytes = event.encode(encoding);
-    match encoding {
-        Encoding::Json => match Utf8Bytes::try_from(bytes) {
-            Ok(text) => Message::Text(text),
-            // JSON from serde_json is always UTF-8; if that ever broke, the
-            // client gets the bytes rather than nothing.
-            Err(_) => Message::Binary(event.encode(encoding)),
-        },
-        Encoding::MsgPack => Message::Binary(bytes),
+impl EventWriter for WebSocketWriter {
+    async fn feed(&mut self, frame: Bytes) -> io::Result<()> {
+        let message = match self.encoding {
+            Encoding::MsgPack => Message::Binary(frame),
+            // JSON from the encoder is always UTF-8; if that ever broke, the
+            // client gets the bytes as a binary frame rather than nothing.
+            _ => match Utf8Bytes::try_from(frame.clone()) {
+                Ok(text) => Message::Text(text),
+                Err(_) => Message::Binary(frame),
+            },
+        };
+        self.sink.feed(message).await.map_err(io::Error::other)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.sink.flush().await.map_err(io::Error::other)
+    }
+
+    async fn heartbeat(&mut self) -> io::Result<()> {
+        self.sink
+            .send(Message::Ping(Bytes::new()))
+            .await
+            .map_err(io::Error::other)
+    }
+
+    async fn close(&mut self, reason: &CloseReason) -> io::Result<()> {
+        let frame = CloseFrame {
+            code: close_code_for(reason),
+            reason: Utf8Bytes::from(reason.code()),
+        };
+        self.sink
+            .feed(Message::Close(Some(frame)))
+            .await
+            .map_err(io::Error::other)
     }
 }
 
 /// The WebSocket close code for each close reason.
 fn close_code_for(reason: &CloseReason) -> u16 {
     match reason {
-        CloseReason::Shutdown => close_code::AWAY,
+        CloseReason::Shutdown | CloseReason::IdleTimeout | CloseReason::StreamExpired => close_code::AWAY,
+        CloseReason::FrameTooLarge { .. } => close_code::SIZE,
         CloseReason::SlowConsumer | CloseReason::ReplyBacklog | CloseReason::ProtocolViolation(_) => {
             close_code::POLICY
         }

@@ -3,15 +3,15 @@
 //! Herald's WebSocket gateway: `GET /ws` upgrades to a WebSocket whose
 //! frames are the client protocol (`docs/protocol.md`), JSON text frames by
 //! default or MessagePack binary frames when the client asks for the
-//! `herald.msgpack` subprotocol. It owns only the transport: decoding frames
-//! into commands for a broker [`Session`], writing what the session's outbox
-//! yields, heartbeats, limits and closing with a reason. No routing happens
-//! here.
+//! `herald.msgpack` subprotocol. It is the adapter between WebSocket frames
+//! and a broker [`Session`](herald_broker::Session); credentials, limits,
+//! the writer loop and disconnect reasons come from the gateway kit
+//! (`herald-gateway`). No routing happens here.
 //!
 //! Each connection is one task that reads and writes concurrently: the
-//! reader decodes every frame and hands it to the session; the writer waits
-//! for the outbox, takes everything queued, feeds it to the socket and
-//! flushes once per batch.
+//! reader decodes every frame and hands it to the session; the kit's writer
+//! driver waits for the outbox, takes everything queued, feeds it to the
+//! socket and flushes once per batch.
 
 mod connection;
 
@@ -19,37 +19,53 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
-use herald_broker::{Authenticator, Broker, Encoding};
+use axum::Router;
+use herald_broker::{Encoding, Session};
+use herald_gateway::{GatewayContext, HttpError, QueryParams};
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Subprotocol selecting MessagePack binary frames.
 pub const MSGPACK_PROTOCOL: &str = "herald.msgpack";
 /// Subprotocol selecting JSON text frames (also the default without one).
 pub const JSON_PROTOCOL: &str = "herald.json";
 
-/// Limits and timers of the WebSocket gateway.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The `[websocket]` section of the configuration, with its comments.
+pub const DEFAULT_CONFIG: &str = include_str!("websocket.default.toml");
+
+/// Limits and timers of the WebSocket gateway: the `[websocket]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WebSocketConfig {
+    /// Serve `GET /ws`.
+    pub enabled: bool,
     /// Largest command frame answered normally; a larger one gets an
     /// `err` with code `frame_too_large` and the connection stays open.
+    #[serde(
+        rename = "max_frame",
+        deserialize_with = "herald_broker::units::size::deserialize"
+    )]
     pub max_frame_bytes: usize,
     /// Frames beyond this size are not even read: the connection is closed
     /// with 1009 (message too big).
+    #[serde(
+        rename = "hard_frame_limit",
+        deserialize_with = "herald_broker::units::size::deserialize"
+    )]
     pub hard_frame_limit_bytes: usize,
     /// How often the server pings.
+    #[serde(with = "herald_broker::units::duration")]
     pub heartbeat_interval: Duration,
     /// A connection from which nothing (not even a pong) arrives for this
-    /// long is considered dead and dropped.
+    /// long is closed with `idle_timeout`.
+    #[serde(with = "herald_broker::units::duration")]
     pub idle_timeout: Duration,
-    /// A flush that takes longer than this means the client stopped
+    /// A write that takes longer than this means the client stopped
     /// reading: the connection is closed as a slow consumer.
+    #[serde(with = "herald_broker::units::duration")]
     pub write_timeout: Duration,
     /// Commands a connection may send per second before it is closed for
     /// flooding (counted over one-second windows).
@@ -59,6 +75,7 @@ pub struct WebSocketConfig {
 impl Default for WebSocketConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             max_frame_bytes: 64 * 1024,
             hard_frame_limit_bytes: 1024 * 1024,
             heartbeat_interval: Duration::from_secs(20),
@@ -69,54 +86,55 @@ impl Default for WebSocketConfig {
     }
 }
 
-/// What the gateway needs from the process that runs it.
-#[derive(Debug, Clone)]
-pub struct WebSocketGateway {
-    pub broker: Arc<Broker>,
-    pub auth: Arc<Authenticator>,
-    pub config: WebSocketConfig,
-    /// Cancelled when the server shuts down: every connection then closes
-    /// with 1001 (going away).
-    pub shutdown: CancellationToken,
-    /// Tracks connection tasks, so shutdown can wait for them to finish.
-    pub connections: TaskTracker,
+impl WebSocketConfig {
+    /// Checks the settings against each other; the message names the keys.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_interval >= self.idle_timeout {
+            return Err("websocket.heartbeat_interval must be shorter than websocket.idle_timeout".into());
+        }
+        if self.max_frame_bytes > self.hard_frame_limit_bytes {
+            return Err("websocket.max_frame must not exceed websocket.hard_frame_limit".into());
+        }
+        if self.write_timeout.is_zero() || self.max_commands_per_second == 0 {
+            return Err(
+                "websocket.write_timeout and websocket.max_commands_per_second must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Gateway {
+    context: GatewayContext,
+    config: WebSocketConfig,
 }
 
 /// The gateway's routes: `GET /ws`.
-pub fn router(gateway: WebSocketGateway) -> Router {
+pub fn router(context: GatewayContext, config: WebSocketConfig) -> Router {
     Router::new()
         .route("/ws", get(upgrade))
-        .with_state(Arc::new(gateway))
-}
-
-#[derive(Deserialize)]
-struct ConnectParams {
-    /// API key, for browsers that cannot set an Authorization header.
-    token: Option<String>,
+        .with_state(Arc::new(Gateway { context, config }))
 }
 
 async fn upgrade(
-    State(gateway): State<Arc<WebSocketGateway>>,
-    Query(params): Query<ConnectParams>,
+    State(gateway): State<Arc<Gateway>>,
+    query: QueryParams,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if gateway.shutdown.is_cancelled() {
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down",
-        );
+    if gateway.context.shutdown.is_cancelled() {
+        return HttpError::shutting_down().into_response();
     }
-    let credential = bearer_token(&headers).or(params.token.as_deref());
-    let access = match gateway.auth.authenticate(credential) {
+    let access = match gateway.context.authenticate(&headers, &query) {
         Ok(access) => access,
-        Err(error) => return error_response(StatusCode::UNAUTHORIZED, error.code(), &error.to_string()),
+        Err(error) => return error.into_response(),
     };
+    let limit = gateway.config.hard_frame_limit_bytes;
     let upgrade = upgrade
         .protocols([MSGPACK_PROTOCOL, JSON_PROTOCOL])
-        .max_message_size(gateway.config.hard_frame_limit_bytes)
-        .max_frame_size(gateway.config.hard_frame_limit_bytes)
+        .max_message_size(limit)
+        .max_frame_size(limit)
         // tungstenite allocates its read buffer up front: 128 KiB by default,
         // which would dominate an idle connection's memory. Commands are
         // small, and a larger frame grows the buffer as it needs to
@@ -128,23 +146,9 @@ async fn upgrade(
         Some(protocol) if protocol == MSGPACK_PROTOCOL => Encoding::MsgPack,
         _ => Encoding::Json,
     };
-    let connections = gateway.connections.clone();
+    let connections = gateway.context.connections.clone();
     upgrade.on_upgrade(move |socket| {
-        let session = gateway.broker.session(access);
+        let session = Session::new(&gateway.context.broker, access);
         connections.track_future(connection::serve(socket, session, encoding, gateway))
     })
-}
-
-/// The key from `Authorization: Bearer <key>`, if present.
-pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    herald_broker::auth::bearer_credential(value)
-}
-
-fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({ "code": code, "message": message })),
-    )
-        .into_response()
 }

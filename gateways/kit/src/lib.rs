@@ -1,0 +1,42 @@
+//! # herald-gateway
+//!
+//! The gateway kit: everything Herald's transports share, so that a gateway
+//! is only the adapter between its wire and a broker
+//! [`Session`](herald_broker::Session). A new transport brings a router (or
+//! a listener), decodes its frames into commands, and implements
+//! [`EventWriter`] for its way of writing; the kit supplies the rest.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`context`] | [`GatewayContext`]: the broker, the authenticator, shutdown, connection tracking, disconnect counters |
+//! | [`credentials`] | where a client's credential is read from (header, `?token=`) |
+//! | [`query`] | query strings with repeated keys (`?subject=a&subject=b`) |
+//! | [`error`] | [`HttpError`]: status, stable `code`, message, as a JSON body |
+//! | [`limits`] | the per-connection command rate limit |
+//! | [`frames`] | one command frame in: size check, decode, hand to the session |
+//! | [`writer`] | the writer driver: outbox → batches → one flush each; heartbeats, write timeouts, the final reason |
+//! | [`disconnect`] | [`DisconnectReason`]: why every connection ended, counted per reason |
+//!
+//! ## Invariants
+//!
+//! - Every connection ends with exactly one [`DisconnectReason`], logged and
+//!   counted once, through [`GatewayContext::disconnected`].
+//! - A write that makes no progress for the gateway's `write_timeout` closes
+//!   the connection as a slow consumer and is counted as one.
+//! - Nothing here routes or queues messages: that is the broker's.
+
+pub mod context;
+pub mod credentials;
+pub mod disconnect;
+pub mod error;
+pub mod frames;
+pub mod limits;
+pub mod query;
+pub mod writer;
+
+pub use context::GatewayContext;
+pub use disconnect::{DisconnectCounters, DisconnectReason};
+pub use error::HttpError;
+pub use limits::CommandRateLimiter;
+pub use query::QueryParams;
+pub use writer::{drive, EventWriter, WriterConfig};

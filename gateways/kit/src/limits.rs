@@ -1,0 +1,57 @@
+//! Per-connection limits that every bidirectional transport applies.
+
+use std::time::Duration;
+
+use herald_broker::CloseReason;
+use tokio::time::Instant;
+
+/// At most `max_per_second` commands per connection, counted over
+/// one-second windows. Cheap enough to call on every frame.
+#[derive(Debug)]
+pub struct CommandRateLimiter {
+    max_per_second: u32,
+    window_start: Instant,
+    in_window: u32,
+}
+
+impl CommandRateLimiter {
+    pub fn new(max_per_second: u32) -> CommandRateLimiter {
+        CommandRateLimiter {
+            max_per_second,
+            window_start: Instant::now(),
+            in_window: 0,
+        }
+    }
+
+    /// Counts one command; past the limit, the reason to close with.
+    pub fn admit(&mut self) -> Result<(), CloseReason> {
+        if self.window_start.elapsed() >= Duration::from_secs(1) {
+            self.window_start = Instant::now();
+            self.in_window = 0;
+        }
+        self.in_window += 1;
+        if self.in_window > self.max_per_second {
+            return Err(CloseReason::ProtocolViolation(format!(
+                "more than {} commands in one second",
+                self.max_per_second
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_admits_its_limit_and_the_next_window_starts_afresh() {
+        let mut limiter = CommandRateLimiter::new(3);
+        for _ in 0..3 {
+            assert!(limiter.admit().is_ok());
+        }
+        assert_eq!(limiter.admit().unwrap_err().code(), "protocol_violation");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(limiter.admit().is_ok());
+    }
+}

@@ -1,0 +1,242 @@
+//! The writer driver: the one loop every streaming transport runs to get
+//! events from a connection's outbox onto its wire.
+//!
+//! It waits for the outbox, takes everything queued in one swap, encodes
+//! each event (a message's frame is encoded once and shared), feeds them to
+//! the transport's [`EventWriter`] and flushes once per batch. Between
+//! batches it sends heartbeats. It also ends the connection for the server:
+//! on shutdown or when a stream reaches its longest duration it closes the
+//! outbox with that reason and delivers the final `err`; a write that makes
+//! no progress for `write_timeout` closes it as a slow consumer.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_broker::{CloseReason, Encoding, Outbox};
+use tokio::time::{timeout, Instant};
+
+use crate::context::GatewayContext;
+use crate::disconnect::DisconnectReason;
+
+/// The timers a writer runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterConfig {
+    /// How often to send a heartbeat when nothing else is written.
+    pub heartbeat_interval: Duration,
+    /// A batch (or heartbeat) that takes longer to write closes the
+    /// connection as a slow consumer.
+    pub write_timeout: Duration,
+    /// Close the connection, with `stream_expired`, after this long.
+    pub max_duration: Option<Duration>,
+}
+
+/// How one transport writes: the only part of the writer that differs
+/// between transports.
+pub trait EventWriter: Send {
+    /// Adds one encoded event to what the next flush writes.
+    fn feed(&mut self, frame: Bytes) -> impl Future<Output = io::Result<()>> + Send;
+    /// Writes out everything fed since the last flush.
+    fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Keeps an idle connection alive (a WebSocket ping, an SSE comment).
+    fn heartbeat(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Ends the connection after the final events were fed (a WebSocket
+    /// close frame carrying the reason; nothing for a plain stream).
+    fn close(&mut self, reason: &CloseReason) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// Runs until the connection ends; returns why. Shutdown (from `context`)
+/// and `max_duration` close the outbox with a reason the client receives.
+pub async fn drive<W: EventWriter>(
+    writer: &mut W,
+    outbox: &Outbox,
+    encoding: Encoding,
+    config: &WriterConfig,
+    context: &GatewayContext,
+) -> DisconnectReason {
+    let mut batch = VecDeque::new();
+    let mut heartbeat = tokio::time::interval_at(
+        Instant::now() + config.heartbeat_interval,
+        config.heartbeat_interval,
+    );
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let expiry = config.max_duration.map(|duration| Instant::now() + duration);
+    let mut closing = false;
+    loop {
+        let next = tokio::select! {
+            next = outbox.next_batch(&mut batch) => next,
+            () = context.shutdown.cancelled(), if !closing => {
+                closing = true;
+                outbox.close(CloseReason::Shutdown);
+                continue;
+            }
+            () = sleep_until(expiry), if !closing => {
+                closing = true;
+                outbox.close(CloseReason::StreamExpired);
+                continue;
+            }
+            _ = heartbeat.tick() => {
+                match timeout(config.write_timeout, writer.heartbeat()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return DisconnectReason::WriteError,
+                    Err(_elapsed) => return slow_consumer(outbox, context),
+                }
+            }
+        };
+        let closing_reason = next.err();
+        let written = timeout(config.write_timeout, async {
+            for event in batch.drain(..) {
+                writer.feed(event.encode(encoding)).await?;
+            }
+            if let Some(reason) = &closing_reason {
+                writer.close(reason).await?;
+            }
+            writer.flush().await
+        })
+        .await;
+        match (written, closing_reason) {
+            (Err(_elapsed), _) => return slow_consumer(outbox, context),
+            (Ok(Err(_)), _) => return DisconnectReason::WriteError,
+            (Ok(Ok(())), Some(reason)) => return DisconnectReason::Closed(reason),
+            (Ok(Ok(())), None) => {}
+        }
+    }
+}
+
+fn slow_consumer(outbox: &Outbox, context: &GatewayContext) -> DisconnectReason {
+    outbox.close(CloseReason::SlowConsumer);
+    context.broker.count_slow_consumer();
+    DisconnectReason::WriteTimeout
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use herald_broker::{
+        Acknowledge, AllowAll, AnonymousAccess, Authenticator, Broker, BrokerConfig, Payload, Session,
+    };
+
+    use super::*;
+
+    /// Records what the driver asks of it; `stall` makes flushes hang.
+    #[derive(Default)]
+    struct Recorder {
+        fed: Vec<String>,
+        flushes: usize,
+        heartbeats: usize,
+        closed_with: Option<&'static str>,
+        stall: bool,
+    }
+
+    impl EventWriter for Recorder {
+        async fn feed(&mut self, frame: Bytes) -> io::Result<()> {
+            self.fed.push(String::from_utf8(frame.to_vec()).unwrap());
+            Ok(())
+        }
+
+        async fn flush(&mut self) -> io::Result<()> {
+            if self.stall {
+                std::future::pending::<()>().await;
+            }
+            self.flushes += 1;
+            Ok(())
+        }
+
+        async fn heartbeat(&mut self) -> io::Result<()> {
+            self.heartbeats += 1;
+            Ok(())
+        }
+
+        async fn close(&mut self, reason: &CloseReason) -> io::Result<()> {
+            self.closed_with = Some(reason.code());
+            Ok(())
+        }
+    }
+
+    fn setup() -> (GatewayContext, Session) {
+        let broker = Broker::new(BrokerConfig::default());
+        let auth = Arc::new(Authenticator::new(Vec::new(), AnonymousAccess::Publish));
+        let mut session = Session::new(&broker, Arc::new(AllowAll));
+        session.subscribe(&["s"], None, Acknowledge::Never).unwrap();
+        (GatewayContext::new(broker, auth), session)
+    }
+
+    fn publish(context: &GatewayContext, n: u32) {
+        let payload = Payload::from_json(n.to_string().into()).unwrap();
+        context.broker.publish("s", payload).unwrap();
+    }
+
+    const CONFIG: WriterConfig = WriterConfig {
+        heartbeat_interval: Duration::from_secs(10),
+        write_timeout: Duration::from_secs(2),
+        max_duration: None,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn one_flush_per_batch_heartbeats_between_and_the_reason_last() {
+        let (context, session) = setup();
+        for n in 0..3 {
+            publish(&context, n);
+        }
+        let mut writer = Recorder::default();
+        let driving = drive(&mut writer, session.outbox(), Encoding::Json, &CONFIG, &context);
+        let stop = async {
+            tokio::time::sleep(Duration::from_secs(25)).await;
+            context.shutdown.cancel();
+        };
+        let (reason, ()) = tokio::join!(driving, stop);
+        assert_eq!(reason, DisconnectReason::Closed(CloseReason::Shutdown));
+        assert_eq!(
+            writer.fed.len(),
+            4,
+            "three messages and the final err: {:?}",
+            writer.fed
+        );
+        assert!(writer.fed[3].contains(r#""code":"shutdown""#));
+        assert_eq!(
+            writer.flushes, 3,
+            "the three messages in one flush, then the final err, then the close"
+        );
+        assert_eq!(writer.heartbeats, 2, "at 10 s and 20 s");
+        assert_eq!(writer.closed_with, Some("shutdown"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_write_is_a_counted_slow_consumer() {
+        let (context, session) = setup();
+        publish(&context, 1);
+        let mut writer = Recorder {
+            stall: true,
+            ..Recorder::default()
+        };
+        let reason = drive(&mut writer, session.outbox(), Encoding::Json, &CONFIG, &context).await;
+        assert_eq!(reason, DisconnectReason::WriteTimeout);
+        assert_eq!(context.broker.metrics().slow_consumers, 1);
+        assert_eq!(session.outbox().close_reason(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_ends_at_its_longest_duration() {
+        let (context, session) = setup();
+        let mut writer = Recorder::default();
+        let config = WriterConfig {
+            max_duration: Some(Duration::from_secs(30)),
+            ..CONFIG
+        };
+        let started = Instant::now();
+        let reason = drive(&mut writer, session.outbox(), Encoding::Json, &config, &context).await;
+        assert_eq!(reason, DisconnectReason::Closed(CloseReason::StreamExpired));
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        assert!(writer.fed.last().unwrap().contains("stream_expired"));
+    }
+}
