@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test lint fmt bench bench-peers bench-core bench-e2e bench-smoke bench-medians doc clean
+.PHONY: test lint fmt browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians doc clean
 
 ## Run every test in the workspace (unit, integration, property, doc tests).
 test:
@@ -16,6 +16,21 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## What the browser tests need, installed if missing: Debian's Chromium and
+## playwright-core from npm (it drives the installed browser, downloads none).
+browser-deps:
+	@if [ -x /usr/bin/chromium ]; then \
+	  echo "chromium present"; \
+	else \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
+	@if [ -d tests/browser/node_modules/playwright-core ]; then \
+	  echo "playwright-core present"; \
+	else \
+	  cd tests/browser && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
 
 ## The standard benchmark set (about 7 minutes on two cores): installs the
 ## peers it needs, runs the core's criterion benches and the end-to-end

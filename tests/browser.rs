@@ -1,0 +1,112 @@
+//! Herald's SSE and long-poll transports in a real browser: headless
+//! Chromium (Debian's `chromium`), driven by `playwright-core` from
+//! `tests/browser/transports.mjs`. The server ends SSE streams mid-way and
+//! the page aborts polls mid-wait while messages keep coming; each page must
+//! end with every message exactly once, in order.
+//!
+//! `.ci/run` installs the browser and the npm package; under CI a missing
+//! one fails the test, elsewhere it is skipped with a note.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::Server;
+
+const MESSAGES: u64 = 60;
+
+/// What the browser test needs, or why it cannot run here.
+fn prerequisites() -> Result<(PathBuf, PathBuf), String> {
+    let script_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium =
+        std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    if !chromium.exists() {
+        return Err(format!(
+            "{} not found (apt-get install chromium)",
+            chromium.display()
+        ));
+    }
+    if !script_dir.join("node_modules/playwright-core").exists() {
+        return Err("playwright-core not installed (cd tests/browser && npm ci)".into());
+    }
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|output| output.status.success()) {
+        return Err("node not found".into());
+    }
+    Ok((script_dir.join("transports.mjs"), chromium))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eventsource_and_a_fetch_poll_loop_get_every_message_once_in_order() {
+    let (script, chromium) = match prerequisites() {
+        Ok(found) => found,
+        Err(missing) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "under CI the browser test must run: {missing}"
+            );
+            eprintln!("browser test skipped: {missing}");
+            return;
+        }
+    };
+    let server = Server::start(|config| {
+        // The pages are served from another origin, as in production.
+        config.server.cors_origins = vec!["*".into()];
+        config.sse.max_stream_duration = Duration::from_secs(1);
+        config.sse.retry = Duration::from_millis(100);
+    })
+    .await;
+    let run = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(server.url(""))
+        .arg(support::PUBLISHER_KEY)
+        .arg(MESSAGES.to_string())
+        .env("CHROMIUM", &chromium)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the browser run finishes within two minutes")
+        .expect("node starts");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the browser run failed: {stderr}");
+    let result: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(&output.stdout)));
+    let expected: Vec<Value> = (0..MESSAGES).map(Value::from).collect();
+
+    let sse = &result["sse"];
+    assert_eq!(sse["received"].as_array().unwrap(), &expected, "SSE: {sse}");
+    assert!(
+        sse["opens"].as_u64().unwrap() >= 2,
+        "the stream was cut and reopened: {sse}"
+    );
+    assert!(
+        sse["log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|code| code == "stream_expired"),
+        "the server said why it ended the stream: {sse}"
+    );
+
+    let poll = &result["poll"];
+    assert_eq!(
+        poll["received"].as_array().unwrap(),
+        &expected,
+        "long poll: {poll}"
+    );
+    assert!(
+        poll["aborted"].as_u64().unwrap() >= 1,
+        "polls were cut mid-wait: {poll}"
+    );
+    eprintln!(
+        "Chromium {}: SSE opened {} times; {} polls, {} aborted",
+        result["browser"], sse["opens"], poll["polls"], poll["aborted"]
+    );
+    server.shutdown().await;
+}
