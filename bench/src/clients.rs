@@ -5,6 +5,11 @@
 //! Payloads are text: `ts=<micros> n=<sequence> <padding>`. Herald carries
 //! it as a JSON string in `data`; NATS carries the bytes as they are. The
 //! receiver finds `ts=` and `n=` by scanning, in every encoding.
+//!
+//! Herald's one-way transports (SSE, long polling) subscribe over plain
+//! HTTP/1.1 written here by hand, as thin as the other clients; their
+//! publisher is a Herald WebSocket connection, so only the delivery side
+//! differs from the WebSocket targets.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -34,12 +39,18 @@ pub enum Target {
     /// Pushpin (WebSocket, channels as subjects) in front of a minimal
     /// origin app; publishing through its HTTP control API.
     Pushpin,
+    /// Herald's Server-Sent Events gateway (one stream per subscriber).
+    HeraldSse,
+    /// Herald's long-polling gateway (a poll loop per subscriber).
+    HeraldLongPoll,
 }
 
 impl Target {
-    pub const ALL: [Target; 6] = [
+    pub const ALL: [Target; 8] = [
         Target::HeraldJson,
         Target::HeraldMsgPack,
+        Target::HeraldSse,
+        Target::HeraldLongPoll,
         Target::NatsTcp,
         Target::NatsWebSocket,
         Target::SocketIo,
@@ -54,6 +65,19 @@ impl Target {
             Target::NatsWebSocket => "nats-ws",
             Target::SocketIo => "socketio",
             Target::Pushpin => "pushpin",
+            Target::HeraldSse => "herald-sse",
+            Target::HeraldLongPoll => "herald-longpoll",
+        }
+    }
+
+    /// Whether `scenario` applies. A one-way transport has no
+    /// subscribe/unsubscribe on an open connection, so no churn; long
+    /// polling is measured for fan-out to pollers and idle waiting polls.
+    pub fn runs(self, scenario: &str) -> bool {
+        match (self, scenario) {
+            (Target::HeraldSse, "churn") => false,
+            (Target::HeraldLongPoll, "churn" | "latency") => false,
+            _ => true,
         }
     }
 
@@ -61,9 +85,13 @@ impl Target {
     /// standard set's: Socket.IO's single Node thread and Pushpin's
     /// per-connection delivery pace fall so far behind a flat-out publisher
     /// at 10 000 subscribers that one run takes minutes.
+    ///
+    /// Long polling is measured with 100 pollers: each delivery there is an
+    /// HTTP request and response.
     pub fn max_fanout_subscribers(self) -> Option<usize> {
         match self {
             Target::SocketIo | Target::Pushpin => Some(1_000),
+            Target::HeraldLongPoll => Some(100),
             _ => None,
         }
     }
@@ -137,6 +165,10 @@ pub enum Connection {
     Pushpin {
         socket: WebSocket,
     },
+    /// A Herald SSE stream (opened by `subscribe`).
+    HeraldSse(Box<HttpSubscriber>),
+    /// A Herald long-poll loop (started by `subscribe`).
+    HeraldLongPoll(Box<HttpSubscriber>),
     /// Pushpin's HTTP control API, which answers one request at a time on a
     /// connection (a pipelined request is refused), so the publisher holds
     /// at most one request in flight.
@@ -201,6 +233,12 @@ impl Connection {
                     tokio_tungstenite::client_async(format!("ws://{server}/ws"), stream).await?;
                 Ok(Connection::Pushpin { socket })
             }
+            Target::HeraldSse => Ok(Connection::HeraldSse(Box::new(HttpSubscriber::new(
+                stream, server,
+            )))),
+            Target::HeraldLongPoll => Ok(Connection::HeraldLongPoll(Box::new(HttpSubscriber::new(
+                stream, server,
+            )))),
             Target::NatsWebSocket => {
                 let (socket, _) = tokio_tungstenite::client_async(format!("ws://{server}/"), stream).await?;
                 let mut connection = Connection::NatsWebSocket {
@@ -225,6 +263,10 @@ impl Connection {
                 ))))
             }
             (Target::Pushpin, None) => bail!("Pushpin started without a control address"),
+            // One-way transports: the publisher speaks WebSocket JSON.
+            (Target::HeraldSse | Target::HeraldLongPoll, _) => {
+                Connection::open(Target::HeraldJson, server.address, None).await
+            }
             _ => Connection::open(target, server.address, None).await,
         }
     }
@@ -249,6 +291,9 @@ impl Connection {
     async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         match self {
             Connection::PushpinPublisher(_) => bail!("Pushpin's control API takes only publishes"),
+            Connection::HeraldSse(_) | Connection::HeraldLongPoll(_) => {
+                bail!("SSE and long-poll subscribers send no commands")
+            }
             Connection::SocketIo { socket } | Connection::Pushpin { socket } => {
                 socket
                     .send(Message::text(String::from_utf8(bytes.to_vec())?))
@@ -272,6 +317,8 @@ impl Connection {
     /// Subscribes and, where the protocol confirms, waits for it.
     pub async fn subscribe(&mut self, subject: &str, sid: u64) -> anyhow::Result<()> {
         match self {
+            Connection::HeraldSse(subscriber) => subscriber.open_stream(subject).await,
+            Connection::HeraldLongPoll(subscriber) => subscriber.start_polling(subject).await,
             Connection::SocketIo { .. } => {
                 // Event with acknowledgement id 0; the server acks with "430[]".
                 self.send_raw(format!(r#"420["sub","{subject}"]"#).as_bytes())
@@ -314,6 +361,9 @@ impl Connection {
             }
             Connection::Pushpin { .. } | Connection::PushpinPublisher(_) => {
                 self.send_raw(format!("unsub {subject}").as_bytes()).await
+            }
+            Connection::HeraldSse(_) | Connection::HeraldLongPoll(_) => {
+                bail!("a one-way transport unsubscribes by closing")
             }
             _ => self.send_raw(format!("UNSUB {sid}\r\n").as_bytes()).await,
         }
@@ -380,7 +430,8 @@ impl Connection {
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         match self {
             Connection::NatsTcp { stream, .. } => stream.flush().await?,
-            Connection::PushpinPublisher(_) => {} // requests are written whole
+            // Requests are written whole.
+            Connection::PushpinPublisher(_) | Connection::HeraldSse(_) | Connection::HeraldLongPoll(_) => {}
             Connection::NatsWebSocket { socket, .. }
             | Connection::Herald { socket, .. }
             | Connection::SocketIo { socket }
@@ -397,6 +448,8 @@ impl Connection {
     async fn receive_frame(&mut self) -> anyhow::Result<Received> {
         match self {
             Connection::PushpinPublisher(_) => bail!("Pushpin's control API sends no events"),
+            Connection::HeraldSse(subscriber) => subscriber.next_sse_event().await,
+            Connection::HeraldLongPoll(subscriber) => subscriber.next_polled_event().await,
             Connection::Pushpin { socket } => match socket.next().await {
                 Some(Ok(Message::Text(text))) if text.starts_with("ts=") => {
                     Ok(Received::Message(text.as_bytes().to_vec()))
@@ -594,6 +647,202 @@ impl PushpinPublisher {
             );
         }
         Ok(())
+    }
+}
+
+/// A Herald subscriber over plain HTTP/1.1: an SSE stream, or a long-poll
+/// loop on one keep-alive connection. Reading is cancel-safe: the buffers
+/// live here, and a poll in flight is remembered, not sent twice.
+#[derive(Debug)]
+pub struct HttpSubscriber {
+    stream: TcpStream,
+    host: String,
+    input: BytesMut,
+    /// SSE: the body so far, de-chunked; events end with a blank line.
+    body: BytesMut,
+    /// SSE: bytes of the current chunk still to come; `None` between chunks.
+    chunk_left: Option<usize>,
+    /// Long polling: the subject, the cursor, events not yet handed out,
+    /// and whether a poll is waiting for its answer.
+    subject: String,
+    cursor: String,
+    events: std::collections::VecDeque<Vec<u8>>,
+    poll_in_flight: bool,
+}
+
+/// How long a benchmark poll may wait on the server.
+const POLL_WAIT_SECONDS: u32 = 25;
+
+impl HttpSubscriber {
+    fn new(stream: TcpStream, server: SocketAddr) -> HttpSubscriber {
+        HttpSubscriber {
+            stream,
+            host: server.to_string(),
+            input: BytesMut::with_capacity(16 * 1024),
+            body: BytesMut::new(),
+            chunk_left: None,
+            subject: String::new(),
+            cursor: String::new(),
+            events: std::collections::VecDeque::new(),
+            poll_in_flight: false,
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> anyhow::Result<()> {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+        Ok(self.stream.write_all(request.as_bytes()).await?)
+    }
+
+    /// Reads a response head; returns its status and content length.
+    async fn read_head(&mut self) -> anyhow::Result<(u16, Option<usize>)> {
+        let end = loop {
+            if let Some(at) = self.input.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if self.stream.read_buf(&mut self.input).await? == 0 {
+                bail!("Herald closed the connection");
+            }
+        };
+        let head = std::str::from_utf8(&self.input[..end])?.to_ascii_lowercase();
+        let status = head.get(9..12).context("a status line")?.parse()?;
+        let length = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .map(|value| value.trim().parse())
+            .transpose()?;
+        self.input.advance(end);
+        Ok((status, length))
+    }
+
+    async fn open_stream(&mut self, subject: &str) -> anyhow::Result<()> {
+        self.get(&format!("/sse?subject={subject}")).await?;
+        let (status, _) = self.read_head().await?;
+        anyhow::ensure!(status == 200, "SSE stream refused: {status}");
+        // The first event is the ack: the subscription is in place.
+        loop {
+            if let Received::Other = self.next_sse_event().await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The next event of the stream (chunked transfer encoding).
+    async fn next_sse_event(&mut self) -> anyhow::Result<Received> {
+        loop {
+            if let Some(end) = self.body.windows(2).position(|w| w == b"\n\n") {
+                let event = self.body.split_to(end + 2);
+                return Ok(classify_sse(&event));
+            }
+            match self.chunk_left {
+                Some(left) if !self.input.is_empty() => {
+                    let take = left.min(self.input.len());
+                    self.body.extend_from_slice(&self.input.split_to(take));
+                    self.chunk_left = Some(left - take).filter(|left| *left > 0);
+                    if self.chunk_left.is_none() {
+                        self.skip_chunk_end().await?;
+                    }
+                    continue;
+                }
+                None => {
+                    if let Some(at) = self.input.windows(2).position(|w| w == b"\r\n") {
+                        let size = usize::from_str_radix(std::str::from_utf8(&self.input[..at])?.trim(), 16)?;
+                        self.input.advance(at + 2);
+                        if size == 0 {
+                            return Ok(Received::Closed);
+                        }
+                        self.chunk_left = Some(size);
+                        continue;
+                    }
+                }
+                Some(_) => {}
+            }
+            if self.stream.read_buf(&mut self.input).await? == 0 {
+                return Ok(Received::Closed);
+            }
+        }
+    }
+
+    /// The `\r\n` after a chunk's data.
+    async fn skip_chunk_end(&mut self) -> anyhow::Result<()> {
+        while self.input.len() < 2 {
+            if self.stream.read_buf(&mut self.input).await? == 0 {
+                bail!("Herald closed the stream mid-chunk");
+            }
+        }
+        self.input.advance(2);
+        Ok(())
+    }
+
+    async fn start_polling(&mut self, subject: &str) -> anyhow::Result<()> {
+        self.subject = subject.to_owned();
+        // wait=0: the cursor of "now", before anything is published.
+        self.get(&format!("/poll?subject={subject}&wait=0")).await?;
+        self.poll_in_flight = true;
+        self.read_answer().await?;
+        // Then wait, as an idle long-poll client does.
+        self.send_poll().await
+    }
+
+    async fn send_poll(&mut self) -> anyhow::Result<()> {
+        let path = format!(
+            "/poll?subject={}&cursor={}&wait={POLL_WAIT_SECONDS}",
+            self.subject, self.cursor
+        );
+        self.get(&path).await?;
+        self.poll_in_flight = true;
+        Ok(())
+    }
+
+    async fn read_answer(&mut self) -> anyhow::Result<()> {
+        let (status, length) = self.read_head().await?;
+        let length = length.context("a poll answer has a length")?;
+        while self.input.len() < length {
+            if self.stream.read_buf(&mut self.input).await? == 0 {
+                bail!("Herald closed the connection mid-answer");
+            }
+        }
+        let body = self.input.split_to(length);
+        self.poll_in_flight = false;
+        anyhow::ensure!(
+            status == 200,
+            "poll refused: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        #[derive(serde::Deserialize)]
+        struct Answer<'a> {
+            cursor: String,
+            #[serde(borrow)]
+            events: Vec<&'a serde_json::value::RawValue>,
+        }
+        let answer: Answer<'_> = serde_json::from_slice(&body)?;
+        self.cursor = answer.cursor;
+        self.events
+            .extend(answer.events.iter().map(|event| event.get().as_bytes().to_vec()));
+        Ok(())
+    }
+
+    async fn next_polled_event(&mut self) -> anyhow::Result<Received> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Ok(classify_herald(&event));
+            }
+            if !self.poll_in_flight {
+                self.send_poll().await?;
+            }
+            self.read_answer().await?;
+        }
+    }
+}
+
+fn classify_sse(event: &[u8]) -> Received {
+    match event
+        .split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(b"event: "))
+    {
+        Some(b"msg") if stamp_of(event).is_some() => Received::Message(event.to_vec()),
+        Some(b"gap") => Received::Gap,
+        Some(b"err") => Received::Closed,
+        _ => Received::Other,
     }
 }
 

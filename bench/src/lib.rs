@@ -10,11 +10,12 @@
 //! | `idle` | C idle subscribed connections: server RSS per connection |
 //! | `churn` | fan-out deliveries/s alone vs during a subscribe/unsubscribe storm |
 //!
-//! Targets: Herald's WebSocket gateway (JSON, MessagePack) and, as peers
-//! measured in the same run, nats-server over TCP and over its WebSocket
-//! listener, Socket.IO 4 on Node.js, and Pushpin. The clients of every
-//! target are equally thin (`clients`), and every publisher is paced the
-//! same way (`scenarios`).
+//! Targets: Herald's WebSocket gateway (JSON, MessagePack), its SSE and
+//! long-poll gateways and, as peers measured in the same run, nats-server
+//! over TCP and over its WebSocket listener, Socket.IO 4 on Node.js, and
+//! Pushpin. The clients of every target are equally thin (`clients`), and
+//! every publisher is paced the same way (`scenarios`). Not every scenario
+//! applies to every target ([`Target::runs`]).
 //!
 //! [`suite`] runs the standard set and [`report`] turns the records into
 //! the tables and plots of `docs/benchmarks.md`. [`smoke`] is the seconds
@@ -105,38 +106,42 @@ pub async fn suite(
             }
             keep(record, &mut records);
         }
-        // Latency at half the maximum this target sustained at this size.
-        let rate = size
-            .latency_rate
-            .unwrap_or_else(|| max_rate_at_latency_size.map_or(100, |max| ((max * 0.5) as u64).max(1)));
-        let server = Server::start(target, binaries).await?;
-        let record = scenarios::fanout(
-            target,
-            &server,
-            size.latency_subscribers,
-            Some(rate),
-            size.latency_seconds,
-            128,
-        )
-        .await;
-        server.stop().await;
-        keep(
-            Record {
-                scenario: "latency".into(),
-                ..record?
-            },
-            &mut records,
-        );
+        if target.runs("latency") {
+            // Latency at half the maximum this target sustained at this size.
+            let rate = size
+                .latency_rate
+                .unwrap_or_else(|| max_rate_at_latency_size.map_or(100, |max| ((max * 0.5) as u64).max(1)));
+            let server = Server::start(target, binaries).await?;
+            let record = scenarios::fanout(
+                target,
+                &server,
+                size.latency_subscribers,
+                Some(rate),
+                size.latency_seconds,
+                128,
+            )
+            .await;
+            server.stop().await;
+            keep(
+                Record {
+                    scenario: "latency".into(),
+                    ..record?
+                },
+                &mut records,
+            );
+        }
 
         let server = Server::start(target, binaries).await?;
         let record = scenarios::idle(target, &server, size.idle_connections).await;
         server.stop().await;
         keep(record?, &mut records);
 
-        let server = Server::start(target, binaries).await?;
-        let record = scenarios::churn(target, &server, size.churn_subscribers, size.churn_seconds).await;
-        server.stop().await;
-        keep(record?, &mut records);
+        if target.runs("churn") {
+            let server = Server::start(target, binaries).await?;
+            let record = scenarios::churn(target, &server, size.churn_subscribers, size.churn_seconds).await;
+            server.stop().await;
+            keep(record?, &mut records);
+        }
     }
     Ok(records)
 }

@@ -93,9 +93,9 @@ pub fn markdown(records: &[Record], environment: &str) -> String {
     let _ = writeln!(out, "{environment}\n");
 
     out.push_str("### Fan-out, as fast as it goes (1 publisher → N subscribers, 128-byte payloads)\n\n");
-    out.push_str("Deliveries per second at the subscribers, over the time from the first publish to the last delivery. The publisher is paced by the server's own confirmations, the same way for every target (at most about a million deliveries unconfirmed). *Delivered*: the share of expected deliveries that arrived within the run (publishing, then a 2 s drain), not a loss rate. *Gap events*: Herald subscribers told that their full queue dropped messages (the other servers do not report drops). Ratio: deliveries/s to nats-tcp's at the same N.\n\n");
+    out.push_str("Deliveries per second at the subscribers, over the time from the first publish to the last delivery. The publisher is paced by the server's own confirmations, the same way for every target (at most about a million deliveries unconfirmed). *Delivered*: the share of expected deliveries that arrived within the run (publishing, then a 2 s drain), not a loss rate. *Gap events*: Herald subscribers told that their full queue dropped messages (the other servers do not report drops). Ratio: deliveries/s to nats-tcp's at the same N; *vs WS*: to Herald's own WebSocket gateway (herald-ws-json) at the same N, for Herald's other transports.\n\n");
     out.push_str(
-        "| N | target | deliveries/s | delivered | gap events | ratio |\n|---:|---|---:|---:|---:|---:|\n",
+        "| N | target | deliveries/s | delivered | gap events | ratio | vs WS |\n|---:|---|---:|---:|---:|---:|---:|\n",
     );
     let mut sizes: Vec<usize> = records
         .iter()
@@ -104,13 +104,21 @@ pub fn markdown(records: &[Record], environment: &str) -> String {
         .collect();
     sizes.sort_unstable();
     sizes.dedup();
+    let websocket = Target::HeraldJson.name();
+    let herald_transports = [Target::HeraldSse.name(), Target::HeraldLongPoll.name()];
     for &n in &sizes {
         let peer_rate = find(records, "fanout", peer, Some(n)).map(|r| r.deliveries_per_second);
+        let websocket_rate = find(records, "fanout", websocket, Some(n)).map(|r| r.deliveries_per_second);
         for target in &targets {
             if let Some(r) = find(records, "fanout", target, Some(n)) {
+                let versus_websocket = if herald_transports.contains(&target.as_str()) {
+                    ratio(r.deliveries_per_second, websocket_rate)
+                } else {
+                    "".into()
+                };
                 let _ = writeln!(
                     out,
-                    "| {n} | {target} | {} | {} | {} | {} |",
+                    "| {n} | {target} | {} | {} | {} | {} | {versus_websocket} |",
                     human(r.deliveries_per_second),
                     delivered_share(r),
                     r.gap_events,

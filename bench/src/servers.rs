@@ -58,7 +58,7 @@ impl Binaries {
     /// Whether the server of `target` is installed here.
     pub fn can_run(&self, target: Target) -> bool {
         match target {
-            Target::HeraldJson | Target::HeraldMsgPack => true,
+            Target::HeraldJson | Target::HeraldMsgPack | Target::HeraldSse | Target::HeraldLongPoll => true,
             Target::NatsTcp | Target::NatsWebSocket => self.has_nats(),
             Target::SocketIo => self.has_socketio(),
             Target::Pushpin => self.pushpin.exists() && self.node.exists(),
@@ -96,7 +96,9 @@ pub struct Server {
 impl Server {
     pub async fn start(target: Target, binaries: &Binaries) -> anyhow::Result<Server> {
         match target {
-            Target::HeraldJson | Target::HeraldMsgPack => start_herald(&binaries.herald).await,
+            Target::HeraldJson | Target::HeraldMsgPack | Target::HeraldSse | Target::HeraldLongPoll => {
+                start_herald(&binaries.herald).await
+            }
             Target::SocketIo => {
                 let mut command = Command::new(&binaries.node);
                 command.arg(&binaries.socketio_script);
