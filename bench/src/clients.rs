@@ -74,11 +74,10 @@ impl Target {
     /// subscribe/unsubscribe on an open connection, so no churn; long
     /// polling is measured for fan-out to pollers and idle waiting polls.
     pub fn runs(self, scenario: &str) -> bool {
-        match (self, scenario) {
-            (Target::HeraldSse, "churn") => false,
-            (Target::HeraldLongPoll, "churn" | "latency") => false,
-            _ => true,
-        }
+        !matches!(
+            (self, scenario),
+            (Target::HeraldSse, "churn") | (Target::HeraldLongPoll, "churn" | "latency")
+        )
     }
 
     /// The largest fan-out this target is run at, where smaller than the
