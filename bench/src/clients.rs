@@ -70,6 +70,14 @@ impl Target {
         }
     }
 
+    /// Whether this target is one of Herald's own gateways.
+    pub fn is_herald(self) -> bool {
+        matches!(
+            self,
+            Target::HeraldJson | Target::HeraldMsgPack | Target::HeraldSse | Target::HeraldLongPoll
+        )
+    }
+
     /// Whether `scenario` applies. A one-way transport has no
     /// subscribe/unsubscribe on an open connection, so no churn; long
     /// polling is measured for fan-out to pollers and idle waiting polls.

@@ -96,11 +96,10 @@ pub async fn suite(
             {
                 continue;
             }
-            let server = Server::start(target, binaries).await?;
-            let record =
-                scenarios::fanout(target, &server, subscribers, None, size.fanout_seconds, 128).await;
-            server.stop().await;
-            let record = record?;
+            let record = on_fresh_server(target, binaries, async |server| {
+                scenarios::fanout(target, server, subscribers, None, size.fanout_seconds, 128).await
+            })
+            .await?;
             if subscribers == size.latency_subscribers {
                 max_rate_at_latency_size = Some(record.deliveries_per_second / subscribers as f64);
             }
@@ -111,39 +110,62 @@ pub async fn suite(
             let rate = size
                 .latency_rate
                 .unwrap_or_else(|| max_rate_at_latency_size.map_or(100, |max| ((max * 0.5) as u64).max(1)));
-            let server = Server::start(target, binaries).await?;
-            let record = scenarios::fanout(
-                target,
-                &server,
-                size.latency_subscribers,
-                Some(rate),
-                size.latency_seconds,
-                128,
-            )
-            .await;
-            server.stop().await;
-            keep(
-                Record {
+            let record = on_fresh_server(target, binaries, async |server| {
+                let record = scenarios::fanout(
+                    target,
+                    server,
+                    size.latency_subscribers,
+                    Some(rate),
+                    size.latency_seconds,
+                    128,
+                )
+                .await?;
+                Ok(Record {
                     scenario: "latency".into(),
-                    ..record?
-                },
-                &mut records,
-            );
+                    ..record
+                })
+            })
+            .await?;
+            keep(record, &mut records);
         }
-
-        let server = Server::start(target, binaries).await?;
-        let record = scenarios::idle(target, &server, size.idle_connections).await;
-        server.stop().await;
-        keep(record?, &mut records);
-
+        let record = on_fresh_server(target, binaries, async |server| {
+            scenarios::idle(target, server, size.idle_connections).await
+        })
+        .await?;
+        keep(record, &mut records);
         if target.runs("churn") {
-            let server = Server::start(target, binaries).await?;
-            let record = scenarios::churn(target, &server, size.churn_subscribers, size.churn_seconds).await;
-            server.stop().await;
-            keep(record?, &mut records);
+            let record = on_fresh_server(target, binaries, async |server| {
+                scenarios::churn(target, server, size.churn_subscribers, size.churn_seconds).await
+            })
+            .await?;
+            keep(record, &mut records);
         }
     }
     Ok(records)
+}
+
+/// Runs one scenario on a fresh server. A peer that fails is given one more
+/// fresh server (Pushpin's services now and then close the first
+/// connections of a run); Herald never is: its failures are findings.
+async fn on_fresh_server(
+    target: Target,
+    binaries: &Binaries,
+    scenario: impl AsyncFn(&Server) -> anyhow::Result<Record>,
+) -> anyhow::Result<Record> {
+    let attempts = if target.is_herald() { 1 } else { 2 };
+    let mut attempt = 1;
+    loop {
+        let server = Server::start(target, binaries).await?;
+        let result = scenario(&server).await;
+        server.stop().await;
+        match result {
+            Err(error) if attempt < attempts => {
+                eprintln!("{}: {error:#}; once more on a fresh server", target.name());
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// The smoke run: every scenario, seconds long, against `targets`; fails on

@@ -110,6 +110,12 @@ pub(crate) fn subscribable_patterns<S: AsRef<str>>(
     if subjects.is_empty() {
         return Err(SessionError::NoSubjects);
     }
+    // Checked before parsing: a request naming thousands of subjects costs
+    // nothing but this comparison.
+    let max = broker.config().max_subscriptions_per_connection;
+    if subjects.len() > max {
+        return Err(SessionError::TooManySubscriptions { max });
+    }
     let mut patterns: Vec<Pattern> = Vec::with_capacity(subjects.len());
     for subject in subjects {
         let subject = subject.as_ref();

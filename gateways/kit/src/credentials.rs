@@ -32,6 +32,15 @@ impl GatewayContext {
     ) -> Result<Arc<dyn Access>, HttpError> {
         Ok(self.auth.authenticate(credential(headers, query))?)
     }
+
+    /// What every transport checks before it subscribes anyone: that the
+    /// server is not shutting down (503), then the credential.
+    pub fn admit(&self, headers: &HeaderMap, query: &QueryParams) -> Result<Arc<dyn Access>, HttpError> {
+        if self.shutdown.is_cancelled() {
+            return Err(HttpError::shutting_down());
+        }
+        self.authenticate(headers, query)
+    }
 }
 
 #[cfg(test)]

@@ -85,10 +85,7 @@ async fn poll(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let context = &gateway.context;
-    if context.shutdown.is_cancelled() {
-        return Err(HttpError::shutting_down());
-    }
-    let access = context.authenticate(&headers, &query)?;
+    let access = context.admit(&headers, &query)?;
     let wait = wait_of(&query, &gateway.config)?;
     let poll = Poll::new(
         &context.broker,

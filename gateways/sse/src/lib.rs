@@ -103,10 +103,7 @@ async fn stream(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let context = &gateway.context;
-    if context.shutdown.is_cancelled() {
-        return Err(HttpError::shutting_down());
-    }
-    let access = context.authenticate(&headers, &query)?;
+    let access = context.admit(&headers, &query)?;
     // The header is newer than the URL: a browser reconnecting keeps the
     // `since` it first opened the stream with.
     let last_event_id = headers

@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use herald_broker::{Encoding, Session};
-use herald_gateway::{GatewayContext, HttpError, QueryParams};
+use herald_gateway::{GatewayContext, QueryParams};
 use serde::Deserialize;
 
 /// Subprotocol selecting MessagePack binary frames.
@@ -123,10 +123,7 @@ async fn upgrade(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if gateway.context.shutdown.is_cancelled() {
-        return HttpError::shutting_down().into_response();
-    }
-    let access = match gateway.context.authenticate(&headers, &query) {
+    let access = match gateway.context.admit(&headers, &query) {
         Ok(access) => access,
         Err(error) => return error.into_response(),
     };
