@@ -22,6 +22,7 @@
 //! long version the test suite runs, asserting correctness, never timings.
 
 pub mod clients;
+pub mod http_subscriber;
 pub mod report;
 pub mod scenarios;
 pub mod servers;

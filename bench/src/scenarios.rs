@@ -317,6 +317,7 @@ pub async fn fanout(
     payload_bytes: usize,
 ) -> anyhow::Result<Record> {
     let connections = subscribers(target, server.address, subscriber_count, SUBJECT).await?;
+    tokio::time::sleep(target.subscription_settle_time()).await;
     let (published_sender, published) = watch::channel(None);
     let receivers: Vec<_> = connections
         .into_iter()

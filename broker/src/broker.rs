@@ -26,16 +26,19 @@
 //! Because publishes are serialised, two watermarks describe the stream
 //! exactly: `last_sequence` (numbered) and `committed_sequence` (recorded
 //! and fanned out). Everything at or below the committed mark is in history
-//! and in every queue it will ever reach, which lets a long poll read an
-//! exact cut without taking the lock (see `poll`).
+//! and in every queue it will ever reach. A subscriber registers in the
+//! router, then reads `last_sequence` as its cut: every later message is
+//! matched with it in place. Neither subscribing nor a long poll (see
+//! `poll`) takes the lock to get an exact cut.
 //!
 //! ## Lock order (the one place it is written down)
 //!
 //! `publish_order` → a channel's ring → a router shard or the wildcard trie
 //! (read) → an outbox. Each is released before the next is taken except
-//! `publish_order`, which spans the rest. Subscribing takes `publish_order`,
-//! then the router (write); it reads rings and fills the outbox after
-//! releasing both. Creating a channel takes a history shard, then the
+//! `publish_order`, which spans the rest. Subscribing takes the router
+//! (write) alone; a resume may then take `publish_order` alone (to wait for
+//! a publish midway), and reads rings and fills the outbox after releasing
+//! it. Creating a channel takes a history shard, then the
 //! subject tree; the history sweep takes a history shard, then rings, then
 //! the subject tree. No path takes them in another order.
 
@@ -278,9 +281,12 @@ impl Broker {
     /// Number, record, match, enqueue, commit; under `publish_order`.
     fn publish_locked(&self, channel: &Channel, payload: Payload) -> Position {
         // Only ever written under `publish_order`; atomic so that readers
-        // (positions, polls) need not take the lock.
+        // (positions, polls) need not take the lock. SeqCst pairs with the
+        // router's wildcard count (see `Router::matches`): a poll's watch,
+        // registered without this lock, must see this store or be seen by
+        // the match below.
         let sequence = self.last_sequence.load(Ordering::Relaxed) + 1;
-        self.last_sequence.store(sequence, Ordering::Release);
+        self.last_sequence.store(sequence, Ordering::SeqCst);
         let position = Position::new(self.epoch, sequence);
         let now = self.clock.now_millis();
         let message = Message::new(channel.subject.clone(), position, now, payload);
@@ -315,29 +321,33 @@ impl Broker {
 
     /// Subscribes `outbox` to `patterns` at one cut in the numbering: every
     /// later message reaches it live, and with `since`, history between
-    /// `since` and the cut is returned to be replayed ahead of them. Holds
-    /// the outbox's live messages back until the caller finishes the
-    /// subscription with [`Outbox::finish_replay`], so the client sees the
-    /// ack and the replay first. This is the one way in for subscribing.
+    /// `since` and the cut is returned to be replayed ahead of them. The
+    /// caller brackets it with `Outbox::begin_subscription` and
+    /// `Outbox::finish_subscription`, which hold the outbox's live messages
+    /// back so the client sees the ack and the replay first. This is the one
+    /// way in for subscribing. It takes the publish-order lock only when a
+    /// resume meets a publish midway, and then only to wait for it.
     pub(crate) fn subscribe(
         &self,
         patterns: &[Pattern],
         outbox: &Arc<Outbox>,
         since: Option<Position>,
     ) -> Resume {
-        outbox.begin_replay();
         for pattern in patterns {
             outbox.add_pattern(pattern);
+            self.router.subscribe(pattern, Subscriber(outbox.clone()));
         }
-        let cut = {
-            // Under the lock no message is between numbering and enqueueing,
-            // so the subscription and the cut agree exactly.
-            let _order = self.lock_publish_order();
-            for pattern in patterns {
-                self.router.subscribe(pattern, Subscriber(outbox.clone()));
-            }
-            self.last_sequence.load(Ordering::Acquire)
-        };
+        // Read after registering: every message numbered later is matched
+        // with the subscription in place (why that holds without the
+        // publish-order lock is in `Router::matches`). Some messages up to
+        // the cut may reach the outbox too; the merge places them after the
+        // ack, and a resume's replay deduplicates them.
+        let cut = self.numbered_sequence();
+        if since.is_some() && self.committed_sequence() < cut {
+            // A publish is midway: let it finish, so that history holds
+            // everything up to the cut before it is read.
+            drop(self.lock_publish_order());
+        }
         let replay = match since {
             Some(since) => self.replay(patterns, Some(since), cut),
             None => Replay::default(),
@@ -401,7 +411,8 @@ impl Broker {
 
     /// The last sequence handed out (numbered, maybe not yet fanned out).
     pub(crate) fn numbered_sequence(&self) -> u64 {
-        self.last_sequence.load(Ordering::Acquire)
+        // SeqCst: see `publish_locked`.
+        self.last_sequence.load(Ordering::SeqCst)
     }
 
     /// The last sequence recorded and fanned out.

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use crate::message::Message;
+use crate::position::Position;
 use crate::protocol::{Gap, Outbound, Reply};
 use crate::subject::Pattern;
 
@@ -187,9 +188,12 @@ struct State {
     owed_gaps: Vec<Gap>,
     /// The connection's subscriptions, to name the pattern in a gap notice.
     patterns: Vec<Pattern>,
-    /// While a resume is being merged into the queue the writer must not
-    /// take live messages ahead of the replayed ones.
-    replays_in_progress: u32,
+    /// While a subscription starts, the writer must not take its live
+    /// messages ahead of its ack (or a resume's replay).
+    subscribing: bool,
+    /// Where the starting subscription's ack waits in `entries` for its
+    /// position.
+    subscription_ack: Option<usize>,
     close_reason: Option<CloseReason>,
 }
 
@@ -205,7 +209,8 @@ impl Outbox {
                 reply_count: 0,
                 owed_gaps: Vec::new(),
                 patterns: Vec::new(),
-                replays_in_progress: 0,
+                subscribing: false,
+                subscription_ack: None,
                 close_reason: None,
             }),
             ready: Notify::new(),
@@ -270,7 +275,7 @@ impl Outbox {
         state.entries.push_back(Outbound::Message(message.clone()));
         state.message_count += 1;
         state.message_bytes += size;
-        let wake = was_empty && state.replays_in_progress == 0;
+        let wake = was_empty && !state.subscribing;
         drop(state);
         if wake {
             self.ready.notify_one();
@@ -286,20 +291,27 @@ impl Outbox {
     /// a client that lets too many pile up is closed instead.
     pub fn push_reply(&self, reply: Reply) {
         let mut state = self.lock();
-        if state.close_reason.is_some() {
-            return;
-        }
-        if state.reply_count >= self.limits.max_replies {
-            self.close_locked(&mut state, CloseReason::ReplyBacklog);
-        } else {
-            state.entries.push_back(Outbound::Reply(Box::new(reply)));
-            state.reply_count += 1;
-        }
-        let wake = state.replays_in_progress == 0;
+        self.push_reply_locked(&mut state, reply);
+        let wake = !state.subscribing;
         drop(state);
         if wake {
             self.ready.notify_one();
         }
+    }
+
+    /// Queues a reply, or closes the connection past the reply limit;
+    /// returns where the reply sits in the queue.
+    fn push_reply_locked(&self, state: &mut State, reply: Reply) -> Option<usize> {
+        if state.close_reason.is_some() {
+            return None;
+        }
+        if state.reply_count >= self.limits.max_replies {
+            self.close_locked(state, CloseReason::ReplyBacklog);
+            return None;
+        }
+        state.entries.push_back(Outbound::Reply(Box::new(reply)));
+        state.reply_count += 1;
+        Some(state.entries.len() - 1)
     }
 
     /// Closes the connection: whatever is queued is discarded and the client
@@ -315,6 +327,7 @@ impl Outbox {
 
     fn close_locked(&self, state: &mut State, reason: CloseReason) {
         state.entries.clear();
+        state.subscription_ack = None;
         state.owed_gaps.clear();
         state.message_count = 0;
         state.message_bytes = 0;
@@ -352,7 +365,7 @@ impl Outbox {
     /// Takes what is ready without waiting; `None` when there is nothing.
     pub fn try_take_batch(&self, batch: &mut VecDeque<Outbound>) -> Option<Result<(), CloseReason>> {
         let mut state = self.lock();
-        let held_for_replay = state.replays_in_progress > 0 && state.close_reason.is_none();
+        let held_for_replay = state.subscribing && state.close_reason.is_none();
         if !held_for_replay && (!state.entries.is_empty() || !state.owed_gaps.is_empty()) {
             batch.clear();
             std::mem::swap(&mut state.entries, batch);
@@ -378,33 +391,53 @@ impl Outbox {
         self.lock().patterns.retain(|p| p != pattern);
     }
 
-    /// Holds live messages back until [`Outbox::finish_replay`].
-    pub(crate) fn begin_replay(&self) {
-        self.lock().replays_in_progress += 1;
+    /// Starts a subscription: the writer is held back until
+    /// [`Outbox::finish_subscription`], and the subscription's `ack` (its
+    /// position not yet known) is queued now, ahead of every message the
+    /// subscription will bring.
+    pub(crate) fn begin_subscription(&self, ack: Option<Reply>) {
+        let mut state = self.lock();
+        state.subscribing = true;
+        state.subscription_ack = ack.and_then(|ack| self.push_reply_locked(&mut state, ack));
     }
 
-    /// Merges a subscription's start into the queue: `ack`, then its gaps,
-    /// then the replayed messages together with the live messages for
-    /// `patterns` that arrived meanwhile, in position order, each once.
+    /// Finishes a subscription: the ack gets its `position`, and a resume's
+    /// gaps and replayed messages are merged with the live messages for
+    /// `patterns` that arrived meanwhile: ack, gaps, then messages in
+    /// position order, each once.
     ///
     /// Position order, not "replay, then live": history is read one subject
     /// at a time, so a live message of a subject read early can be older
     /// than a replayed message of a subject read late. A client resumes from
     /// the last position it saw, which is only safe if it saw them in order.
-    pub(crate) fn finish_replay(
+    /// Without a replay nothing moves: the ack already precedes everything
+    /// the subscription brought, so starting one costs O(1) however full the
+    /// queue.
+    pub(crate) fn finish_subscription(
         &self,
         patterns: &[Pattern],
-        ack: Option<Reply>,
+        position: Position,
         gaps: Vec<Gap>,
         replay: Vec<Message>,
     ) {
         let mut state = self.lock();
-        state.replays_in_progress -= 1;
+        state.subscribing = false;
+        let ack_index = state.subscription_ack.take();
         if state.close_reason.is_none() {
-            state.reply_count += usize::from(ack.is_some());
-            state.merge_replay(patterns, ack, gaps, replay);
+            if let Some(Outbound::Reply(reply)) = ack_index.and_then(|index| state.entries.get_mut(index)) {
+                if let Reply::Ack { position: slot, .. } = &mut **reply {
+                    *slot = Some(position);
+                }
+            }
+            if !gaps.is_empty() || !replay.is_empty() {
+                let ack = match ack_index.and_then(|index| state.entries.remove(index)) {
+                    Some(Outbound::Reply(reply)) => Some(*reply),
+                    _ => None,
+                };
+                state.merge_replay(patterns, ack, gaps, replay);
+            }
         }
-        let wake = state.replays_in_progress == 0 && !state.entries.is_empty();
+        let wake = !state.entries.is_empty();
         drop(state);
         if wake {
             self.ready.notify_one();
@@ -422,6 +455,11 @@ impl State {
         let Some(Outbound::Message(message)) = self.entries.remove(index) else {
             unreachable!("index points at a message")
         };
+        if let Some(ack_index) = &mut self.subscription_ack {
+            if index < *ack_index {
+                *ack_index -= 1;
+            }
+        }
         self.message_count -= 1;
         self.message_bytes -= message.size();
         self.owe_gap_for(&message);

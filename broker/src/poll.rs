@@ -6,13 +6,13 @@
 //! reads an exact cut through the broker's committed watermark: everything
 //! at or below it is in history. When nothing is there yet, a [`Watch`]
 //! registers a small queue in the router for the poll's patterns and waits
-//! for the first message. What makes that lossless without the lock:
-//! publishes are serialised, so once the watch is registered, every message
-//! numbered later is matched later and reaches its queue, and every message
-//! numbered earlier is in history as soon as it is committed. The watch
-//! reads history up to the last number handed out at registration (waiting,
-//! if a publish is midway, for it to commit) and takes everything after that
-//! from its queue.
+//! for the first message. What makes that lossless without the lock: once
+//! the watch is registered, every message numbered later is matched with it
+//! in place and reaches its queue (as for any subscription), and every
+//! message numbered earlier is in history as soon as it is committed. The
+//! watch reads history up to the last number handed out at registration
+//! (waiting, if a publish is midway, for it to commit) and takes everything
+//! after that from its queue.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -104,7 +104,8 @@ impl Poll {
                 .router()
                 .subscribe(pattern, Subscriber(outbox.clone()));
         }
-        // Read after registering: anything numbered later reaches the queue.
+        // Read after registering: anything numbered later is matched with
+        // this queue in place, as for any subscription (`Broker::subscribe`).
         let live_after = self.broker.numbered_sequence();
         Watch {
             broker: self.broker,

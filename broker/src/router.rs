@@ -13,9 +13,7 @@
 //! change (copy-on-write). A match therefore holds an index lock only while
 //! it clones the few `Arc`s that match; the fan-out that follows holds no
 //! lock of the router's. (It does run under the broker's publish-order lock,
-//! and so do subscribes, which need an exact cut in the numbering: a
-//! subscribe waits for at most one fan-out, and a fan-out for at most one
-//! list copy. See `broker.rs`.) A change copies one list, which is
+//! which subscribing does not take.) A change copies one list, which is
 //! O(subscribers of that one pattern).
 //!
 //! Lock order: a trie or shard lock is never held while taking another lock.
@@ -158,12 +156,16 @@ impl<S: Clone + Eq + Hash> Router<S> {
                 found.push(list.clone());
             }
         }
-        // Relaxed: subscribes and publishes are ordered by the broker's
-        // publish-order lock, not by this counter; a long poll's watch, which
-        // subscribes without that lock, only needs to be seen by publishes
-        // numbered after it registered, and the lock release/acquire between
-        // them orders that.
-        if self.wildcard_count.load(Ordering::Relaxed) > 0 {
+        // SeqCst, paired with the increment in `count_wildcard`: a
+        // subscriber (a session, a poll's watch) registers without the
+        // publish-order lock and then reads the broker's last sequence as
+        // its cut; a publisher stores its sequence and then reads this
+        // count. With all four SeqCst, either this load sees the new
+        // wildcard subscription or the subscriber's cut includes this
+        // message (which it then takes from history, or not at all). Exact
+        // subscriptions need no such care: the shard's lock orders them. A
+        // SeqCst load costs what a plain one does on x86.
+        if self.wildcard_count.load(Ordering::SeqCst) > 0 {
             let tokens: SmallVec<[&str; 16]> = subject.split(TOKEN_SEPARATOR).collect();
             collect_matches(&read(&self.wildcards), &tokens, &mut found);
         }
@@ -193,7 +195,8 @@ impl<S: Clone + Eq + Hash> Router<S> {
 
     fn count_wildcard(&self, added: bool) -> bool {
         if added {
-            self.wildcard_count.fetch_add(1, Ordering::Relaxed);
+            // SeqCst: see `matches`.
+            self.wildcard_count.fetch_add(1, Ordering::SeqCst);
         }
         added
     }

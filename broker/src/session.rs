@@ -246,17 +246,16 @@ impl Session {
         if self.patterns.len() + new_patterns.len() > max {
             return Err(SessionError::TooManySubscriptions { max });
         }
+        let ack = match ack {
+            Acknowledge::Never => None,
+            Acknowledge::Always { id } => Some(Reply::Ack { id, position: None }),
+        };
+        self.outbox.begin_subscription(ack);
         let resume = self.broker.subscribe(&patterns, &self.outbox, since);
         let position = since.unwrap_or(resume.cut);
         let Replay { gaps, messages } = self.bounded_replay(&patterns, resume.replay);
-        let ack = match ack {
-            Acknowledge::Never => None,
-            Acknowledge::Always { id } => Some(Reply::Ack {
-                id,
-                position: Some(position),
-            }),
-        };
-        self.outbox.finish_replay(&patterns, ack, gaps, messages);
+        self.outbox
+            .finish_subscription(&patterns, position, gaps, messages);
         self.patterns.extend(new_patterns);
         Ok(position)
     }
