@@ -133,20 +133,20 @@ fn churn_never_costs_stable_subscribers_a_message() {
     }
 }
 
-#[test]
-fn resuming_while_publishing_loses_nothing_and_repeats_nothing() {
+/// Reconnects again and again while the publishers run, each time resuming
+/// `patterns` from the last position seen, reading a little in between;
+/// returns everything received.
+fn resume_repeatedly_while_publishing(patterns: &[&str]) -> Vec<(u64, u64, Position)> {
     let (broker, _clock) = common::broker(roomy());
     let publishers = spawn_publishers(&broker);
     let mut received = Vec::new();
     // Position 0 of this epoch: "from the very beginning".
     let mut last = Position::new(common::EPOCH, 0);
     let mut batch = VecDeque::new();
-    // Reconnect again and again while the publishers run, each time resuming
-    // from the last position seen, reading a little in between.
     while publishers.iter().any(|p| !p.is_finished()) || last < broker.last_position() {
         let mut session = common::session(&broker);
         session
-            .subscribe(&["load.*"], Some(&last.token().to_string()), Acknowledge::Never)
+            .subscribe(patterns, Some(&last.token().to_string()), Acknowledge::Never)
             .unwrap();
         for _ in 0..3 {
             if let Some(Ok(())) = session.outbox().try_take_batch(&mut batch) {
@@ -154,7 +154,12 @@ fn resuming_while_publishing_loses_nothing_and_repeats_nothing() {
                     !batch.iter().any(|e| matches!(e, Outbound::Gap(_))),
                     "history covers every resume here"
                 );
-                received.extend(messages(&batch));
+                let got: Vec<_> = messages(&batch).collect();
+                assert!(
+                    got.windows(2).all(|w| w[0].2 < w[1].2),
+                    "one stream, position order"
+                );
+                received.extend(got);
                 last = received.last().map_or(last, |r| r.2);
             }
             thread::yield_now();
@@ -163,6 +168,19 @@ fn resuming_while_publishing_loses_nothing_and_repeats_nothing() {
     for publisher in publishers {
         publisher.join().unwrap();
     }
+    received
+}
+
+#[test]
+fn resuming_while_publishing_loses_nothing_and_repeats_nothing() {
+    assert_complete_and_ordered(&resume_repeatedly_while_publishing(&["load.*"]));
+}
+
+#[test]
+fn resuming_several_patterns_with_one_token_loses_nothing_and_repeats_nothing() {
+    // One stream over several patterns resumed with one token, as an SSE
+    // stream is: one cut for all of them keeps the stream in position order.
+    let received = resume_repeatedly_while_publishing(&["load.0", "load.1", "load.*"]);
     assert_complete_and_ordered(&received);
 }
 
@@ -214,40 +232,6 @@ fn delivered_plus_reported_gaps_equals_published() {
     assert_eq!(delivered + gaps, PUBLISHERS as u64 * PER_PUBLISHER);
     assert_eq!(broker.metrics().dropped, gaps);
     drop(session);
-}
-
-#[test]
-fn resuming_several_patterns_with_one_token_loses_nothing_and_repeats_nothing() {
-    // One stream over several patterns resumed with one token, as an SSE
-    // stream is: one cut for all of them keeps the stream in position order.
-    let (broker, _clock) = common::broker(roomy());
-    let publishers = spawn_publishers(&broker);
-    let patterns = ["load.0", "load.1", "load.*"];
-    let mut received = Vec::new();
-    let mut last = Position::new(common::EPOCH, 0);
-    let mut batch = VecDeque::new();
-    while publishers.iter().any(|p| !p.is_finished()) || last < broker.last_position() {
-        let mut session = common::session(&broker);
-        session
-            .subscribe(&patterns, Some(&last.token().to_string()), Acknowledge::Never)
-            .unwrap();
-        for _ in 0..3 {
-            if let Some(Ok(())) = session.outbox().try_take_batch(&mut batch) {
-                let got: Vec<_> = messages(&batch).collect();
-                assert!(
-                    got.windows(2).all(|w| w[0].2 < w[1].2),
-                    "one stream, position order"
-                );
-                received.extend(got);
-                last = received.last().map_or(last, |r| r.2);
-            }
-            thread::yield_now();
-        }
-    }
-    for publisher in publishers {
-        publisher.join().unwrap();
-    }
-    assert_complete_and_ordered(&received);
 }
 
 #[test]
