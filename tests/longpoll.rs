@@ -27,6 +27,18 @@ async fn poll(http: &reqwest::Client, server: &Server, query: &str) -> (u16, Val
     (status, response.json().await.unwrap())
 }
 
+/// Returns once a poll is waiting on the server (its watch counts as a
+/// subscription); fails the test, rather than hanging it, if none does.
+async fn waiting_poll_registered(server: &Server) {
+    tokio::time::timeout(support::PATIENCE, async {
+        while server.broker.metrics().subscriptions == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the poll waits on the server");
+}
+
 fn data_of(body: &Value) -> Vec<Value> {
     body["events"]
         .as_array()
@@ -70,9 +82,7 @@ async fn a_poll_waits_for_the_next_message_and_answers_with_it() {
         tokio::spawn(async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() })
     };
     // The poll is registered when the broker counts its subscription.
-    while server.broker.metrics().subscriptions == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    waiting_poll_registered(&server).await;
     support::publish(&server, "other", json!("not this")).await;
     let pos = support::publish(&server, "chat.room", json!({"text": "hi"})).await;
     let body = tokio::time::timeout(support::PATIENCE, waiting)
@@ -231,9 +241,7 @@ async fn a_waiting_poll_is_answered_at_once_on_shutdown() {
         let url = server.url("/poll?subject=any.>&wait=60");
         tokio::spawn(async move { reqwest::get(url).await.unwrap() })
     };
-    while server.broker.metrics().subscriptions == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    waiting_poll_registered(&server).await;
     server.shutdown().await;
     let response = tokio::time::timeout(support::PATIENCE, waiting)
         .await
