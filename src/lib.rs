@@ -71,30 +71,31 @@ impl Herald {
     fn router(&self) -> Router {
         #[allow(unused_mut)] // with no gateway compiled in, nothing is merged
         let mut app = Router::new();
-        let context = &self.context;
         #[cfg(feature = "http")]
         {
-            app = app.merge(herald_http::router(context.clone(), self.config.http.clone()));
+            app = app.merge(herald_http::router(
+                self.context.clone(),
+                self.config.http.clone(),
+            ));
         }
         #[cfg(feature = "websocket")]
         if self.config.websocket.enabled {
             app = app.merge(herald_websocket::router(
-                context.clone(),
+                self.context.clone(),
                 self.config.websocket.clone(),
             ));
         }
         #[cfg(feature = "sse")]
         if self.config.sse.enabled {
-            app = app.merge(herald_sse::router(context.clone(), self.config.sse.clone()));
+            app = app.merge(herald_sse::router(self.context.clone(), self.config.sse.clone()));
         }
         #[cfg(feature = "longpoll")]
         if self.config.longpoll.enabled {
             app = app.merge(herald_longpoll::router(
-                context.clone(),
+                self.context.clone(),
                 self.config.longpoll.clone(),
             ));
         }
-        let _ = context;
         match cors_layer(&self.config.server.cors_origins) {
             Some(cors) => app.layer(cors),
             None => app,

@@ -321,11 +321,12 @@ impl Broker {
 
     /// Subscribes `outbox` to `patterns` at one cut in the numbering: every
     /// later message reaches it live, and with `since`, history between
-    /// `since` and the cut is returned to be replayed ahead of them. The
-    /// caller brackets it with `Outbox::begin_subscription` and
+    /// `since` and the cut is returned to be replayed ahead of them. A
+    /// session brackets it with `Outbox::begin_subscription` and
     /// `Outbox::finish_subscription`, which hold the outbox's live messages
-    /// back so the client sees the ack and the replay first. This is the one
-    /// way in for subscribing. It takes the publish-order lock only when a
+    /// back so the client sees the ack and the replay first; a poll's watch
+    /// needs no bracket, it only takes what comes after the cut. This is the
+    /// one way in for subscribing. It takes the publish-order lock only when a
     /// resume meets a publish midway, and then only to wait for it.
     pub(crate) fn subscribe(
         &self,
@@ -418,10 +419,6 @@ impl Broker {
     /// The last sequence recorded and fanned out.
     pub(crate) fn committed_sequence(&self) -> u64 {
         self.committed_sequence.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn router(&self) -> &Router<Subscriber> {
-        &self.router
     }
 
     pub(crate) fn next_session_id(&self) -> u64 {

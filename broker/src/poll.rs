@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::auth::Access;
 use crate::broker::{Broker, Replay};
 use crate::message::Message;
-use crate::outbox::{Outbox, OverflowPolicy, QueueLimits, Subscriber};
+use crate::outbox::{Outbox, OverflowPolicy, QueueLimits};
 use crate::position::Position;
 use crate::protocol::{Gap, Outbound};
 use crate::session::{subscribable_patterns, SessionError};
@@ -98,15 +98,9 @@ impl Poll {
             ..limits
         };
         let outbox = Arc::new(Outbox::new(queue, OverflowPolicy::DropOldest));
-        for pattern in &self.patterns {
-            outbox.add_pattern(pattern);
-            self.broker
-                .router()
-                .subscribe(pattern, Subscriber(outbox.clone()));
-        }
-        // Read after registering: anything numbered later is matched with
-        // this queue in place, as for any subscription (`Broker::subscribe`).
-        let live_after = self.broker.numbered_sequence();
+        // The one subscribe door, without `since`: it reads no history and
+        // takes no lock; anything numbered after the cut reaches the queue.
+        let live_after = self.broker.subscribe(&self.patterns, &outbox, None).cut.sequence;
         Watch {
             broker: self.broker,
             patterns: self.patterns,
@@ -218,9 +212,8 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let subscriber = Subscriber(self.outbox.clone());
         for pattern in &self.patterns {
-            self.broker.router().unsubscribe(pattern, &subscriber);
+            self.broker.unsubscribe(pattern, &self.outbox);
         }
     }
 }
