@@ -174,6 +174,9 @@ pub struct Outbox {
     state: Mutex<State>,
     /// Wakes the writer when the queue goes from empty to not empty.
     ready: Notify,
+    /// Wakes a reader waiting in [`Outbox::reply_room`] once the writer has
+    /// taken the queued replies.
+    replies_taken: Notify,
     /// Set once closed; lets publishers skip the mutex for dead connections.
     closed: AtomicBool,
 }
@@ -214,6 +217,7 @@ impl Outbox {
                 close_reason: None,
             }),
             ready: Notify::new(),
+            replies_taken: Notify::new(),
             closed: AtomicBool::new(false),
         }
     }
@@ -299,6 +303,28 @@ impl Outbox {
         }
     }
 
+    /// Waits until one more reply fits under the reply limit (or the
+    /// connection is closed). A transport's reader calls it before reading
+    /// the next command, so a client that pipelines hundreds of commands is
+    /// slowed to the pace at which it reads the answers instead of being
+    /// closed for a backlog it did not cause: each command queues at most
+    /// one reply.
+    pub async fn reply_room(&self) {
+        loop {
+            let taken = self.replies_taken.notified();
+            tokio::pin!(taken);
+            // Registered before checking, so a take in between is not missed.
+            taken.as_mut().enable();
+            {
+                let state = self.lock();
+                if state.reply_count < self.limits.max_replies || state.close_reason.is_some() {
+                    return;
+                }
+            }
+            taken.await;
+        }
+    }
+
     /// Queues a reply, or closes the connection past the reply limit;
     /// returns where the reply sits in the queue.
     fn push_reply_locked(&self, state: &mut State, reply: Reply) -> Option<usize> {
@@ -339,6 +365,7 @@ impl Outbox {
         })));
         state.close_reason = Some(reason);
         self.closed.store(true, Ordering::Relaxed);
+        self.replies_taken.notify_waiters();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -374,7 +401,11 @@ impl Outbox {
             }
             state.message_count = 0;
             state.message_bytes = 0;
-            state.reply_count = 0;
+            let replies_were_queued = std::mem::take(&mut state.reply_count) > 0;
+            drop(state);
+            if replies_were_queued {
+                self.replies_taken.notify_waiters();
+            }
             return Some(Ok(()));
         }
         state.close_reason.clone().map(Err)

@@ -5,6 +5,7 @@ mod common;
 
 use herald_broker::{Acknowledge, BrokerConfig, CloseReason, OverflowPolicy, QueueLimits, ServerEvent};
 use serde_json::json;
+use std::time::Duration;
 
 fn config(policy: OverflowPolicy, max_messages: usize, max_bytes: usize) -> BrokerConfig {
     BrokerConfig {
@@ -120,6 +121,30 @@ fn replies_pile_up_only_so_far() {
     assert_eq!(session.outbox().close_reason(), Some(CloseReason::ReplyBacklog));
     let events = common::received_json(&session);
     assert!(matches!(&events[..], [ServerEvent::Err { code, .. }] if code == "reply_backlog"));
+}
+
+#[tokio::test]
+async fn a_reader_waits_for_reply_room_until_the_writer_takes_the_replies() {
+    let (broker, _clock) = common::broker(config(OverflowPolicy::DropOldest, 10, 1 << 20));
+    let mut session = common::session(&broker);
+    for _ in 0..7 {
+        session.handle(herald_broker::Command::Ping { id: Some(1) });
+    }
+    // Seven of eight: room for one more.
+    tokio::time::timeout(Duration::from_millis(100), session.outbox().reply_room())
+        .await
+        .expect("room while under the limit");
+    session.handle(herald_broker::Command::Ping { id: Some(1) });
+    let outbox = session.outbox().clone();
+    let waiting = tokio::spawn(async move { outbox.reply_room().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "no room while eight replies are unread");
+    assert_eq!(common::received_json(&session).len(), 8);
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the take makes room")
+        .unwrap();
+    assert_eq!(session.outbox().close_reason(), None);
 }
 
 #[tokio::test]

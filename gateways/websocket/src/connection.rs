@@ -69,6 +69,9 @@ async fn read_frames(
 ) -> ReadEnd {
     let mut limiter = CommandRateLimiter::new(config.max_commands_per_second);
     loop {
+        // Backpressure: a client pipelining commands waits while its answers
+        // are unread, and the write timeout judges a client that never reads.
+        session.outbox().reply_room().await;
         let frame = match timeout(config.idle_timeout, stream.next()).await {
             Err(_elapsed) => {
                 session.outbox().close(CloseReason::IdleTimeout);
