@@ -52,7 +52,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::history::{Channel, History, HistoryError, HistoryLimits, Sequences};
 use crate::message::{Message, Payload, PayloadError};
 use crate::outbox::{Offer, Outbox, OverflowPolicy, QueueLimits, Subscriber};
-use crate::position::Position;
+use crate::position::{InvalidToken, Position};
 use crate::protocol::Gap;
 use crate::router::{Matches, Router};
 use crate::subject::{validate_subject, Pattern, SubjectError, SubjectLimits};
@@ -408,6 +408,22 @@ impl Broker {
             replay.messages.dedup_by_key(|message| message.sequence());
         }
         replay
+    }
+
+    /// The position a client's `since` token names, if resuming from it is
+    /// possible: readable, and not past the last position this server
+    /// handed out (a token from another epoch is fine: its numbering
+    /// restarted, and the resume reports the gap).
+    pub fn resume_point(&self, token: &str) -> Result<Position, InvalidToken> {
+        let since = Position::from_token(token)?;
+        let last = self.numbered_sequence();
+        if since.epoch == self.epoch && since.sequence > last {
+            return Err(InvalidToken::Ahead {
+                token: token.to_owned(),
+                last: Position::new(self.epoch, last).token().as_str().to_owned(),
+            });
+        }
+        Ok(since)
     }
 
     /// The last sequence handed out (numbered, maybe not yet fanned out).

@@ -65,7 +65,7 @@ impl Poll {
     ) -> Result<Poll, SessionError> {
         let patterns = subscribable_patterns(broker, access, subjects)?;
         let cursor = match cursor {
-            Some(token) => Position::from_token(token)?,
+            Some(token) => broker.resume_point(token)?,
             None => broker.last_position(),
         };
         Ok(Poll {

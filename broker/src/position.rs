@@ -29,11 +29,15 @@ pub struct Position {
     pub sequence: u64,
 }
 
-/// A resume token that could not be read.
+/// A resume token that cannot be resumed from.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("resume token {token:?} is not one this server issued")]
-pub struct InvalidToken {
-    pub token: String,
+pub enum InvalidToken {
+    #[error("resume token {token:?} is not one this server issued")]
+    Unreadable { token: String },
+    /// Well-formed, of this server's numbering, but past its last
+    /// position: resuming there would silently skip what comes next.
+    #[error("resume token {token:?} is ahead of this server's stream (last position {last})")]
+    Ahead { token: String, last: String },
 }
 
 impl Position {
@@ -56,7 +60,7 @@ impl Position {
 
     /// Reads a token produced by [`Position::token`].
     pub fn from_token(token: &str) -> Result<Position, InvalidToken> {
-        let invalid = || InvalidToken {
+        let invalid = || InvalidToken::Unreadable {
             token: token.chars().take(64).collect(),
         };
         if token.len() != TOKEN_LENGTH {

@@ -236,7 +236,7 @@ impl Session {
         ack: Acknowledge,
     ) -> Result<Position, SessionError> {
         let patterns = subscribable_patterns(&self.broker, &*self.access, subjects)?;
-        let since = since.map(Position::from_token).transpose()?;
+        let since = since.map(|token| self.broker.resume_point(token)).transpose()?;
         let new_patterns: Vec<Pattern> = patterns
             .iter()
             .filter(|pattern| !self.patterns.contains(pattern))
@@ -374,7 +374,7 @@ impl Session {
                 subject: subject.to_owned(),
             });
         }
-        let since = since.map(Position::from_token).transpose()?;
+        let since = since.map(|token| self.broker.resume_point(token)).transpose()?;
         let max = self.broker.config().max_history_page;
         let limit = limit.unwrap_or(max).min(max);
         let Replay { gaps, mut messages } = self.broker.replay(

@@ -269,3 +269,28 @@ fn a_batch_is_published_whole_or_not_at_all() {
     );
     assert_eq!(common::data_of(&common::received_json(&watcher)).len(), 3);
 }
+
+#[test]
+fn a_position_past_the_end_of_the_stream_is_refused_everywhere() {
+    let (broker, _clock) = common::broker(BrokerConfig::default());
+    let last = broker.publish("room.a", common::json("0")).unwrap();
+    let ahead = herald_broker::Position::new(last.epoch, last.sequence + 1);
+    let token = ahead.token();
+    let mut session = common::session(&broker);
+    let refused = session.subscribe(&["room.*"], Some(token.as_str()), Acknowledge::Never);
+    assert!(
+        matches!(&refused, Err(SessionError::Token(herald_broker::InvalidToken::Ahead { .. }))),
+        "{refused:?}"
+    );
+    assert_eq!(refused.unwrap_err().code(), "invalid_token");
+    assert!(session.history("room.*", Some(token.as_str()), None).is_err());
+    let access = herald_broker::AllowAll;
+    assert!(herald_broker::Poll::new(&broker, &access, &["room.*"], Some(token.as_str())).is_err());
+    // The last position itself, and one of another epoch, are fine.
+    let other_epoch = herald_broker::Position::new(last.epoch.wrapping_add(1), 99).token();
+    for fine in [last.token(), other_epoch] {
+        session
+            .subscribe(&["room.*"], Some(fine.as_str()), Acknowledge::Never)
+            .unwrap();
+    }
+}
