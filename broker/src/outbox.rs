@@ -80,6 +80,11 @@ pub enum CloseReason {
     FrameTooLarge { max: usize },
     /// The gateway closed the connection for breaking the protocol.
     ProtocolViolation(String),
+    /// The transport's own framing was broken (a WebSocket frame with
+    /// reserved bits or opcodes set, or unmasked from a client).
+    InvalidFrame(String),
+    /// A text frame was not valid UTF-8.
+    InvalidUtf8,
 }
 
 impl CloseReason {
@@ -93,6 +98,8 @@ impl CloseReason {
             CloseReason::StreamExpired => "stream_expired",
             CloseReason::FrameTooLarge { .. } => "frame_too_large",
             CloseReason::ProtocolViolation(_) => "protocol_violation",
+            CloseReason::InvalidFrame(_) => "invalid_frame",
+            CloseReason::InvalidUtf8 => "invalid_utf8",
         }
     }
 }
@@ -118,6 +125,8 @@ impl fmt::Display for CloseReason {
                 )
             }
             CloseReason::ProtocolViolation(why) => write!(f, "protocol violation: {why}"),
+            CloseReason::InvalidFrame(why) => write!(f, "invalid frame: {why}"),
+            CloseReason::InvalidUtf8 => f.write_str("a text frame was not valid UTF-8"),
         }
     }
 }
@@ -191,6 +200,9 @@ struct State {
     owed_gaps: Vec<Gap>,
     /// The connection's subscriptions, to name the pattern in a gap notice.
     patterns: Vec<Pattern>,
+    /// The transport queued an answer of its own (a WebSocket pong) that the
+    /// writer must flush even if nothing else is queued.
+    flush_owed: bool,
     /// While a subscription starts, the writer must not take its live
     /// messages ahead of its ack (or a resume's replay).
     subscribing: bool,
@@ -211,6 +223,7 @@ impl Outbox {
                 message_bytes: 0,
                 reply_count: 0,
                 owed_gaps: Vec::new(),
+                flush_owed: false,
                 patterns: Vec::new(),
                 subscribing: false,
                 subscription_ack: None,
@@ -325,6 +338,26 @@ impl Outbox {
         }
     }
 
+    /// Counts an answer the transport queued itself, outside this queue (a
+    /// WebSocket library answers each ping with a pong in its own buffer): it
+    /// counts as a reply, so [`Outbox::reply_room`] applies backpressure to
+    /// a client that pings without reading, and the writer is woken to
+    /// flush it out.
+    pub fn push_transport_reply(&self) {
+        let mut state = self.lock();
+        if state.close_reason.is_some() {
+            return;
+        }
+        if state.reply_count >= self.limits.max_replies {
+            self.close_locked(&mut state, CloseReason::ReplyBacklog);
+        } else {
+            state.reply_count += 1;
+            state.flush_owed = true;
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
     /// Queues a reply, or closes the connection past the reply limit;
     /// returns where the reply sits in the queue.
     fn push_reply_locked(&self, state: &mut State, reply: Reply) -> Option<usize> {
@@ -393,7 +426,9 @@ impl Outbox {
     pub fn try_take_batch(&self, batch: &mut VecDeque<Outbound>) -> Option<Result<(), CloseReason>> {
         let mut state = self.lock();
         let held_for_replay = state.subscribing && state.close_reason.is_none();
-        if !held_for_replay && (!state.entries.is_empty() || !state.owed_gaps.is_empty()) {
+        if !held_for_replay && (!state.entries.is_empty() || !state.owed_gaps.is_empty() || state.flush_owed)
+        {
+            state.flush_owed = false;
             batch.clear();
             std::mem::swap(&mut state.entries, batch);
             for gap in state.owed_gaps.drain(..).rev() {

@@ -279,7 +279,10 @@ fn a_position_past_the_end_of_the_stream_is_refused_everywhere() {
     let mut session = common::session(&broker);
     let refused = session.subscribe(&["room.*"], Some(token.as_str()), Acknowledge::Never);
     assert!(
-        matches!(&refused, Err(SessionError::Token(herald_broker::InvalidToken::Ahead { .. }))),
+        matches!(
+            &refused,
+            Err(SessionError::Token(herald_broker::InvalidToken::Ahead { .. }))
+        ),
         "{refused:?}"
     );
     assert_eq!(refused.unwrap_err().code(), "invalid_token");

@@ -26,7 +26,7 @@ pub enum DisconnectReason {
 }
 
 /// Every code a [`DisconnectReason`] can have, in counter order.
-pub const DISCONNECT_CODES: [&str; 12] = [
+pub const DISCONNECT_CODES: [&str; 14] = [
     "slow_consumer",
     "reply_backlog",
     "shutdown",
@@ -34,6 +34,8 @@ pub const DISCONNECT_CODES: [&str; 12] = [
     "stream_expired",
     "frame_too_large",
     "protocol_violation",
+    "invalid_frame",
+    "invalid_utf8",
     "client_closed",
     "read_error",
     "write_error",
@@ -116,6 +118,8 @@ mod tests {
             DisconnectReason::Closed(CloseReason::StreamExpired),
             DisconnectReason::Closed(CloseReason::FrameTooLarge { max: 1 }),
             DisconnectReason::Closed(CloseReason::ProtocolViolation("flood".into())),
+            DisconnectReason::Closed(CloseReason::InvalidFrame("reserved bits".into())),
+            DisconnectReason::Closed(CloseReason::InvalidUtf8),
             DisconnectReason::ClientClosed,
             DisconnectReason::ReadError,
             DisconnectReason::WriteError,

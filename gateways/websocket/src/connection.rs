@@ -47,7 +47,7 @@ pub(crate) async fn serve(
         max_duration: None,
     };
     let session_id = session.id();
-    let reader = read_frames(stream, &mut session, encoding, config);
+    let reader = read_frames(stream, &mut session, config);
     let writing = drive(&mut writer, &outbox, encoding, &writer_config, &gateway.context);
     tokio::pin!(reader, writing);
     let reason = tokio::select! {
@@ -64,7 +64,6 @@ pub(crate) async fn serve(
 async fn read_frames(
     mut stream: SplitStream<WebSocket>,
     session: &mut Session,
-    encoding: Encoding,
     config: &crate::WebSocketConfig,
 ) -> ReadEnd {
     let mut limiter = CommandRateLimiter::new(config.max_commands_per_second);
@@ -78,28 +77,38 @@ async fn read_frames(
                 return ReadEnd::Closing;
             }
             Ok(None) => return ReadEnd::Gone(DisconnectReason::ClientClosed),
-            Ok(Some(Err(error))) => {
-                if !is_frame_too_large(error) {
-                    return ReadEnd::Gone(DisconnectReason::ReadError);
+            Ok(Some(Err(error))) => match close_reason_for(error, config) {
+                Some(reason) => {
+                    session.outbox().close(reason);
+                    return ReadEnd::Closing;
                 }
-                session.outbox().close(CloseReason::FrameTooLarge {
-                    max: config.hard_frame_limit_bytes,
-                });
-                return ReadEnd::Closing;
-            }
+                None => return ReadEnd::Gone(DisconnectReason::ReadError),
+            },
             Ok(Some(Ok(frame))) => frame,
         };
-        let data = match frame {
-            Message::Text(text) => Bytes::from(text),
-            Message::Binary(binary) => binary,
-            Message::Ping(_) | Message::Pong(_) => continue,
-            Message::Close(_) => return ReadEnd::Gone(DisconnectReason::ClientClosed),
-        };
+        if let Message::Close(_) = frame {
+            return ReadEnd::Gone(DisconnectReason::ClientClosed);
+        }
+        // Control frames count too: each ping costs the server a pong.
         if let Err(reason) = limiter.admit() {
             session.outbox().close(reason);
             return ReadEnd::Closing;
         }
-        handle_frame(session, encoding, data, config.max_frame_bytes);
+        // The frame's type says how its command is encoded, whatever the
+        // connection's event encoding.
+        let (data, command_encoding) = match frame {
+            Message::Text(text) => (Bytes::from(text), Encoding::Json),
+            Message::Binary(binary) => (binary, Encoding::MsgPack),
+            Message::Ping(_) => {
+                // The WebSocket library queued the pong in its own buffer;
+                // counting it as a reply bounds that buffer (backpressure
+                // above) and has the writer flush it.
+                session.outbox().push_transport_reply();
+                continue;
+            }
+            Message::Pong(_) | Message::Close(_) => continue,
+        };
+        handle_frame(session, command_encoding, data, config.max_frame_bytes);
         if session.outbox().is_closed() {
             // The session closed itself (a reply backlog): let the writer
             // deliver the reason.
@@ -108,12 +117,20 @@ async fn read_frames(
     }
 }
 
-fn is_frame_too_large(error: axum::Error) -> bool {
+/// The close reason owed to a client whose frame could not be read; `None`
+/// when the connection itself failed and nobody is left to tell.
+fn close_reason_for(error: axum::Error, config: &crate::WebSocketConfig) -> Option<CloseReason> {
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
     use tokio_tungstenite::tungstenite::Error;
-    matches!(
-        error.into_inner().downcast_ref::<Error>(),
-        Some(Error::Capacity(_))
-    )
+    match error.into_inner().downcast_ref::<Error>()? {
+        Error::Capacity(_) => Some(CloseReason::FrameTooLarge {
+            max: config.hard_frame_limit_bytes,
+        }),
+        Error::Utf8(_) => Some(CloseReason::InvalidUtf8),
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        Error::Protocol(violation) => Some(CloseReason::InvalidFrame(violation.to_string())),
+        _ => None,
+    }
 }
 
 /// Writes events as WebSocket frames: text for JSON, binary for MessagePack.
@@ -164,6 +181,8 @@ fn close_code_for(reason: &CloseReason) -> u16 {
     match reason {
         CloseReason::Shutdown | CloseReason::IdleTimeout | CloseReason::StreamExpired => close_code::AWAY,
         CloseReason::FrameTooLarge { .. } => close_code::SIZE,
+        CloseReason::InvalidFrame(_) => close_code::PROTOCOL,
+        CloseReason::InvalidUtf8 => close_code::INVALID,
         CloseReason::SlowConsumer | CloseReason::ReplyBacklog | CloseReason::ProtocolViolation(_) => {
             close_code::POLICY
         }
