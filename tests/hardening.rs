@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use futures_util::{SinkExt, StreamExt};
 use herald_broker::protocol::ServerEvent;
 use serde_json::json;
