@@ -71,7 +71,27 @@ pub struct ServerConfig {
     /// A write to a connection that makes no progress for this long closes it.
     #[serde(with = "herald_broker::units::duration")]
     pub write_timeout: Duration,
+    /// Longest a client may take to send a request's headers, and longest
+    /// a keep-alive connection may wait idle for its next request.
+    #[serde(with = "herald_broker::units::duration")]
+    pub header_read_timeout: Duration,
+    /// Connections open at once, over every transport; more are refused
+    /// with 503.
+    pub max_connections: usize,
+    /// Connections open at once from one address (one /64 for IPv6).
+    pub max_connections_per_ip: usize,
     pub cors_origins: Vec<String>,
+}
+
+impl ServerConfig {
+    pub(crate) fn listener_limits(&self) -> crate::listener::ListenerLimits {
+        crate::listener::ListenerLimits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            header_read_timeout: self.header_read_timeout,
+            write_timeout: self.write_timeout,
+        }
+    }
 }
 
 impl Config {
@@ -110,8 +130,12 @@ impl Config {
         if broker.queue.max_messages == 0 || broker.queue.max_bytes == 0 {
             bail!("broker.queue limits must be positive");
         }
-        if self.server.write_timeout.is_zero() {
-            bail!("server.write_timeout must be positive");
+        let server = &self.server;
+        if server.write_timeout.is_zero() || server.header_read_timeout.is_zero() {
+            bail!("server.write_timeout and server.header_read_timeout must be positive");
+        }
+        if server.max_connections == 0 || server.max_connections_per_ip == 0 {
+            bail!("server.max_connections and server.max_connections_per_ip must be positive");
         }
         #[cfg(feature = "websocket")]
         {

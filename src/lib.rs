@@ -130,18 +130,11 @@ impl Herald {
 
         let address = listener.local_addr().context("listener has no local address")?;
         tracing::info!(%address, "listening");
-        let signal = {
-            let closing = context.shutdown.clone();
-            async move {
-                shutdown.await;
-                tracing::info!("shutting down: closing connections");
-                closing.cancel();
-            }
-        };
-        let listener = listener::TimeoutListener::new(listener, server.write_timeout);
-        let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
-        let serve = tokio::spawn(async move { serve.await });
-        context.shutdown.cancelled().await;
+        let limits = server.listener_limits().fitted_to_open_file_limit();
+        let serve = tokio::spawn(listener::serve(listener, app, limits, context.shutdown.clone()));
+        shutdown.await;
+        tracing::info!("shutting down: closing connections");
+        context.shutdown.cancel();
         context.connections.close();
         let drained = tokio::time::timeout(server.shutdown_grace, async {
             context.connections.wait().await;

@@ -135,7 +135,7 @@ async fn a_frame_over_the_hard_limit_is_closed_with_1009() {
     let mut bytes = vec![0x81, 0x80 | 127];
     bytes.extend_from_slice(&(2u64 << 20).to_be_bytes());
     bytes.extend_from_slice(&[0, 0, 0, 0]);
-    //bytes.extend_from_slice(&[b' '; 8192]);
+    bytes.extend_from_slice(&[b' '; 8192]);
     assert_eq!(
         close_after_raw_bytes(&server, &bytes).await,
         (1009, "frame_too_large".to_owned())

@@ -20,7 +20,12 @@ fn sequence_of(pos: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_fan_out_to_a_thousand_subscribers_in_order_without_duplicates() {
     support::raise_open_file_limit();
-    let server = Server::dev().await;
+    let server = Server::start(|config| {
+        config.auth.anonymous = herald_broker::AnonymousAccess::Publish;
+        // Every subscriber comes from 127.0.0.1.
+        config.server.max_connections_per_ip = 2000;
+    })
+    .await;
     const SUBSCRIBERS: usize = 1000;
     const PER_SUBJECT: u64 = 10;
     const SUBJECTS: u64 = 3;
