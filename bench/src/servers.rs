@@ -219,8 +219,11 @@ async fn start_herald(binary: &Path) -> anyhow::Result<Server> {
     command
         .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn,herald=info")
-        // Publishers here send far more than the default flood limit.
-        .env("HERALD_WEBSOCKET__MAX_COMMANDS_PER_SECOND", "100000000");
+        // Publishers here send far more than the default flood limit, and
+        // every client comes from a handful of loopback addresses.
+        .env("HERALD_WEBSOCKET__MAX_COMMANDS_PER_SECOND", "100000000")
+        .env("HERALD_SERVER__MAX_CONNECTIONS", "200000")
+        .env("HERALD_SERVER__MAX_CONNECTIONS_PER_IP", "200000");
     start_logging_address(command, "herald").await
 }
 
