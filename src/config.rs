@@ -144,6 +144,8 @@ impl Config {
                 bail!("broker.max_payload must fit in websocket.max_frame");
             }
         }
+        #[cfg(feature = "http")]
+        self.http.validate().map_err(anyhow::Error::msg)?;
         #[cfg(feature = "sse")]
         self.sse.validate().map_err(anyhow::Error::msg)?;
         #[cfg(feature = "longpoll")]

@@ -8,6 +8,8 @@ use futures_util::{SinkExt, StreamExt};
 use herald_broker::protocol::ServerEvent;
 use serde_json::json;
 use support::{Client, Server};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -164,5 +166,128 @@ async fn a_command_is_read_in_the_encoding_its_frame_type_says() {
             assert_eq!(pong, json!({"op": "pong", "id": 8}));
         }
         other => panic!("a MessagePack pong, got {other:?}"),
+    }
+}
+
+/// The code of an HTTP error body.
+fn code_of(body: &[u8]) -> String {
+    let body: serde_json::Value = serde_json::from_slice(body).expect("a JSON error body");
+    body["code"].as_str().expect("a code").to_owned()
+}
+
+/// Sends a publish request's head by hand, with no body yet.
+async fn publish_head(server: &Server, extra_headers: &str, content_length: usize) -> TcpStream {
+    let mut tcp = TcpStream::connect(server.address).await.unwrap();
+    let head = format!(
+        "POST /v1/publish HTTP/1.1\r\nHost: herald\r\ncontent-type: application/json\r\n\
+         content-length: {content_length}\r\n{extra_headers}\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp
+}
+
+#[tokio::test]
+async fn a_publish_is_refused_before_its_body_is_read() {
+    let server = Server::start(|_| {}).await;
+    let wrong_key = "authorization: Bearer not-a-key-of-this-server\r\n";
+    for (headers, expected) in [("", "unauthorized"), (wrong_key, "invalid_credential")] {
+        // The body is announced and never sent: the answer cannot wait for it.
+        let mut tcp = publish_head(&server, headers, (1 << 20) - 1).await;
+        let (status, body) = support::read_raw_response(&mut tcp).await;
+        assert_eq!(
+            (status, code_of(&body)),
+            (401, expected.to_owned()),
+            "{headers:?}"
+        );
+    }
+    // A declared length over the limit is refused before reading, too.
+    let key = format!("authorization: Bearer {}\r\n", support::PUBLISHER_KEY);
+    let mut tcp = publish_head(&server, &key, 2 << 20).await;
+    let (status, body) = support::read_raw_response(&mut tcp).await;
+    assert_eq!((status, code_of(&body)), (413, "body_too_large".to_owned()));
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_given_up_on() {
+    let server = Server::start(|config| {
+        config.http.body_read_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let key = format!("authorization: Bearer {}\r\n", support::PUBLISHER_KEY);
+    let mut tcp = publish_head(&server, &key, 100).await;
+    tcp.write_all(br#"{"subject":"#).await.unwrap();
+    let (status, body) = support::read_raw_response(&mut tcp).await;
+    assert_eq!((status, code_of(&body)), (408, "body_timeout".to_owned()));
+    assert_eq!(server.broker.metrics().published, 0);
+}
+
+#[tokio::test]
+async fn a_publish_must_say_it_is_json() {
+    // Even in development mode: a page on any origin could otherwise
+    // publish with a form-like POST that browsers send without asking.
+    let server = Server::dev().await;
+    let http = reqwest::Client::new();
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut request = http
+            .post(server.url("/v1/publish"))
+            .body(r#"{"subject":"a","data":1}"#);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 415, "{content_type:?}");
+        let body = response.bytes().await.unwrap();
+        assert_eq!(code_of(&body), "unsupported_media_type");
+    }
+    assert_eq!(server.broker.metrics().published, 0);
+    let response = http
+        .post(server.url("/v1/publish"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(r#"{"subject":"a","data":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn credentials_are_read_the_same_way_and_never_downgraded() {
+    let server = Server::start(|_| {}).await;
+    let http = reqwest::Client::new();
+    // The scheme is case-insensitive.
+    let response = http
+        .post(server.url("/v1/publish"))
+        .header("authorization", format!("bearer {}", support::PUBLISHER_KEY))
+        .json(&json!({"subject": "a", "data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // A credential the server cannot use is refused, on every transport,
+    // rather than taken for none (anonymous access).
+    for authorization in ["bearer wrong-key-0123456789", "Basic dXNlcjpwYXNz", "Bearer"] {
+        for path in [
+            "/ws",
+            "/sse?subject=a",
+            "/poll?subject=a&wait=0",
+            "/v1/history?subject=a",
+        ] {
+            let mut request = http.get(server.url(path)).header("authorization", authorization);
+            if path == "/ws" {
+                request = request
+                    .header("connection", "upgrade")
+                    .header("upgrade", "websocket")
+                    .header("sec-websocket-version", "13")
+                    .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401, "{authorization} on {path}");
+            let body = response.bytes().await.unwrap();
+            assert_eq!(code_of(&body), "invalid_credential", "{authorization} on {path}");
+        }
     }
 }

@@ -110,9 +110,10 @@ async fn quick_start_publish_and_subscribe() {
         "the ack carries the position to resume from: {ack}"
     );
 
-    // curl -X POST localhost:7400/v1/publish -d '{"subject":"chat.lobby","data":{"text":"hello"}}'
+    // curl .../v1/publish -H 'content-type: application/json' -d '{"subject":"chat.lobby",...}'
     let response = reqwest::Client::new()
         .post(format!("http://{address}/v1/publish"))
+        .header("content-type", "application/json")
         .body(r#"{"subject":"chat.lobby","data":{"text":"hello"}}"#)
         .send()
         .await

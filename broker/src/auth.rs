@@ -131,13 +131,17 @@ pub enum AuthError {
     Missing,
     #[error("the credential is not a valid API key")]
     Invalid,
+    /// An `Authorization` header the server cannot read: refused rather
+    /// than served as anonymous, so a client's mistake is seen at once.
+    #[error("the Authorization header must be 'Bearer <credential>'")]
+    Malformed,
 }
 
 impl AuthError {
     pub fn code(&self) -> &'static str {
         match self {
             AuthError::Missing => "unauthorized",
-            AuthError::Invalid => "invalid_credential",
+            AuthError::Invalid | AuthError::Malformed => "invalid_credential",
         }
     }
 }

@@ -365,3 +365,54 @@ pub async fn publish_batch(server: &Server, messages: &[(String, Value)]) -> Vec
         .map(|p| p.as_str().unwrap().to_owned())
         .collect()
 }
+
+/// Reads one HTTP/1.1 response from a raw connection: its status and body
+/// (by `content-length`).
+pub async fn read_raw_response(tcp: &mut TcpStream) -> (u16, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(PATIENCE, tcp.read(&mut byte))
+            .await
+            .expect("a response within the test's patience")
+            .expect("read");
+        assert_eq!(
+            read,
+            1,
+            "the connection closed before a response: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("an ASCII head");
+    let status = head[9..12].parse().expect("a status code");
+    let length = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    tcp.read_exact(&mut body).await.expect("the whole body");
+    (status, body)
+}
+
+/// Whether the server closes `tcp` within `within` (reading and discarding
+/// anything it still sends).
+pub async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match tcp.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}

@@ -13,10 +13,19 @@
 //!
 //! Credentials: `Authorization: Bearer <api key>`. Without one, only what
 //! anonymous access allows (by default: reading history, not publishing).
+//!
+//! A publish is checked before its body is read: the content type must be
+//! JSON (a browser sends a cross-origin `text/plain` POST without asking
+//! first; requiring JSON makes it ask), then the credential, then the
+//! declared length. Only then is the body read, within `max_body` and
+//! `body_read_timeout`: a client without a key cannot make the server hold
+//! a body, and nobody can make it wait for one for ever.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -44,6 +53,9 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Most messages in one batch publish.
     pub max_batch: usize,
+    /// Longest a request body may take to arrive once its headers have.
+    #[serde(with = "herald_broker::units::duration")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -51,7 +63,18 @@ impl Default for HttpConfig {
         Self {
             max_body_bytes: 1024 * 1024,
             max_batch: 1000,
+            body_read_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl HttpConfig {
+    /// Checks the settings; the message names the keys.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_body_bytes == 0 || self.max_batch == 0 || self.body_read_timeout.is_zero() {
+            return Err("http.max_body, http.max_batch and http.body_read_timeout must be positive".into());
+        }
+        Ok(())
     }
 }
 
@@ -63,12 +86,10 @@ struct Api {
 
 /// The API's routes.
 pub fn router(context: GatewayContext, config: HttpConfig) -> Router {
-    let body_limit = config.max_body_bytes;
     Router::new()
         .route("/v1/publish", post(publish))
         .route("/v1/history", get(history))
         .route("/healthz", get(health))
-        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(Arc::new(Api { context, config }))
 }
 
@@ -82,11 +103,61 @@ impl Api {
     /// Publishing without a key, when anonymous publishing is off, is a
     /// missing credential (401), not a refused one (403).
     fn check_may_publish(&self, headers: &HeaderMap) -> Result<(), HttpError> {
-        if bearer(headers).is_none() && !self.context.auth.anonymous_may_publish() {
+        if bearer(headers)?.is_none() && !self.context.auth.anonymous_may_publish() {
             return Err(herald_broker::AuthError::Missing.into());
         }
         Ok(())
     }
+
+    /// Reads a request body once the request has been let in: refused at
+    /// once if it declares more than `max_body`, cut off past it, and
+    /// abandoned after `body_read_timeout`.
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, HttpError> {
+        let max = self.config.max_body_bytes;
+        let too_large =
+            || HttpError::payload_too_large("body_too_large", format!("the body limit is {max} bytes"));
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > max as u64) {
+            return Err(too_large());
+        }
+        let timeout = self.config.body_read_timeout;
+        match tokio::time::timeout(timeout, axum::body::to_bytes(body, max)).await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(error)) => {
+                let over_limit = std::error::Error::source(&error)
+                    .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+                if over_limit {
+                    Err(too_large())
+                } else {
+                    Err(HttpError::bad_request("unreadable_body", error.to_string()))
+                }
+            }
+            Err(_elapsed) => Err(HttpError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the body did not arrive within {timeout:?}"),
+            )),
+        }
+    }
+}
+
+/// A publish must say it is JSON: `application/json`, parameters allowed.
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), HttpError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"));
+    if is_json {
+        return Ok(());
+    }
+    Err(HttpError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "a publish is JSON: send it with Content-Type: application/json",
+    ))
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -120,14 +191,11 @@ fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<&
 const PUBLISH_SHAPE: &str =
     r#"expected {"subject":..,"data":..} or {"messages":[{"subject":..,"data":..},..]}"#;
 
-async fn publish(
-    State(api): State<Arc<Api>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, HttpError> {
+async fn publish(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) -> Result<Response, HttpError> {
+    check_json_content_type(&headers)?;
     api.check_may_publish(&headers)?;
     let session = api.session(&headers)?;
-    let body = body.map_err(body_rejection)?;
+    let body = api.read_body(&headers, body).await?;
     let parsed: PublishBody<'_> = serde_json::from_slice(&body)
         .map_err(|error| HttpError::bad_request("malformed_body", format!("{PUBLISH_SHAPE}: {error}")))?;
     match parsed {
@@ -170,15 +238,6 @@ async fn publish(
             Ok(Json(serde_json::json!({ "positions": positions })).into_response())
         }
         _ => Err(HttpError::bad_request("malformed_body", PUBLISH_SHAPE)),
-    }
-}
-
-fn body_rejection(rejection: BytesRejection) -> HttpError {
-    let status = rejection.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        HttpError::payload_too_large("body_too_large", rejection.body_text())
-    } else {
-        HttpError::new(status, "unreadable_body", rejection.body_text())
     }
 }
 

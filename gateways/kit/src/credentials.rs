@@ -5,21 +5,31 @@
 use std::sync::Arc;
 
 use axum::http::{header, HeaderMap};
-use herald_broker::Access;
+use herald_broker::{Access, AuthError};
 
 use crate::context::GatewayContext;
 use crate::error::HttpError;
 use crate::query::QueryParams;
 
-/// The credential in an `Authorization` header (`Bearer <credential>`).
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    value.strip_prefix("Bearer ").map(str::trim)
+/// The credential in an `Authorization` header: `None` without one. The
+/// scheme is `Bearer`, in any case (RFC 7235); any other scheme, or no
+/// credential after it, is refused rather than taken for no header at all.
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+    let (scheme, credential) = value.trim().split_once(' ').ok_or(AuthError::Malformed)?;
+    let credential = credential.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || credential.is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    Ok(Some(credential))
 }
 
 /// The credential a request presents: the header wins over the query.
-pub fn credential<'a>(headers: &'a HeaderMap, query: &'a QueryParams) -> Option<&'a str> {
-    bearer(headers).or_else(|| query.one("token"))
+pub fn credential<'a>(headers: &'a HeaderMap, query: &'a QueryParams) -> Result<Option<&'a str>, AuthError> {
+    Ok(bearer(headers)?.or_else(|| query.one("token")))
 }
 
 impl GatewayContext {
@@ -30,7 +40,7 @@ impl GatewayContext {
         headers: &HeaderMap,
         query: &QueryParams,
     ) -> Result<Arc<dyn Access>, HttpError> {
-        Ok(self.auth.authenticate(credential(headers, query))?)
+        Ok(self.auth.authenticate(credential(headers, query)?)?)
     }
 
     /// What every transport checks before it subscribes anyone: that the
@@ -47,15 +57,35 @@ impl GatewayContext {
 mod tests {
     use super::*;
 
+    fn with_authorization(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+        headers
+    }
+
     #[test]
     fn the_header_wins_over_the_query() {
-        let mut headers = HeaderMap::new();
         let query = QueryParams::parse(Some("token=from-query"));
-        assert_eq!(credential(&headers, &query), Some("from-query"));
-        headers.insert(header::AUTHORIZATION, "Bearer  from-header ".parse().unwrap());
-        assert_eq!(credential(&headers, &query), Some("from-header"));
-        headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
-        assert_eq!(bearer(&headers), None);
-        assert_eq!(credential(&HeaderMap::new(), &QueryParams::default()), None);
+        assert_eq!(credential(&HeaderMap::new(), &query), Ok(Some("from-query")));
+        let headers = with_authorization("Bearer  from-header ");
+        assert_eq!(credential(&headers, &query), Ok(Some("from-header")));
+        assert_eq!(credential(&HeaderMap::new(), &QueryParams::default()), Ok(None));
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_any_other_is_refused() {
+        for value in ["bearer key", "BEARER key", "BeArEr   key"] {
+            assert_eq!(bearer(&with_authorization(value)), Ok(Some("key")), "{value}");
+        }
+        for value in ["Basic a2V5Og==", "key", "Bearer", "Bearer   ", "Token key"] {
+            assert_eq!(
+                bearer(&with_authorization(value)),
+                Err(AuthError::Malformed),
+                "{value}"
+            );
+        }
+        // A refused header is not overruled by a query token either.
+        let query = QueryParams::parse(Some("token=from-query"));
+        assert!(credential(&with_authorization("Basic abc"), &query).is_err());
     }
 }
