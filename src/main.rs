@@ -89,6 +89,9 @@ fn serve(listen: Option<SocketAddr>, config_file: Option<PathBuf>, dev: bool) ->
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // If the log's reader goes away (a closed pipe), drop log lines
+        // rather than report the failure with `eprintln!`, which panics.
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -104,7 +107,12 @@ fn serve(listen: Option<SocketAddr>, config_file: Option<PathBuf>, dev: bool) ->
             "DEVELOPMENT MODE: anyone who can reach this server may publish and subscribe to every subject \
              without a key. Do not expose it."
         );
-    } else if config.auth.api_keys.is_empty() && config.auth.anonymous != AnonymousAccess::Publish {
+    } else if config.auth.anonymous == AnonymousAccess::Publish {
+        tracing::warn!(
+            "auth.anonymous = \"publish\": anyone who can reach this server may publish to every subject \
+             without a key"
+        );
+    } else if config.auth.api_keys.is_empty() {
         tracing::info!(
             "no API keys configured: publishing is refused until auth.api_keys has one (or use --dev)"
         );

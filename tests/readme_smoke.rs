@@ -63,34 +63,64 @@ impl Drop for Running {
     }
 }
 
-#[tokio::test]
-async fn quick_start_publish_and_subscribe() {
+/// Starts `herald serve` on an ephemeral port with `arguments` and
+/// `environment`; returns the process, its address, and its log up to the
+/// line that names the address.
+fn serve(arguments: &[&str], environment: &[(&str, &str)]) -> (Running, String, Vec<String>) {
     let mut child = Running(
         Command::new(HERALD)
-            .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(arguments)
             .env("RUST_LOG", "info")
+            .envs(environment.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    // The log is read on its own thread, so waiting for a line can time out.
+    // The log is read on its own thread, so waiting for a line can time out;
+    // it keeps draining after nobody listens, so the server never writes
+    // into a closed pipe.
     let (lines, log) = mpsc::channel();
     let stderr = child.0.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                return;
-            }
+            let _ = lines.send(line);
         }
     });
-    let address = loop {
+    let mut seen = Vec::new();
+    loop {
         let line = log
             .recv_timeout(Duration::from_secs(30))
             .expect("the server logs its address within 30 s");
         if let Some(rest) = line.split("address=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
+            let address = rest.split_whitespace().next().unwrap().to_owned();
+            seen.push(line);
+            return (child, address, seen);
         }
-    };
+        seen.push(line);
+    }
+}
+
+#[test]
+fn anonymous_publishing_is_never_enabled_quietly() {
+    for (arguments, environment) in [
+        (&["--dev"][..], &[][..]),
+        (&[][..], &[("HERALD_AUTH__ANONYMOUS", "publish")][..]),
+    ] {
+        let (_server, _address, log) = serve(arguments, environment);
+        assert!(
+            log.iter()
+                .any(|line| line.contains("WARN") && line.contains("without a key")),
+            "{arguments:?} {environment:?}: {log:#?}"
+        );
+    }
+    let (_server, _address, log) = serve(&[], &[]);
+    assert!(!log.iter().any(|line| line.contains("WARN")), "{log:#?}");
+}
+
+#[tokio::test]
+async fn quick_start_publish_and_subscribe() {
+    let (mut child, address, _log) = serve(&["--dev"], &[]);
     let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{address}/ws"))
         .await
         .unwrap();
@@ -151,4 +181,38 @@ async fn quick_start_publish_and_subscribe() {
     assert!(matches!(close, Some(Ok(Message::Close(Some(frame)))) if u16::from(frame.code) == 1001));
     let status = child.0.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
+}
+
+#[test]
+fn a_closed_log_pipe_does_not_bring_the_server_down() {
+    let mut child = Running(
+        Command::new(HERALD)
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("address=") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the server exited early"
+        );
+    }
+    // The reader goes away (as when a log pipeline is restarted); the
+    // shutdown logs into the closed pipe.
+    drop(stderr);
+    let terminated = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let status = child.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "clean exit with nobody reading its log: {status}"
+    );
 }

@@ -7,7 +7,8 @@
 //! unambiguous:
 //!
 //! - tokens are separated by `.` and are never empty;
-//! - no whitespace or control characters anywhere;
+//! - no whitespace, control or invisible format characters (Unicode Cf:
+//!   zero-width spaces, bidirectional overrides) anywhere;
 //! - `*` and `>` are wildcards only as a whole token (`a*b` is rejected rather
 //!   than silently treated as a literal), `>` only as the last token, and
 //!   neither in a subject one publishes to;
@@ -60,7 +61,9 @@ pub enum SubjectError {
     TooManyTokens { count: usize, max: usize },
     #[error("token {index} is empty (leading, trailing or doubled '.')")]
     EmptyToken { index: usize },
-    #[error("token {index} contains {found:?}: whitespace and control characters are not allowed")]
+    #[error(
+        "token {index} contains {found:?}: whitespace, control and invisible formatting characters are not allowed"
+    )]
     InvalidCharacter { index: usize, found: char },
     #[error("token {index} mixes a wildcard with other characters: '*' and '>' must stand alone")]
     PartialWildcard { index: usize },
@@ -206,6 +209,45 @@ struct Shape {
 }
 
 /// The rules shared by subjects and patterns.
+/// Whether `c` may appear in a subject token: not whitespace, not a control
+/// character, and not an invisible Unicode format character (category Cf:
+/// zero-width spaces and joiners, bidirectional overrides, the BOM), which
+/// would let two subjects look the same and differ.
+fn is_allowed_in_subject(c: char) -> bool {
+    if c.is_ascii() {
+        return !c.is_ascii_whitespace() && !c.is_ascii_control();
+    }
+    !c.is_whitespace() && !c.is_control() && !is_format_character(c)
+}
+
+/// Unicode general category Cf (format characters), Unicode 15.
+fn is_format_character(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
+}
+
 fn check_tokens(text: &str, limits: &SubjectLimits) -> Result<Shape, SubjectError> {
     if text.is_empty() {
         return Err(SubjectError::Empty);
@@ -224,7 +266,7 @@ fn check_tokens(text: &str, limits: &SubjectLimits) -> Result<Shape, SubjectErro
         if token.is_empty() {
             return Err(SubjectError::EmptyToken { index });
         }
-        if let Some(found) = token.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        if let Some(found) = token.chars().find(|&c| !is_allowed_in_subject(c)) {
             return Err(SubjectError::InvalidCharacter { index, found });
         }
         match token {
@@ -332,6 +374,28 @@ mod tests {
                 Err(InvalidCharacter {
                     index: 1,
                     found: '\u{a0}',
+                }),
+            ),
+            // Look-alikes: a zero-width space, a right-to-left override.
+            (
+                "chat.ro\u{200B}om",
+                Err(InvalidCharacter {
+                    index: 1,
+                    found: '\u{200B}',
+                }),
+            ),
+            (
+                "chat.\u{202E}moor",
+                Err(InvalidCharacter {
+                    index: 1,
+                    found: '\u{202E}',
+                }),
+            ),
+            (
+                "\u{FEFF}chat",
+                Err(InvalidCharacter {
+                    index: 0,
+                    found: '\u{FEFF}',
                 }),
             ),
             ("chat.*", Err(WildcardInSubject { index: 1 })),
