@@ -233,3 +233,48 @@ async fn pings_without_reading_hold_a_bounded_amount_of_memory() {
         observed.peak_growth >> 20
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_padded_payload_holds_only_its_own_size_in_history() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let server = Server::start(|_| {}).await;
+    const MESSAGES: usize = 200;
+    // One byte of data in a body of almost 1 MiB of whitespace.
+    let padding = " ".repeat((1 << 20) - 64);
+    let http = reqwest::Client::new();
+    let observed = under_attack(&server, async {
+        for index in 0..MESSAGES {
+            let body = format!(r#"{{"subject":"padded.{index}","data":1{padding}}}"#);
+            let response = http
+                .post(server.url("/v1/publish"))
+                .bearer_auth(support::PUBLISHER_KEY)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    })
+    .await;
+    eprintln!("{MESSAGES} padded payloads retained: {observed}");
+    let history: serde_json::Value = http
+        .get(server.url("/v1/history?subject=padded.>&limit=1000"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        history["messages"].as_array().unwrap().len(),
+        MESSAGES,
+        "all retained"
+    );
+    // Sharing the request bodies would hold 200 MiB.
+    assert!(
+        observed.peak_growth < 48 << 20,
+        "memory grew by {} MB",
+        observed.peak_growth >> 20
+    );
+}

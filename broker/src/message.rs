@@ -21,9 +21,29 @@ use crate::subject::Subject;
 /// (`protocol::Encoding::COUNT`, checked there at compile time).
 pub(crate) const FRAME_SLOTS: usize = 3;
 
-/// A message payload: one JSON value, already validated.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Payload(Bytes);
+/// How deeply a payload's arrays and objects may nest. Every encoding can
+/// carry this depth unchanged (MessagePack readers and JSON parsers commonly
+/// stop near 128), so nothing is accepted that a subscriber could not get.
+pub const MAX_PAYLOAD_DEPTH: usize = 64;
+
+/// How deeply a MessagePack command frame may nest: a payload's depth plus
+/// the command around it.
+const MAX_MSGPACK_FRAME_DEPTH: usize = MAX_PAYLOAD_DEPTH + 1;
+
+/// How much of a frame besides its payload a payload may keep alive by
+/// sharing the frame's memory (the command's envelope), rather than being
+/// copied out of it.
+pub const SHARING_SLACK: usize = 256;
+
+/// A message payload: one JSON value, already validated. Two payloads are
+/// equal when their JSON text is.
+#[derive(Clone)]
+pub struct Payload {
+    json: Bytes,
+    /// The bytes this payload keeps alive: more than its length when it
+    /// shares the memory of the frame it came in.
+    retained: usize,
+}
 
 /// Why a payload was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -34,6 +54,8 @@ pub enum PayloadError {
     InvalidMsgPack { reason: String },
     #[error("payload is {size} bytes; the limit is {max}")]
     TooLarge { size: usize, max: usize },
+    #[error("payload nests arrays and objects deeper than {max} levels")]
+    TooDeep { max: usize },
 }
 
 impl PayloadError {
@@ -46,32 +68,55 @@ impl PayloadError {
 }
 
 impl Payload {
-    /// Validates `json` as exactly one JSON value.
+    /// Validates `json` as exactly one JSON value, nested at most
+    /// [`MAX_PAYLOAD_DEPTH`] deep.
     pub fn from_json(json: Bytes) -> Result<Payload, PayloadError> {
         serde_json::from_slice::<serde::de::IgnoredAny>(&json).map_err(|error| {
             PayloadError::InvalidJson {
                 reason: error.to_string(),
             }
         })?;
-        Ok(Payload(json))
+        check_json_depth(&json)?;
+        Ok(Payload {
+            retained: json.len(),
+            json,
+        })
     }
 
     /// Wraps JSON that a parser has already validated, such as a
-    /// `serde_json::value::RawValue` read out of `frame`: when the text lies
-    /// inside `frame`, the payload shares its memory instead of copying.
-    pub fn from_validated_json(frame: &Bytes, json: &str) -> Payload {
+    /// `serde_json::value::RawValue` read out of `frame`, after checking its
+    /// depth. When the text lies inside `frame` and the rest of the frame
+    /// is small (at most [`SHARING_SLACK`] bytes, or the payload's own
+    /// size), the payload shares the frame's memory instead of copying, and
+    /// counts the whole frame as its size. A small payload in a large frame
+    /// (one message of a batch, a value padded with whitespace) is copied,
+    /// so it never keeps the rest alive.
+    pub fn from_validated_json(frame: &Bytes, json: &str) -> Result<Payload, PayloadError> {
+        check_json_depth(json.as_bytes())?;
         let frame_range = frame.as_ptr_range();
         let json_range = json.as_bytes().as_ptr_range();
-        if frame_range.start <= json_range.start && json_range.end <= frame_range.end {
-            Payload(frame.slice_ref(json.as_bytes()))
+        let inside = frame_range.start <= json_range.start && json_range.end <= frame_range.end;
+        let rest = frame.len() - json.len().min(frame.len());
+        if inside && rest <= json.len().max(SHARING_SLACK) {
+            Ok(Payload {
+                json: frame.slice_ref(json.as_bytes()),
+                retained: frame.len(),
+            })
         } else {
-            Payload(Bytes::copy_from_slice(json.as_bytes()))
+            Ok(Payload {
+                json: Bytes::copy_from_slice(json.as_bytes()),
+                retained: json.len(),
+            })
         }
     }
 
     /// Converts one MessagePack value to its JSON form. Binary strings become
-    /// arrays of numbers; maps need string keys.
+    /// arrays of numbers; maps need string keys. Values JSON cannot carry
+    /// are refused rather than changed: NaN and infinite floats (JSON would
+    /// turn them into `null`) and nesting beyond what a payload may have.
     pub fn from_msgpack(msgpack: &[u8]) -> Result<Payload, PayloadError> {
+        check_msgpack(msgpack, MAX_MSGPACK_FRAME_DEPTH)
+            .map_err(|reason| PayloadError::InvalidMsgPack { reason })?;
         let mut json = Vec::with_capacity(msgpack.len() + msgpack.len() / 4 + 8);
         let mut reader = rmp_serde::Deserializer::new(msgpack);
         let mut writer = serde_json::Serializer::new(&mut json);
@@ -85,24 +130,33 @@ impl Payload {
                 reason: "trailing bytes after the value".to_owned(),
             });
         }
-        Ok(Payload(Bytes::from(json)))
+        let retained = json.capacity();
+        Ok(Payload {
+            json: Bytes::from(json),
+            retained,
+        })
     }
 
     pub fn json(&self) -> &Bytes {
-        &self.0
+        &self.json
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.json.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.json.is_empty()
+    }
+
+    /// The memory this payload keeps alive, which limits count.
+    pub fn retained_size(&self) -> usize {
+        self.retained
     }
 
     /// Appends the MessagePack form of this payload to `out`.
     pub fn write_msgpack(&self, out: &mut Vec<u8>) {
-        let mut reader = serde_json::Deserializer::from_slice(&self.0);
+        let mut reader = serde_json::Deserializer::from_slice(&self.json);
         let mut writer = rmp_serde::Serializer::new(&mut *out);
         // Validated JSON always has a MessagePack form; should that ever be
         // wrong, the subscriber gets `nil` rather than a broken frame.
@@ -113,10 +167,129 @@ impl Payload {
     }
 }
 
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        self.json == other.json
+    }
+}
+
+impl Eq for Payload {}
+
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Payload({})", String::from_utf8_lossy(&self.0))
+        write!(f, "Payload({})", String::from_utf8_lossy(&self.json))
     }
+}
+
+/// Refuses valid JSON nested deeper than [`MAX_PAYLOAD_DEPTH`]. A linear
+/// scan: brackets count unless they are inside a string.
+fn check_json_depth(json: &[u8]) -> Result<(), PayloadError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_PAYLOAD_DEPTH {
+                    return Err(PayloadError::TooDeep {
+                        max: MAX_PAYLOAD_DEPTH,
+                    });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Walks one MessagePack value without decoding it: refuses NaN and
+/// infinite floats and nesting deeper than `max_depth`. The element counts
+/// still to read at each level are the only state, so a hostile length
+/// allocates nothing.
+fn check_msgpack(mut input: &[u8], max_depth: usize) -> Result<(), String> {
+    use rmp::Marker;
+    let truncated = || "truncated MessagePack value".to_owned();
+    let mut pending: Vec<u64> = vec![1];
+    while let Some(remaining) = pending.last_mut() {
+        if *remaining == 0 {
+            pending.pop();
+            continue;
+        }
+        *remaining -= 1;
+        let marker = rmp::decode::read_marker(&mut input).map_err(|_| truncated())?;
+        let mut take = |count: usize| -> Result<&[u8], String> {
+            if input.len() < count {
+                return Err(truncated());
+            }
+            let (taken, rest) = input.split_at(count);
+            input = rest;
+            Ok(taken)
+        };
+        let mut length = |width: usize| -> Result<usize, String> {
+            let bytes = take(width)?;
+            Ok(bytes
+                .iter()
+                .fold(0usize, |length, &byte| (length << 8) | usize::from(byte)))
+        };
+        let (skip, children) = match marker {
+            Marker::F32 => {
+                let bytes: [u8; 4] = take(4)?.try_into().expect("4 bytes");
+                if !f32::from_be_bytes(bytes).is_finite() {
+                    return Err("NaN and infinite floats have no JSON form".to_owned());
+                }
+                (0, 0)
+            }
+            Marker::F64 => {
+                let bytes: [u8; 8] = take(8)?.try_into().expect("8 bytes");
+                if !f64::from_be_bytes(bytes).is_finite() {
+                    return Err("NaN and infinite floats have no JSON form".to_owned());
+                }
+                (0, 0)
+            }
+            Marker::FixArray(count) => (0, u64::from(count)),
+            Marker::Array16 => (0, length(2)? as u64),
+            Marker::Array32 => (0, length(4)? as u64),
+            Marker::FixMap(count) => (0, 2 * u64::from(count)),
+            Marker::Map16 => (0, 2 * length(2)? as u64),
+            Marker::Map32 => (0, 2 * length(4)? as u64),
+            Marker::FixStr(count) => (usize::from(count), 0),
+            Marker::Str8 | Marker::Bin8 => (length(1)?, 0),
+            Marker::Str16 | Marker::Bin16 => (length(2)?, 0),
+            Marker::Str32 | Marker::Bin32 => (length(4)?, 0),
+            Marker::U8 | Marker::I8 => (1, 0),
+            Marker::U16 | Marker::I16 => (2, 0),
+            Marker::U32 | Marker::I32 => (4, 0),
+            Marker::U64 | Marker::I64 => (8, 0),
+            Marker::FixExt1 => (2, 0),
+            Marker::FixExt2 => (3, 0),
+            Marker::FixExt4 => (5, 0),
+            Marker::FixExt8 => (9, 0),
+            Marker::FixExt16 => (17, 0),
+            Marker::Ext8 => (length(1)? + 1, 0),
+            Marker::Ext16 => (length(2)? + 1, 0),
+            Marker::Ext32 => (length(4)? + 1, 0),
+            Marker::Null | Marker::True | Marker::False | Marker::FixPos(_) | Marker::FixNeg(_) => (0, 0),
+            Marker::Reserved => return Err("reserved MessagePack marker 0xc1".to_owned()),
+        };
+        take(skip)?;
+        if children > 0 {
+            if pending.len() > max_depth {
+                return Err(format!("nested deeper than {max_depth} levels"));
+            }
+            pending.push(children);
+        }
+    }
+    Ok(())
 }
 
 /// A published message. Cloning is a reference-count increment.
@@ -166,9 +339,10 @@ impl Message {
         self.0.published_at_millis
     }
 
-    /// What the message weighs against a subscriber's byte limit.
+    /// What the message weighs against a subscriber's byte limit and the
+    /// history's budget: the memory its payload keeps alive, and its subject.
     pub fn size(&self) -> usize {
-        self.0.payload.len() + self.0.subject.as_str().len()
+        self.0.payload.retained_size() + self.0.subject.as_str().len()
     }
 
     /// The frame cached in `slot`, encoded by `encode` the first time.

@@ -208,7 +208,8 @@ fn decode_json_command(frame: &Bytes) -> Result<Command, DecodeError> {
             Ok(Command::Publish {
                 id,
                 subject,
-                payload: Payload::from_validated_json(frame, data.get()),
+                payload: Payload::from_validated_json(frame, data.get())
+                    .map_err(|error| fail(error.into()))?,
             })
         }
         "ping" => Ok(Command::Ping { id }),

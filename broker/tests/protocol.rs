@@ -96,6 +96,69 @@ fn json_payload_shares_the_frame() {
         "payload is a slice of the frame, not a copy"
     );
     assert_eq!(&payload.json()[..], br#"{"k":"v"}"#);
+    assert_eq!(
+        payload.retained_size(),
+        frame.len(),
+        "and counts the frame it keeps alive"
+    );
+}
+
+#[test]
+fn a_small_payload_does_not_keep_a_large_frame_alive() {
+    let mut text = br#"{"op":"pub","subject":"a","data":1"#.to_vec();
+    text.extend(std::iter::repeat_n(b' ', 1 << 20));
+    text.push(b'}');
+    let frame = Bytes::from(text);
+    let Command::Publish { payload, .. } = decode_command(Encoding::Json, &frame).unwrap() else {
+        panic!("a publish")
+    };
+    assert!(
+        !frame.as_ptr_range().contains(&payload.json().as_ptr()),
+        "copied out"
+    );
+    assert_eq!(payload.retained_size(), 1);
+}
+
+#[test]
+fn payloads_every_encoding_cannot_carry_are_refused_not_changed() {
+    let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let deep = |depth: usize| format!(r#"{{"op":"pub","subject":"a","data":{}}}"#, nested(depth));
+    let decode = |text: String| decode_command(Encoding::Json, &Bytes::from(text));
+    let max = herald_broker::MAX_PAYLOAD_DEPTH;
+    assert!(decode(deep(max)).is_ok());
+    assert_eq!(decode(deep(max + 1)).unwrap_err().code(), "invalid_payload");
+    // Brackets inside strings are text, not nesting.
+    let in_string = format!(r#"{{"op":"pub","subject":"a","data":"{}"}}"#, "[".repeat(500));
+    assert!(decode(in_string).is_ok());
+    assert!(Payload::from_json(Bytes::from(nested(max + 1))).is_err());
+    // The deepest accepted payload reaches MessagePack subscribers intact.
+    let Command::Publish { payload, .. } = decode(deep(max)).unwrap() else {
+        panic!("a publish")
+    };
+    let mut msgpack = Vec::new();
+    payload.write_msgpack(&mut msgpack);
+    let back: serde_json::Value = rmp_serde::from_slice(&msgpack).unwrap();
+    assert_eq!(back.to_string(), nested(max));
+
+    // MessagePack floats JSON cannot carry are refused, not turned into null.
+    for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let mut frame = Vec::new();
+        rmp::encode::write_map_len(&mut frame, 3).unwrap();
+        for (key, text) in [("op", "pub"), ("subject", "a")] {
+            rmp::encode::write_str(&mut frame, key).unwrap();
+            rmp::encode::write_str(&mut frame, text).unwrap();
+        }
+        rmp::encode::write_str(&mut frame, "data").unwrap();
+        rmp::encode::write_f64(&mut frame, value).unwrap();
+        let error = decode_command(Encoding::MsgPack, &Bytes::from(frame)).unwrap_err();
+        assert_eq!(error.code(), "malformed_frame", "{value}");
+    }
+    let mut finite = Vec::new();
+    rmp::encode::write_f32(&mut finite, 1.5).unwrap();
+    assert_eq!(&Payload::from_msgpack(&finite).unwrap().json()[..], b"1.5");
+    let mut deep_msgpack = vec![0x91; max + 2];
+    deep_msgpack.push(0xc0);
+    assert!(Payload::from_msgpack(&deep_msgpack).is_err());
 }
 
 #[test]

@@ -204,7 +204,7 @@ async fn publish(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) ->
             data: Some(data),
             messages: None,
         } => {
-            let payload = Payload::from_validated_json(&body, data.get());
+            let payload = Payload::from_validated_json(&body, data.get())?;
             let position = session.publish(&subject, payload)?;
             Ok(Json(serde_json::json!({ "pos": position.token().as_str() })).into_response())
         }
@@ -223,13 +223,15 @@ async fn publish(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) ->
                     ),
                 ));
             }
-            let batch: Vec<(String, Payload)> = messages
+            let batch = messages
                 .into_iter()
-                .map(|message| {
-                    let payload = Payload::from_validated_json(&body, message.data.get());
-                    (message.subject, payload)
+                .enumerate()
+                .map(|(index, message)| {
+                    let payload = Payload::from_validated_json(&body, message.data.get())
+                        .map_err(|error| HttpError::from(error).at_index(index))?;
+                    Ok((message.subject, payload))
                 })
-                .collect();
+                .collect::<Result<Vec<(String, Payload)>, HttpError>>()?;
             let positions: Vec<String> = session
                 .publish_batch(batch)?
                 .iter()

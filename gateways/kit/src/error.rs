@@ -69,6 +69,12 @@ impl From<SessionError> for HttpError {
     }
 }
 
+impl From<PayloadError> for HttpError {
+    fn from(error: PayloadError) -> HttpError {
+        HttpError::from(SessionError::from(PublishError::from(error)))
+    }
+}
+
 impl From<SessionBatchError> for HttpError {
     fn from(error: SessionBatchError) -> HttpError {
         HttpError::from(error.error).at_index(error.index)
