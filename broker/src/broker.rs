@@ -145,6 +145,8 @@ pub struct Metrics {
     pub slow_consumers: u64,
     pub subscriptions: u64,
     pub history_subjects: u64,
+    /// Bytes history holds, against `history.max_bytes`.
+    pub history_bytes: u64,
 }
 
 /// What history holds after a position, on one or more patterns.
@@ -279,7 +281,7 @@ impl Broker {
     }
 
     /// Number, record, match, enqueue, commit; under `publish_order`.
-    fn publish_locked(&self, channel: &Channel, payload: Payload) -> Position {
+    fn publish_locked(&self, channel: &Arc<Channel>, payload: Payload) -> Position {
         // Only ever written under `publish_order`; atomic so that readers
         // (positions, polls) need not take the lock. SeqCst pairs with the
         // router's wildcard count (see `Router::matches`): a poll's watch,
@@ -290,7 +292,7 @@ impl Broker {
         let position = Position::new(self.epoch, sequence);
         let now = self.clock.now_millis();
         let message = Message::new(channel.subject.clone(), position, now, payload);
-        channel.record(message.clone(), self.history.limits(), now);
+        self.history.record(channel, message.clone(), now);
         let matches = self.router.matches(channel.subject.as_str());
         self.fan_out(&matches, &message);
         // Release: whoever reads this mark sees the message in history and
@@ -461,6 +463,7 @@ impl Broker {
             slow_consumers: self.counters.slow_consumers.load(Ordering::Relaxed),
             subscriptions: self.router.subscription_count() as u64,
             history_subjects: self.history.subject_count() as u64,
+            history_bytes: self.history.retained_bytes() as u64,
         }
     }
 }

@@ -16,13 +16,22 @@
 //! has forgotten entirely, so a read that starts before either is answered
 //! with an explicit gap.
 //!
+//! All rings together hold at most `max_bytes` (each message counted by
+//! what it keeps alive). Past it, the oldest messages go first, whatever
+//! their subject: a retention queue lists every recorded message by
+//! position, and eviction pops it from the front. Those drops are gaps like
+//! any other. Entries whose message already left (by count or age) are
+//! skipped when they reach the front, and the queue is compacted when it
+//! holds more than twice as many entries as there are retained messages.
+//!
 //! Lock order: a history shard (write) → the subject tree (write), when a
-//! subject is created or forgotten; a ring is locked alone, after any index
-//! lock is released (the sweep is the exception: shard → ring → tree).
+//! subject is created or forgotten; the retention queue → a ring, when
+//! evicting; otherwise a ring is locked alone, after any index lock is
+//! released (the sweep is the exception: shard → ring → tree).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -45,6 +54,10 @@ pub struct HistoryLimits {
     /// Distinct subjects tracked at once. Publishing to a new subject past
     /// this is refused until [`crate::Broker::sweep`] forgets idle ones.
     pub max_subjects: usize,
+    /// Bytes all subjects' history may hold together; past it the oldest
+    /// messages are dropped first, whatever their subject.
+    #[serde(rename = "max_bytes", deserialize_with = "crate::units::size::deserialize")]
+    pub max_bytes: usize,
 }
 
 impl Default for HistoryLimits {
@@ -53,8 +66,16 @@ impl Default for HistoryLimits {
             max_messages_per_subject: 100,
             max_age: Duration::from_secs(300),
             max_subjects: 1_000_000,
+            max_bytes: 256 << 20,
         }
     }
+}
+
+/// What every ring holds together.
+#[derive(Debug, Default)]
+pub(crate) struct Totals {
+    bytes: AtomicUsize,
+    messages: AtomicUsize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -72,37 +93,49 @@ pub(crate) struct Channel {
     /// The highest sequence recorded here, readable without the ring's
     /// lock: a read after it skips the channel without locking it.
     last_sequence: AtomicU64,
+    /// The oldest sequence the ring holds (`u64::MAX` when empty), so the
+    /// retention queue can tell a live entry from a stale one unlocked.
+    first_sequence: AtomicU64,
     ring: Mutex<Ring>,
 }
 
 #[derive(Debug)]
 pub(crate) struct Ring {
     messages: VecDeque<Message>,
-    /// Highest sequence dropped from this ring by count or age; 0 if none.
+    /// Highest sequence dropped from this ring by count, age or the byte
+    /// budget; 0 if none.
     dropped_through: u64,
+    totals: Arc<Totals>,
 }
 
 impl Channel {
-    fn new(subject: Subject) -> Channel {
+    fn new(subject: Subject, totals: Arc<Totals>) -> Channel {
         Channel {
             subject,
             last_sequence: AtomicU64::new(0),
+            first_sequence: AtomicU64::new(u64::MAX),
             ring: Mutex::new(Ring {
                 messages: VecDeque::new(),
                 dropped_through: 0,
+                totals,
             }),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Ring> {
-        self.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The ring, locked; [`RingGuard`] keeps `first_sequence` in step with
+    /// whatever is done to it.
+    fn lock(&self) -> RingGuard<'_> {
+        RingGuard {
+            ring: self.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+            first_sequence: &self.first_sequence,
+        }
     }
 
     /// Records a newly published message.
-    pub(crate) fn record(&self, message: Message, limits: &HistoryLimits, now_millis: u64) {
+    fn record(&self, message: Message, limits: &HistoryLimits, now_millis: u64) {
         let sequence = message.sequence();
         let mut ring = self.lock();
-        ring.messages.push_back(message);
+        ring.push(message);
         while ring.messages.len() > limits.max_messages_per_subject {
             ring.drop_front();
         }
@@ -112,7 +145,40 @@ impl Channel {
     }
 }
 
+/// A locked ring that publishes its oldest sequence when unlocked.
+struct RingGuard<'a> {
+    ring: MutexGuard<'a, Ring>,
+    first_sequence: &'a AtomicU64,
+}
+
+impl std::ops::Deref for RingGuard<'_> {
+    type Target = Ring;
+
+    fn deref(&self) -> &Ring {
+        &self.ring
+    }
+}
+
+impl std::ops::DerefMut for RingGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Ring {
+        &mut self.ring
+    }
+}
+
+impl Drop for RingGuard<'_> {
+    fn drop(&mut self) {
+        let first = self.ring.messages.front().map_or(u64::MAX, Message::sequence);
+        self.first_sequence.store(first, Ordering::Release);
+    }
+}
+
 impl Ring {
+    fn push(&mut self, message: Message) {
+        self.totals.bytes.fetch_add(message.size(), Ordering::Relaxed);
+        self.totals.messages.fetch_add(1, Ordering::Relaxed);
+        self.messages.push_back(message);
+    }
+
     fn expire(&mut self, limits: &HistoryLimits, now_millis: u64) {
         let max_age = limits.max_age.as_millis() as u64;
         while let Some(oldest) = self.messages.front() {
@@ -126,6 +192,8 @@ impl Ring {
     fn drop_front(&mut self) {
         if let Some(message) = self.messages.pop_front() {
             self.dropped_through = self.dropped_through.max(message.sequence());
+            self.totals.bytes.fetch_sub(message.size(), Ordering::Relaxed);
+            self.totals.messages.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -184,6 +252,10 @@ pub(crate) struct History {
     /// Highest sequence recorded on any channel that `sweep` removed: reads
     /// starting before it may have lost messages of subjects now forgotten.
     forgotten_through: AtomicU64,
+    totals: Arc<Totals>,
+    /// Every recorded message's sequence and channel, oldest first: the
+    /// order in which the byte budget evicts.
+    retention: Mutex<VecDeque<(u64, Weak<Channel>)>>,
 }
 
 impl History {
@@ -195,11 +267,51 @@ impl History {
             tree: RwLock::new(SubjectTree::default()),
             subject_count: AtomicUsize::new(0),
             forgotten_through: AtomicU64::new(0),
+            totals: Arc::default(),
+            retention: Mutex::new(VecDeque::new()),
         }
     }
 
-    pub(crate) fn limits(&self) -> &HistoryLimits {
-        &self.limits
+    /// Bytes all rings hold.
+    pub(crate) fn retained_bytes(&self) -> usize {
+        self.totals.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records a newly published message in its channel, then evicts the
+    /// oldest messages while all of history is over its byte budget.
+    /// Called in publish order, so the retention queue stays sorted.
+    pub(crate) fn record(&self, channel: &Arc<Channel>, message: Message, now_millis: u64) {
+        let sequence = message.sequence();
+        channel.record(message, &self.limits, now_millis);
+        let mut retention = self
+            .retention
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        retention.push_back((sequence, Arc::downgrade(channel)));
+        while self.totals.bytes.load(Ordering::Relaxed) > self.limits.max_bytes {
+            let Some((oldest, channel)) = retention.pop_front() else {
+                break;
+            };
+            let Some(channel) = channel.upgrade() else {
+                continue;
+            };
+            // A ring only ever drops from its front: the message is still
+            // there exactly when the ring's oldest is not newer.
+            if channel.first_sequence.load(Ordering::Acquire) <= oldest {
+                let mut ring = channel.lock();
+                while ring.messages.front().is_some_and(|m| m.sequence() <= oldest) {
+                    ring.drop_front();
+                }
+            }
+        }
+        let retained = self.totals.messages.load(Ordering::Relaxed);
+        if retention.len() > 2 * retained + 1024 {
+            retention.retain(|(sequence, channel)| {
+                channel
+                    .upgrade()
+                    .is_some_and(|channel| channel.first_sequence.load(Ordering::Acquire) <= *sequence)
+            });
+        }
     }
 
     pub(crate) fn subject_count(&self) -> usize {
@@ -232,7 +344,7 @@ impl History {
             });
         }
         let subject = Subject::from_validated(subject);
-        let channel = Arc::new(Channel::new(subject.clone()));
+        let channel = Arc::new(Channel::new(subject.clone(), self.totals.clone()));
         write(&self.tree).insert(&subject);
         map.insert(subject, channel.clone());
         self.subject_count.fetch_add(1, Ordering::Relaxed);

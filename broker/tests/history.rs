@@ -14,6 +14,7 @@ fn config(max_messages_per_subject: usize, max_age: Duration) -> BrokerConfig {
             max_messages_per_subject,
             max_age,
             max_subjects: 1000,
+            ..HistoryLimits::default()
         },
         ..BrokerConfig::default()
     }
@@ -241,4 +242,46 @@ fn history_pages_forward_from_a_token() {
         session.history("p", Some("garbage"), None).unwrap_err().code(),
         "invalid_token"
     );
+}
+
+#[test]
+fn the_byte_budget_evicts_the_oldest_messages_first_and_tells_resumers() {
+    // Each message counts its payload (10 bytes) and subject (1 byte).
+    let budget = BrokerConfig {
+        history: HistoryLimits {
+            max_bytes: 55,
+            ..HistoryLimits::default()
+        },
+        ..BrokerConfig::default()
+    };
+    let (broker, _clock) = common::broker(budget);
+    let payload = || common::json("\"12345678\"");
+    let first = broker.publish("a", payload()).unwrap();
+    for subject in ["b", "c", "a", "b"] {
+        broker.publish(subject, payload()).unwrap();
+    }
+    assert_eq!(broker.metrics().history_bytes, 55, "five messages fit exactly");
+    // The sixth pushes the oldest out: the first message on "a".
+    broker.publish("c", payload()).unwrap();
+    assert_eq!(broker.metrics().history_bytes, 55);
+    let session = common::session(&broker);
+    assert_eq!(
+        history_data(&session, "a", None).len(),
+        1,
+        "a's newer message stays"
+    );
+    assert_eq!(history_data(&session, ">", None).len(), 5);
+    // A resume from before the evicted message is told it is gone.
+    let before = Position::new(first.epoch, 0).token();
+    let page = session.history("a", Some(before.as_str()), None).unwrap();
+    let gap = page.gap.expect("a gap for the evicted message");
+    assert_eq!(gap.to, first);
+    // A flood of large messages on one subject cannot hold more than the
+    // budget either.
+    for _ in 0..100 {
+        broker
+            .publish("flood", common::json(&format!("\"{}\"", "x".repeat(40))))
+            .unwrap();
+    }
+    assert!(broker.metrics().history_bytes <= 55);
 }
