@@ -278,3 +278,39 @@ async fn a_padded_payload_holds_only_its_own_size_in_history() {
         observed.peak_growth >> 20
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_history_reads_cannot_cost_the_whole_store() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let server = Server::start(|_| {}).await;
+    // Four times the default read budget of subjects with history.
+    for index in 0..40_000 {
+        let payload = herald_broker::Payload::from_json(bytes::Bytes::from_static(b"1")).unwrap();
+        server.broker.publish(&format!("many.{index}"), payload).unwrap();
+    }
+    let observed = under_attack(&server, async {
+        // Anonymous clients may read history: sixteen at once, again and again.
+        let readers = (0..16).map(|_| {
+            let url = server.url("/v1/history?subject=>");
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for _ in 0..20 {
+                    let response = http.get(&url).send().await.unwrap();
+                    assert_eq!(response.status(), 400);
+                    let body: serde_json::Value = response.json().await.unwrap();
+                    assert_eq!(body["code"], "pattern_too_broad");
+                }
+            })
+        });
+        for reader in futures_util::future::join_all(readers).await {
+            reader.unwrap();
+        }
+    })
+    .await;
+    eprintln!("320 reads of `>` over 40 000 subjects: {observed}");
+    // A narrower read still answers.
+    let response = reqwest::get(server.url("/v1/history?subject=many.7"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}

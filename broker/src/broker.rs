@@ -49,7 +49,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::clock::{Clock, SystemClock};
-use crate::history::{Channel, History, HistoryError, HistoryLimits, Sequences};
+use crate::history::{Channel, History, HistoryError, HistoryLimits, PatternTooBroad, Sequences};
 use crate::message::{Message, Payload, PayloadError};
 use crate::outbox::{Offer, Outbox, OverflowPolicy, QueueLimits, Subscriber};
 use crate::position::{InvalidToken, Position};
@@ -426,6 +426,16 @@ impl Broker {
             });
         }
         Ok(since)
+    }
+
+    /// Whether reading history for `patterns` stays within
+    /// `history.max_subjects_per_read`: checked before a resume, a history
+    /// request or a poll, so that the read is refused with a reason rather
+    /// than paid for.
+    pub fn check_breadth(&self, patterns: &[Pattern]) -> Result<(), PatternTooBroad> {
+        patterns
+            .iter()
+            .try_for_each(|pattern| self.history.check_breadth(pattern))
     }
 
     /// The last sequence handed out (numbered, maybe not yet fanned out).

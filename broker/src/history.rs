@@ -58,6 +58,11 @@ pub struct HistoryLimits {
     /// messages are dropped first, whatever their subject.
     #[serde(rename = "max_bytes", deserialize_with = "crate::units::size::deserialize")]
     pub max_bytes: usize,
+    /// Subjects one wildcard read of history (a history request, a resume,
+    /// a poll) may visit; a broader pattern is refused with
+    /// `pattern_too_broad`, so no client can make a read cost the whole
+    /// store.
+    pub max_subjects_per_read: usize,
 }
 
 impl Default for HistoryLimits {
@@ -67,8 +72,20 @@ impl Default for HistoryLimits {
             max_age: Duration::from_secs(300),
             max_subjects: 1_000_000,
             max_bytes: 256 << 20,
+            max_subjects_per_read: 10_000,
         }
     }
+}
+
+/// A wildcard pattern whose history read would visit more subjects than
+/// `history.max_subjects_per_read`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "{pattern:?} reaches more than {max} subjects with history: read a narrower pattern (history.max_subjects_per_read)"
+)]
+pub struct PatternTooBroad {
+    pub pattern: String,
+    pub max: usize,
 }
 
 /// What every ring holds together.
@@ -351,13 +368,30 @@ impl History {
         Ok(channel)
     }
 
+    /// Whether reading `pattern` stays within `max_subjects_per_read`.
+    pub(crate) fn check_breadth(&self, pattern: &Pattern) -> Result<(), PatternTooBroad> {
+        let max = self.limits.max_subjects_per_read;
+        if pattern.has_wildcards() && read(&self.tree).matching(pattern, max).is_none() {
+            return Err(PatternTooBroad {
+                pattern: pattern.as_str().to_owned(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
     /// Everything retained in `sequences` on subjects matching `pattern`,
-    /// in position order.
+    /// in position order. A pattern that has grown too broad since it was
+    /// checked reads nothing and reports the whole range as a gap.
     pub(crate) fn read(&self, pattern: &Pattern, sequences: Sequences, now_millis: u64) -> PatternReplay {
         let after_sequence = sequences.after;
         let mut replay = PatternReplay::default();
         let channels: Vec<Arc<Channel>> = if pattern.has_wildcards() {
-            let subjects = read(&self.tree).matching(pattern);
+            let matching = read(&self.tree).matching(pattern, self.limits.max_subjects_per_read);
+            let Some(subjects) = matching else {
+                replay.lost_through = sequences.through;
+                return replay;
+            };
             subjects
                 .iter()
                 .filter_map(|subject| self.lookup(subject.as_str()))
@@ -456,31 +490,56 @@ impl SubjectTree {
         remove_from(&mut self.root, &tokens);
     }
 
-    /// Every subject `pattern` matches.
-    fn matching(&self, pattern: &Pattern) -> Vec<Subject> {
-        fn visit(node: &TreeNode, tokens: &[&str], out: &mut Vec<Subject>) {
-            let Some((first, rest)) = tokens.split_first() else {
-                out.extend(node.subject.iter().cloned());
-                return;
-            };
-            match *first {
-                FULL_WILDCARD => node.children.values().for_each(|child| every_subject(child, out)),
-                SINGLE_WILDCARD => node.children.values().for_each(|child| visit(child, rest, out)),
-                literal => {
-                    if let Some(child) = node.children.get(literal) {
-                        visit(child, rest, out);
-                    }
-                }
+    /// Every subject `pattern` matches, or `None` once the walk would visit
+    /// more than `budget` nodes of the tree (subjects and the tokens leading
+    /// to them): the cost of a read is bounded before it is paid.
+    fn matching(&self, pattern: &Pattern, budget: usize) -> Option<Vec<Subject>> {
+        struct Walk {
+            out: Vec<Subject>,
+            /// Nodes that may still be visited.
+            remaining: usize,
+        }
+        impl Walk {
+            /// Counts one visited node; false when none was left.
+            fn step(&mut self) -> bool {
+                let Some(remaining) = self.remaining.checked_sub(1) else {
+                    return false;
+                };
+                self.remaining = remaining;
+                true
             }
         }
-        fn every_subject(node: &TreeNode, out: &mut Vec<Subject>) {
-            out.extend(node.subject.iter().cloned());
-            node.children.values().for_each(|child| every_subject(child, out));
+        fn visit(node: &TreeNode, tokens: &[&str], walk: &mut Walk) -> bool {
+            if !walk.step() {
+                return false;
+            }
+            let Some((first, rest)) = tokens.split_first() else {
+                walk.out.extend(node.subject.iter().cloned());
+                return true;
+            };
+            match *first {
+                FULL_WILDCARD => node.children.values().all(|child| every_subject(child, walk)),
+                SINGLE_WILDCARD => node.children.values().all(|child| visit(child, rest, walk)),
+                literal => node
+                    .children
+                    .get(literal)
+                    .is_none_or(|child| visit(child, rest, walk)),
+            }
+        }
+        fn every_subject(node: &TreeNode, walk: &mut Walk) -> bool {
+            if !walk.step() {
+                return false;
+            }
+            walk.out.extend(node.subject.iter().cloned());
+            node.children.values().all(|child| every_subject(child, walk))
         }
         let tokens: Vec<&str> = pattern.tokens().collect();
-        let mut out = Vec::new();
-        visit(&self.root, &tokens, &mut out);
-        out
+        let mut walk = Walk {
+            out: Vec::new(),
+            // The root is a visit too.
+            remaining: budget.saturating_add(1),
+        };
+        visit(&self.root, &tokens, &mut walk).then_some(walk.out)
     }
 }
 
@@ -508,7 +567,8 @@ mod tests {
             tree.insert(&Subject::from_validated(subject));
         }
         let mut found: Vec<String> = tree
-            .matching(&pattern(pattern_text))
+            .matching(&pattern(pattern_text), usize::MAX)
+            .unwrap()
             .iter()
             .map(|s| s.as_str().to_owned())
             .collect();
@@ -541,6 +601,20 @@ mod tests {
     }
 
     #[test]
+    fn a_walk_stops_at_its_budget() {
+        let mut tree = SubjectTree::default();
+        for subject in ["a.b", "a.c", "x"] {
+            tree.insert(&Subject::from_validated(subject));
+        }
+        // ">" visits a, a.b, a.c and x: four nodes.
+        assert_eq!(tree.matching(&pattern(">"), 4).map(|found| found.len()), Some(3));
+        assert_eq!(tree.matching(&pattern(">"), 3), None);
+        // "a.*" visits a, a.b, a.c.
+        assert!(tree.matching(&pattern("a.*"), 3).is_some());
+        assert!(tree.matching(&pattern("a.*"), 2).is_none());
+    }
+
+    #[test]
     fn removing_subjects_prunes_the_tree() {
         let mut tree = SubjectTree::default();
         let subjects: Vec<Subject> = ["a.b", "a.b.c", "x"]
@@ -549,7 +623,10 @@ mod tests {
             .collect();
         subjects.iter().for_each(|s| tree.insert(s));
         tree.remove(&subjects[1]);
-        assert_eq!(tree.matching(&pattern("a.>")), vec![subjects[0].clone()]);
+        assert_eq!(
+            tree.matching(&pattern("a.>"), 10),
+            Some(vec![subjects[0].clone()])
+        );
         tree.remove(&subjects[0]);
         tree.remove(&subjects[2]);
         assert!(tree.root.children.is_empty(), "{tree:?}");

@@ -68,7 +68,7 @@ pub use auth::{
 };
 pub use broker::{BatchError, Broker, BrokerConfig, Metrics, PublishError, Replay, Resume};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use history::HistoryLimits;
+pub use history::{HistoryLimits, PatternTooBroad};
 pub use message::{Message, Payload, PayloadError, MAX_PAYLOAD_DEPTH};
 pub use outbox::{CloseReason, Offer, Outbox, OverflowPolicy, QueueLimits};
 pub use poll::{Poll, PollPage, Watch};

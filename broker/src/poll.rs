@@ -64,6 +64,7 @@ impl Poll {
         cursor: Option<&str>,
     ) -> Result<Poll, SessionError> {
         let patterns = subscribable_patterns(broker, access, subjects)?;
+        broker.check_breadth(&patterns)?;
         let cursor = match cursor {
             Some(token) => broker.resume_point(token)?,
             None => broker.last_position(),
@@ -73,6 +74,11 @@ impl Poll {
             patterns,
             cursor,
         })
+    }
+
+    /// Whether reading this poll's history visits more than one subject.
+    pub fn reads_wildcards(&self) -> bool {
+        self.patterns.iter().any(Pattern::has_wildcards)
     }
 
     /// Everything history holds after the cursor, now, up to a page.

@@ -16,6 +16,7 @@ use thiserror::Error;
 
 use crate::auth::Access;
 use crate::broker::{BatchError, Broker, PublishError, Replay};
+use crate::history::PatternTooBroad;
 use crate::message::{Message, Payload, PayloadError};
 use crate::outbox::Outbox;
 use crate::position::{InvalidToken, Position};
@@ -44,6 +45,8 @@ pub enum SessionError {
     NotSubscribed { subject: String },
     #[error("no subject given: name at least one pattern to subscribe to")]
     NoSubjects,
+    #[error(transparent)]
+    TooBroad(#[from] PatternTooBroad),
 }
 
 impl SessionError {
@@ -57,6 +60,7 @@ impl SessionError {
             SessionError::TooManySubscriptions { .. } => "too_many_subscriptions",
             SessionError::NotSubscribed { .. } => "not_subscribed",
             SessionError::NoSubjects => "missing_field",
+            SessionError::TooBroad(_) => "pattern_too_broad",
         }
     }
 }
@@ -237,6 +241,9 @@ impl Session {
     ) -> Result<Position, SessionError> {
         let patterns = subscribable_patterns(&self.broker, &*self.access, subjects)?;
         let since = since.map(|token| self.broker.resume_point(token)).transpose()?;
+        if since.is_some() {
+            self.broker.check_breadth(&patterns)?;
+        }
         let new_patterns: Vec<Pattern> = patterns
             .iter()
             .filter(|pattern| !self.patterns.contains(pattern))
@@ -375,6 +382,7 @@ impl Session {
             });
         }
         let since = since.map(|token| self.broker.resume_point(token)).transpose()?;
+        self.broker.check_breadth(std::slice::from_ref(&pattern))?;
         let max = self.broker.config().max_history_page;
         let limit = limit.unwrap_or(max).min(max);
         let Replay { gaps, mut messages } = self.broker.replay(

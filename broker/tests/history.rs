@@ -285,3 +285,38 @@ fn the_byte_budget_evicts_the_oldest_messages_first_and_tells_resumers() {
     }
     assert!(broker.metrics().history_bytes <= 55);
 }
+
+#[test]
+fn a_wildcard_read_broader_than_its_budget_is_refused_with_a_reason() {
+    let narrow = BrokerConfig {
+        history: HistoryLimits {
+            max_subjects_per_read: 4,
+            ..HistoryLimits::default()
+        },
+        ..BrokerConfig::default()
+    };
+    let (broker, _clock) = common::broker(narrow);
+    let start = broker.last_position().token();
+    for subject in ["room.1", "room.2", "room.3", "room.4", "room.5", "lobby"] {
+        broker.publish(subject, common::json("1")).unwrap();
+    }
+    let mut session = common::session(&broker);
+    let too_broad = |result: Result<_, herald_broker::SessionError>| {
+        assert_eq!(result.map(|_| ()).unwrap_err().code(), "pattern_too_broad");
+    };
+    too_broad(session.history("room.*", None, None).map(|_| ()));
+    too_broad(session.history(">", None, None).map(|_| ()));
+    too_broad(
+        session
+            .subscribe(&["room.>"], Some(start.as_str()), Acknowledge::Never)
+            .map(|_| ()),
+    );
+    let access = herald_broker::AllowAll;
+    too_broad(herald_broker::Poll::new(&broker, &access, &["room.*"], None).map(|_| ()));
+    // Exact subjects and narrow patterns read as before; a live
+    // subscription without `since` reads no history and is not limited.
+    assert_eq!(history_data(&session, "room.1", None).len(), 1);
+    assert_eq!(history_data(&session, "lobby.*", None).len(), 0);
+    assert!(session.history("*", None, None).is_ok());
+    session.subscribe(&[">"], None, Acknowledge::Never).unwrap();
+}

@@ -34,6 +34,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use herald_broker::{Encoding, Outbound, Payload, Reply, Session};
 use herald_gateway::credentials::bearer;
+use herald_gateway::reads::read_history;
 use herald_gateway::{GatewayContext, HttpError, QueryParams};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -258,7 +259,13 @@ async fn history(
     let session = api.session(&headers)?;
     let Query(query) =
         query.map_err(|rejection| HttpError::bad_request("invalid_query", rejection.body_text()))?;
-    let page = session.history(&query.subject, query.since.as_deref(), query.limit)?;
+    // '*' and '>' only ever stand alone in a valid pattern: their presence
+    // is its wildcards (an invalid one is refused inside the read).
+    let wide = query.subject.contains(['*', '>']);
+    let page = read_history(wide, move || {
+        session.history(&query.subject, query.since.as_deref(), query.limit)
+    })
+    .await?;
     let reply = Outbound::Reply(Box::new(Reply::History {
         id: None,
         subject: page.subject,

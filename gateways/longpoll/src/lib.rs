@@ -26,6 +26,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_broker::{Encoding, Outbound, Poll, PollPage};
+use herald_gateway::reads::read_history;
 use herald_gateway::{GatewayContext, HttpError, QueryParams};
 use serde::Deserialize;
 
@@ -93,7 +94,11 @@ async fn poll(
         &query.all("subject"),
         query.one("cursor"),
     )?;
-    let page = poll.read();
+    let (poll, page) = read_history(poll.reads_wildcards(), move || {
+        let page = poll.read();
+        (poll, page)
+    })
+    .await;
     if !page.is_empty() || wait.is_zero() {
         return Ok(answer(&page));
     }
