@@ -156,9 +156,16 @@ async fn on_fresh_server(
     let attempts = if target.is_herald() { 1 } else { 2 };
     let mut attempt = 1;
     loop {
-        let server = Server::start(target, binaries).await?;
-        let result = scenario(&server).await;
-        server.stop().await;
+        // A peer's start can fail too: its port is picked free, then
+        // released, and may be taken by another socket before it binds.
+        let result = match Server::start(target, binaries).await {
+            Ok(server) => {
+                let result = scenario(&server).await;
+                server.stop().await;
+                result
+            }
+            Err(error) => Err(error),
+        };
         match result {
             Err(error) if attempt < attempts => {
                 eprintln!("{}: {error:#}; once more on a fresh server", target.name());
