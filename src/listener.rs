@@ -23,14 +23,19 @@
 //! before the client reads it: a 1009 close frame after an oversized frame,
 //! a 413 after a too-large body.
 //!
-//! Shutdown stops accepting, lets requests in flight finish and closes
-//! idle keep-alive connections at once.
+//! Shutdown stops accepting, lets requests in flight finish (a request is
+//! in flight from its complete head to its handler's answer: a publish
+//! whose body is still arriving is answered), closes idle keep-alive
+//! connections at once, and closes a connection still sending a head after
+//! [`HEAD_GRACE`]: a half-sent request cannot hold shutdown for its whole
+//! grace period.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -48,6 +53,9 @@ use tokio_util::task::TaskTracker;
 /// At most one refusal warning per interval; the next one says how many
 /// connections were refused meanwhile.
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a connection that is still sending a request's head when
+/// shutdown starts may take to finish it.
+const HEAD_GRACE: Duration = Duration::from_millis(500);
 /// How long a closing connection is drained, at most.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 /// How much a closing connection is drained, at most.
@@ -123,7 +131,11 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ListenerLimits, s
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
         let connection = Connection::new(stream, limits.write_timeout, admission);
-        let service = TowerToHyperService::new(app.clone());
+        let service = CountRequests {
+            inner: TowerToHyperService::new(app.clone()),
+            in_flight: Arc::default(),
+        };
+        let in_flight = service.in_flight.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let serving = http1::Builder::new()
@@ -136,7 +148,19 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ListenerLimits, s
                 result = serving.as_mut() => result,
                 () = shutdown.cancelled() => {
                     serving.as_mut().graceful_shutdown();
-                    serving.await
+                    loop {
+                        tokio::select! {
+                            result = serving.as_mut() => break result,
+                            () = tokio::time::sleep(HEAD_GRACE) => {
+                                // Nothing in flight: the client is still
+                                // sending a head (an idle connection would
+                                // have closed at once).
+                                if in_flight.load(Ordering::Acquire) == 0 {
+                                    return;
+                                }
+                            }
+                        }
+                    }
                 }
             };
             if let Err(error) = result {
@@ -146,6 +170,50 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ListenerLimits, s
     }
     connections.close();
     connections.wait().await;
+}
+
+/// The connection's service, counting its requests in flight: from a
+/// complete head to the handler's answer.
+#[derive(Debug)]
+struct CountRequests<S> {
+    inner: S,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl<S, R> hyper::service::Service<R> for CountRequests<S>
+where
+    S: hyper::service::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn call(&self, request: R) -> Self::Future {
+        let in_flight = InFlight::enter(&self.in_flight);
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answer = answer.await;
+            drop(in_flight);
+            answer
+        })
+    }
+}
+
+/// One request in flight, counted until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(count: &Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Which cap a connection was refused by.
@@ -449,6 +517,16 @@ mod tests {
         assert_eq!(gate.admit(b).unwrap_err(), Refusal::Total);
         drop(first);
         assert!(gate.admit(a).is_ok(), "a released place is free again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_logged_once_per_interval() {
+        let mut last = None;
+        assert!(due(&mut last), "the first refusal is logged");
+        assert!(!due(&mut last));
+        tokio::time::advance(REFUSAL_LOG_INTERVAL).await;
+        assert!(due(&mut last), "and the first after each interval");
+        assert!(!due(&mut last));
     }
 
     #[test]

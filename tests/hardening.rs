@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use futures_util::{SinkExt, StreamExt};
 use herald_broker::protocol::ServerEvent;
 use serde_json::json;
@@ -290,4 +292,148 @@ async fn credentials_are_read_the_same_way_and_never_downgraded() {
             assert_eq!(code_of(&body), "invalid_credential", "{authorization} on {path}");
         }
     }
+}
+
+#[tokio::test]
+async fn connections_that_do_not_finish_a_request_are_closed() {
+    let server = Server::start(|config| {
+        config.server.header_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    // Connected, never a byte.
+    let mut silent = TcpStream::connect(server.address).await.unwrap();
+    // Slowloris: a header line every 200 ms, never the blank line.
+    let mut slow = TcpStream::connect(server.address).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    let trickle = async {
+        for n in 0..25 {
+            if slow.write_all(format!("x-{n}: y\r\n").as_bytes()).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    };
+    let started = tokio::time::Instant::now();
+    let (silent_closed, slow_cut) = tokio::join!(
+        support::closed_within(&mut silent, Duration::from_secs(3)),
+        trickle
+    );
+    assert!(silent_closed, "a connection that sends nothing is closed");
+    assert!(
+        slow_cut || support::closed_within(&mut slow, Duration::from_secs(1)).await,
+        "a trickled head is cut off"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // Keep-alive: one answered request, then idle until the same timeout.
+    let mut idle = TcpStream::connect(server.address).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: herald\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _) = support::read_raw_response(&mut idle).await;
+    assert_eq!(status, 200);
+    assert!(
+        support::closed_within(&mut idle, Duration::from_secs(3)).await,
+        "an idle keep-alive connection is closed"
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_caps_are_answered_503() {
+    let server = Server::start(|config| {
+        config.server.max_connections = 5;
+        config.server.max_connections_per_ip = 3;
+    })
+    .await;
+    let from = |last_octet: u8| {
+        let server = server.address;
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(format!("127.0.0.{last_octet}:0").parse().unwrap())
+                .unwrap();
+            socket.connect(server).await.unwrap()
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(from(1).await);
+    }
+    let healthz = b"GET /healthz HTTP/1.1\r\nhost: herald\r\n\r\n";
+    let mut refused = from(1).await;
+    refused.write_all(healthz).await.unwrap();
+    let (status, body) = support::read_raw_response(&mut refused).await;
+    assert_eq!(
+        (status, code_of(&body)),
+        (503, "too_many_connections".to_owned()),
+        "per address"
+    );
+    // Another address may still connect, up to the total.
+    for _ in 0..2 {
+        held.push(from(2).await);
+    }
+    let mut refused = from(3).await;
+    refused.write_all(healthz).await.unwrap();
+    let (status, body) = support::read_raw_response(&mut refused).await;
+    assert_eq!(
+        (status, code_of(&body)),
+        (503, "too_many_connections".to_owned()),
+        "in all"
+    );
+    // A place given back is free again.
+    drop(held.remove(0));
+    let deadline = tokio::time::Instant::now() + support::PATIENCE;
+    loop {
+        let mut again = from(1).await;
+        again.write_all(healthz).await.unwrap();
+        let (status, _) = support::read_raw_response(&mut again).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight_and_does_not_wait_for_half_sent_heads() {
+    let server = Server::start(|config| {
+        config.server.header_read_timeout = Duration::from_secs(30);
+        config.server.shutdown_grace = Duration::from_secs(10);
+    })
+    .await;
+    // A head that will never be finished.
+    let mut half_head = TcpStream::connect(server.address).await.unwrap();
+    half_head
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: her")
+        .await
+        .unwrap();
+    // A publish whose body is on its way when shutdown starts.
+    let key = format!("authorization: Bearer {}\r\n", support::PUBLISHER_KEY);
+    let body = br#"{"subject":"late","data":"still delivered"}"#;
+    let mut publishing = publish_head(&server, &key, body.len()).await;
+    publishing.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let broker = server.broker.clone();
+    let started = tokio::time::Instant::now();
+    let stopping = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    publishing.write_all(&body[10..]).await.unwrap();
+    let (status, _) = support::read_raw_response(&mut publishing).await;
+    assert_eq!(status, 200, "the publish in flight is answered");
+    assert_eq!(broker.metrics().published, 1);
+    stopping.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?} for a head that never came",
+        started.elapsed()
+    );
+    assert!(support::closed_within(&mut half_head, Duration::from_secs(1)).await);
 }
