@@ -437,3 +437,28 @@ async fn shutdown_finishes_requests_in_flight_and_does_not_wait_for_half_sent_he
     );
     assert!(support::closed_within(&mut half_head, Duration::from_secs(1)).await);
 }
+
+#[tokio::test]
+async fn one_history_answer_is_bounded_in_bytes_not_only_in_messages() {
+    let server = Server::start(|config| {
+        config.broker.history.max_bytes = 128 << 20;
+    })
+    .await;
+    // 1 000 messages of 60 KiB: a full page by count would be 60 MB.
+    let payload = format!("\"{}\"", "b".repeat(60 << 10));
+    for index in 0..1000 {
+        let payload = herald_broker::Payload::from_json(payload.clone().into()).unwrap();
+        server
+            .broker
+            .publish(&format!("big.{}", index % 10), payload)
+            .unwrap();
+    }
+    let response = reqwest::get(server.url("/v1/history?subject=big.*"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let messages = body["messages"].as_array().unwrap().len();
+    // The queue's byte limit (1 MiB) holds 17 of them.
+    assert!((1..=17).contains(&messages), "{messages} messages in one answer");
+}

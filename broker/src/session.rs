@@ -390,10 +390,18 @@ impl Session {
             since,
             self.broker.committed_sequence(),
         );
+        // A page holds at most `limit` messages and the queue's byte limit
+        // (at least one message): paging forward keeps the oldest, the
+        // newest page the newest.
+        let max_bytes = self.outbox.limits().max_bytes;
         if since.is_some() {
             messages.truncate(limit);
+            let fit = count_within(messages.iter(), max_bytes);
+            messages.truncate(fit);
         } else {
             messages.drain(..messages.len().saturating_sub(limit));
+            let fit = count_within(messages.iter().rev(), max_bytes);
+            messages.drain(..messages.len() - fit);
         }
         Ok(HistoryPage {
             gap: gaps.into_iter().next(),
@@ -401,6 +409,19 @@ impl Session {
             messages,
         })
     }
+}
+
+/// How many of `messages`, in order, fit in `max_bytes` together; at least
+/// one, so a single large message can still be read.
+fn count_within<'a>(messages: impl Iterator<Item = &'a Message>, max_bytes: usize) -> usize {
+    let mut bytes = 0;
+    messages
+        .enumerate()
+        .take_while(|(index, message)| {
+            bytes += message.size();
+            *index == 0 || bytes <= max_bytes
+        })
+        .count()
 }
 
 impl Drop for Session {

@@ -320,3 +320,38 @@ fn a_wildcard_read_broader_than_its_budget_is_refused_with_a_reason() {
     assert!(session.history("*", None, None).is_ok());
     session.subscribe(&[">"], None, Acknowledge::Never).unwrap();
 }
+
+#[test]
+fn a_history_page_holds_at_most_the_queue_byte_limit() {
+    let config = BrokerConfig {
+        queue: herald_broker::QueueLimits {
+            max_bytes: 100,
+            ..herald_broker::QueueLimits::default()
+        },
+        ..BrokerConfig::default()
+    };
+    let (broker, _clock) = common::broker(config);
+    let start = broker.last_position().token();
+    // Each weighs 1 (subject) + 40 (payload) bytes: two fit in 100.
+    for n in 0..5 {
+        broker
+            .publish("p", common::json(&format!("\"{n}{}\"", "x".repeat(37))))
+            .unwrap();
+    }
+    let session = common::session(&broker);
+    let first = |data: Vec<serde_json::Value>| {
+        data.iter()
+            .map(|d| d.as_str().unwrap()[..1].to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        first(history_data(&session, "p", None)),
+        ["3", "4"],
+        "the newest that fit"
+    );
+    assert_eq!(
+        first(history_data(&session, "p", Some(start.as_str()))),
+        ["0", "1"],
+        "paging forward"
+    );
+}
