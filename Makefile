@@ -2,12 +2,20 @@
 
 CARGO ?= cargo
 
-.PHONY: test lint fmt browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians doc clean
+.PHONY: test lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians doc clean
 
 ## Run every test in the workspace (unit, integration, property, doc tests).
 test:
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+
+## The fuzz targets (every parser that sees network bytes) run far longer
+## than in `make test` (256 cases each): FUZZ_CASES cases per property,
+## optimised. A failure's input is saved next to its test as a
+## *.proptest-regressions seed and replayed first from then on.
+FUZZ_CASES ?= 200000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p herald-broker -p herald-gateway -p herald-http --test fuzz
 
 ## Formatting and clippy, as CI checks them.
 lint:

@@ -192,35 +192,39 @@ fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<&
 const PUBLISH_SHAPE: &str =
     r#"expected {"subject":..,"data":..} or {"messages":[{"subject":..,"data":..},..]}"#;
 
-async fn publish(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) -> Result<Response, HttpError> {
-    check_json_content_type(&headers)?;
-    api.check_may_publish(&headers)?;
-    let session = api.session(&headers)?;
-    let body = api.read_body(&headers, body).await?;
-    let parsed: PublishBody<'_> = serde_json::from_slice(&body)
+/// A publish body, read: one message or a batch.
+#[derive(Debug)]
+pub enum Publish {
+    One(String, Payload),
+    Batch(Vec<(String, Payload)>),
+}
+
+/// Reads a publish body (`{"subject","data"}` or `{"messages":[..]}`): the
+/// shape, each payload, and the batch size against `max_batch`. Subjects
+/// and permissions are the session's to check.
+pub fn parse_publish(body: &Bytes, max_batch: usize) -> Result<Publish, HttpError> {
+    let parsed: PublishBody<'_> = serde_json::from_slice(body)
         .map_err(|error| HttpError::bad_request("malformed_body", format!("{PUBLISH_SHAPE}: {error}")))?;
     match parsed {
         PublishBody {
             subject: Some(subject),
             data: Some(data),
             messages: None,
-        } => {
-            let payload = Payload::from_validated_json(&body, data.get())?;
-            let position = session.publish(&subject, payload)?;
-            Ok(Json(serde_json::json!({ "pos": position.token().as_str() })).into_response())
-        }
+        } => Ok(Publish::One(
+            subject,
+            Payload::from_validated_json(body, data.get())?,
+        )),
         PublishBody {
             subject: None,
             data: None,
             messages: Some(messages),
         } => {
-            if messages.len() > api.config.max_batch {
+            if messages.len() > max_batch {
                 return Err(HttpError::payload_too_large(
                     "batch_too_large",
                     format!(
-                        "{} messages in one batch; the limit is {}",
-                        messages.len(),
-                        api.config.max_batch
+                        "{} messages in one batch; the limit is {max_batch}",
+                        messages.len()
                     ),
                 ));
             }
@@ -228,11 +232,28 @@ async fn publish(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) ->
                 .into_iter()
                 .enumerate()
                 .map(|(index, message)| {
-                    let payload = Payload::from_validated_json(&body, message.data.get())
+                    let payload = Payload::from_validated_json(body, message.data.get())
                         .map_err(|error| HttpError::from(error).at_index(index))?;
                     Ok((message.subject, payload))
                 })
-                .collect::<Result<Vec<(String, Payload)>, HttpError>>()?;
+                .collect::<Result<_, HttpError>>()?;
+            Ok(Publish::Batch(batch))
+        }
+        _ => Err(HttpError::bad_request("malformed_body", PUBLISH_SHAPE)),
+    }
+}
+
+async fn publish(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) -> Result<Response, HttpError> {
+    check_json_content_type(&headers)?;
+    api.check_may_publish(&headers)?;
+    let session = api.session(&headers)?;
+    let body = api.read_body(&headers, body).await?;
+    match parse_publish(&body, api.config.max_batch)? {
+        Publish::One(subject, payload) => {
+            let position = session.publish(&subject, payload)?;
+            Ok(Json(serde_json::json!({ "pos": position.token().as_str() })).into_response())
+        }
+        Publish::Batch(batch) => {
             let positions: Vec<String> = session
                 .publish_batch(batch)?
                 .iter()
@@ -240,7 +261,6 @@ async fn publish(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) ->
                 .collect();
             Ok(Json(serde_json::json!({ "positions": positions })).into_response())
         }
-        _ => Err(HttpError::bad_request("malformed_body", PUBLISH_SHAPE)),
     }
 }
 
