@@ -58,6 +58,9 @@ pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 const HEAD_GRACE: Duration = Duration::from_millis(500);
 /// How long a closing connection is drained, at most.
 const LINGER_TIME: Duration = Duration::from_secs(2);
+/// A closing connection that sends nothing for this long is done: what was
+/// in flight has arrived.
+const LINGER_QUIET: Duration = Duration::from_millis(200);
 /// How much a closing connection is drained, at most.
 const LINGER_BYTES: usize = 256 * 1024;
 
@@ -98,7 +101,8 @@ impl ListenerLimits {
 }
 
 /// Accepts and serves connections until `shutdown`, then waits for the
-/// requests in flight (streams end on the same signal) and returns.
+/// requests in flight (streams end on the same signal) and for every
+/// connection to be closed, and returns.
 pub async fn serve(listener: TcpListener, app: Router, limits: ListenerLimits, shutdown: CancellationToken) {
     let gate = Arc::new(Gate::new(limits.max_connections, limits.max_connections_per_ip));
     let connections = TaskTracker::new();
@@ -170,6 +174,12 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ListenerLimits, s
     }
     connections.close();
     connections.wait().await;
+    // Upgraded connections (served elsewhere) and lingering closes hold
+    // their place until their socket is closed: the process exits only
+    // once the last close frame has been delivered, not reset away.
+    while gate.open_connections() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The connection's service, counting its requests in flight: from a
@@ -267,6 +277,13 @@ impl Gate {
         })
     }
 
+    fn open_connections(&self) -> usize {
+        self.counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .total
+    }
+
     fn release(&self, address: IpAddr) {
         let mut counts = self
             .counts
@@ -327,17 +344,18 @@ async fn refuse(mut stream: TcpStream, refusal: Refusal) {
     }
 }
 
-/// Shuts the sending side, then drains what the client still sends, within
-/// [`LINGER_TIME`] and [`LINGER_BYTES`], before the socket is closed.
+/// Shuts the sending side, then drains what the client still sends until
+/// it closes too or goes quiet for [`LINGER_QUIET`], within [`LINGER_TIME`]
+/// and [`LINGER_BYTES`], before the socket is closed.
 async fn linger(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
     let mut discard = [0u8; 4096];
     let mut drained = 0;
     let _ = tokio::time::timeout(LINGER_TIME, async {
         while drained < LINGER_BYTES {
-            match stream.read(&mut discard).await {
-                Ok(0) | Err(_) => return,
-                Ok(read) => drained += read,
+            match tokio::time::timeout(LINGER_QUIET, stream.read(&mut discard)).await {
+                Ok(Ok(0) | Err(_)) | Err(_) => return,
+                Ok(Ok(read)) => drained += read,
             }
         }
     })
