@@ -47,6 +47,7 @@ pub fn default_config_text() -> String {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub broker: BrokerConfig,
     #[cfg(feature = "http")]
@@ -57,6 +58,28 @@ pub struct Config {
     pub sse: herald_sse::SseConfig,
     #[cfg(feature = "longpoll")]
     pub longpoll: herald_longpoll::LongPollConfig,
+}
+
+/// Where history is kept: the `[storage]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub history: HistoryStorage,
+    /// The database file, for `history = "disk"`.
+    pub path: std::path::PathBuf,
+    /// How often history on disk is committed and fsynced; a crash loses
+    /// at most this much.
+    #[serde(with = "herald_broker::units::duration")]
+    pub flush_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryStorage {
+    /// In memory: gone at restart (a new epoch; resumers get a gap).
+    Memory,
+    /// On disk: positions and retained messages survive a restart.
+    Disk,
 }
 
 /// The `[server]` section: the listener and the process.
@@ -129,6 +152,9 @@ impl Config {
         let broker = &self.broker;
         if broker.queue.max_messages == 0 || broker.queue.max_bytes == 0 {
             bail!("broker.queue limits must be positive");
+        }
+        if self.storage.history == HistoryStorage::Disk && self.storage.flush_interval.is_zero() {
+            bail!("storage.flush_interval must be positive");
         }
         let server = &self.server;
         if server.write_timeout.is_zero() || server.header_read_timeout.is_zero() {

@@ -24,12 +24,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::Router;
-use herald_broker::Broker;
+use herald_broker::{Broker, SystemClock};
 use herald_gateway::{DisconnectCounters, GatewayContext};
+use herald_store::{DiskJournal, StoreOptions};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use config::Config;
+use config::HistoryStorage;
 
 /// Serves Herald on `listener` until `shutdown` completes; see [`Herald::run`].
 pub async fn run(
@@ -45,16 +47,36 @@ pub async fn run(
 pub struct Herald {
     config: Config,
     context: GatewayContext,
+    /// History on disk, closed (everything written, marked clean) once
+    /// every connection is done.
+    journal: Option<Arc<DiskJournal>>,
 }
 
 impl Herald {
+    /// Validates `config` and builds the broker; with history on disk this
+    /// opens the database and restores what it holds.
     pub fn new(config: Config) -> anyhow::Result<Herald> {
         config.validate()?;
-        let broker = Broker::new(config.broker.clone());
+        let (broker, journal) = match config.storage.history {
+            HistoryStorage::Memory => (Broker::new(config.broker.clone()), None),
+            HistoryStorage::Disk => {
+                let options = StoreOptions {
+                    path: config.storage.path.clone(),
+                    flush_interval: config.storage.flush_interval,
+                    max_age: config.broker.history.max_age,
+                };
+                let (restored, journal) = herald_store::open(&options)?;
+                let journal = Arc::new(journal);
+                let clock = Arc::new(SystemClock::new());
+                let broker = Broker::restored(config.broker.clone(), clock, restored, journal.clone());
+                (broker, Some(journal))
+            }
+        };
         let auth = Arc::new(config.authenticator()?);
         Ok(Herald {
             context: GatewayContext::new(broker, auth),
             config,
+            journal,
         })
     }
 
@@ -148,6 +170,9 @@ impl Herald {
             );
         }
         sweeper.abort();
+        if let Some(journal) = &self.journal {
+            journal.close();
+        }
         tracing::info!(
             metrics = ?context.broker.metrics(),
             disconnects = ?context.disconnects.snapshot(),

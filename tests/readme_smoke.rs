@@ -5,14 +5,13 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+use support::{serve, Running, HERALD};
 
 #[test]
 fn help_and_default_config_read_well() {
@@ -49,56 +48,6 @@ fn help_and_default_config_read_well() {
         .unwrap();
     assert!(!bad.status.success(), "a missing config file fails closed");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("does not exist"));
-}
-
-/// The server process, killed if the test ends before it exits by itself.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Starts `herald serve` on an ephemeral port with `arguments` and
-/// `environment`; returns the process, its address, and its log up to the
-/// line that names the address.
-fn serve(arguments: &[&str], environment: &[(&str, &str)]) -> (Running, String, Vec<String>) {
-    let mut child = Running(
-        Command::new(HERALD)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(arguments)
-            .env("RUST_LOG", "info")
-            .envs(environment.iter().copied())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    // The log is read on its own thread, so waiting for a line can time out;
-    // it keeps draining after nobody listens, so the server never writes
-    // into a closed pipe.
-    let (lines, log) = mpsc::channel();
-    let stderr = child.0.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    loop {
-        let line = log
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server logs its address within 30 s");
-        if let Some(rest) = line.split("address=").nth(1) {
-            let address = rest.split_whitespace().next().unwrap().to_owned();
-            seen.push(line);
-            return (child, address, seen);
-        }
-        seen.push(line);
-    }
 }
 
 #[test]

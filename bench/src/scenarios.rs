@@ -413,7 +413,7 @@ pub async fn churn(
         async move {
             let mut round = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let subject = if round % 2 == 0 {
+                let subject = if round.is_multiple_of(2) {
                     SUBJECT.to_owned()
                 } else {
                     format!("churn.{}", round % 1000)

@@ -113,7 +113,7 @@ fn publish_under_churn(c: &mut Criterion) {
             b.iter(|| {
                 black_box(broker.publish("hot.subject", payload.clone()).unwrap());
                 published += 1;
-                if published % 512 == 0 {
+                if published.is_multiple_of(512) {
                     for reader in &readers {
                         let _ = reader.outbox().try_take_batch(&mut batch);
                     }

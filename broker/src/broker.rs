@@ -168,13 +168,45 @@ pub struct Resume {
     pub replay: Replay,
 }
 
+/// Where history goes to survive a restart: told of every message history
+/// records, in publish order, under the publish lock (so it must only hand
+/// the message on, not write it out itself). The broker owns no files; a
+/// store implements this.
+pub trait Journal: Send + Sync + std::fmt::Debug {
+    fn record(&self, message: &Message);
+}
+
+/// What a broker starts from when history survived a restart.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// The numbering's identity, kept across the restart.
+    pub epoch: u32,
+    /// The last sequence handed out before the restart; numbering goes on
+    /// after it.
+    pub last_sequence: u64,
+    /// Messages at or below this sequence may be lost (expired, or never
+    /// written before a crash): a resume from before it gets a gap.
+    pub lost_through: u64,
+    /// The retained messages, in sequence order.
+    pub messages: Vec<StoredMessage>,
+}
+
+/// One message as a store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub subject: String,
+    pub sequence: u64,
+    pub published_at_millis: u64,
+    pub payload: Payload,
+}
+
 /// The fan-out core.
 #[derive(Debug)]
 pub struct Broker {
     config: BrokerConfig,
     clock: Arc<dyn Clock>,
-    /// Identity of this broker's numbering; changes at every start since
-    /// history is in memory.
+    /// Identity of this broker's numbering: fresh at every start with
+    /// history in memory, kept across restarts with history on disk.
     epoch: u32,
     /// The last sequence handed out; node-wide, so positions of different
     /// subjects compare.
@@ -188,6 +220,7 @@ pub struct Broker {
     history: History,
     counters: Counters,
     next_session_id: AtomicU64,
+    journal: Option<Arc<dyn Journal>>,
 }
 
 impl Broker {
@@ -211,6 +244,47 @@ impl Broker {
             history,
             counters: Counters::default(),
             next_session_id: AtomicU64::new(1),
+            journal: None,
+        })
+    }
+
+    /// A broker that resumes the numbering and the history of `restored`,
+    /// then hands every message it records to `journal`. Restored messages
+    /// go through the same limits as new ones (count, age, bytes, subjects).
+    pub fn restored(
+        config: BrokerConfig,
+        clock: Arc<dyn Clock>,
+        restored: Restored,
+        journal: Arc<dyn Journal>,
+    ) -> Arc<Broker> {
+        let history = History::new(config.history);
+        let now = clock.now_millis();
+        for stored in restored.messages {
+            let Ok(channel) = history.channel(&stored.subject) else {
+                continue;
+            };
+            let position = Position::new(restored.epoch, stored.sequence);
+            let message = Message::new(
+                channel.subject.clone(),
+                position,
+                stored.published_at_millis,
+                stored.payload,
+            );
+            history.record(&channel, message, now);
+        }
+        history.forget_through(restored.lost_through);
+        Arc::new(Broker {
+            config,
+            clock,
+            epoch: restored.epoch,
+            last_sequence: AtomicU64::new(restored.last_sequence),
+            committed_sequence: AtomicU64::new(restored.last_sequence),
+            publish_order: Mutex::new(()),
+            router: Router::new(),
+            history,
+            counters: Counters::default(),
+            next_session_id: AtomicU64::new(1),
+            journal: Some(journal),
         })
     }
 
@@ -293,6 +367,9 @@ impl Broker {
         let now = self.clock.now_millis();
         let message = Message::new(channel.subject.clone(), position, now, payload);
         self.history.record(channel, message.clone(), now);
+        if let Some(journal) = &self.journal {
+            journal.record(&message);
+        }
         let matches = self.router.matches(channel.subject.as_str());
         self.fan_out(&matches, &message);
         // Release: whoever reads this mark sees the message in history and

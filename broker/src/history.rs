@@ -289,6 +289,12 @@ impl History {
         }
     }
 
+    /// Marks every sequence up to `sequence` as possibly lost, as if its
+    /// subjects had been forgotten: for history restored after a restart.
+    pub(crate) fn forget_through(&self, sequence: u64) {
+        self.forgotten_through.fetch_max(sequence, Ordering::Release);
+    }
+
     /// Bytes all rings hold.
     pub(crate) fn retained_bytes(&self) -> usize {
         self.totals.bytes.load(Ordering::Relaxed)

@@ -66,7 +66,9 @@ pub use auth::{
     Access, AllowAll, AnonymousAccess, ApiKey, ApiKeyConfig, AuthConfig, AuthConfigError, AuthError,
     Authenticator, Permissions, SubscribeOnly,
 };
-pub use broker::{BatchError, Broker, BrokerConfig, Metrics, PublishError, Replay, Resume};
+pub use broker::{
+    BatchError, Broker, BrokerConfig, Journal, Metrics, PublishError, Replay, Restored, Resume, StoredMessage,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use history::{HistoryLimits, PatternTooBroad};
 pub use message::{Message, Payload, PayloadError, MAX_PAYLOAD_DEPTH};

@@ -260,7 +260,7 @@ fn polling_while_publishing_loses_nothing_and_repeats_nothing() {
                 // Alternate between waiting a little and giving up at once,
                 // so both ways a wait ends are exercised.
                 let mut watch = poll.watch(page.cursor);
-                let wait = std::time::Duration::from_micros(if polls % 2 == 0 { 200 } else { 0 });
+                let wait = std::time::Duration::from_micros(if polls.is_multiple_of(2) { 200 } else { 0 });
                 page = match tokio::time::timeout(wait, watch.next_page()).await {
                     Ok(page) => page,
                     Err(_) => watch.settle(),

@@ -1,0 +1,361 @@
+//! # herald-store
+//!
+//! History that survives a restart: a [`Journal`] for the broker that
+//! writes every recorded message to a [redb](https://docs.rs/redb)
+//! database, and [`open`], which reads it back into a [`Restored`] for
+//! `Broker::restored`.
+//!
+//! The broker hands each message to [`DiskJournal::record`] under its
+//! publish lock, so that call only queues it (a bounded channel: if the
+//! disk cannot keep up, publishing slows to its pace). A writer thread
+//! commits what is queued every `flush_interval`, in one transaction with
+//! `Durability::Immediate` (an fsync), and deletes what has aged out of
+//! `history.max_age`.
+//!
+//! What survives what:
+//!
+//! - **Clean shutdown** ([`DiskJournal::close`], on SIGTERM): everything is
+//!   committed and the database is marked clean. The next start keeps the
+//!   epoch and goes on numbering after the last position: a client resumes
+//!   with nothing lost and no gap.
+//! - **Crash** (SIGKILL, power loss): what was committed survives, that is
+//!   everything but at most the last `flush_interval` of messages. The
+//!   next start sees the database was not closed cleanly, keeps the epoch
+//!   and skips [`UNCLEAN_SKIP`] sequences, so the numbers of messages that
+//!   were delivered but never written are never reused; a resume from
+//!   before the skip gets a gap that covers them.
+//!
+//! The store keeps messages by age only; the count, byte and subject limits
+//! are the broker's, applied again to what is restored.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use herald_broker::{Journal, Message, Payload, Restored, StoredMessage};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use thiserror::Error;
+
+/// Messages by sequence: `published_at_millis` (8 bytes, big-endian), the
+/// subject's length (2 bytes), the subject, the payload's JSON.
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+/// `epoch`, `last_sequence`, `floor` (highest sequence deleted), `clean`.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Messages the journal queues before publishing waits for the disk.
+const QUEUE_CAPACITY: usize = 64 * 1024;
+/// Sequences skipped after a crash: more than could have been numbered and
+/// not yet written (the queue, and a batch being written).
+pub const UNCLEAN_SKIP: u64 = 1 << 20;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("history database {path}: {source}")]
+    Database {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("history database {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the store is run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The database file.
+    pub path: PathBuf,
+    /// How often queued messages are committed (and fsynced).
+    pub flush_interval: Duration,
+    /// Messages older than this are not restored, and are deleted.
+    pub max_age: Duration,
+}
+
+/// The broker's journal on disk. [`DiskJournal::close`] commits the rest
+/// and marks the database clean.
+#[derive(Debug)]
+pub struct DiskJournal {
+    queue: SyncSender<Entry>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Message { sequence: u64, value: Vec<u8> },
+    Close,
+}
+
+/// Opens (or creates) the database at `options.path`: what it holds comes
+/// back as a [`Restored`], and the journal writes what comes next.
+pub fn open(options: &StoreOptions) -> Result<(Restored, DiskJournal), StoreError> {
+    let path = options.path.clone();
+    let database_error = |source: redb::Error| StoreError::Database {
+        path: path.clone(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| StoreError::Io {
+            path: parent.to_owned(),
+            source,
+        })?;
+    }
+    let database = Database::create(&path).map_err(|error| database_error(error.into()))?;
+    let restored = restore(&database, options).map_err(database_error)?;
+    let (queue, entries) = mpsc::sync_channel(QUEUE_CAPACITY);
+    let writer = Writer {
+        database,
+        path: path.clone(),
+        options: options.clone(),
+        last_sequence: restored.last_sequence,
+    };
+    let writer = std::thread::Builder::new()
+        .name("herald-history-store".into())
+        .spawn(move || writer.run(entries))
+        .map_err(|source| StoreError::Io { path, source })?;
+    Ok((
+        restored,
+        DiskJournal {
+            queue,
+            writer: Mutex::new(Some(writer)),
+        },
+    ))
+}
+
+/// Reads the numbering and the retained messages, and marks the database
+/// in use (not clean) until the journal is closed.
+fn restore(database: &Database, options: &StoreOptions) -> Result<Restored, redb::Error> {
+    let cutoff = now_millis().saturating_sub(options.max_age.as_millis() as u64);
+    let mut restored = Restored::default();
+    let (epoch, clean, floor);
+    {
+        let read = database.begin_read()?;
+        let meta = match read.open_table(META) {
+            Ok(meta) => Some(meta),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(error) => return Err(error.into()),
+        };
+        let get = |key: &str| -> Result<Option<u64>, redb::Error> {
+            match &meta {
+                Some(meta) => Ok(meta.get(key)?.map(|value| value.value())),
+                None => Ok(None),
+            }
+        };
+        epoch = get("epoch")?;
+        clean = get("clean")? == Some(1);
+        floor = get("floor")?.unwrap_or(0);
+        restored.last_sequence = get("last_sequence")?.unwrap_or(0);
+        let mut expired_through = floor;
+        match read.open_table(MESSAGES) {
+            Ok(messages) => {
+                for entry in messages.iter()? {
+                    let (sequence, value) = entry?;
+                    let sequence = sequence.value();
+                    restored.last_sequence = restored.last_sequence.max(sequence);
+                    match decode(sequence, value.value()) {
+                        Some(stored) if stored.published_at_millis >= cutoff => {
+                            restored.messages.push(stored)
+                        }
+                        _ => expired_through = expired_through.max(sequence),
+                    }
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+        restored.lost_through = expired_through;
+    }
+    restored.epoch = match epoch {
+        Some(epoch) => epoch as u32,
+        None => fresh_epoch(),
+    };
+    if epoch.is_some() && !clean {
+        tracing::warn!(
+            last_written = restored.last_sequence,
+            "history was not closed cleanly (a crash?): messages of the last flush interval may be lost; \
+             numbering skips ahead so that none is reused"
+        );
+        restored.last_sequence += UNCLEAN_SKIP;
+        restored.lost_through = restored.last_sequence;
+    }
+    let write = database.begin_write()?;
+    {
+        let mut meta = write.open_table(META)?;
+        meta.insert("epoch", u64::from(restored.epoch))?;
+        meta.insert("last_sequence", restored.last_sequence)?;
+        meta.insert("clean", 0)?;
+        write.open_table(MESSAGES)?;
+    }
+    write.commit()?;
+    tracing::info!(
+        epoch = restored.epoch,
+        last_sequence = restored.last_sequence,
+        messages = restored.messages.len(),
+        "history restored from disk"
+    );
+    Ok(restored)
+}
+
+impl Journal for DiskJournal {
+    fn record(&self, message: &Message) {
+        let entry = Entry::Message {
+            sequence: message.sequence(),
+            value: encode(message),
+        };
+        if self.queue.send(entry).is_err() {
+            tracing::error!(
+                sequence = message.sequence(),
+                "history store is closed: message not written"
+            );
+        }
+    }
+}
+
+impl DiskJournal {
+    /// Commits everything queued, marks the database clean and stops the
+    /// writer. Later messages are not written (and are logged).
+    pub fn close(&self) {
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(writer) = writer {
+            let _ = self.queue.send(Entry::Close);
+            if writer.join().is_err() {
+                tracing::error!("history store writer panicked");
+            }
+        }
+    }
+}
+
+struct Writer {
+    database: Database,
+    path: PathBuf,
+    options: StoreOptions,
+    last_sequence: u64,
+}
+
+impl Writer {
+    /// Waits for a message, collects for one `flush_interval` (or until
+    /// the batch is a queue's worth), commits; until closed.
+    fn run(mut self, entries: Receiver<Entry>) {
+        let mut batch = Vec::new();
+        loop {
+            let mut closing = entries.recv().map_or(true, |entry| take(entry, &mut batch));
+            let deadline = Instant::now() + self.options.flush_interval;
+            while !closing && batch.len() < QUEUE_CAPACITY {
+                match entries.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(entry) => closing = take(entry, &mut batch),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => closing = true,
+                }
+            }
+            if let Err(error) = self.commit(&mut batch, closing) {
+                tracing::error!(path = %self.path.display(), %error, "cannot write history to disk");
+            }
+            if closing {
+                return;
+            }
+        }
+    }
+
+    /// Writes `batch`, deletes what aged out, and records the numbering
+    /// (and `clean` when closing), in one durable transaction.
+    fn commit(&mut self, batch: &mut Vec<(u64, Vec<u8>)>, closing: bool) -> Result<(), redb::Error> {
+        if batch.is_empty() && !closing {
+            return Ok(());
+        }
+        let cutoff = now_millis().saturating_sub(self.options.max_age.as_millis() as u64);
+        let mut write = self.database.begin_write()?;
+        write.set_durability(Durability::Immediate)?;
+        {
+            let mut messages = write.open_table(MESSAGES)?;
+            for (sequence, value) in batch.drain(..) {
+                messages.insert(sequence, value.as_slice())?;
+                self.last_sequence = self.last_sequence.max(sequence);
+            }
+            // Sequence order is publish order: what aged out is at the front.
+            let mut expired = Vec::new();
+            for entry in messages.iter()? {
+                let (sequence, value) = entry?;
+                if published_at(value.value()).is_some_and(|at| at >= cutoff) {
+                    break;
+                }
+                expired.push(sequence.value());
+            }
+            for sequence in &expired {
+                messages.remove(sequence)?;
+            }
+            let mut meta = write.open_table(META)?;
+            if let Some(&floor) = expired.last() {
+                let previous = meta.get("floor")?.map_or(0, |value| value.value());
+                meta.insert("floor", previous.max(floor))?;
+            }
+            meta.insert("last_sequence", self.last_sequence)?;
+            if closing {
+                meta.insert("clean", 1)?;
+            }
+        }
+        write.commit()?;
+        Ok(())
+    }
+}
+
+/// Adds a message to `batch`; true for the closing entry.
+fn take(entry: Entry, batch: &mut Vec<(u64, Vec<u8>)>) -> bool {
+    match entry {
+        Entry::Message { sequence, value } => {
+            batch.push((sequence, value));
+            false
+        }
+        Entry::Close => true,
+    }
+}
+
+fn encode(message: &Message) -> Vec<u8> {
+    let subject = message.subject().as_str().as_bytes();
+    let payload = message.payload().json();
+    let mut value = Vec::with_capacity(10 + subject.len() + payload.len());
+    value.extend_from_slice(&message.published_at_millis().to_be_bytes());
+    value.extend_from_slice(&(subject.len() as u16).to_be_bytes());
+    value.extend_from_slice(subject);
+    value.extend_from_slice(payload);
+    value
+}
+
+fn published_at(value: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?))
+}
+
+fn decode(sequence: u64, value: &[u8]) -> Option<StoredMessage> {
+    let published_at_millis = published_at(value)?;
+    let length = usize::from(u16::from_be_bytes(value.get(8..10)?.try_into().ok()?));
+    let subject = std::str::from_utf8(value.get(10..10 + length)?).ok()?.to_owned();
+    let payload = Payload::from_json(Bytes::copy_from_slice(value.get(10 + length..)?)).ok()?;
+    Some(StoredMessage {
+        subject,
+        sequence,
+        published_at_millis,
+        payload,
+    })
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+fn fresh_epoch() -> u32 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.subsec_nanos());
+    nanos ^ std::process::id().rotate_left(16)
+}
