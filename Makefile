@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians doc clean
+.PHONY: test lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse doc clean
 
 ## Run every test in the workspace (unit, integration, property, doc tests).
 test:
@@ -95,3 +95,11 @@ doc:
 
 clean:
 	$(CARGO) clean
+
+## Every attack a client without a key can mount (about a minute): 1 000
+## connections each for 5 s against the release binary with its default
+## limits, while a normal subscriber keeps receiving. Prints a line and a
+## JSON record per attack; docs/benchmarks.md quotes one run.
+bench-abuse:
+	$(CARGO) build --release -p herald -p herald-bench
+	./target/release/herald-bench abuse --connections 1000 --seconds 5

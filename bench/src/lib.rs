@@ -21,6 +21,7 @@
 //! the tables and plots of `docs/benchmarks.md`. [`smoke`] is the seconds
 //! long version the test suite runs, asserting correctness, never timings.
 
+pub mod abuse;
 pub mod clients;
 pub mod http_subscriber;
 pub mod report;

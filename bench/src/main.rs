@@ -65,6 +65,17 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         payload: usize,
     },
+    /// Every attack a client without a key can mount, each for `seconds`
+    /// against Herald with its default limits, while a normal subscriber
+    /// keeps receiving: peak server memory, the subscriber's latency and
+    /// losses, the slowest /healthz. One JSON line per attack on stdout.
+    Abuse {
+        /// Connections per attack.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
     /// One idle-connections run.
     Idle {
         #[arg(long, default_value = "herald-ws-json")]
@@ -133,6 +144,15 @@ async fn main() -> anyhow::Result<()> {
             let record = scenarios::fanout(target, &server, subscribers, rate, seconds, payload).await;
             server.stop().await;
             println!("{}", serde_json::to_string(&record?)?);
+            Ok(())
+        }
+        Command::Abuse { connections, seconds } => {
+            let server = Server::herald_with_default_limits(&binaries).await?;
+            let records = herald_bench::abuse::run(&server, connections, seconds).await;
+            server.stop().await;
+            for record in records? {
+                println!("{}", serde_json::to_string(&record)?);
+            }
             Ok(())
         }
         Command::Idle { target, connections } => {

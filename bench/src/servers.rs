@@ -111,6 +111,16 @@ impl Server {
         }
     }
 
+    /// Herald in development mode with its default limits (no flood or
+    /// connection caps lifted): what `herald-bench abuse` attacks.
+    pub async fn herald_with_default_limits(binaries: &Binaries) -> anyhow::Result<Server> {
+        let mut command = Command::new(&binaries.herald);
+        command
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn,herald=info");
+        start_logging_address(command, "herald").await
+    }
+
     /// Resident memory of the server, in bytes: the process and every
     /// process it started (Pushpin's runner starts four services).
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
