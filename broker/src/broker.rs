@@ -33,9 +33,11 @@
 //!
 //! ## Lock order (the one place it is written down)
 //!
-//! `publish_order` → a channel's ring → a router shard or the wildcard trie
-//! (read) → an outbox. Each is released before the next is taken except
-//! `publish_order`, which spans the rest. Subscribing takes the router
+//! `publish_order` → a channel's ring → the history's retention queue (→ the
+//! rings it evicts from) → a router shard or the wildcard trie (read) → an
+//! outbox. Each is released before the next is taken except
+//! `publish_order`, which spans the rest, and the retention queue, which
+//! spans its evictions. Subscribing takes the router
 //! (write) alone; a resume may then take `publish_order` alone (to wait for
 //! a publish midway), and reads rings and fills the outbox after releasing
 //! it. Creating a channel takes a history shard, then the
