@@ -51,7 +51,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::clock::{Clock, SystemClock};
-use crate::history::{Channel, History, HistoryError, HistoryLimits, PatternTooBroad, Sequences};
+use crate::history::{Channel, History, HistoryError, HistoryLimits, PatternTooBroad, Retention, Sequences};
 use crate::message::{Message, Payload, PayloadError};
 use crate::outbox::{Offer, Outbox, OverflowPolicy, QueueLimits, Subscriber};
 use crate::position::{InvalidToken, Position};
@@ -217,7 +217,7 @@ pub struct Broker {
     /// is in history and queued wherever it will ever be queued.
     committed_sequence: AtomicU64,
     /// Serialises numbering with enqueueing; see the module docs.
-    publish_order: Mutex<()>,
+    publish_order: Mutex<Retention>,
     router: Router<Subscriber>,
     history: History,
     counters: Counters,
@@ -241,7 +241,7 @@ impl Broker {
             epoch,
             last_sequence: AtomicU64::new(0),
             committed_sequence: AtomicU64::new(0),
-            publish_order: Mutex::new(()),
+            publish_order: Mutex::new(Retention::default()),
             router: Router::new(),
             history,
             counters: Counters::default(),
@@ -261,6 +261,7 @@ impl Broker {
     ) -> Arc<Broker> {
         let history = History::new(config.history);
         let now = clock.now_millis();
+        let mut retention = Retention::default();
         for stored in restored.messages {
             let Ok(channel) = history.channel(&stored.subject) else {
                 continue;
@@ -272,7 +273,7 @@ impl Broker {
                 stored.published_at_millis,
                 stored.payload,
             );
-            history.record(&channel, message, now);
+            history.record(&mut retention, &channel, message, now);
         }
         history.forget_through(restored.lost_through);
         Arc::new(Broker {
@@ -281,7 +282,7 @@ impl Broker {
             epoch: restored.epoch,
             last_sequence: AtomicU64::new(restored.last_sequence),
             committed_sequence: AtomicU64::new(restored.last_sequence),
-            publish_order: Mutex::new(()),
+            publish_order: Mutex::new(retention),
             router: Router::new(),
             history,
             counters: Counters::default(),
@@ -309,8 +310,8 @@ impl Broker {
     pub fn publish(&self, subject: &str, payload: Payload) -> Result<Position, PublishError> {
         self.check(subject, &payload)?;
         let channel = self.history.channel(subject)?;
-        let _order = self.lock_publish_order();
-        Ok(self.publish_locked(&channel, payload))
+        let mut order = self.lock_publish_order();
+        Ok(self.publish_locked(&mut order, &channel, payload))
     }
 
     /// Publishes every message of `batch` in order, or none of them: every
@@ -329,10 +330,10 @@ impl Broker {
                 .map_err(|error| BatchError { index, error })?;
             checked.push((channel, payload));
         }
-        let _order = self.lock_publish_order();
+        let mut order = self.lock_publish_order();
         Ok(checked
             .into_iter()
-            .map(|(channel, payload)| self.publish_locked(&channel, payload))
+            .map(|(channel, payload)| self.publish_locked(&mut order, &channel, payload))
             .collect())
     }
 
@@ -349,15 +350,21 @@ impl Broker {
     }
 
     /// Poisoning can only come from a panic in code that leaves no state
-    /// half-changed behind this lock (it guards no data).
-    fn lock_publish_order(&self) -> MutexGuard<'_, ()> {
+    /// half-changed behind this lock (the retention queue it guards is
+    /// only ever pushed to and popped from whole entries).
+    fn lock_publish_order(&self) -> MutexGuard<'_, Retention> {
         self.publish_order
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Number, record, match, enqueue, commit; under `publish_order`.
-    fn publish_locked(&self, channel: &Arc<Channel>, payload: Payload) -> Position {
+    fn publish_locked(
+        &self,
+        retention: &mut Retention,
+        channel: &Arc<Channel>,
+        payload: Payload,
+    ) -> Position {
         // Only ever written under `publish_order`; atomic so that readers
         // (positions, polls) need not take the lock. SeqCst pairs with the
         // router's wildcard count (see `Router::matches`): a poll's watch,
@@ -368,7 +375,7 @@ impl Broker {
         let position = Position::new(self.epoch, sequence);
         let now = self.clock.now_millis();
         let message = Message::new(channel.subject.clone(), position, now, payload);
-        self.history.record(channel, message.clone(), now);
+        self.history.record(retention, channel, message.clone(), now);
         if let Some(journal) = &self.journal {
             journal.record(&message);
         }

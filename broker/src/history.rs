@@ -92,7 +92,19 @@ pub struct PatternTooBroad {
 #[derive(Debug, Default)]
 pub(crate) struct Totals {
     bytes: AtomicUsize,
-    messages: AtomicUsize,
+}
+
+/// Every recorded message's sequence and channel, oldest first: the order
+/// in which the byte budget evicts. It lives under the broker's publish
+/// lock, which already orders the records, so keeping it costs no lock of
+/// its own.
+#[derive(Debug, Default)]
+pub(crate) struct Retention {
+    queue: VecDeque<(u64, Weak<Channel>)>,
+    /// Live entries found by the last compaction: the next one waits until
+    /// the queue is twice that (and some), so compacting costs O(1) per
+    /// record amortised.
+    live_at_compaction: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -192,7 +204,6 @@ impl Drop for RingGuard<'_> {
 impl Ring {
     fn push(&mut self, message: Message) {
         self.totals.bytes.fetch_add(message.size(), Ordering::Relaxed);
-        self.totals.messages.fetch_add(1, Ordering::Relaxed);
         self.messages.push_back(message);
     }
 
@@ -210,7 +221,6 @@ impl Ring {
         if let Some(message) = self.messages.pop_front() {
             self.dropped_through = self.dropped_through.max(message.sequence());
             self.totals.bytes.fetch_sub(message.size(), Ordering::Relaxed);
-            self.totals.messages.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -270,9 +280,6 @@ pub(crate) struct History {
     /// starting before it may have lost messages of subjects now forgotten.
     forgotten_through: AtomicU64,
     totals: Arc<Totals>,
-    /// Every recorded message's sequence and channel, oldest first: the
-    /// order in which the byte budget evicts.
-    retention: Mutex<VecDeque<(u64, Weak<Channel>)>>,
 }
 
 impl History {
@@ -285,7 +292,6 @@ impl History {
             subject_count: AtomicUsize::new(0),
             forgotten_through: AtomicU64::new(0),
             totals: Arc::default(),
-            retention: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -302,17 +308,20 @@ impl History {
 
     /// Records a newly published message in its channel, then evicts the
     /// oldest messages while all of history is over its byte budget.
-    /// Called in publish order, so the retention queue stays sorted.
-    pub(crate) fn record(&self, channel: &Arc<Channel>, message: Message, now_millis: u64) {
+    /// Called in publish order (under the publish lock that holds
+    /// `retention`), so the retention queue stays sorted.
+    pub(crate) fn record(
+        &self,
+        retention: &mut Retention,
+        channel: &Arc<Channel>,
+        message: Message,
+        now_millis: u64,
+    ) {
         let sequence = message.sequence();
         channel.record(message, &self.limits, now_millis);
-        let mut retention = self
-            .retention
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        retention.push_back((sequence, Arc::downgrade(channel)));
+        retention.queue.push_back((sequence, Arc::downgrade(channel)));
         while self.totals.bytes.load(Ordering::Relaxed) > self.limits.max_bytes {
-            let Some((oldest, channel)) = retention.pop_front() else {
+            let Some((oldest, channel)) = retention.queue.pop_front() else {
                 break;
             };
             let Some(channel) = channel.upgrade() else {
@@ -327,13 +336,13 @@ impl History {
                 }
             }
         }
-        let retained = self.totals.messages.load(Ordering::Relaxed);
-        if retention.len() > 2 * retained + 1024 {
-            retention.retain(|(sequence, channel)| {
+        if retention.queue.len() > 2 * retention.live_at_compaction + 1024 {
+            retention.queue.retain(|(sequence, channel)| {
                 channel
                     .upgrade()
                     .is_some_and(|channel| channel.first_sequence.load(Ordering::Acquire) <= *sequence)
             });
+            retention.live_at_compaction = retention.queue.len();
         }
     }
 
