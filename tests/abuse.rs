@@ -314,3 +314,41 @@ async fn wildcard_history_reads_cannot_cost_the_whole_store() {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_without_a_key_are_never_buffered() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    support::raise_open_file_limit();
+    let server = Server::start(|_| {}).await;
+    const ATTACKERS: usize = 200;
+    let head = format!(
+        "POST /v1/publish HTTP/1.1\r\nhost: herald\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        (1 << 20) - 1
+    );
+    let body = Arc::new(vec![b' '; 512 << 10]);
+    let observed = under_attack(&server, async {
+        let attackers = (0..ATTACKERS).map(|_| {
+            let (address, head, body) = (server.address, head.clone(), body.clone());
+            tokio::spawn(async move {
+                let mut tcp = TcpStream::connect(address).await.unwrap();
+                tcp.write_all(head.as_bytes()).await.unwrap();
+                // Refused before the body: the answer comes whatever is sent.
+                let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&body)).await;
+                let (status, _) = support::read_raw_response(&mut tcp).await;
+                assert_eq!(status, 401, "no key, no body read");
+            })
+        });
+        for attacker in futures_util::future::join_all(attackers).await {
+            attacker.unwrap();
+        }
+    })
+    .await;
+    eprintln!("{ATTACKERS} anonymous 1 MiB bodies: {observed}");
+    // Buffering them would hold 100 MB (512 KiB each, sent).
+    assert!(
+        observed.peak_growth < 32 << 20,
+        "memory grew by {} MB",
+        observed.peak_growth >> 20
+    );
+}
