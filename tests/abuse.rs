@@ -49,6 +49,17 @@ impl std::fmt::Display for Observed {
     }
 }
 
+impl Observed {
+    fn assert_grew_less_than(&self, bytes: u64) {
+        assert!(
+            self.peak_growth < bytes,
+            "memory grew by {} MB, over the bound of {} MB",
+            self.peak_growth >> 20,
+            bytes >> 20
+        );
+    }
+}
+
 /// Runs `attack` while a normal WebSocket subscriber receives a steady
 /// stream of messages, `/healthz` is probed and memory sampled. Fails
 /// unless the subscriber received every message, in order, and every
@@ -227,11 +238,7 @@ async fn pings_without_reading_hold_a_bounded_amount_of_memory() {
     eprintln!("{ATTACKERS} connections pinging without reading: {observed}");
     // Each connection may hold its queue's replies' worth of pongs (256 of
     // 127 bytes) twice over, plus buffers: about 1 MB for all eight.
-    assert!(
-        observed.peak_growth < 16 << 20,
-        "memory grew by {} MB",
-        observed.peak_growth >> 20
-    );
+    observed.assert_grew_less_than(16 << 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,11 +279,7 @@ async fn a_padded_payload_holds_only_its_own_size_in_history() {
         "all retained"
     );
     // Sharing the request bodies would hold 200 MiB.
-    assert!(
-        observed.peak_growth < 48 << 20,
-        "memory grew by {} MB",
-        observed.peak_growth >> 20
-    );
+    observed.assert_grew_less_than(48 << 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,9 +349,5 @@ async fn bodies_without_a_key_are_never_buffered() {
     .await;
     eprintln!("{ATTACKERS} anonymous 1 MiB bodies: {observed}");
     // Buffering them would hold 100 MB (512 KiB each, sent).
-    assert!(
-        observed.peak_growth < 32 << 20,
-        "memory grew by {} MB",
-        observed.peak_growth >> 20
-    );
+    observed.assert_grew_less_than(32 << 20);
 }

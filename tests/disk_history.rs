@@ -34,16 +34,9 @@ fn signal(server: &Running, name: &str) {
     assert!(sent.success());
 }
 
+/// Publishes anonymously (the server runs with `--dev`).
 async fn publish(address: &str, subject: &str, data: Value) -> String {
-    let response = reqwest::Client::new()
-        .post(format!("http://{address}/v1/publish"))
-        .json(&json!({"subject": subject, "data": data}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    body["pos"].as_str().unwrap().to_owned()
+    support::publish_to(address, None, subject, data).await
 }
 
 /// Subscribes to `room.*` from `since` and reads `expected` messages (and
