@@ -359,3 +359,73 @@ fn fresh_epoch() -> u32 {
         .map_or(0, |since| since.subsec_nanos());
     nanos ^ std::process::id().rotate_left(16)
 }
+
+#[cfg(test)]
+mod tests {
+    use herald_broker::{Position, Subject, SubjectLimits};
+
+    use super::*;
+
+    fn options(path: PathBuf, max_age: Duration) -> StoreOptions {
+        StoreOptions {
+            path,
+            flush_interval: Duration::from_millis(10),
+            max_age,
+        }
+    }
+
+    fn message(epoch: u32, sequence: u64, published_at_millis: u64, data: &str) -> Message {
+        let subject = Subject::parse("room.a", &SubjectLimits::default()).unwrap();
+        let payload = Payload::from_json(Bytes::from(data.to_owned())).unwrap();
+        Message::new(
+            subject,
+            Position::new(epoch, sequence),
+            published_at_millis,
+            payload,
+        )
+    }
+
+    #[test]
+    fn a_clean_close_keeps_epoch_numbering_and_messages() {
+        let directory = tempfile::tempdir().unwrap();
+        let options = options(directory.path().join("h.redb"), Duration::from_secs(60));
+        let (first, journal) = open(&options).unwrap();
+        assert_eq!((first.last_sequence, first.messages.len()), (0, 0));
+        let now = now_millis();
+        for sequence in 1..=3 {
+            journal.record(&message(first.epoch, sequence, now, &sequence.to_string()));
+        }
+        journal.close();
+        drop(journal);
+
+        let (again, journal) = open(&options).unwrap();
+        assert_eq!(again.epoch, first.epoch);
+        assert_eq!(again.last_sequence, 3);
+        assert_eq!(again.lost_through, 0, "nothing may be lost after a clean close");
+        let restored: Vec<(u64, &[u8])> = again
+            .messages
+            .iter()
+            .map(|stored| (stored.sequence, &stored.payload.json()[..]))
+            .collect();
+        assert_eq!(restored, [(1, &b"1"[..]), (2, b"2"), (3, b"3")]);
+        assert_eq!(again.messages[0].subject, "room.a");
+        journal.close();
+    }
+
+    #[test]
+    fn aged_out_messages_are_not_restored_and_reported_lost() {
+        let directory = tempfile::tempdir().unwrap();
+        let options = options(directory.path().join("h.redb"), Duration::from_secs(60));
+        let (first, journal) = open(&options).unwrap();
+        let now = now_millis();
+        journal.record(&message(first.epoch, 1, now - 120_000, "1"));
+        journal.record(&message(first.epoch, 2, now, "2"));
+        journal.close();
+        drop(journal);
+
+        let (again, journal) = open(&options).unwrap();
+        assert_eq!(again.messages.iter().map(|m| m.sequence).collect::<Vec<_>>(), [2]);
+        assert_eq!(again.lost_through, 1);
+        journal.close();
+    }
+}
