@@ -30,6 +30,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::{Bytes, BytesMut};
 use herald_broker::{Acknowledge, CloseReason, Encoding, Session};
+use herald_gateway::reads::read_history;
 use herald_gateway::{
     drive, DisconnectReason, EventWriter, GatewayContext, HttpError, QueryParams, WriterConfig,
 };
@@ -110,9 +111,16 @@ async fn stream(
         .get(LAST_EVENT_ID)
         .and_then(|value| value.to_str().ok())
         .filter(|value| !value.is_empty());
-    let since = last_event_id.or_else(|| query.one("since"));
+    let since = last_event_id.or_else(|| query.one("since")).map(str::to_owned);
+    let subjects: Vec<String> = query.all("subject").into_iter().map(str::to_owned).collect();
+    // A resume on wildcards reads history across subjects: off the workers.
+    let wide = since.is_some() && subjects.iter().any(|subject| subject.contains(['*', '>']));
     let mut session = Session::new(&context.broker, access);
-    session.subscribe(&query.all("subject"), since, Acknowledge::Always { id: None })?;
+    let session = read_history(wide, move || {
+        session.subscribe(&subjects, since.as_deref(), Acknowledge::Always { id: None })?;
+        Ok::<_, HttpError>(session)
+    })
+    .await?;
 
     // One chunk in flight: a client that stops reading holds the writer
     // back within one batch, and the write timeout sees it.
