@@ -462,3 +462,31 @@ async fn one_history_answer_is_bounded_in_bytes_not_only_in_messages() {
     // The queue's byte limit (1 MiB) holds 17 of them.
     assert!((1..=17).contains(&messages), "{messages} messages in one answer");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_resume_reads_history_off_the_worker_and_delivers_it() {
+    // On a multi-threaded runtime the read runs with the worker's other
+    // tasks moved away; what the client sees is the same.
+    let server = Server::dev().await;
+    let mut first = Client::connect(&server).await;
+    first.subscribe("feed.*", None).await;
+    let mut since = None;
+    for n in 0..5 {
+        let pos = support::publish(&server, &format!("feed.{n}"), json!(n)).await;
+        since.get_or_insert(pos);
+    }
+    let mut resumed = Client::connect(&server).await;
+    resumed.subscribe("feed.*", since.as_deref()).await;
+    for expected in 1..5 {
+        match resumed.next_event().await {
+            ServerEvent::Msg { data, .. } => assert_eq!(data, json!(expected)),
+            other => panic!("replayed message {expected}, got {other:?}"),
+        }
+    }
+    let history = json!({"op": "history", "id": 9, "subject": "feed.>"});
+    resumed.send(history).await;
+    match resumed.next_event().await {
+        ServerEvent::History { messages, .. } => assert_eq!(messages.len(), 5),
+        other => panic!("a history answer, got {other:?}"),
+    }
+}

@@ -77,4 +77,4 @@ pub use poll::{Poll, PollPage, Watch};
 pub use position::{InvalidToken, Position};
 pub use protocol::{decode_command, Command, DecodeError, Encoding, Gap, Outbound, Reply, ServerEvent};
 pub use session::{Acknowledge, HistoryPage, Session, SessionBatchError, SessionError};
-pub use subject::{validate_subject, Pattern, Subject, SubjectError, SubjectLimits};
+pub use subject::{names_wildcards, validate_subject, Pattern, Subject, SubjectError, SubjectLimits};

@@ -84,6 +84,21 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether handling this command reads history across subjects (a
+    /// wildcard resume or history request): the kind of command worth
+    /// keeping off an async worker.
+    pub fn reads_wide_history(&self) -> bool {
+        match self {
+            Command::Subscribe {
+                subject,
+                since: Some(_),
+                ..
+            }
+            | Command::History { subject, .. } => crate::subject::names_wildcards(subject),
+            _ => false,
+        }
+    }
+
     pub fn id(&self) -> Option<u64> {
         match self {
             Command::Subscribe { id, .. }

@@ -28,6 +28,14 @@ pub const TOKEN_SEPARATOR: char = '.';
 pub const SINGLE_WILDCARD: &str = "*";
 /// Wildcard for one or more trailing tokens.
 pub const FULL_WILDCARD: &str = ">";
+
+/// Whether `text`, read as a pattern, names wildcards. In a valid pattern
+/// `*` and `>` only ever stand alone as tokens, so their presence is enough
+/// to decide cheaply, before parsing (an invalid pattern is refused where
+/// it is parsed).
+pub fn names_wildcards(text: &str) -> bool {
+    text.contains(['*', '>'])
+}
 /// First character of the subjects reserved for the system.
 pub const SYSTEM_PREFIX: char = '$';
 

@@ -279,9 +279,7 @@ async fn history(
     let session = api.session(&headers)?;
     let Query(query) =
         query.map_err(|rejection| HttpError::bad_request("invalid_query", rejection.body_text()))?;
-    // '*' and '>' only ever stand alone in a valid pattern: their presence
-    // is its wildcards (an invalid one is refused inside the read).
-    let wide = query.subject.contains(['*', '>']);
+    let wide = herald_broker::names_wildcards(&query.subject);
     let page = read_history(wide, move || {
         session.history(&query.subject, query.since.as_deref(), query.limit)
     })

@@ -4,6 +4,8 @@
 use bytes::Bytes;
 use herald_broker::{decode_command, Encoding, Reply, Session, SessionError};
 
+use crate::reads::read_history_in_place;
+
 /// Answers a frame over `max_frame_bytes` with `frame_too_large` (the
 /// connection stays open); otherwise decodes it and hands the command to the
 /// session, or answers why it could not be decoded.
@@ -17,7 +19,7 @@ pub fn handle_frame(session: &mut Session, encoding: Encoding, frame: Bytes, max
         return;
     }
     match decode_command(encoding, &frame) {
-        Ok(command) => session.handle(command),
+        Ok(command) => read_history_in_place(command.reads_wide_history(), || session.handle(command)),
         Err(error) => session.reject(error.id, &SessionError::Decode(error)),
     }
 }

@@ -114,7 +114,10 @@ async fn stream(
     let since = last_event_id.or_else(|| query.one("since")).map(str::to_owned);
     let subjects: Vec<String> = query.all("subject").into_iter().map(str::to_owned).collect();
     // A resume on wildcards reads history across subjects: off the workers.
-    let wide = since.is_some() && subjects.iter().any(|subject| subject.contains(['*', '>']));
+    let wide = since.is_some()
+        && subjects
+            .iter()
+            .any(|subject| herald_broker::names_wildcards(subject));
     let mut session = Session::new(&context.broker, access);
     let session = read_history(wide, move || {
         session.subscribe(&subjects, since.as_deref(), Acknowledge::Always { id: None })?;
