@@ -18,6 +18,7 @@ use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use herald_broker::{AuthConfig, Authenticator, BrokerConfig};
+use herald_gateway::tokens::JwtVerifier;
 use serde::Deserialize;
 
 /// The server's own sections of the defaults, with their comments.
@@ -180,12 +181,15 @@ impl Config {
         Ok(())
     }
 
-    /// The authenticator the `[auth]` section describes.
+    /// The authenticator the `[auth]` section describes: API keys,
+    /// anonymous access, and user tokens when a token key is configured.
     pub fn authenticator(&self) -> anyhow::Result<Authenticator> {
-        Ok(Authenticator::from_config(
-            &self.auth,
-            &self.broker.subject_limits,
-        )?)
+        let limits = &self.broker.subject_limits;
+        let authenticator = Authenticator::from_config(&self.auth, limits)?;
+        Ok(match JwtVerifier::from_config(&self.auth, limits)? {
+            Some(tokens) => authenticator.with_tokens(std::sync::Arc::new(tokens)),
+            None => authenticator,
+        })
     }
 }
 

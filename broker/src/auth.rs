@@ -71,24 +71,62 @@ pub enum AnonymousAccess {
     Publish,
 }
 
-/// Allow-lists of patterns for publishing and subscribing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Allow- and deny-lists of patterns for publishing and subscribing; deny
+/// wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Permissions {
-    /// A subject may be published to if one of these patterns matches it.
+    /// A subject may be published to if one of these patterns matches it...
     pub publish: Vec<Pattern>,
+    /// ...and none of these does.
+    pub publish_deny: Vec<Pattern>,
     /// A pattern may be subscribed to if one of these covers every subject
-    /// it can match.
+    /// it can match...
     pub subscribe: Vec<Pattern>,
+    /// ...and it cannot match any subject one of these matches: deny is
+    /// decided at subscribe time, never per delivery.
+    pub subscribe_deny: Vec<Pattern>,
 }
 
 impl Access for Permissions {
     fn may_publish(&self, subject: &str) -> bool {
         self.publish.iter().any(|allowed| allowed.matches(subject))
+            && !self.publish_deny.iter().any(|denied| denied.matches(subject))
     }
 
     fn may_subscribe(&self, pattern: &Pattern) -> bool {
         self.subscribe.iter().any(|allowed| covers(allowed, pattern))
+            && !self
+                .subscribe_deny
+                .iter()
+                .any(|denied| intersect(denied, pattern))
     }
+}
+
+/// Whether some subject is matched by both patterns.
+pub fn intersect(a: &Pattern, b: &Pattern) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.tokens().collect(), b.tokens().collect());
+    let mut index = 0;
+    loop {
+        match (a.get(index), b.get(index)) {
+            (None, None) => return true,
+            // `>` matches one or more tokens: whatever the other has left.
+            (Some(&FULL_WILDCARD), Some(_)) | (Some(_), Some(&FULL_WILDCARD)) => return true,
+            (Some(x), Some(y)) if *x == SINGLE_WILDCARD || *y == SINGLE_WILDCARD || x == y => index += 1,
+            _ => return false,
+        }
+    }
+}
+
+/// Verifies a token (a JWT) presented as a credential: the gateway kit
+/// implements it with the configured keys.
+pub trait TokenVerifier: Send + Sync + fmt::Debug {
+    fn verify(&self, token: &str) -> Result<Arc<dyn Access>, AuthError>;
+}
+
+/// Whether a credential has the shape of a JWT (three dot-separated
+/// base64url parts) rather than an API key.
+pub fn looks_like_jwt(credential: &str) -> bool {
+    credential.split('.').count() == 3
 }
 
 /// Whether every subject matched by `requested` is matched by `allowed`.
@@ -127,7 +165,7 @@ impl fmt::Debug for ApiKey {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum AuthError {
-    #[error("a credential is required: send an API key as 'Authorization: Bearer <key>' or ?token=<key>")]
+    #[error("a credential is required: send an API key or a token as 'Authorization: Bearer <credential>' or ?token=<credential>")]
     Missing,
     #[error("the credential is not a valid API key")]
     Invalid,
@@ -135,6 +173,15 @@ pub enum AuthError {
     /// than served as anonymous, so a client's mistake is seen at once.
     #[error("the Authorization header must be 'Bearer <credential>'")]
     Malformed,
+    #[error("the token has expired: get a new one")]
+    TokenExpired,
+    #[error("the token is not valid yet (nbf)")]
+    TokenNotYetValid,
+    /// A token refused for any other reason: bad signature, an algorithm
+    /// the server does not accept for its key, wrong audience or issuer,
+    /// malformed claims.
+    #[error("the token is refused: {0}")]
+    TokenRejected(&'static str),
 }
 
 impl AuthError {
@@ -142,7 +189,21 @@ impl AuthError {
         match self {
             AuthError::Missing => "unauthorized",
             AuthError::Invalid | AuthError::Malformed => "invalid_credential",
+            AuthError::TokenExpired => "token_expired",
+            AuthError::TokenNotYetValid => "token_not_yet_valid",
+            AuthError::TokenRejected(_) => "token_rejected",
         }
+    }
+}
+
+/// A secret from configuration: never printed.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
     }
 }
 
@@ -152,6 +213,19 @@ impl AuthError {
 pub struct AuthConfig {
     pub anonymous: AnonymousAccess,
     pub api_keys: Vec<ApiKeyConfig>,
+    /// User tokens (JWT) signed with this shared secret (HS256).
+    #[serde(default)]
+    pub jwt_hs256_secret: Option<Secret>,
+    /// User tokens (JWT) signed with the private half of this public key
+    /// (PEM: RSA for RS256, P-256 for ES256).
+    #[serde(default)]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// When set, a token's `aud` must name it.
+    #[serde(default)]
+    pub jwt_audience: Option<String>,
+    /// When set, a token's `iss` must be it.
+    #[serde(default)]
+    pub jwt_issuer: Option<String>,
 }
 
 /// One API key as configured: the patterns it may publish to and
@@ -194,6 +268,7 @@ pub enum AuthConfigError {
 pub struct Authenticator {
     keys: Vec<(String, Arc<dyn Access>)>,
     anonymous: Option<Arc<dyn Access>>,
+    tokens: Option<Arc<dyn TokenVerifier>>,
 }
 
 impl Authenticator {
@@ -207,7 +282,17 @@ impl Authenticator {
             .into_iter()
             .map(|key| (key.key, Arc::new(key.permissions) as Arc<dyn Access>))
             .collect();
-        Authenticator { keys, anonymous }
+        Authenticator {
+            keys,
+            anonymous,
+            tokens: None,
+        }
+    }
+
+    /// Also accepts user tokens (JWT), verified by `tokens`.
+    pub fn with_tokens(mut self, tokens: Arc<dyn TokenVerifier>) -> Authenticator {
+        self.tokens = Some(tokens);
+        self
     }
 
     /// An authenticator from configuration, patterns checked against the
@@ -239,6 +324,7 @@ impl Authenticator {
                 permissions: Permissions {
                     publish: patterns("publish", &key.publish)?,
                     subscribe: patterns("subscribe", &key.subscribe)?,
+                    ..Permissions::default()
                 },
             });
         }
@@ -250,6 +336,9 @@ impl Authenticator {
         let Some(credential) = credential else {
             return self.anonymous.clone().ok_or(AuthError::Missing);
         };
+        if let Some(tokens) = self.tokens.as_ref().filter(|_| looks_like_jwt(credential)) {
+            return tokens.verify(credential);
+        }
         // Compare against every key without stopping early, so the time
         // taken says nothing about which key was closest.
         let mut found = None;
@@ -274,6 +363,7 @@ impl fmt::Debug for Authenticator {
         f.debug_struct("Authenticator")
             .field("keys", &self.keys.len())
             .field("anonymous", &self.anonymous)
+            .field("tokens", &self.tokens)
             .finish()
     }
 }
@@ -295,6 +385,25 @@ mod tests {
 
     fn pattern(text: &str) -> Pattern {
         Pattern::parse(text, &SubjectLimits::default()).unwrap()
+    }
+
+    #[test]
+    fn patterns_intersect_when_some_subject_matches_both() {
+        let cases = [
+            ("chat.>", "chat.admin.>", true),
+            ("chat.*", "chat.admin.>", false),
+            ("chat.lobby", "chat.admin.>", false),
+            ("chat.*.typing", "chat.admin.>", true),
+            ("a.*", "a.b.c", false),
+            ("a.*.c", "a.b.*", true),
+            (">", "x", true),
+            ("a.b", "a.b", true),
+            ("a", "a.>", false),
+        ];
+        for (a, b, expected) in cases {
+            assert_eq!(intersect(&pattern(a), &pattern(b)), expected, "{a} & {b}");
+            assert_eq!(intersect(&pattern(b), &pattern(a)), expected, "{b} & {a}");
+        }
     }
 
     #[test]
@@ -332,6 +441,7 @@ mod tests {
             permissions: Permissions {
                 publish: vec![pattern("news.>")],
                 subscribe: vec![pattern(">")],
+                ..Permissions::default()
             },
         };
         let auth = Authenticator::new(vec![key], AnonymousAccess::Subscribe);

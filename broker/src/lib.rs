@@ -64,7 +64,7 @@ pub mod units;
 
 pub use auth::{
     Access, AllowAll, AnonymousAccess, ApiKey, ApiKeyConfig, AuthConfig, AuthConfigError, AuthError,
-    Authenticator, Permissions, SubscribeOnly,
+    Authenticator, Permissions, Secret, SubscribeOnly, TokenVerifier,
 };
 pub use broker::{
     BatchError, Broker, BrokerConfig, Journal, Metrics, PublishError, Replay, Restored, Resume, StoredMessage,

@@ -161,6 +161,7 @@ fn bad_requests_are_refused_with_codes() {
     let closed = herald_broker::Permissions {
         publish: vec![],
         subscribe: vec![herald_broker::Pattern::parse("public.>", &Default::default()).unwrap()],
+        ..Default::default()
     };
     assert_eq!(
         code(Poll::new(&broker, &closed, &["public.a", "private.a"], None)),

@@ -14,6 +14,7 @@
 //! | [`error`] | [`HttpError`]: status, stable `code`, message, as a JSON body |
 //! | [`limits`] | the per-connection command rate limit |
 //! | [`frames`] | one command frame in: size check, decode, hand to the session |
+//! | [`tokens`] | user tokens (JWT): verification, claims, per-user permissions |
 //! | [`reads`] | wildcard history reads on the blocking pool, off the async workers |
 //! | [`writer`] | the writer driver: outbox → batches → one flush each; heartbeats, write timeouts, the final reason |
 //! | [`disconnect`] | [`DisconnectReason`]: why every connection ended, counted per reason |
@@ -34,6 +35,7 @@ pub mod frames;
 pub mod limits;
 pub mod query;
 pub mod reads;
+pub mod tokens;
 pub mod writer;
 
 pub use context::GatewayContext;

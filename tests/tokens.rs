@@ -1,0 +1,321 @@
+//! User tokens (JWT) on every transport, against the real server. Tokens
+//! are built here independently of Herald's verifier: HS256 by hand (HMAC
+//! over base64url parts), RS256 and ES256 signed by the `openssl` command.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use herald_broker::protocol::ServerEvent;
+use herald_broker::{Encoding, Secret};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use support::{Client, Server};
+
+const SECRET: &str = "a-shared-secret-of-at-least-32-bytes!";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn encode_part(value: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+/// An HS256 JWT, built by hand.
+fn hs256(claims: &Value, secret: &[u8]) -> String {
+    let signing_input = format!(
+        "{}.{}",
+        encode_part(&json!({"alg": "HS256", "typ": "JWT"})),
+        encode_part(claims)
+    );
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(signing_input.as_bytes());
+    format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// Alice's claims: read chat (not its admin corner) and her own inbox,
+/// publish typing indicators.
+fn alice(exp: u64) -> Value {
+    json!({
+        "sub": "alice",
+        "exp": exp,
+        "herald": {
+            "pub": {"allow": ["chat.*.typing"]},
+            "sub": {"allow": ["chat.>", "user.{sub}.>"], "deny": ["chat.admin.>"]},
+            "info": {"name": "Alice"}
+        }
+    })
+}
+
+async fn with_secret() -> Server {
+    Server::start(|config| config.auth.jwt_hs256_secret = Some(Secret(SECRET.into()))).await
+}
+
+/// The code of a refused subscription (or `None` for an ack).
+async fn sub_outcome(client: &mut Client, subject: &str) -> Option<String> {
+    client
+        .send(json!({"op": "sub", "id": 1, "subject": subject}))
+        .await;
+    match client.next_event().await {
+        ServerEvent::Ack { .. } => None,
+        ServerEvent::Err { code, .. } => Some(code),
+        other => panic!("ack or err, got {other:?}"),
+    }
+}
+
+/// `GET`; the HTTP API takes its credential from the header only, the
+/// streaming transports (which browsers open without headers) from
+/// `?token=` too.
+async fn get_status(server: &Server, path_and_query: &str) -> (u16, Value) {
+    let mut request = reqwest::Client::new().get(server.url(path_and_query));
+    if let Some((path, query)) = path_and_query
+        .split_once('?')
+        .filter(|(path, _)| path.starts_with("/v1/"))
+    {
+        let token = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("token="))
+            .unwrap();
+        request = reqwest::Client::new()
+            .get(server.url(path) + "?" + query)
+            .bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let body = if status == 200 {
+        Value::Null
+    } else {
+        response.json().await.unwrap()
+    };
+    (status, body)
+}
+
+async fn publish_with(server: &Server, token: &str, subject: &str) -> u16 {
+    reqwest::Client::new()
+        .post(server.url("/v1/publish"))
+        .bearer_auth(token)
+        .json(&json!({"subject": subject, "data": 1}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_token_gives_its_user_their_own_permissions_on_every_transport() {
+    let server = with_secret().await;
+    let token = hs256(&alice(now() + 600), SECRET.as_bytes());
+
+    let mut client = Client::connect_with(&server, Encoding::Json, Some(&token)).await;
+    assert_eq!(sub_outcome(&mut client, "chat.lobby").await, None);
+    assert_eq!(
+        sub_outcome(&mut client, "user.alice.inbox").await,
+        None,
+        "{{sub}} is her id"
+    );
+    for refused in ["user.bob.inbox", "chat.admin.keys", "chat.>", "news.today"] {
+        // `chat.>` could deliver `chat.admin.*`: deny wins at subscribe.
+        assert_eq!(
+            sub_outcome(&mut client, refused).await.as_deref(),
+            Some("forbidden"),
+            "{refused}"
+        );
+    }
+
+    assert_eq!(publish_with(&server, &token, "chat.lobby.typing").await, 200);
+    assert_eq!(publish_with(&server, &token, "chat.lobby").await, 403);
+
+    let allowed = format!("/sse?subject=user.alice.>&token={token}");
+    let response = support::SseClient::request(&server, &allowed[5..], None).await;
+    assert_eq!(response.status(), 200);
+    let (status, body) = get_status(&server, &format!("/sse?subject=user.bob.>&token={token}")).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+    let (status, body) = get_status(
+        &server,
+        &format!("/poll?subject=chat.admin.x&wait=0&token={token}"),
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+    let (status, _) = get_status(&server, &format!("/v1/history?subject=chat.lobby&token={token}")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn refused_tokens_get_a_code_and_never_access() {
+    let server = Server::start(|config| {
+        config.auth.jwt_hs256_secret = Some(Secret(SECRET.into()));
+        config.auth.jwt_audience = Some("chat-app".into());
+    })
+    .await;
+    let mut claims = alice(now() + 600);
+    claims["aud"] = json!("chat-app");
+    let good = hs256(&claims, SECRET.as_bytes());
+    let with = |change: &dyn Fn(&mut Value)| {
+        let mut claims = claims.clone();
+        change(&mut claims);
+        hs256(&claims, SECRET.as_bytes())
+    };
+    let none_alg = format!(
+        "{}.{}.",
+        encode_part(&json!({"alg": "none"})),
+        encode_part(&claims)
+    );
+    let cases = [
+        (with(&|c| c["exp"] = json!(now() - 600)), "token_expired"),
+        (with(&|c| c["nbf"] = json!(now() + 600)), "token_not_yet_valid"),
+        (with(&|c| c["aud"] = json!("another-app")), "token_rejected"),
+        (
+            with(&|c| c.as_object_mut().unwrap().remove("exp").map(|_| ()).unwrap()),
+            "token_rejected",
+        ),
+        // A user id that would widen `user.{sub}.>`.
+        (with(&|c| c["sub"] = json!("*")), "token_rejected"),
+        (
+            hs256(&claims, b"another-secret-of-at-least-32-bytes!!"),
+            "token_rejected",
+        ),
+        (none_alg, "token_rejected"),
+    ];
+    for (token, code) in &cases {
+        for path in [
+            "/sse?subject=chat.lobby",
+            "/poll?subject=chat.lobby&wait=0",
+            "/v1/history?subject=chat.lobby",
+        ] {
+            let (status, body) = get_status(&server, &format!("{path}&token={token}")).await;
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (401, Some(*code)),
+                "{path} {code}"
+            );
+        }
+        assert_eq!(
+            publish_with(&server, token, "chat.lobby.typing").await,
+            401,
+            "{code}"
+        );
+    }
+    assert_eq!(publish_with(&server, &good, "chat.lobby.typing").await, 200);
+}
+
+/// Signs `claims` with `alg` using the `openssl` command and `key` (PEM).
+fn openssl_signed(alg: &str, claims: &Value, key: &Path) -> String {
+    let signing_input = format!(
+        "{}.{}",
+        encode_part(&json!({"alg": alg, "typ": "JWT"})),
+        encode_part(claims)
+    );
+    let input = key.with_extension("input");
+    std::fs::write(&input, &signing_input).unwrap();
+    let output = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .arg(&input)
+        .output()
+        .expect("the openssl command");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let signature = if alg == "ES256" {
+        der_to_raw_ecdsa(&output.stdout)
+    } else {
+        output.stdout
+    };
+    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+/// A DER ECDSA signature (SEQUENCE of INTEGER r, INTEGER s) as the JWS
+/// form: r and s, 32 bytes each.
+fn der_to_raw_ecdsa(der: &[u8]) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut at = 2; // SEQUENCE tag and (short) length
+    for _ in 0..2 {
+        assert_eq!(der[at], 0x02, "an INTEGER");
+        let length = der[at + 1] as usize;
+        let integer = &der[at + 2..at + 2 + length];
+        let integer = &integer[integer.len().saturating_sub(32)..];
+        raw.extend(std::iter::repeat_n(0, 32 - integer.len()));
+        raw.extend_from_slice(integer);
+        at += 2 + length;
+    }
+    raw
+}
+
+fn openssl(arguments: &[&str]) {
+    let status = Command::new("openssl")
+        .args(arguments)
+        .status()
+        .expect("the openssl command");
+    assert!(status.success(), "openssl {arguments:?}");
+}
+
+#[tokio::test]
+async fn public_key_tokens_and_no_algorithm_confusion() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = |name: &str| directory.path().join(name).to_str().unwrap().to_owned();
+    let (rsa_private, rsa_public) = (path("rsa.pem"), path("rsa.pub.pem"));
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &rsa_private,
+    ]);
+    openssl(&["pkey", "-in", &rsa_private, "-pubout", "-out", &rsa_public]);
+    let (ec_private, ec_public) = (path("ec.pem"), path("ec.pub.pem"));
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        &ec_private,
+    ]);
+    openssl(&["pkey", "-in", &ec_private, "-pubout", "-out", &ec_public]);
+
+    let claims = alice(now() + 600);
+    for (alg, private, public) in [
+        ("RS256", &rsa_private, &rsa_public),
+        ("ES256", &ec_private, &ec_public),
+    ] {
+        let public_key = public.clone();
+        let server =
+            Server::start(move |config| config.auth.jwt_public_key_file = Some(public_key.into())).await;
+        let token = openssl_signed(alg, &claims, Path::new(private));
+        assert_eq!(
+            publish_with(&server, &token, "chat.lobby.typing").await,
+            200,
+            "{alg}"
+        );
+        assert_eq!(publish_with(&server, &token, "chat.lobby").await, 403, "{alg}");
+        // The same claims "signed" with HS256, the public key as the secret.
+        let pem = std::fs::read(public).unwrap();
+        let confused = hs256(&claims, &pem);
+        let (status, body) = get_status(
+            &server,
+            &format!("/v1/history?subject=chat.lobby&token={confused}"),
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("token_rejected")),
+            "{alg}"
+        );
+    }
+}
