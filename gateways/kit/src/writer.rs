@@ -77,7 +77,9 @@ pub async fn drive<W: EventWriter>(
                 outbox.close(CloseReason::StreamExpired);
                 continue;
             }
-            _ = heartbeat.tick() => {
+            // Once closed, nothing may come between the final `err` and
+            // the end of the connection, heartbeats included.
+            _ = heartbeat.tick(), if !outbox.is_closed() => {
                 match timeout(config.write_timeout, writer.heartbeat()).await {
                     Ok(Ok(())) => continue,
                     Ok(Err(_)) => return DisconnectReason::WriteError,
