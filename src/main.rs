@@ -40,6 +40,28 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Mint a user token (HS256, from the configured auth.jwt_hs256_secret)
+    /// for development and tests; in production the application's backend
+    /// mints tokens for its logged-in users.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// A pattern the user may publish to (repeatable).
+        #[arg(long = "pub", value_name = "PATTERN")]
+        publish: Vec<String>,
+        /// A pattern the user may subscribe to (repeatable; `{sub}` is the user id).
+        #[arg(long = "sub-allow", value_name = "PATTERN")]
+        subscribe: Vec<String>,
+        /// A pattern the user may not subscribe to (repeatable; deny wins).
+        #[arg(long = "sub-deny", value_name = "PATTERN")]
+        subscribe_deny: Vec<String>,
+        /// How long the token is valid, e.g. 15m, 1h.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +104,37 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { listen, config, dev } => serve(listen, config, dev),
+        Command::Token {
+            sub,
+            publish,
+            subscribe,
+            subscribe_deny,
+            ttl,
+            config,
+        } => {
+            let loaded = Config::load(config.as_deref(), true)?;
+            let secret = loaded
+                .auth
+                .jwt_hs256_secret
+                .filter(|secret| !secret.0.is_empty())
+                .context("auth.jwt_hs256_secret is not set: there is no key to sign with")?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+            let claims = serde_json::json!({
+                "sub": sub,
+                "iat": now.as_secs(),
+                "exp": (now + ttl).as_secs(),
+                "herald": {
+                    "pub": {"allow": publish},
+                    "sub": {"allow": subscribe, "deny": subscribe_deny},
+                },
+            });
+            let key = jsonwebtoken::EncodingKey::from_secret(secret.0.as_bytes());
+            println!(
+                "{}",
+                jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)?
+            );
+            Ok(())
+        }
     }
 }
 

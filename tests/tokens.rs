@@ -319,3 +319,50 @@ async fn public_key_tokens_and_no_algorithm_confusion() {
         );
     }
 }
+
+#[tokio::test]
+async fn herald_token_mints_what_the_server_accepts() {
+    let mint = |extra: &[&str]| {
+        Command::new(support::HERALD)
+            .args([
+                "token",
+                "--sub",
+                "bob",
+                "--pub",
+                "chat.*.typing",
+                "--sub-allow",
+                "user.{sub}.>",
+                "--ttl",
+                "5m",
+            ])
+            .args(extra)
+            .env("HERALD_AUTH__JWT_HS256_SECRET", SECRET)
+            .output()
+            .unwrap()
+    };
+    let output = mint(&[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let server = with_secret().await;
+    assert_eq!(publish_with(&server, &token, "chat.room1.typing").await, 200);
+    assert_eq!(publish_with(&server, &token, "chat.room1").await, 403);
+    let mut client = Client::connect_with(&server, Encoding::Json, Some(&token)).await;
+    assert_eq!(sub_outcome(&mut client, "user.bob.inbox").await, None);
+    assert_eq!(
+        sub_outcome(&mut client, "user.alice.inbox").await.as_deref(),
+        Some("forbidden")
+    );
+
+    // Without a secret there is nothing to sign with: a clear error.
+    let unsigned = Command::new(support::HERALD)
+        .args(["token", "--sub", "bob"])
+        .env_remove("HERALD_AUTH__JWT_HS256_SECRET")
+        .output()
+        .unwrap();
+    assert!(!unsigned.status.success());
+    assert!(String::from_utf8_lossy(&unsigned.stderr).contains("jwt_hs256_secret"));
+}
