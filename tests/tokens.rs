@@ -255,11 +255,15 @@ fn der_to_raw_ecdsa(der: &[u8]) -> Vec<u8> {
 }
 
 fn openssl(arguments: &[&str]) {
-    let status = Command::new("openssl")
+    let output = Command::new("openssl")
         .args(arguments)
-        .status()
+        .output()
         .expect("the openssl command");
-    assert!(status.success(), "openssl {arguments:?}");
+    assert!(
+        output.status.success(),
+        "openssl {arguments:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test]
