@@ -22,10 +22,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::Router;
 use herald_broker::{Broker, SystemClock};
-use herald_gateway::{DisconnectCounters, GatewayContext};
+use herald_gateway::{DisconnectCounters, GatewayContext, HttpError};
 use herald_store::{DiskJournal, StoreOptions};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -118,6 +118,22 @@ impl Herald {
                 self.config.longpoll.clone(),
             ));
         }
+        // Every answer is the JSON error body, unknown routes and methods too.
+        let app = app
+            .fallback(|method: Method, uri: axum::http::Uri| async move {
+                HttpError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no route {method} {}", uri.path()),
+                )
+            })
+            .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
+                HttpError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{} does not take {method}", uri.path()),
+                )
+            });
         match cors_layer(&self.config.server.cors_origins) {
             Some(cors) => app.layer(cors),
             None => app,

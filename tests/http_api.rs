@@ -188,3 +188,21 @@ async fn cors_allows_only_configured_origins() {
     assert!(refused.headers().get("access-control-allow-origin").is_none());
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_the_json_error_body() {
+    let server = Server::start(|_| {}).await;
+    let (status, body) = get(&server, "/v2/nothing").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let response = reqwest::Client::new()
+        .delete(server.url("/v1/publish"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "method_not_allowed");
+}
