@@ -370,3 +370,29 @@ async fn herald_token_mints_what_the_server_accepts() {
     assert!(!unsigned.status.success());
     assert!(String::from_utf8_lossy(&unsigned.stderr).contains("jwt_hs256_secret"));
 }
+
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires() {
+    let server = with_secret().await;
+    // Valid for two more seconds.
+    let token = hs256(&alice(now() + 2), SECRET.as_bytes());
+    let mut client = Client::connect_with(&server, Encoding::Json, Some(&token)).await;
+    assert_eq!(sub_outcome(&mut client, "chat.lobby").await, None);
+    let mut sse =
+        support::SseClient::connect(&server, &format!("subject=chat.lobby&token={token}"), None).await;
+    match client.next_event().await {
+        ServerEvent::Err { id: None, code, .. } => assert_eq!(code, "token_expired"),
+        other => panic!("the token_expired reason, got {other:?}"),
+    }
+    assert_eq!(client.close_frame().await, (1008, "token_expired".to_owned()));
+    let mut last = None;
+    while let Some(event) = sse.next_event().await {
+        last = Some(event);
+    }
+    let last = last.expect("the stream's final event");
+    assert_eq!(
+        (last.event.as_str(), last.json()["code"].as_str()),
+        ("err", Some("token_expired"))
+    );
+    assert_eq!(server.disconnects.count("token_expired"), 2);
+}

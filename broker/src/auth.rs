@@ -27,6 +27,12 @@ pub trait Access: Send + Sync + fmt::Debug {
     fn may_publish(&self, subject: &str) -> bool;
     /// May this connection subscribe to, or read the history of, `pattern`?
     fn may_subscribe(&self, pattern: &Pattern) -> bool;
+    /// When this access ends (a token's `exp`), in milliseconds since the
+    /// Unix epoch: a streaming connection is closed with `token_expired`
+    /// then. `None`: it does not expire.
+    fn expires_at_millis(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Access that allows everything: development mode and trusted servers.

@@ -85,6 +85,8 @@ pub enum CloseReason {
     InvalidFrame(String),
     /// A text frame was not valid UTF-8.
     InvalidUtf8,
+    /// The token the connection was opened with expired.
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -100,6 +102,7 @@ impl CloseReason {
             CloseReason::ProtocolViolation(_) => "protocol_violation",
             CloseReason::InvalidFrame(_) => "invalid_frame",
             CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::TokenExpired => "token_expired",
         }
     }
 }
@@ -127,6 +130,9 @@ impl fmt::Display for CloseReason {
             CloseReason::ProtocolViolation(why) => write!(f, "protocol violation: {why}"),
             CloseReason::InvalidFrame(why) => write!(f, "invalid frame: {why}"),
             CloseReason::InvalidUtf8 => f.write_str("a text frame was not valid UTF-8"),
+            CloseReason::TokenExpired => {
+                f.write_str("the token expired: reconnect with a new one and resume")
+            }
         }
     }
 }

@@ -149,6 +149,12 @@ pub struct Session {
 
 impl Session {
     /// Opens a session for one client connection with what it may do.
+    /// When the connection's access ends, in milliseconds since the Unix
+    /// epoch (a token's expiry), if it does.
+    pub fn access_expires_at_millis(&self) -> Option<u64> {
+        self.access.expires_at_millis()
+    }
+
     pub fn new(broker: &Arc<Broker>, access: Arc<dyn Access>) -> Session {
         let config = broker.config();
         let outbox = Arc::new(Outbox::new(config.queue, config.overflow_policy));

@@ -26,7 +26,7 @@ pub enum DisconnectReason {
 }
 
 /// Every code a [`DisconnectReason`] can have, in counter order.
-pub const DISCONNECT_CODES: [&str; 14] = [
+pub const DISCONNECT_CODES: [&str; 15] = [
     "slow_consumer",
     "reply_backlog",
     "shutdown",
@@ -36,6 +36,7 @@ pub const DISCONNECT_CODES: [&str; 14] = [
     "protocol_violation",
     "invalid_frame",
     "invalid_utf8",
+    "token_expired",
     "client_closed",
     "read_error",
     "write_error",
@@ -120,6 +121,7 @@ mod tests {
             DisconnectReason::Closed(CloseReason::ProtocolViolation("flood".into())),
             DisconnectReason::Closed(CloseReason::InvalidFrame("reserved bits".into())),
             DisconnectReason::Closed(CloseReason::InvalidUtf8),
+            DisconnectReason::Closed(CloseReason::TokenExpired),
             DisconnectReason::ClientClosed,
             DisconnectReason::ReadError,
             DisconnectReason::WriteError,

@@ -149,6 +149,7 @@ impl TokenVerifier for JwtVerifier {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
     #[serde(default)]
     herald: HeraldClaim,
 }
@@ -177,6 +178,8 @@ pub struct TokenAccess {
     pub user: String,
     pub info: serde_json::Value,
     pub permissions: Permissions,
+    /// The token's `exp`, in seconds since the Unix epoch.
+    pub expires_at: u64,
 }
 
 impl Access for TokenAccess {
@@ -186,6 +189,10 @@ impl Access for TokenAccess {
 
     fn may_subscribe(&self, pattern: &Pattern) -> bool {
         self.permissions.may_subscribe(pattern)
+    }
+
+    fn expires_at_millis(&self) -> Option<u64> {
+        Some(self.expires_at.saturating_mul(1000))
     }
 }
 
@@ -220,6 +227,7 @@ impl Claims {
             },
             info: claim.info,
             user,
+            expires_at: self.exp,
         })
     }
 }

@@ -31,6 +31,9 @@ pub struct WriterConfig {
     pub write_timeout: Duration,
     /// Close the connection, with `stream_expired`, after this long.
     pub max_duration: Option<Duration>,
+    /// Close the connection, with `token_expired`, at this time
+    /// (milliseconds since the Unix epoch): when its token expires.
+    pub access_expires_at_millis: Option<u64>,
 }
 
 /// How one transport writes: the only part of the writer that differs
@@ -63,6 +66,9 @@ pub async fn drive<W: EventWriter>(
     );
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let expiry = config.max_duration.map(|duration| Instant::now() + duration);
+    let access_expiry = config
+        .access_expires_at_millis
+        .map(|at| Instant::now() + until_unix_millis(at));
     let mut closing = false;
     loop {
         let next = tokio::select! {
@@ -75,6 +81,11 @@ pub async fn drive<W: EventWriter>(
             () = sleep_until(expiry), if !closing => {
                 closing = true;
                 outbox.close(CloseReason::StreamExpired);
+                continue;
+            }
+            () = sleep_until(access_expiry), if !closing => {
+                closing = true;
+                outbox.close(CloseReason::TokenExpired);
                 continue;
             }
             // Once closed, nothing may come between the final `err` and
@@ -111,6 +122,14 @@ fn slow_consumer(outbox: &Outbox, context: &GatewayContext) -> DisconnectReason 
     outbox.close(CloseReason::SlowConsumer);
     context.broker.count_slow_consumer();
     DisconnectReason::WriteTimeout
+}
+
+/// How long until `at` (milliseconds since the Unix epoch); zero if past.
+fn until_unix_millis(at: u64) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_millis(at).saturating_sub(now)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -182,6 +201,7 @@ mod tests {
         heartbeat_interval: Duration::from_secs(10),
         write_timeout: Duration::from_secs(2),
         max_duration: None,
+        access_expires_at_millis: None,
     };
 
     #[tokio::test(start_paused = true)]

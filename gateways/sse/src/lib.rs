@@ -140,6 +140,7 @@ async fn stream(
         heartbeat_interval: gateway.config.heartbeat_interval,
         write_timeout: gateway.config.write_timeout,
         max_duration: Some(gateway.config.max_stream_duration).filter(|duration| !duration.is_zero()),
+        access_expires_at_millis: session.access_expires_at_millis(),
     };
     let task_gateway = gateway.clone();
     context.connections.spawn(async move {

@@ -45,6 +45,7 @@ pub(crate) async fn serve(
         heartbeat_interval: config.heartbeat_interval,
         write_timeout: config.write_timeout,
         max_duration: None,
+        access_expires_at_millis: session.access_expires_at_millis(),
     };
     let session_id = session.id();
     let reader = read_frames(stream, &mut session, config);
@@ -183,8 +184,9 @@ fn close_code_for(reason: &CloseReason) -> u16 {
         CloseReason::FrameTooLarge { .. } => close_code::SIZE,
         CloseReason::InvalidFrame(_) => close_code::PROTOCOL,
         CloseReason::InvalidUtf8 => close_code::INVALID,
-        CloseReason::SlowConsumer | CloseReason::ReplyBacklog | CloseReason::ProtocolViolation(_) => {
-            close_code::POLICY
-        }
+        CloseReason::SlowConsumer
+        | CloseReason::ReplyBacklog
+        | CloseReason::ProtocolViolation(_)
+        | CloseReason::TokenExpired => close_code::POLICY,
     }
 }
