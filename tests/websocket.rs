@@ -499,3 +499,42 @@ async fn graceful_shutdown_closes_clients_with_1001() {
         assert_eq!((code, reason.as_str()), (1001, "shutdown"));
     }
 }
+
+#[tokio::test]
+async fn a_publisher_can_ask_not_to_receive_its_own_message() {
+    let server = Server::dev().await;
+    let mut typist = Client::connect(&server).await;
+    let mut reader = Client::connect(&server).await;
+    typist.subscribe("chat.*", None).await;
+    reader.subscribe("chat.*", None).await;
+    typist
+        .send(json!({"op": "pub", "id": 2, "subject": "chat.typing", "data": "me", "echo": false}))
+        .await;
+    typist
+        .send(json!({"op": "pub", "id": 3, "subject": "chat.lobby", "data": "hello"}))
+        .await;
+    let mut typist_saw = Vec::new();
+    while typist_saw.len() < 3 {
+        typist_saw.push(typist.next_event().await);
+    }
+    // Both acks, and of the two messages only the one published with echo.
+    let messages: Vec<&Value> = typist_saw
+        .iter()
+        .filter_map(|event| match event {
+            ServerEvent::Msg { data, .. } => Some(data),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(messages, [&json!("hello")], "{typist_saw:?}");
+    let acks = typist_saw
+        .iter()
+        .filter(|event| matches!(event, ServerEvent::Ack { id: Some(2 | 3), .. }))
+        .count();
+    assert_eq!(acks, 2, "{typist_saw:?}");
+    for expected in [json!("me"), json!("hello")] {
+        match reader.next_event().await {
+            ServerEvent::Msg { data, .. } => assert_eq!(data, expected),
+            other => panic!("{expected}, got {other:?}"),
+        }
+    }
+}

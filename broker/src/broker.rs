@@ -308,10 +308,21 @@ impl Broker {
     /// trusted path for servers. Clients publish through a
     /// [`Session`](crate::Session).
     pub fn publish(&self, subject: &str, payload: Payload) -> Result<Position, PublishError> {
+        self.publish_skipping(subject, payload, None)
+    }
+
+    /// Publishes, delivering to every matching subscriber but `skip` (the
+    /// publisher's own connection, when it asked not to be echoed).
+    pub(crate) fn publish_skipping(
+        &self,
+        subject: &str,
+        payload: Payload,
+        skip: Option<&Arc<Outbox>>,
+    ) -> Result<Position, PublishError> {
         self.check(subject, &payload)?;
         let channel = self.history.channel(subject)?;
         let mut order = self.lock_publish_order();
-        Ok(self.publish_locked(&mut order, &channel, payload))
+        Ok(self.publish_locked(&mut order, &channel, payload, skip))
     }
 
     /// Publishes every message of `batch` in order, or none of them: every
@@ -333,7 +344,7 @@ impl Broker {
         let mut order = self.lock_publish_order();
         Ok(checked
             .into_iter()
-            .map(|(channel, payload)| self.publish_locked(&mut order, &channel, payload))
+            .map(|(channel, payload)| self.publish_locked(&mut order, &channel, payload, None))
             .collect())
     }
 
@@ -364,6 +375,7 @@ impl Broker {
         retention: &mut Retention,
         channel: &Arc<Channel>,
         payload: Payload,
+        skip: Option<&Arc<Outbox>>,
     ) -> Position {
         // Only ever written under `publish_order`; atomic so that readers
         // (positions, polls) need not take the lock. SeqCst pairs with the
@@ -380,7 +392,7 @@ impl Broker {
             journal.record(&message);
         }
         let matches = self.router.matches(channel.subject.as_str());
-        self.fan_out(&matches, &message);
+        self.fan_out(&matches, &message, skip);
         // Release: whoever reads this mark sees the message in history and
         // in every queue it was offered to.
         self.committed_sequence.store(sequence, Ordering::Release);
@@ -388,10 +400,11 @@ impl Broker {
         position
     }
 
-    fn fan_out(&self, matches: &Matches<Subscriber>, message: &Message) {
+    fn fan_out(&self, matches: &Matches<Subscriber>, message: &Message, skip: Option<&Arc<Outbox>>) {
         let mut tally = Tally::default();
+        let wanted = |subscriber: &Subscriber| skip.is_none_or(|skip| !Arc::ptr_eq(&subscriber.0, skip));
         if let [only] = matches.as_slice() {
-            for subscriber in only.iter() {
+            for subscriber in only.iter().filter(|subscriber| wanted(subscriber)) {
                 tally.add(subscriber.outbox().push_message(message));
             }
         } else if !matches.is_empty() {
@@ -399,7 +412,7 @@ impl Broker {
             let capacity = matches.iter().map(|list| list.len()).sum();
             let mut seen = ahash::AHashSet::with_capacity(capacity);
             for subscriber in matches.iter().flat_map(|list| list.iter()) {
-                if seen.insert(subscriber) {
+                if wanted(subscriber) && seen.insert(subscriber) {
                     tally.add(subscriber.outbox().push_message(message));
                 }
             }

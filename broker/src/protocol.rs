@@ -71,6 +71,9 @@ pub enum Command {
         id: Option<u64>,
         subject: String,
         payload: Payload,
+        /// `false`: not delivered back to the publishing connection (a
+        /// chat page does not receive its own typing events). Default true.
+        echo: bool,
     },
     Ping {
         id: Option<u64>,
@@ -156,6 +159,8 @@ struct WireCommand<'a> {
     since: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
+    #[serde(default)]
+    echo: Option<bool>,
     /// Present-but-null must stay distinguishable from absent: `null` is a
     /// perfectly good payload.
     #[serde(borrow, default, deserialize_with = "present")]
@@ -223,6 +228,7 @@ fn decode_json_command(frame: &Bytes) -> Result<Command, DecodeError> {
             Ok(Command::Publish {
                 id,
                 subject,
+                echo: wire.echo.unwrap_or(true),
                 payload: Payload::from_validated_json(frame, data.get())
                     .map_err(|error| fail(error.into()))?,
             })

@@ -190,9 +190,19 @@ impl Session {
                 .subscribe(&[subject], since.as_deref(), Acknowledge::command(id))
                 .map(drop),
             Command::Unsubscribe { subject, .. } => self.unsubscribe(&subject).map(|()| self.ack(id, None)),
-            Command::Publish { subject, payload, .. } => self
-                .publish(&subject, payload)
-                .map(|position| self.ack(id, Some(position))),
+            Command::Publish {
+                subject,
+                payload,
+                echo,
+                ..
+            } => {
+                let published = if echo {
+                    self.publish(&subject, payload)
+                } else {
+                    self.publish_without_echo(&subject, payload)
+                };
+                published.map(|position| self.ack(id, Some(position)))
+            }
             Command::Ping { .. } => {
                 self.outbox.push_reply(Reply::Pong { id });
                 Ok(())
@@ -330,6 +340,15 @@ impl Session {
     pub fn publish(&self, subject: &str, payload: Payload) -> Result<Position, SessionError> {
         self.check_publish(subject, payload.len())?;
         Ok(self.broker.publish(subject, payload)?)
+    }
+
+    /// Publishes like [`Session::publish`], except to this connection's own
+    /// subscriptions.
+    pub fn publish_without_echo(&self, subject: &str, payload: Payload) -> Result<Position, SessionError> {
+        self.check_publish(subject, payload.len())?;
+        Ok(self
+            .broker
+            .publish_skipping(subject, payload, Some(&self.outbox))?)
     }
 
     /// Publishes every message of `batch` if this connection may publish

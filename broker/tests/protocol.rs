@@ -53,14 +53,16 @@ fn documented_commands_decode_in_both_encodings() {
                 id: Some(3),
                 subject: "chat.a".into(),
                 payload: common::json(r#"{"n":[1,2.5,null,true],"text":"hi"}"#),
+                echo: true,
             },
         ),
         (
-            json!({"op":"pub","subject":"chat.a","data":null}),
+            json!({"op":"pub","subject":"chat.a","data":null,"echo":false}),
             Command::Publish {
                 id: None,
                 subject: "chat.a".into(),
                 payload: common::json("null"),
+                echo: false,
             },
         ),
         (json!({"op":"ping"}), Command::Ping { id: None }),
