@@ -56,6 +56,10 @@ pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a connection that is still sending a request's head when
 /// shutdown starts may take to finish it.
 const HEAD_GRACE: Duration = Duration::from_millis(500);
+/// Refused connections being answered at once, at most; beyond, a refused
+/// connection is closed without an answer, so refusing cannot itself hold
+/// more than this many descriptors.
+const MAX_REFUSALS_IN_FLIGHT: usize = 256;
 /// How long a closing connection is drained, at most.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 /// A closing connection that sends nothing for this long is done: what was
@@ -107,6 +111,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ListenerLimits, s
     let gate = Arc::new(Gate::new(limits.max_connections, limits.max_connections_per_ip));
     let connections = TaskTracker::new();
     let mut refusals = RefusalLog::default();
+    let refusals_in_flight = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -125,7 +130,13 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ListenerLimits, s
             Ok(admission) => admission,
             Err(refusal) => {
                 refusals.refused(refusal, peer, limits);
-                tokio::spawn(refuse(stream, refusal));
+                if refusals_in_flight.load(Ordering::Relaxed) < MAX_REFUSALS_IN_FLIGHT {
+                    let in_flight = InFlight::enter(&refusals_in_flight);
+                    tokio::spawn(async move {
+                        refuse(stream, refusal).await;
+                        drop(in_flight);
+                    });
+                }
                 continue;
             }
         };
