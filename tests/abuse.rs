@@ -144,34 +144,14 @@ async fn under_attack<F: std::future::Future<Output = ()>>(server: &Server, atta
 
 /// A WebSocket upgrade by hand, to send frames no client library would.
 async fn raw_websocket(server: &Server) -> TcpStream {
-    let mut tcp = TcpStream::connect(server.address).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.address
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut byte)
-            .await
-            .unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    tcp
+    herald_bench::abuse::raw_websocket(server.address)
+        .await
+        .expect("the upgrade")
 }
 
 /// Masked ping frames with the largest payload a control frame may carry.
 fn ping_frames(count: usize) -> Vec<u8> {
-    let mut frame = vec![0x89, 0x80 | 125, 1, 2, 3, 4];
-    frame.extend(std::iter::repeat_n(b'p' ^ 1, 125));
-    frame.repeat(count)
+    herald_bench::abuse::masked_frames(0x89, &[b'p'; 125], count)
 }
 
 /// Writes `bytes` over and over for `duration` or until the server stops

@@ -351,7 +351,8 @@ async fn read_response(tcp: &mut TcpStream) -> anyhow::Result<u16> {
     Ok(status)
 }
 
-async fn raw_websocket(address: std::net::SocketAddr) -> anyhow::Result<TcpStream> {
+/// A WebSocket upgrade by hand, to send frames no client library would.
+pub async fn raw_websocket(address: std::net::SocketAddr) -> anyhow::Result<TcpStream> {
     let mut tcp = TcpStream::connect(address).await?;
     tcp.write_all(
         b"GET /ws HTTP/1.1\r\nhost: herald\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
@@ -371,7 +372,7 @@ async fn raw_websocket(address: std::net::SocketAddr) -> anyhow::Result<TcpStrea
 }
 
 /// `count` masked client frames of one opcode and payload (< 126 bytes).
-fn masked_frames(first_byte: u8, payload: &[u8], count: usize) -> Vec<u8> {
+pub fn masked_frames(first_byte: u8, payload: &[u8], count: usize) -> Vec<u8> {
     let mut frame = vec![first_byte, 0x80 | payload.len() as u8, 1, 2, 3, 4];
     frame.extend(
         payload
