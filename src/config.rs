@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
-use herald_broker::{AuthConfig, Authenticator, BrokerConfig};
+use herald_broker::{AuthConfig, Authenticator, BrokerConfig, SubjectRuleConfig, SubjectRules};
 use herald_gateway::tokens::JwtVerifier;
 use serde::Deserialize;
 
@@ -51,6 +51,9 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub broker: BrokerConfig,
+    /// `[[subjects]]`: per-pattern rules (history, presence, who may publish).
+    #[serde(default)]
+    pub subjects: Vec<SubjectRuleConfig>,
     #[cfg(feature = "http")]
     pub http: herald_http::HttpConfig,
     #[cfg(feature = "websocket")]
@@ -104,7 +107,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Connections open at once from one address (one /64 for IPv6).
     pub max_connections_per_ip: usize,
-    pub cors_origins: Vec<String>,
+    /// Browser origins allowed to connect (WebSocket, SSE, long polling)
+    /// and to call the HTTP API (CORS); `"*"` for any.
+    pub allowed_origins: Vec<String>,
 }
 
 impl ServerConfig {
@@ -178,7 +183,16 @@ impl Config {
         #[cfg(feature = "longpoll")]
         self.longpoll.validate().map_err(anyhow::Error::msg)?;
         self.authenticator()?;
+        self.subject_rules()?;
         Ok(())
+    }
+
+    /// The `[[subjects]]` rules, patterns checked.
+    pub fn subject_rules(&self) -> anyhow::Result<SubjectRules> {
+        Ok(SubjectRules::from_config(
+            &self.subjects,
+            &self.broker.subject_limits,
+        )?)
     }
 
     /// The authenticator the `[auth]` section describes: API keys,
@@ -226,6 +240,13 @@ mod tests {
             ("[sse]\nretry = \"soon\"\n", "retry"),
             ("[longpoll]\ndefault_wait = \"2m\"\n", "default_wait"),
             ("[[auth.api_keys]]\nkey = \"short\"\n", "shorter than 16"),
+            ("[auth]\nanonymous = \"publish\"\n", "anonymous"),
+            (
+                "[auth]\nanonymous_subscribe = [\"a.>.b\"]\n",
+                "anonymous_subscribe",
+            ),
+            ("[[subjects]]\npattern = \"chat..x\"\n", "subjects[0].pattern"),
+            ("[[subjects]]\npattern = \"chat\"\nhistory = 3\n", "history"),
             (
                 "[[auth.api_keys]]\nkey = \"0123456789abcdef\"\npublish = [\"a..b\"]\n",
                 "publish",

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use herald::config::{default_config_text, Config};
-use herald_broker::AnonymousAccess;
 
 /// Herald: a self-hosted real-time message broker.
 ///
@@ -155,15 +154,15 @@ fn serve(listen: Option<SocketAddr>, config_file: Option<PathBuf>, dev: bool) ->
         config.server.listen = listen;
     }
     if dev {
-        config.auth.anonymous = AnonymousAccess::Publish;
+        herald::open_for_development(&mut config);
         tracing::warn!(
             "DEVELOPMENT MODE: anyone who can reach this server may publish and subscribe to every subject \
-             without a key. Do not expose it."
+             without a key, from any browser origin. Do not expose it."
         );
-    } else if config.auth.anonymous == AnonymousAccess::Publish {
+    } else if !config.auth.anonymous_publish.is_empty() {
         tracing::warn!(
-            "auth.anonymous = \"publish\": anyone who can reach this server may publish to every subject \
-             without a key"
+            patterns = ?config.auth.anonymous_publish,
+            "auth.anonymous_publish: anyone who can reach this server may publish to these subjects without a key"
         );
     } else if config.auth.api_keys.is_empty() {
         tracing::info!(

@@ -54,7 +54,7 @@ fn help_and_default_config_read_well() {
 fn anonymous_publishing_is_never_enabled_quietly() {
     for (arguments, environment) in [
         (&["--dev"][..], &[][..]),
-        (&[][..], &[("HERALD_AUTH__ANONYMOUS", "publish")][..]),
+        (&[][..], &[("HERALD_AUTH__ANONYMOUS_PUBLISH", "[\"chat.>\"]")][..]),
     ] {
         let (_server, _address, log) = serve(arguments, environment);
         assert!(

@@ -33,6 +33,25 @@ pub trait Access: Send + Sync + fmt::Debug {
     fn expires_at_millis(&self) -> Option<u64> {
         None
     }
+    /// The user this connection speaks for (a token's `sub` and `info`):
+    /// what presence shows. API keys and anonymous connections have none.
+    fn user(&self) -> Option<&User> {
+        None
+    }
+    /// Whether this is a backend (an API key, a trusted server) rather than
+    /// a client (a browser with a user token, or anonymous): subject rules
+    /// may keep clients from publishing where backends can.
+    fn is_backend(&self) -> bool {
+        false
+    }
+}
+
+/// Who a user-token connection is: the token's `sub` and its `info`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub id: String,
+    /// Whatever the token's `herald.info` holds; shown by presence.
+    pub info: serde_json::Value,
 }
 
 /// Access that allows everything: development mode and trusted servers.
@@ -47,34 +66,10 @@ impl Access for AllowAll {
     fn may_subscribe(&self, _pattern: &Pattern) -> bool {
         true
     }
-}
 
-/// Access that allows subscribing but not publishing: the safe default for
-/// anonymous browsers when anonymous subscribing is enabled.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SubscribeOnly;
-
-impl Access for SubscribeOnly {
-    fn may_publish(&self, _subject: &str) -> bool {
-        false
-    }
-
-    fn may_subscribe(&self, _pattern: &Pattern) -> bool {
+    fn is_backend(&self) -> bool {
         true
     }
-}
-
-/// What a connection without a credential may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AnonymousAccess {
-    /// Nothing: every connection needs a key.
-    None,
-    /// Subscribe and read history on any subject; never publish.
-    #[default]
-    Subscribe,
-    /// Everything, publishing included. For local development.
-    Publish,
 }
 
 /// Allow- and deny-lists of patterns for publishing and subscribing; deny
@@ -105,6 +100,24 @@ impl Access for Permissions {
                 .subscribe_deny
                 .iter()
                 .any(|denied| intersect(denied, pattern))
+    }
+}
+
+/// What an API key may do: its permissions, as a backend.
+#[derive(Debug)]
+struct KeyAccess(Permissions);
+
+impl Access for KeyAccess {
+    fn may_publish(&self, subject: &str) -> bool {
+        self.0.may_publish(subject)
+    }
+
+    fn may_subscribe(&self, pattern: &Pattern) -> bool {
+        self.0.may_subscribe(pattern)
+    }
+
+    fn is_backend(&self) -> bool {
+        true
     }
 }
 
@@ -214,11 +227,23 @@ impl fmt::Debug for Secret {
 }
 
 /// The `[auth]` section of the configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    pub anonymous: AnonymousAccess,
+    /// Patterns a connection without a credential may subscribe to and
+    /// read the history of; empty: none.
+    pub anonymous_subscribe: Vec<String>,
+    /// Subjects a connection without a credential may publish to; empty:
+    /// none. `herald serve --dev` opens both lists to `>`.
+    pub anonymous_publish: Vec<String>,
     pub api_keys: Vec<ApiKeyConfig>,
+    /// The cookie SSE and long-poll requests may carry their token in
+    /// (`EventSource` cannot set headers); empty: no cookie is read.
+    pub token_cookie: String,
+    /// How long a WebSocket connection whose token expired stays open for
+    /// a `refresh` command, after its `err` `token_expired`.
+    #[serde(with = "crate::units::duration")]
+    pub refresh_grace: std::time::Duration,
     /// User tokens (JWT) signed with this shared secret (HS256).
     #[serde(default)]
     pub jwt_hs256_secret: Option<Secret>,
@@ -232,6 +257,22 @@ pub struct AuthConfig {
     /// When set, a token's `iss` must be it.
     #[serde(default)]
     pub jwt_issuer: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            anonymous_subscribe: Vec::new(),
+            anonymous_publish: Vec::new(),
+            api_keys: Vec::new(),
+            token_cookie: "herald_token".into(),
+            refresh_grace: std::time::Duration::from_secs(30),
+            jwt_hs256_secret: None,
+            jwt_public_key_file: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+        }
+    }
 }
 
 /// One API key as configured: the patterns it may publish to and
@@ -261,6 +302,12 @@ impl fmt::Debug for ApiKeyConfig {
 pub enum AuthConfigError {
     #[error("auth.api_keys[{index}].key is shorter than {MIN_KEY_LENGTH} characters; use a long random key")]
     KeyTooShort { index: usize },
+    #[error("auth.{field}: {pattern:?}: {error}")]
+    InvalidAnonymousPattern {
+        field: &'static str,
+        pattern: String,
+        error: SubjectError,
+    },
     #[error("auth.api_keys[{index}].{field}: {pattern:?}: {error}")]
     InvalidPattern {
         index: usize,
@@ -274,22 +321,28 @@ pub enum AuthConfigError {
 pub struct Authenticator {
     keys: Vec<(String, Arc<dyn Access>)>,
     anonymous: Option<Arc<dyn Access>>,
+    anonymous_publish: bool,
     tokens: Option<Arc<dyn TokenVerifier>>,
 }
 
 impl Authenticator {
-    pub fn new(keys: Vec<ApiKey>, anonymous: AnonymousAccess) -> Authenticator {
-        let anonymous: Option<Arc<dyn Access>> = match anonymous {
-            AnonymousAccess::None => None,
-            AnonymousAccess::Subscribe => Some(Arc::new(SubscribeOnly)),
-            AnonymousAccess::Publish => Some(Arc::new(AllowAll)),
-        };
+    /// `anonymous`: what a connection without a credential may do; with
+    /// no pattern at all, such a connection is refused (`unauthorized`).
+    pub fn new(keys: Vec<ApiKey>, anonymous: Permissions) -> Authenticator {
+        let anonymous_publish = !anonymous.publish.is_empty();
+        let anonymous: Option<Arc<dyn Access>> =
+            if anonymous.publish.is_empty() && anonymous.subscribe.is_empty() {
+                None
+            } else {
+                Some(Arc::new(anonymous))
+            };
         let keys = keys
             .into_iter()
-            .map(|key| (key.key, Arc::new(key.permissions) as Arc<dyn Access>))
+            .map(|key| (key.key, Arc::new(KeyAccess(key.permissions)) as Arc<dyn Access>))
             .collect();
         Authenticator {
             keys,
+            anonymous_publish,
             anonymous,
             tokens: None,
         }
@@ -334,7 +387,24 @@ impl Authenticator {
                 },
             });
         }
-        Ok(Authenticator::new(keys, config.anonymous))
+        let anonymous = |field: &'static str, texts: &[String]| {
+            texts
+                .iter()
+                .map(|text| {
+                    Pattern::parse(text, limits).map_err(|error| AuthConfigError::InvalidAnonymousPattern {
+                        field,
+                        pattern: text.clone(),
+                        error,
+                    })
+                })
+                .collect::<Result<Vec<Pattern>, AuthConfigError>>()
+        };
+        let anonymous = Permissions {
+            publish: anonymous("anonymous_publish", &config.anonymous_publish)?,
+            subscribe: anonymous("anonymous_subscribe", &config.anonymous_subscribe)?,
+            ..Permissions::default()
+        };
+        Ok(Authenticator::new(keys, anonymous))
     }
 
     /// The access of a connection presenting `credential` (or none).
@@ -356,11 +426,14 @@ impl Authenticator {
         found.ok_or(AuthError::Invalid)
     }
 
-    /// Whether a connection without a credential may publish.
+    /// Whether a connection without a credential is let in at all.
+    pub fn allows_anonymous(&self) -> bool {
+        self.anonymous.is_some()
+    }
+
+    /// Whether a connection without a credential may publish anywhere.
     pub fn anonymous_may_publish(&self) -> bool {
-        self.anonymous
-            .as_ref()
-            .is_some_and(|access| access.may_publish("_"))
+        self.anonymous_publish
     }
 }
 
@@ -450,7 +523,11 @@ mod tests {
                 ..Permissions::default()
             },
         };
-        let auth = Authenticator::new(vec![key], AnonymousAccess::Subscribe);
+        let read_news = Permissions {
+            subscribe: vec![pattern("news.>")],
+            ..Permissions::default()
+        };
+        let auth = Authenticator::new(vec![key], read_news);
         let access = auth.authenticate(Some("secret-1")).unwrap();
         assert!(access.may_publish("news.a"));
         assert!(!access.may_publish("chat.a"));
@@ -461,10 +538,17 @@ mod tests {
         let anonymous = auth.authenticate(None).unwrap();
         assert!(!anonymous.may_publish("news.a"));
         assert!(anonymous.may_subscribe(&pattern("news.*")));
+        assert!(!anonymous.may_subscribe(&pattern(">")));
+        assert!(!anonymous.is_backend() && access.is_backend());
         assert!(!auth.anonymous_may_publish());
 
-        let closed = Authenticator::new(vec![], AnonymousAccess::None);
+        let closed = Authenticator::new(vec![], Permissions::default());
         assert_eq!(closed.authenticate(None).unwrap_err(), AuthError::Missing);
-        assert!(Authenticator::new(vec![], AnonymousAccess::Publish).anonymous_may_publish());
+        let open = Permissions {
+            publish: vec![pattern(">")],
+            subscribe: vec![pattern(">")],
+            ..Permissions::default()
+        };
+        assert!(Authenticator::new(vec![], open).anonymous_may_publish());
     }
 }

@@ -56,25 +56,29 @@ pub mod message;
 pub mod outbox;
 pub mod poll;
 pub mod position;
+pub mod presence;
 pub mod protocol;
 pub mod router;
+pub mod rules;
 pub mod session;
 pub mod subject;
 pub mod units;
 
 pub use auth::{
-    Access, AllowAll, AnonymousAccess, ApiKey, ApiKeyConfig, AuthConfig, AuthConfigError, AuthError,
-    Authenticator, Permissions, Secret, SubscribeOnly, TokenVerifier,
+    Access, AllowAll, ApiKey, ApiKeyConfig, AuthConfig, AuthConfigError, AuthError, Authenticator,
+    Permissions, Secret, TokenVerifier, User,
 };
 pub use broker::{
     BatchError, Broker, BrokerConfig, Journal, Metrics, PublishError, Replay, Restored, Resume, StoredMessage,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use history::{HistoryLimits, PatternTooBroad};
+pub use history::{HistoryLimits, PatternTooBroad, RingLimits};
 pub use message::{Message, Payload, PayloadError, MAX_PAYLOAD_DEPTH};
 pub use outbox::{CloseReason, Offer, Outbox, OverflowPolicy, QueueLimits};
 pub use poll::{Poll, PollPage, Watch};
 pub use position::{InvalidToken, Position};
+pub use presence::{Member, PresenceLimits};
 pub use protocol::{decode_command, Command, DecodeError, Encoding, Gap, Outbound, Reply, ServerEvent};
+pub use rules::{RuleError, SubjectPolicy, SubjectRuleConfig, SubjectRules};
 pub use session::{Acknowledge, HistoryPage, Session, SessionBatchError, SessionError};
 pub use subject::{names_wildcards, validate_subject, Pattern, Subject, SubjectError, SubjectLimits};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_broker::{
-    decode_command, Acknowledge, BrokerConfig, Encoding, Pattern, ServerEvent, Session, SessionError,
-    SubscribeOnly,
+    decode_command, Acknowledge, BrokerConfig, Encoding, Pattern, Permissions, ServerEvent, Session,
+    SessionError, SubjectLimits,
 };
 use serde_json::json;
 
@@ -119,7 +119,13 @@ fn oversized_payloads_are_refused() {
 #[test]
 fn permissions_are_checked_on_every_operation() {
     let (broker, _clock) = common::broker(BrokerConfig::default());
-    let mut reader = Session::new(&broker, Arc::new(SubscribeOnly));
+    let mut reader = Session::new(
+        &broker,
+        Arc::new(Permissions {
+            subscribe: vec![Pattern::parse(">", &SubjectLimits::default()).unwrap()],
+            ..Permissions::default()
+        }),
+    );
     reader.handle(command(r#"{"op":"sub","id":1,"subject":"news.>"}"#));
     reader.handle(command(r#"{"op":"pub","id":2,"subject":"news.a","data":"x"}"#));
     let events = common::received_json(&reader);

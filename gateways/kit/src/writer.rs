@@ -144,7 +144,7 @@ mod tests {
     use std::sync::Arc;
 
     use herald_broker::{
-        Acknowledge, AllowAll, AnonymousAccess, Authenticator, Broker, BrokerConfig, Payload, Session,
+        Acknowledge, AllowAll, Authenticator, Broker, BrokerConfig, Payload, Permissions, Session,
     };
 
     use super::*;
@@ -186,7 +186,7 @@ mod tests {
 
     fn setup() -> (GatewayContext, Session) {
         let broker = Broker::new(BrokerConfig::default());
-        let auth = Arc::new(Authenticator::new(Vec::new(), AnonymousAccess::Publish));
+        let auth = Arc::new(Authenticator::new(Vec::new(), Permissions::default()));
         let mut session = Session::new(&broker, Arc::new(AllowAll));
         session.subscribe(&["s"], None, Acknowledge::Never).unwrap();
         (GatewayContext::new(broker, auth), session)
