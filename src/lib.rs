@@ -25,13 +25,22 @@ use anyhow::Context;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::Router;
 use herald_broker::{Broker, SystemClock};
-use herald_gateway::{DisconnectCounters, GatewayContext, HttpError};
+use herald_gateway::{AllowedOrigins, DisconnectCounters, GatewayContext, HttpError};
 use herald_store::{DiskJournal, StoreOptions};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use config::Config;
 use config::HistoryStorage;
+
+/// Opens `config` for local development (`herald serve --dev`): anyone
+/// may subscribe and publish to every subject without a credential, from
+/// any browser origin.
+pub fn open_for_development(config: &mut Config) {
+    config.auth.anonymous_subscribe = vec![">".into()];
+    config.auth.anonymous_publish = vec![">".into()];
+    config.server.allowed_origins = vec!["*".into()];
+}
 
 /// Serves Herald on `listener` until `shutdown` completes; see [`Herald::run`].
 pub async fn run(
@@ -55,15 +64,17 @@ pub struct Herald {
 impl Herald {
     /// Validates `config` and builds the broker; with history on disk this
     /// opens the database and restores what it holds.
-    pub fn new(config: Config) -> anyhow::Result<Herald> {
+    pub fn new(mut config: Config) -> anyhow::Result<Herald> {
         config.validate()?;
+        config.broker.rules = config.subject_rules()?;
         let (broker, journal) = match config.storage.history {
             HistoryStorage::Memory => (Broker::new(config.broker.clone()), None),
             HistoryStorage::Disk => {
                 let options = StoreOptions {
                     path: config.storage.path.clone(),
                     flush_interval: config.storage.flush_interval,
-                    max_age: config.broker.history.max_age,
+                    // The journal keeps what the longest-lived rule keeps.
+                    max_age: config.broker.rules.longest_age(&config.broker.history),
                 };
                 let (restored, journal) = herald_store::open(&options)?;
                 let journal = Arc::new(journal);
@@ -73,8 +84,13 @@ impl Herald {
             }
         };
         let auth = Arc::new(config.authenticator()?);
+        let context = GatewayContext::new(broker, auth).with_admission(
+            AllowedOrigins::new(&config.server.allowed_origins),
+            &config.auth.token_cookie,
+            config.auth.refresh_grace,
+        );
         Ok(Herald {
-            context: GatewayContext::new(broker, auth),
+            context,
             config,
             journal,
         })
@@ -134,7 +150,7 @@ impl Herald {
                     format!("{} does not take {method}", uri.path()),
                 )
             });
-        match cors_layer(&self.config.server.cors_origins) {
+        match cors_layer(&self.config.server.allowed_origins) {
             Some(cors) => app.layer(cors),
             None => app,
         }

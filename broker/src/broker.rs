@@ -50,14 +50,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::auth::User;
 use crate::clock::{Clock, SystemClock};
 use crate::history::{Channel, History, HistoryError, HistoryLimits, PatternTooBroad, Retention, Sequences};
 use crate::message::{Message, Payload, PayloadError};
 use crate::outbox::{Offer, Outbox, OverflowPolicy, QueueLimits, Subscriber};
 use crate::position::{InvalidToken, Position};
+use crate::presence::{Member, Presence, PresenceLimits};
 use crate::protocol::Gap;
 use crate::router::{Matches, Router};
-use crate::subject::{validate_subject, Pattern, SubjectError, SubjectLimits};
+use crate::rules::{SubjectPolicy, SubjectRules};
+use crate::subject::{validate_subject, Pattern, Subject, SubjectError, SubjectLimits};
 
 /// Everything the broker can be configured with. Every field has a default
 /// that is safe for a single node. In the server's configuration file it is
@@ -79,6 +82,15 @@ pub struct BrokerConfig {
     pub max_subscriptions_per_connection: usize,
     /// Most messages one `history` request returns.
     pub max_history_page: usize,
+    pub presence: PresenceLimits,
+    /// Publishes per second one client connection (a user token or
+    /// anonymous; not an API key) may make; beyond, `rate_limited`. 0: no
+    /// limit.
+    pub max_client_publishes_per_second: u32,
+    /// The `[[subjects]]` rules; the server reads them from the top level
+    /// of its configuration, next to `[broker]`.
+    #[serde(skip)]
+    pub rules: SubjectRules,
 }
 
 impl Default for BrokerConfig {
@@ -91,6 +103,9 @@ impl Default for BrokerConfig {
             overflow_policy: OverflowPolicy::default(),
             max_subscriptions_per_connection: 1024,
             max_history_page: 1000,
+            presence: PresenceLimits::default(),
+            max_client_publishes_per_second: 50,
+            rules: SubjectRules::default(),
         }
     }
 }
@@ -202,6 +217,23 @@ pub struct StoredMessage {
     pub payload: Payload,
 }
 
+/// Where a message is recorded.
+enum Recorded {
+    /// In its subject's history ring.
+    Channel(Arc<Channel>),
+    /// Nowhere: the subject is ephemeral.
+    Ephemeral(Subject),
+}
+
+impl Recorded {
+    fn subject(&self) -> &Subject {
+        match self {
+            Recorded::Channel(channel) => &channel.subject,
+            Recorded::Ephemeral(subject) => subject,
+        }
+    }
+}
+
 /// The fan-out core.
 #[derive(Debug)]
 pub struct Broker {
@@ -220,6 +252,7 @@ pub struct Broker {
     publish_order: Mutex<Retention>,
     router: Router<Subscriber>,
     history: History,
+    presence: Presence,
     counters: Counters,
     next_session_id: AtomicU64,
     journal: Option<Arc<dyn Journal>>,
@@ -236,6 +269,7 @@ impl Broker {
     pub fn with_clock(config: BrokerConfig, clock: Arc<dyn Clock>, epoch: u32) -> Arc<Broker> {
         let history = History::new(config.history);
         Arc::new(Broker {
+            presence: Presence::new(config.presence),
             config,
             clock,
             epoch,
@@ -263,7 +297,11 @@ impl Broker {
         let now = clock.now_millis();
         let mut retention = Retention::default();
         for stored in restored.messages {
-            let Ok(channel) = history.channel(&stored.subject) else {
+            let limits = config.rules.policy(&stored.subject, &config.history).history;
+            if !limits.keeps_history() {
+                continue;
+            }
+            let Ok(channel) = history.channel(&stored.subject, || limits) else {
                 continue;
             };
             let position = Position::new(restored.epoch, stored.sequence);
@@ -277,6 +315,7 @@ impl Broker {
         }
         history.forget_through(restored.lost_through);
         Arc::new(Broker {
+            presence: Presence::new(config.presence),
             config,
             clock,
             epoch: restored.epoch,
@@ -320,9 +359,24 @@ impl Broker {
         skip: Option<&Arc<Outbox>>,
     ) -> Result<Position, PublishError> {
         self.check(subject, &payload)?;
-        let channel = self.history.channel(subject)?;
+        let channel = self.channel_for(subject)?;
         let mut order = self.lock_publish_order();
-        Ok(self.publish_locked(&mut order, &channel, payload, skip))
+        Ok(self.publish_locked(&mut order, channel, payload, skip))
+    }
+
+    /// What the subject rules give `subject` (validated).
+    pub fn policy(&self, subject: &str) -> SubjectPolicy {
+        self.config.rules.policy(subject, &self.config.history)
+    }
+
+    /// Where a message on `subject` is recorded: its channel, created on
+    /// first use, or for an ephemeral subject nothing but the subject.
+    fn channel_for(&self, subject: &str) -> Result<Recorded, PublishError> {
+        let limits = self.policy(subject).history;
+        if !limits.keeps_history() {
+            return Ok(Recorded::Ephemeral(Subject::from_validated(subject)));
+        }
+        Ok(Recorded::Channel(self.history.channel(subject, || limits)?))
     }
 
     /// Publishes every message of `batch` in order, or none of them: every
@@ -337,14 +391,14 @@ impl Broker {
             let subject = subject.as_ref();
             let channel = self
                 .check(subject, &payload)
-                .and_then(|()| Ok(self.history.channel(subject)?))
+                .and_then(|()| self.channel_for(subject))
                 .map_err(|error| BatchError { index, error })?;
             checked.push((channel, payload));
         }
         let mut order = self.lock_publish_order();
         Ok(checked
             .into_iter()
-            .map(|(channel, payload)| self.publish_locked(&mut order, &channel, payload, None))
+            .map(|(channel, payload)| self.publish_locked(&mut order, channel, payload, None))
             .collect())
     }
 
@@ -373,7 +427,7 @@ impl Broker {
     fn publish_locked(
         &self,
         retention: &mut Retention,
-        channel: &Arc<Channel>,
+        recorded: Recorded,
         payload: Payload,
         skip: Option<&Arc<Outbox>>,
     ) -> Position {
@@ -386,18 +440,58 @@ impl Broker {
         self.last_sequence.store(sequence, Ordering::SeqCst);
         let position = Position::new(self.epoch, sequence);
         let now = self.clock.now_millis();
-        let message = Message::new(channel.subject.clone(), position, now, payload);
-        self.history.record(retention, channel, message.clone(), now);
-        if let Some(journal) = &self.journal {
-            journal.record(&message);
+        let message = Message::new(recorded.subject().clone(), position, now, payload);
+        if let Recorded::Channel(channel) = &recorded {
+            self.history.record(retention, channel, message.clone(), now);
+            if let Some(journal) = &self.journal {
+                journal.record(&message);
+            }
         }
-        let matches = self.router.matches(channel.subject.as_str());
+        let matches = self.router.matches(message.subject().as_str());
         self.fan_out(&matches, &message, skip);
         // Release: whoever reads this mark sees the message in history and
         // in every queue it was offered to.
         self.committed_sequence.store(sequence, Ordering::Release);
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         position
+    }
+
+    /// Adds one connection of `user` to the room `subject`, announcing a
+    /// join where the subject's rule asks for it.
+    pub(crate) fn join_presence(&self, subject: &Subject, user: &User, announce: bool) {
+        let mut rooms = self.presence.lock(subject);
+        let announcement = self
+            .presence
+            .join(&mut rooms, subject, user, self.clock.now_millis());
+        if let Some(announcement) = announcement.filter(|_| announce) {
+            // Under the room's lock: a room's events are numbered in the
+            // order its joins and leaves happened.
+            self.publish_system(subject.presence_events(), announcement.to_json());
+        }
+    }
+
+    /// Removes one connection of `user` from the room `subject`.
+    pub(crate) fn leave_presence(&self, subject: &Subject, user: &str, announce: bool) {
+        let mut rooms = self.presence.lock(subject);
+        let announcement = self
+            .presence
+            .leave(&mut rooms, subject, user, self.clock.now_millis());
+        if let Some(announcement) = announcement.filter(|_| announce) {
+            self.publish_system(subject.presence_events(), announcement.to_json());
+        }
+    }
+
+    /// Who is in the room `subject`: the exact count of distinct users and
+    /// the first `presence.max_list` of them.
+    pub fn presence(&self, subject: &Subject) -> (usize, Vec<Member>) {
+        self.presence.read(subject)
+    }
+
+    /// Publishes a message of the broker's own on a system subject.
+    fn publish_system(&self, subject: Subject, json: String) {
+        let payload = Payload::from_json(json.into()).expect("the broker's own JSON is valid");
+        let mut order = self.lock_publish_order();
+        self.publish_locked(&mut order, Recorded::Ephemeral(subject), payload, None);
     }
 
     fn fan_out(&self, matches: &Matches<Subscriber>, message: &Message, skip: Option<&Arc<Outbox>>) {

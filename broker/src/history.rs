@@ -77,6 +77,31 @@ impl Default for HistoryLimits {
     }
 }
 
+/// What one subject's ring keeps: from its subject rule, or the history
+/// defaults. Fixed when the subject's channel is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingLimits {
+    /// Messages kept; 0: the subject is ephemeral, nothing is kept and
+    /// nothing is ever reported missing (typing indicators, presence).
+    pub max_messages: usize,
+    pub max_age: Duration,
+}
+
+impl RingLimits {
+    pub fn keeps_history(&self) -> bool {
+        self.max_messages > 0
+    }
+}
+
+impl From<&HistoryLimits> for RingLimits {
+    fn from(limits: &HistoryLimits) -> RingLimits {
+        RingLimits {
+            max_messages: limits.max_messages_per_subject,
+            max_age: limits.max_age,
+        }
+    }
+}
+
 /// A wildcard pattern whose history read would visit more subjects than
 /// `history.max_subjects_per_read`.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -125,6 +150,7 @@ pub(crate) struct Channel {
     /// The oldest sequence the ring holds (`u64::MAX` when empty), so the
     /// retention queue can tell a live entry from a stale one unlocked.
     first_sequence: AtomicU64,
+    pub(crate) limits: RingLimits,
     ring: Mutex<Ring>,
 }
 
@@ -138,9 +164,10 @@ pub(crate) struct Ring {
 }
 
 impl Channel {
-    fn new(subject: Subject, totals: Arc<Totals>) -> Channel {
+    fn new(subject: Subject, limits: RingLimits, totals: Arc<Totals>) -> Channel {
         Channel {
             subject,
+            limits,
             last_sequence: AtomicU64::new(0),
             first_sequence: AtomicU64::new(u64::MAX),
             ring: Mutex::new(Ring {
@@ -161,14 +188,14 @@ impl Channel {
     }
 
     /// Records a newly published message.
-    fn record(&self, message: Message, limits: &HistoryLimits, now_millis: u64) {
+    fn record(&self, message: Message, now_millis: u64) {
         let sequence = message.sequence();
         let mut ring = self.lock();
         ring.push(message);
-        while ring.messages.len() > limits.max_messages_per_subject {
+        while ring.messages.len() > self.limits.max_messages {
             ring.drop_front();
         }
-        ring.expire(limits, now_millis);
+        ring.expire(&self.limits, now_millis);
         // Release: a reader that sees the new sequence finds the message.
         self.last_sequence.store(sequence, Ordering::Release);
     }
@@ -207,7 +234,7 @@ impl Ring {
         self.messages.push_back(message);
     }
 
-    fn expire(&mut self, limits: &HistoryLimits, now_millis: u64) {
+    fn expire(&mut self, limits: &RingLimits, now_millis: u64) {
         let max_age = limits.max_age.as_millis() as u64;
         while let Some(oldest) = self.messages.front() {
             if now_millis.saturating_sub(oldest.published_at_millis()) <= max_age {
@@ -229,7 +256,7 @@ impl Ring {
     fn read(
         &mut self,
         sequences: Sequences,
-        limits: &HistoryLimits,
+        limits: &RingLimits,
         now_millis: u64,
         out: &mut Vec<Message>,
     ) -> u64 {
@@ -318,7 +345,7 @@ impl History {
         now_millis: u64,
     ) {
         let sequence = message.sequence();
-        channel.record(message, &self.limits, now_millis);
+        channel.record(message, now_millis);
         retention.queue.push_back((sequence, Arc::downgrade(channel)));
         while self.totals.bytes.load(Ordering::Relaxed) > self.limits.max_bytes {
             let Some((oldest, channel)) = retention.queue.pop_front() else {
@@ -358,9 +385,14 @@ impl History {
         read(self.shard(subject)).get(subject).cloned()
     }
 
-    /// The channel of a validated subject, created on first use. While the
-    /// caller holds it, `sweep` leaves it alone.
-    pub(crate) fn channel(&self, subject: &str) -> Result<Arc<Channel>, HistoryError> {
+    /// The channel of a validated subject, created on first use with the
+    /// ring limits `limits_of` gives. While the caller holds it, `sweep`
+    /// leaves it alone.
+    pub(crate) fn channel(
+        &self,
+        subject: &str,
+        limits_of: impl FnOnce() -> RingLimits,
+    ) -> Result<Arc<Channel>, HistoryError> {
         if let Some(channel) = self.lookup(subject) {
             return Ok(channel);
         }
@@ -376,7 +408,7 @@ impl History {
             });
         }
         let subject = Subject::from_validated(subject);
-        let channel = Arc::new(Channel::new(subject.clone(), self.totals.clone()));
+        let channel = Arc::new(Channel::new(subject.clone(), limits_of(), self.totals.clone()));
         write(&self.tree).insert(&subject);
         map.insert(subject, channel.clone());
         self.subject_count.fetch_add(1, Ordering::Relaxed);
@@ -422,7 +454,7 @@ impl History {
             }
             let lost = channel
                 .lock()
-                .read(sequences, &self.limits, now_millis, &mut replay.messages);
+                .read(sequences, &channel.limits, now_millis, &mut replay.messages);
             replay.lost_through = replay.lost_through.max(lost);
         }
         let forgotten = self.forgotten_through.load(Ordering::Acquire);
@@ -450,7 +482,7 @@ impl History {
                     return true;
                 }
                 let mut ring = channel.lock();
-                ring.expire(&self.limits, now_millis);
+                ring.expire(&channel.limits, now_millis);
                 if !ring.messages.is_empty() {
                     return true;
                 }

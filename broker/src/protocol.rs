@@ -62,6 +62,9 @@ pub enum Command {
         id: Option<u64>,
         subject: String,
         since: Option<String>,
+        /// Also deliver who joins and leaves `subject`, as messages on
+        /// `$presence.<subject>`.
+        presence: bool,
     },
     Unsubscribe {
         id: Option<u64>,
@@ -83,6 +86,23 @@ pub enum Command {
         subject: String,
         since: Option<String>,
         limit: Option<usize>,
+    },
+    /// Who is subscribed to `subject` (a presence subject): the count and
+    /// the first members.
+    Presence {
+        id: Option<u64>,
+        subject: String,
+    },
+    /// The first command of a connection opened without a credential.
+    Auth {
+        id: Option<u64>,
+        token: String,
+    },
+    /// A new token for the same user, before (or just after) the current
+    /// one expires.
+    Refresh {
+        id: Option<u64>,
+        token: String,
     },
 }
 
@@ -108,7 +128,10 @@ impl Command {
             | Command::Unsubscribe { id, .. }
             | Command::Publish { id, .. }
             | Command::Ping { id }
-            | Command::History { id, .. } => *id,
+            | Command::History { id, .. }
+            | Command::Presence { id, .. }
+            | Command::Auth { id, .. }
+            | Command::Refresh { id, .. } => *id,
         }
     }
 }
@@ -126,7 +149,7 @@ pub struct DecodeError {
 pub enum DecodeErrorKind {
     #[error("frame is not a valid command object: {reason}")]
     Malformed { reason: String },
-    #[error("unknown op {op:?}; expected sub, unsub, pub, ping or history")]
+    #[error("unknown op {op:?}; expected sub, unsub, pub, ping, history, presence, auth or refresh")]
     UnknownOp { op: String },
     #[error("op {op:?} needs the field {field:?}")]
     MissingField { op: &'static str, field: &'static str },
@@ -161,6 +184,10 @@ struct WireCommand<'a> {
     limit: Option<usize>,
     #[serde(default)]
     echo: Option<bool>,
+    #[serde(default)]
+    presence: Option<bool>,
+    #[serde(default)]
+    token: Option<String>,
     /// Present-but-null must stay distinguishable from absent: `null` is a
     /// perfectly good payload.
     #[serde(borrow, default, deserialize_with = "present")]
@@ -212,6 +239,7 @@ fn decode_json_command(frame: &Bytes) -> Result<Command, DecodeError> {
             id,
             subject: required(wire.subject, "sub", "subject")?,
             since: wire.since,
+            presence: wire.presence.unwrap_or(false),
         }),
         "unsub" => Ok(Command::Unsubscribe {
             id,
@@ -240,6 +268,18 @@ fn decode_json_command(frame: &Bytes) -> Result<Command, DecodeError> {
             since: wire.since,
             limit: wire.limit,
         }),
+        "presence" => Ok(Command::Presence {
+            id,
+            subject: required(wire.subject, "presence", "subject")?,
+        }),
+        "auth" => Ok(Command::Auth {
+            id,
+            token: required(wire.token, "auth", "token")?,
+        }),
+        "refresh" => Ok(Command::Refresh {
+            id,
+            token: required(wire.token, "refresh", "token")?,
+        }),
         other => Err(fail(DecodeErrorKind::UnknownOp {
             op: other.chars().take(32).collect(),
         })),
@@ -260,7 +300,7 @@ pub struct Gap {
 }
 
 /// A server event other than `msg`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
     /// The command with this id succeeded; a publish carries the position.
     Ack {
@@ -275,6 +315,15 @@ pub enum Reply {
     },
     Pong {
         id: Option<u64>,
+    },
+    /// The answer to `presence`.
+    Presence {
+        id: Option<u64>,
+        subject: String,
+        /// Every distinct user present, exactly.
+        count: usize,
+        /// The first `broker.presence.max_list` of them.
+        members: Vec<crate::presence::Member>,
     },
     /// The answer to `history`: an optional gap, then messages in position order.
     History {
@@ -325,6 +374,7 @@ impl Outbound {
                 Reply::Ack { .. } => "ack",
                 Reply::Error { .. } => "err",
                 Reply::Pong { .. } => "pong",
+                Reply::Presence { .. } => "presence",
                 Reply::History { .. } => "history",
             },
         }
@@ -442,6 +492,15 @@ enum WireReply<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    #[serde(rename = "presence")]
+    Presence {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        subject: &'a str,
+        count: usize,
+        members: &'a [crate::presence::Member],
+        truncated: bool,
+    },
 }
 
 impl<'a> From<&'a Reply> for WireReply<'a> {
@@ -457,6 +516,18 @@ impl<'a> From<&'a Reply> for WireReply<'a> {
                 message,
             },
             Reply::Pong { id } => WireReply::Pong { id: *id },
+            Reply::Presence {
+                id,
+                subject,
+                count,
+                members,
+            } => WireReply::Presence {
+                id: *id,
+                subject,
+                count: *count,
+                members,
+                truncated: members.len() < *count,
+            },
             Reply::History { .. } => unreachable!("history replies are encoded by encode_history"),
         }
     }
@@ -606,6 +677,15 @@ pub enum ServerEvent {
         #[serde(default)]
         gap: Option<GapFields>,
         messages: Vec<ServerEvent>,
+    },
+    #[serde(rename = "presence")]
+    Presence {
+        #[serde(default)]
+        id: Option<u64>,
+        subject: String,
+        count: usize,
+        members: Vec<crate::presence::Member>,
+        truncated: bool,
     },
 }
 

@@ -20,8 +20,9 @@ use crate::history::PatternTooBroad;
 use crate::message::{Message, Payload, PayloadError};
 use crate::outbox::Outbox;
 use crate::position::{InvalidToken, Position};
+use crate::presence::Member;
 use crate::protocol::{Command, DecodeError, Gap, Reply};
-use crate::subject::{validate_subject, Pattern, SubjectError};
+use crate::subject::{validate_subject, Pattern, Subject, SubjectError};
 
 /// Why a session operation failed. Each maps to a stable `err` code.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -47,6 +48,12 @@ pub enum SessionError {
     NoSubjects,
     #[error(transparent)]
     TooBroad(#[from] PatternTooBroad),
+    #[error("more than {per_second} publishes in one second from this connection: slow down")]
+    RateLimited { per_second: u32 },
+    #[error("{subject:?} has no presence: a [[subjects]] rule with presence = true turns it on")]
+    NoPresence { subject: String },
+    #[error("refresh refused: {0}")]
+    Refresh(&'static str),
 }
 
 impl SessionError {
@@ -61,6 +68,9 @@ impl SessionError {
             SessionError::NotSubscribed { .. } => "not_subscribed",
             SessionError::NoSubjects => "missing_field",
             SessionError::TooBroad(_) => "pattern_too_broad",
+            SessionError::RateLimited { .. } => "rate_limited",
+            SessionError::NoPresence { .. } => "no_presence",
+            SessionError::Refresh(_) => "refresh_refused",
         }
     }
 }
@@ -137,6 +147,39 @@ pub(crate) fn subscribable_patterns<S: AsRef<str>>(
     Ok(patterns)
 }
 
+/// Publishes a client connection may make per second (a token bucket
+/// that refills continuously).
+#[derive(Debug)]
+struct PublishBudget {
+    per_second: u32,
+    tokens: f64,
+    refilled: std::time::Instant,
+}
+
+impl PublishBudget {
+    fn new(per_second: u32) -> PublishBudget {
+        PublishBudget {
+            per_second,
+            tokens: f64::from(per_second),
+            refilled: std::time::Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> Result<(), SessionError> {
+        let now = std::time::Instant::now();
+        let rate = f64::from(self.per_second);
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return Err(SessionError::RateLimited {
+                per_second: self.per_second,
+            });
+        }
+        self.tokens -= 1.0;
+        Ok(())
+    }
+}
+
 /// One client connection's view of the broker.
 pub struct Session {
     broker: Arc<Broker>,
@@ -145,6 +188,11 @@ pub struct Session {
     access: Arc<dyn Access>,
     /// Patterns held, in subscription order; small, so a Vec.
     patterns: Vec<Pattern>,
+    /// Rooms this connection is present in (as its access's user), and
+    /// whether each announces joins and leaves.
+    rooms: Vec<(Subject, bool)>,
+    /// Clients' publishes per second; backends are not limited.
+    publish_budget: Option<std::sync::Mutex<PublishBudget>>,
 }
 
 impl Session {
@@ -158,13 +206,45 @@ impl Session {
     pub fn new(broker: &Arc<Broker>, access: Arc<dyn Access>) -> Session {
         let config = broker.config();
         let outbox = Arc::new(Outbox::new(config.queue, config.overflow_policy));
+        let per_second = config.max_client_publishes_per_second;
         Session {
             id: broker.next_session_id(),
             broker: broker.clone(),
             outbox,
+            publish_budget: (per_second > 0 && !access.is_backend())
+                .then(|| std::sync::Mutex::new(PublishBudget::new(per_second))),
             access,
             patterns: Vec::new(),
+            rooms: Vec::new(),
         }
+    }
+
+    /// Replaces what this connection may do: a first `auth` (before any
+    /// subscription) or a `refresh`, which must be for the same user and
+    /// still allow every subscription held.
+    pub fn replace_access(&mut self, access: Arc<dyn Access>) -> Result<(), SessionError> {
+        if !self.patterns.is_empty() || !self.rooms.is_empty() {
+            let same_user = match (self.access.user(), access.user()) {
+                (Some(old), Some(new)) => old.id == new.id,
+                (None, None) => true,
+                _ => false,
+            };
+            if !same_user {
+                return Err(SessionError::Refresh("the new token is for another user"));
+            }
+            let kept = self
+                .patterns
+                .iter()
+                .filter(|pattern| !pattern.as_str().starts_with(crate::subject::SYSTEM_PREFIX))
+                .all(|pattern| access.may_subscribe(pattern));
+            if !kept {
+                return Err(SessionError::Refresh(
+                    "the new token does not allow every subscription held: unsubscribe first",
+                ));
+            }
+        }
+        self.access = access;
+        Ok(())
     }
 
     /// Unique among this broker's sessions; for logs.
@@ -186,9 +266,27 @@ impl Session {
     pub fn handle(&mut self, command: Command) {
         let id = command.id();
         let result = match command {
-            Command::Subscribe { subject, since, .. } => self
-                .subscribe(&[subject], since.as_deref(), Acknowledge::command(id))
+            Command::Subscribe {
+                subject,
+                since,
+                presence,
+                ..
+            } => self
+                .subscribe_with_presence(&[subject], since.as_deref(), Acknowledge::command(id), presence)
                 .map(drop),
+            Command::Presence { subject, .. } => self.presence(&subject).map(|(count, members)| {
+                self.outbox.push_reply(Reply::Presence {
+                    id,
+                    subject,
+                    count,
+                    members,
+                })
+            }),
+            // Verifying a token takes the server's keys: the gateway kit
+            // answers these before they reach a session.
+            Command::Auth { .. } | Command::Refresh { .. } => Err(SessionError::Refresh(
+                "this transport takes its credential with the request",
+            )),
             Command::Unsubscribe { subject, .. } => self.unsubscribe(&subject).map(|()| self.ack(id, None)),
             Command::Publish {
                 subject,
@@ -255,7 +353,23 @@ impl Session {
         since: Option<&str>,
         ack: Acknowledge,
     ) -> Result<Position, SessionError> {
-        let patterns = subscribable_patterns(&self.broker, &*self.access, subjects)?;
+        self.subscribe_with_presence(subjects, since, ack, false)
+    }
+
+    /// Subscribes like [`Session::subscribe`]; with `presence_events`, also
+    /// to the join and leave events of the subjects (`$presence.<pattern>`).
+    pub fn subscribe_with_presence<S: AsRef<str>>(
+        &mut self,
+        subjects: &[S],
+        since: Option<&str>,
+        ack: Acknowledge,
+        presence_events: bool,
+    ) -> Result<Position, SessionError> {
+        let mut patterns = subscribable_patterns(&self.broker, &*self.access, subjects)?;
+        if presence_events {
+            let events: Vec<Pattern> = patterns.iter().map(Pattern::presence_events).collect();
+            patterns.extend(events);
+        }
         let since = since.map(|token| self.broker.resume_point(token)).transpose()?;
         if since.is_some() {
             self.broker.check_breadth(&patterns)?;
@@ -279,8 +393,57 @@ impl Session {
         let Replay { gaps, messages } = self.bounded_replay(&patterns, resume.replay);
         self.outbox
             .finish_subscription(&patterns, position, gaps, messages);
+        self.join_rooms(&new_patterns);
         self.patterns.extend(new_patterns);
         Ok(position)
+    }
+
+    /// Joins the room of each exact subject whose rule turns presence on,
+    /// when this connection is a user's.
+    fn join_rooms(&mut self, patterns: &[Pattern]) {
+        let Some(user) = self.access.user() else {
+            return;
+        };
+        for pattern in patterns.iter().filter(|pattern| !pattern.has_wildcards()) {
+            if pattern.as_str().starts_with(crate::subject::SYSTEM_PREFIX) {
+                continue;
+            }
+            let policy = self.broker.policy(pattern.as_str());
+            if policy.presence {
+                let room = Subject::from_validated(pattern.as_str());
+                self.broker.join_presence(&room, user, policy.join_leave);
+                self.rooms.push((room, policy.join_leave));
+            }
+        }
+    }
+
+    fn leave_room(&mut self, subject: &str) {
+        let Some(index) = self.rooms.iter().position(|(room, _)| room.as_str() == subject) else {
+            return;
+        };
+        let (room, announce) = self.rooms.swap_remove(index);
+        if let Some(user) = self.access.user() {
+            self.broker.leave_presence(&room, &user.id, announce);
+        }
+    }
+
+    /// Who is present in `subject` (an exact subject this connection may
+    /// subscribe to, whose rule turns presence on).
+    pub fn presence(&self, subject: &str) -> Result<(usize, Vec<Member>), SessionError> {
+        let room = Subject::parse(subject, &self.broker.config().subject_limits)?;
+        let pattern = Pattern::parse(subject, &self.broker.config().subject_limits)?;
+        if !self.access.may_subscribe(&pattern) {
+            return Err(SessionError::Forbidden {
+                operation: "read the presence of",
+                subject: subject.to_owned(),
+            });
+        }
+        if !self.broker.policy(subject).presence {
+            return Err(SessionError::NoPresence {
+                subject: subject.to_owned(),
+            });
+        }
+        Ok(self.broker.presence(&room))
     }
 
     /// A replay cut to what the queue can hold: the newest messages are
@@ -333,6 +496,13 @@ impl Session {
         self.patterns.remove(index);
         self.broker.unsubscribe(&pattern, &self.outbox);
         self.outbox.remove_pattern(&pattern);
+        let events = pattern.presence_events();
+        if let Some(index) = self.patterns.iter().position(|p| p == &events) {
+            self.patterns.remove(index);
+            self.broker.unsubscribe(&events, &self.outbox);
+            self.outbox.remove_pattern(&events);
+        }
+        self.leave_room(pattern.as_str());
         Ok(())
     }
 
@@ -373,11 +543,18 @@ impl Session {
     /// the permission and the payload size.
     pub fn check_publish(&self, subject: &str, payload_len: usize) -> Result<(), SessionError> {
         validate_subject(subject, &self.broker.config().subject_limits)?;
-        if !self.access.may_publish(subject) {
+        let client_refused = || !self.access.is_backend() && !self.broker.policy(subject).client_publish;
+        if !self.access.may_publish(subject) || client_refused() {
             return Err(SessionError::Forbidden {
                 operation: "publish to",
                 subject: subject.to_owned(),
             });
+        }
+        if let Some(budget) = &self.publish_budget {
+            budget
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take()?;
         }
         let max = self.broker.config().max_payload_bytes;
         if payload_len > max {
@@ -453,6 +630,11 @@ impl Drop for Session {
     fn drop(&mut self) {
         for pattern in &self.patterns {
             self.broker.unsubscribe(pattern, &self.outbox);
+        }
+        if let Some(user) = self.access.user() {
+            for (room, announce) in &self.rooms {
+                self.broker.leave_presence(room, &user.id, *announce);
+            }
         }
     }
 }

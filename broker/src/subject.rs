@@ -38,6 +38,9 @@ pub fn names_wildcards(text: &str) -> bool {
 }
 /// First character of the subjects reserved for the system.
 pub const SYSTEM_PREFIX: char = '$';
+/// Where the join and leave events of subject `s` are published:
+/// `$presence.s`.
+pub const PRESENCE_PREFIX: &str = "$presence.";
 
 /// Limits applied when parsing subjects and patterns from clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -132,6 +135,11 @@ impl Subject {
         Subject(Arc::from(text))
     }
 
+    /// Where the presence events of this subject are published.
+    pub(crate) fn presence_events(&self) -> Subject {
+        Subject(Arc::from(format!("{PRESENCE_PREFIX}{}", self.0)))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -161,6 +169,16 @@ impl Pattern {
 
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// The pattern of the presence events of every subject this one
+    /// matches: `$presence.<pattern>`. Only the broker subscribes to it, on
+    /// behalf of a client allowed to subscribe to `self`.
+    pub fn presence_events(&self) -> Pattern {
+        Pattern {
+            text: Arc::from(format!("{PRESENCE_PREFIX}{}", self.text)),
+            has_wildcards: self.has_wildcards,
+        }
     }
 
     /// True when the pattern contains `*` or `>`; a pattern without them

@@ -30,14 +30,16 @@ fn documented_commands_decode_in_both_encodings() {
                 id: Some(1),
                 subject: "chat.*".into(),
                 since: Some("AAAABwAAAAAAAAAB".into()),
+                presence: false,
             },
         ),
         (
-            json!({"op":"sub","subject":"chat.a"}),
+            json!({"op":"sub","subject":"chat.a","presence":true}),
             Command::Subscribe {
                 id: None,
                 subject: "chat.a".into(),
                 since: None,
+                presence: true,
             },
         ),
         (
@@ -73,6 +75,27 @@ fn documented_commands_decode_in_both_encodings() {
                 subject: "chat.>".into(),
                 since: None,
                 limit: Some(10),
+            },
+        ),
+        (
+            json!({"op":"presence","id":3,"subject":"chat.room1"}),
+            Command::Presence {
+                id: Some(3),
+                subject: "chat.room1".into(),
+            },
+        ),
+        (
+            json!({"op":"auth","token":"a.b.c"}),
+            Command::Auth {
+                id: None,
+                token: "a.b.c".into(),
+            },
+        ),
+        (
+            json!({"op":"refresh","id":4,"token":"d.e.f"}),
+            Command::Refresh {
+                id: Some(4),
+                token: "d.e.f".into(),
             },
         ),
     ];

@@ -9,10 +9,11 @@
 //! |---|---|
 //! | `POST /v1/publish` | `{"subject","data"}` → `{"pos"}`; or `{"messages":[...]}` → `{"positions":[...]}`, all or nothing |
 //! | `GET /v1/history?subject=&since=&limit=` | retained messages, oldest first |
+//! | `GET /v1/presence?subject=` | who is present: exact count, first members |
 //! | `GET /healthz` | `{"status":"ok"}` |
 //!
-//! Credentials: `Authorization: Bearer <api key>`. Without one, only what
-//! anonymous access allows (by default: reading history, not publishing).
+//! Credentials: `Authorization: Bearer <api key or user token>`. Without
+//! one, only what anonymous access allows (by default: nothing).
 //!
 //! A publish is checked before its body is read: the content type must be
 //! JSON (a browser sends a cross-origin `text/plain` POST without asking
@@ -90,6 +91,7 @@ pub fn router(context: GatewayContext, config: HttpConfig) -> Router {
     Router::new()
         .route("/v1/publish", post(publish))
         .route("/v1/history", get(history))
+        .route("/v1/presence", get(presence))
         .route("/healthz", get(health))
         .with_state(Arc::new(Api { context, config }))
 }
@@ -289,6 +291,32 @@ async fn history(
         subject: page.subject,
         gap: page.gap,
         messages: page.messages,
+    }));
+    let body = reply.encode(Encoding::Json);
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[derive(Deserialize)]
+struct PresenceQuery {
+    subject: String,
+}
+
+/// `{"op":"presence","subject":..,"count":..,"members":[{"user","info"}],"truncated":..}`:
+/// the same body as the protocol's `presence` event.
+async fn presence(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    query: Result<Query<PresenceQuery>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    let session = api.session(&headers)?;
+    let Query(query) =
+        query.map_err(|rejection| HttpError::bad_request("invalid_query", rejection.body_text()))?;
+    let (count, members) = session.presence(&query.subject)?;
+    let reply = Outbound::Reply(Box::new(Reply::Presence {
+        id: None,
+        subject: query.subject,
+        count,
+        members,
     }));
     let body = reply.encode(Encoding::Json);
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

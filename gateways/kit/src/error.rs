@@ -63,6 +63,7 @@ impl From<SessionError> for HttpError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             SessionError::Publish(PublishError::History(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            SessionError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,
         };
         HttpError::new(status, error.code(), error.to_string())
