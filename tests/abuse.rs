@@ -190,7 +190,7 @@ async fn pings_without_reading_hold_a_bounded_amount_of_memory() {
     support::raise_open_file_limit();
     // No flood limit to close them: what bounds memory is backpressure.
     let server = Server::start(|config| {
-        config.auth.anonymous = herald_broker::AnonymousAccess::Publish;
+        herald::open_for_development(config);
         config.websocket.max_commands_per_second = u32::MAX;
     })
     .await;

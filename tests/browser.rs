@@ -54,7 +54,7 @@ async fn eventsource_and_a_fetch_poll_loop_get_every_message_once_in_order() {
     };
     let server = Server::start(|config| {
         // The pages are served from another origin, as in production.
-        config.server.cors_origins = vec!["*".into()];
+        config.server.allowed_origins = vec!["*".into()];
         config.sse.max_stream_duration = Duration::from_secs(1);
         config.sse.retry = Duration::from_millis(100);
     })

@@ -151,7 +151,7 @@ async fn errors_have_codes_and_statuses() {
 
 #[tokio::test]
 async fn history_needs_a_key_when_anonymous_access_is_off() {
-    let server = Server::start(|config| config.auth.anonymous = herald_broker::AnonymousAccess::None).await;
+    let server = Server::start(|config| config.auth.anonymous_subscribe.clear()).await;
     let (status, body) = get(&server, "/v1/history?subject=a").await;
     assert_eq!(
         (status, body["code"].as_str()),
@@ -170,7 +170,7 @@ async fn history_needs_a_key_when_anonymous_access_is_off() {
 #[tokio::test]
 async fn cors_allows_only_configured_origins() {
     let server =
-        Server::start(|config| config.server.cors_origins = vec!["https://app.example".into()]).await;
+        Server::start(|config| config.server.allowed_origins = vec!["https://app.example".into()]).await;
     let preflight = |origin: &'static str| {
         reqwest::Client::new()
             .request(reqwest::Method::OPTIONS, server.url("/v1/publish"))

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use herald_broker::{AnonymousAccess, Position};
+use herald_broker::Position;
 use serde_json::{json, Value};
 use support::Server;
 
@@ -177,7 +177,7 @@ async fn a_thousand_messages_a_second_for_ten_seconds_reach_a_polling_client_onc
 #[tokio::test]
 async fn a_cursor_outside_the_window_gets_an_explicit_gap() {
     let server = Server::start(|config| {
-        config.auth.anonymous = AnonymousAccess::Publish;
+        herald::open_for_development(config);
         config.broker.history.max_messages_per_subject = 3;
     })
     .await;
@@ -205,7 +205,7 @@ async fn a_cursor_outside_the_window_gets_an_explicit_gap() {
 
 #[tokio::test]
 async fn bad_requests_are_400_with_the_json_error_body() {
-    let server = Server::start(|config| config.auth.anonymous = AnonymousAccess::None).await;
+    let server = Server::start(|config| config.auth.anonymous_subscribe.clear()).await;
     let http = reqwest::Client::new();
     let token = format!("token={}", support::NEWS_ONLY_KEY);
     let cases: Vec<(String, u16, &str)> = vec![

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use herald_broker::{AnonymousAccess, OverflowPolicy, Position};
+use herald_broker::{OverflowPolicy, Position};
 use serde_json::{json, Value};
 use support::{Server, SseClient, SseEvent};
 
@@ -59,7 +59,7 @@ async fn events_arrive_in_order_once_with_their_positions_as_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_the_server_ends_resumes_with_last_event_id_and_loses_nothing() {
     let server = Server::start(|config| {
-        config.auth.anonymous = AnonymousAccess::Publish;
+        herald::open_for_development(config);
         config.sse.max_stream_duration = Duration::from_millis(300);
     })
     .await;
@@ -122,7 +122,7 @@ async fn a_stream_the_server_ends_resumes_with_last_event_id_and_loses_nothing()
 #[tokio::test]
 async fn a_resume_outside_the_window_gets_a_gap_event_first() {
     let server = Server::start(|config| {
-        config.auth.anonymous = AnonymousAccess::Publish;
+        herald::open_for_development(config);
         config.broker.history.max_messages_per_subject = 5;
     })
     .await;
@@ -189,7 +189,7 @@ async fn shutdown_ends_every_stream_with_its_reason() {
 
 #[tokio::test]
 async fn bad_requests_are_refused_with_the_json_error_body() {
-    let server = Server::start(|config| config.auth.anonymous = AnonymousAccess::None).await;
+    let server = Server::start(|config| config.auth.anonymous_subscribe.clear()).await;
     let token = format!("token={}", support::NEWS_ONLY_KEY);
     let cases: Vec<(String, Option<&str>, u16, &str)> = vec![
         (token.clone(), None, 400, "missing_field"),
@@ -217,11 +217,34 @@ async fn bad_requests_are_refused_with_the_json_error_body() {
         ),
     ];
     for (query, last_event_id, status, code) in cases {
-        let response = SseClient::request(&server, &query, last_event_id).await;
+        let headers: Vec<(&str, &str)> = last_event_id
+            .map(|id| ("last-event-id", id))
+            .into_iter()
+            .collect();
+        // A plain HTTP client reads the status and the JSON body...
+        let mut plain = reqwest::Client::new().get(server.url(&format!("/sse?{query}")));
+        for (name, value) in &headers {
+            plain = plain.header(*name, *value);
+        }
+        let response = plain.send().await.unwrap();
         assert_eq!(response.status(), status, "{query}");
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["code"], code, "{query}: {body}");
         assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        // ...an EventSource, which can read neither, the same code in an
+        // `err` event of a stream, with the close code 4000 + status.
+        let response = SseClient::request_with(&server, &query, &headers).await;
+        assert_eq!(response.status(), 200, "{query}");
+        let mut stream = SseClient::from_response(response);
+        let event = stream.next_event().await.expect("the refusal");
+        assert_eq!(event.event, "err", "{query}");
+        let body = event.json();
+        assert_eq!(
+            (body["code"].as_str(), body["close"].as_u64()),
+            (Some(code), Some(4000 + u64::from(status))),
+            "{query}"
+        );
+        assert_eq!(stream.next_event().await, None, "{query}: then the stream ends");
     }
     // The same key may stream what it may read.
     let mut client = SseClient::connect(&server, &format!("{token}&subject=news.>"), None).await;
@@ -232,7 +255,7 @@ async fn bad_requests_are_refused_with_the_json_error_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stops_reading_is_closed_as_a_slow_consumer_and_told() {
     let server = Server::start(|config| {
-        config.auth.anonymous = AnonymousAccess::Publish;
+        herald::open_for_development(config);
         config.broker.overflow_policy = OverflowPolicy::Disconnect;
         config.sse.write_timeout = Duration::from_secs(60);
     })

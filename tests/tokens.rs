@@ -371,20 +371,205 @@ async fn herald_token_mints_what_the_server_accepts() {
     assert!(String::from_utf8_lossy(&unsigned.stderr).contains("jwt_hs256_secret"));
 }
 
+/// An SSE request as `EventSource` makes it, refused: the `err` event of
+/// the refusal, read from a 200 stream.
+async fn sse_refusal(server: &Server, query: &str, headers: &[(&str, &str)]) -> (String, u64, Option<u64>) {
+    let response = support::SseClient::request_with(server, query, headers).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "an EventSource can only read a 200 stream"
+    );
+    let mut stream = support::SseClient::from_response(response);
+    let advice = stream.next().await.expect("retry advice first");
+    let event = stream.next_event().await.expect("the refusal's err event");
+    assert_eq!(event.event, "err");
+    assert!(stream.next_event().await.is_none(), "then the stream ends");
+    let body = event.json();
+    (
+        body["code"].as_str().unwrap().to_owned(),
+        body["close"].as_u64().unwrap(),
+        advice.retry,
+    )
+}
+
 #[tokio::test]
-async fn a_stream_ends_when_its_token_expires() {
-    let server = with_secret().await;
-    // Valid for two more seconds.
-    let token = hs256(&alice(now() + 2), SECRET.as_bytes());
-    let mut client = Client::connect_with(&server, Encoding::Json, Some(&token)).await;
-    assert_eq!(sub_outcome(&mut client, "chat.lobby").await, None);
-    let mut sse =
-        support::SseClient::connect(&server, &format!("subject=chat.lobby&token={token}"), None).await;
-    match client.next_event().await {
-        ServerEvent::Err { id: None, code, .. } => assert_eq!(code, "token_expired"),
-        other => panic!("the token_expired reason, got {other:?}"),
+async fn refusals_after_connecting_carry_the_code_and_a_close_code() {
+    let server = Server::start_default(|config| {
+        config.auth.jwt_hs256_secret = Some(Secret(SECRET.into()));
+        config.server.allowed_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let expired = hs256(&alice(now() - 600), SECRET.as_bytes());
+    let good = hs256(&alice(now() + 600), SECRET.as_bytes());
+    let forged = hs256(&alice(now() + 600), b"another-secret-of-at-least-32-bytes!!");
+    type Case<'a> = (String, &'a [(&'a str, &'a str)], &'a str, u16);
+    let cases: [Case; 4] = [
+        (format!("token={expired}"), &[], "token_expired", 4401),
+        (format!("token={forged}"), &[], "token_rejected", 4401),
+        (
+            format!("token={good}"),
+            &[("origin", "https://evil.example")],
+            "origin_not_allowed",
+            4403,
+        ),
+        (String::new(), &[], "unauthorized", 4401),
+    ];
+    for (query, headers, code, close) in cases {
+        if !query.is_empty() {
+            let mut refused = Client::connect_to(&server, &format!("/ws?{query}"), headers).await;
+            assert_eq!(refused.refusal().await, (code.to_owned(), close), "ws {query}");
+        }
+        let (sse_code, sse_close, retry) =
+            sse_refusal(&server, &format!("subject=chat.lobby&{query}"), headers).await;
+        assert_eq!(
+            (sse_code.as_str(), sse_close),
+            (code, u64::from(close)),
+            "sse {query}"
+        );
+        assert_eq!(
+            retry,
+            Some(24 * 60 * 60 * 1000),
+            "a refusal that will not change is not retried soon"
+        );
+        let mut request =
+            reqwest::Client::new().get(server.url(&format!("/poll?subject=chat.lobby&wait=0&{query}")));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), close - 4000, "poll {query}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], code, "poll {query}");
     }
-    assert_eq!(client.close_frame().await, (1008, "token_expired".to_owned()));
+    // The allowed origin, and no origin at all (a backend), are let in.
+    for headers in [&[("origin", "https://app.example")][..], &[][..]] {
+        let mut client = Client::connect_to(&server, &format!("/ws?token={good}"), headers).await;
+        assert_eq!(sub_outcome(&mut client, "chat.lobby").await, None);
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_may_authenticate_with_its_first_command() {
+    let server = Server::start_default(|config| {
+        config.auth.jwt_hs256_secret = Some(Secret(SECRET.into()));
+        config.websocket.auth_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let token = hs256(&alice(now() + 600), SECRET.as_bytes());
+    let mut client = Client::connect_to(&server, "/ws", &[]).await;
+    client.send(json!({"op": "auth", "id": 7, "token": token})).await;
+    assert!(matches!(
+        client.next_event().await,
+        ServerEvent::Ack { id: Some(7), .. }
+    ));
+    assert_eq!(sub_outcome(&mut client, "user.alice.inbox").await, None);
+    assert_eq!(
+        sub_outcome(&mut client, "user.bob.inbox").await.as_deref(),
+        Some("forbidden")
+    );
+
+    // Anything else first, a bad token, or nothing in time: refused.
+    let mut eager = Client::connect_to(&server, "/ws", &[]).await;
+    eager.send(json!({"op": "sub", "subject": "chat.lobby"})).await;
+    assert_eq!(eager.refusal().await, ("unauthorized".to_owned(), 4401));
+    let mut forged = Client::connect_to(&server, "/ws", &[]).await;
+    let bad = hs256(&alice(now() + 600), b"another-secret-of-at-least-32-bytes!!");
+    forged.send(json!({"op": "auth", "token": bad})).await;
+    assert_eq!(forged.refusal().await, ("token_rejected".to_owned(), 4401));
+    let mut silent = Client::connect_to(&server, "/ws", &[]).await;
+    assert_eq!(silent.refusal().await, ("auth_timeout".to_owned(), 4408));
+    // Counted once the close handshake ends (the clients' replies).
+    drop((eager, forged, silent));
+    let counted = async {
+        while server.disconnects.count("refused") < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(support::PATIENCE, counted)
+        .await
+        .expect("three refusals counted");
+    assert_eq!(server.disconnects.count("refused"), 3);
+}
+
+#[tokio::test]
+async fn sse_and_long_polling_read_the_token_from_a_cookie() {
+    let server =
+        Server::start_default(|config| config.auth.jwt_hs256_secret = Some(Secret(SECRET.into()))).await;
+    let token = hs256(&alice(now() + 600), SECRET.as_bytes());
+    let cookie = format!("theme=dark; herald_token={token}");
+    let response =
+        support::SseClient::request_with(&server, "subject=user.alice.inbox", &[("cookie", &cookie)]).await;
+    let mut stream = support::SseClient::from_response(response);
+    assert_eq!(stream.next_event().await.unwrap().event, "ack");
+    let poll = reqwest::Client::new()
+        .get(server.url("/poll?subject=user.alice.inbox&wait=0"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(poll.status(), 200);
+    // The cookie carries the same user's rules.
+    let poll = reqwest::Client::new()
+        .get(server.url("/poll?subject=user.bob.inbox&wait=0"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(poll.status(), 403);
+    // A WebSocket does not read it: a page's cookies must not open one.
+    let mut client = Client::connect_to(&server, "/ws", &[("cookie", &cookie)]).await;
+    client
+        .send(json!({"op": "sub", "subject": "user.alice.inbox"}))
+        .await;
+    assert_eq!(client.refusal().await, ("unauthorized".to_owned(), 4401));
+}
+
+#[tokio::test]
+async fn an_expiring_token_is_told_then_refreshed_or_closed() {
+    let server = Server::start_default(|config| {
+        config.auth.jwt_hs256_secret = Some(Secret(SECRET.into()));
+        config.auth.refresh_grace = std::time::Duration::from_secs(1);
+    })
+    .await;
+    // Valid for two more seconds (the verifier allows 5 s of clock skew).
+    let expiring = hs256(&alice(now() + 2), SECRET.as_bytes());
+    let mut refreshing = Client::connect_with(&server, Encoding::Json, Some(&expiring)).await;
+    let mut lapsing = Client::connect_with(&server, Encoding::Json, Some(&expiring)).await;
+    for client in [&mut refreshing, &mut lapsing] {
+        assert_eq!(sub_outcome(client, "user.alice.inbox").await, None);
+    }
+    let mut sse = support::SseClient::connect(
+        &server,
+        &format!("subject=user.alice.inbox&token={expiring}"),
+        None,
+    )
+    .await;
+    for client in [&mut refreshing, &mut lapsing] {
+        match client.next_event().await {
+            ServerEvent::Err { id: None, code, .. } => assert_eq!(code, "token_expired"),
+            other => panic!("told the token expired, got {other:?}"),
+        }
+    }
+    // A token for someone else, or one that drops a held subscription, is
+    // refused; the same user's new token is taken.
+    let bob = hs256(&json!({"sub": "bob", "exp": now() + 600}), SECRET.as_bytes());
+    refreshing
+        .send(json!({"op": "refresh", "id": 1, "token": bob}))
+        .await;
+    assert!(
+        matches!(refreshing.next_event().await, ServerEvent::Err { id: Some(1), code, .. } if code == "refresh_refused")
+    );
+    let fresh = hs256(&alice(now() + 600), SECRET.as_bytes());
+    refreshing
+        .send(json!({"op": "refresh", "id": 2, "token": fresh}))
+        .await;
+    assert!(matches!(
+        refreshing.next_event().await,
+        ServerEvent::Ack { id: Some(2), .. }
+    ));
+
+    assert_eq!(lapsing.close_frame().await, (4401, "token_expired".to_owned()));
     let mut last = None;
     while let Some(event) = sse.next_event().await {
         last = Some(event);
@@ -394,5 +579,84 @@ async fn a_stream_ends_when_its_token_expires() {
         (last.event.as_str(), last.json()["code"].as_str()),
         ("err", Some("token_expired"))
     );
+    // Past the old token's grace, the refreshed connection still delivers.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    publish_with(&server, support::PUBLISHER_KEY, "user.alice.inbox").await;
+    assert!(
+        matches!(refreshing.next_event().await, ServerEvent::Msg { subject, .. } if subject == "user.alice.inbox")
+    );
     assert_eq!(server.disconnects.count("token_expired"), 2);
+}
+
+#[tokio::test]
+async fn a_client_publishing_too_fast_is_refused_not_disconnected() {
+    let server = Server::start_default(|config| {
+        config.auth.jwt_hs256_secret = Some(Secret(SECRET.into()));
+        config.broker.max_client_publishes_per_second = 5;
+    })
+    .await;
+    let token = hs256(&alice(now() + 600), SECRET.as_bytes());
+    let mut client = Client::connect_with(&server, Encoding::Json, Some(&token)).await;
+    let mut backend = Client::connect_with(&server, Encoding::Json, Some(support::PUBLISHER_KEY)).await;
+    for id in 0..20u64 {
+        let command = json!({"op": "pub", "id": id, "subject": "chat.lobby.typing", "data": id});
+        client.send(command.clone()).await;
+        backend.send(command).await;
+    }
+    let (mut acked, mut limited) = (0, 0);
+    for _ in 0..20 {
+        match client.next_event().await {
+            ServerEvent::Ack { .. } => acked += 1,
+            ServerEvent::Err { code, .. } if code == "rate_limited" => limited += 1,
+            other => panic!("ack or rate_limited, got {other:?}"),
+        }
+    }
+    assert!((5..=7).contains(&acked), "about one second's budget: {acked}");
+    assert_eq!(acked + limited, 20);
+    // The connection is still open and still answers.
+    client.send(json!({"op": "ping", "id": 99})).await;
+    assert!(matches!(
+        client.next_event().await,
+        ServerEvent::Pong { id: Some(99) }
+    ));
+    // An API key (a backend) is not limited.
+    for _ in 0..20 {
+        assert!(matches!(backend.next_event().await, ServerEvent::Ack { .. }));
+    }
+}
+
+#[tokio::test]
+async fn the_default_configuration_lets_nobody_publish_anonymously() {
+    let server = Server::start_default(|_| {}).await;
+    // WebSocket: without a credential the first command must be `auth`.
+    let mut client = Client::connect_to(&server, "/ws", &[]).await;
+    client
+        .send(json!({"op": "pub", "id": 1, "subject": "chat.lobby", "data": 1}))
+        .await;
+    assert_eq!(client.refusal().await, ("unauthorized".to_owned(), 4401));
+    // HTTP API.
+    let response = reqwest::Client::new()
+        .post(server.url("/v1/publish"))
+        .json(&json!({"subject": "chat.lobby", "data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    // SSE and long polling are read-only, and refuse anonymous readers too.
+    for path in ["/sse?subject=chat.lobby", "/poll?subject=chat.lobby"] {
+        let response = reqwest::Client::new()
+            .post(server.url(path))
+            .json(&json!({"subject": "chat.lobby", "data": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{path}");
+        let response = reqwest::Client::new()
+            .get(server.url(&format!("{path}&wait=0")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+    }
+    assert_eq!(server.broker.metrics().published, 0);
 }

@@ -21,7 +21,7 @@ fn sequence_of(pos: &str) -> u64 {
 async fn wildcard_fan_out_to_a_thousand_subscribers_in_order_without_duplicates() {
     support::raise_open_file_limit();
     let server = Server::start(|config| {
-        config.auth.anonymous = herald_broker::AnonymousAccess::Publish;
+        herald::open_for_development(config);
         // Every subscriber comes from 127.0.0.1.
         config.server.max_connections_per_ip = 2000;
     })
@@ -389,7 +389,7 @@ async fn frames_past_the_hard_limit_close_with_1009() {
 #[tokio::test]
 async fn a_flood_is_closed_with_a_reason() {
     let server = Server::start(|config| {
-        config.auth.anonymous = herald_broker::AnonymousAccess::Publish;
+        herald::open_for_development(config);
         config.websocket.max_commands_per_second = 50;
     })
     .await;
@@ -445,8 +445,9 @@ async fn publishing_needs_permission() {
     ));
     assert!(matches!(anonymous.next_event().await, ServerEvent::Msg { subject, .. } if subject == "news.a"));
 
-    let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws?token=wrong", server.address)).await;
-    assert!(refused.is_err(), "a wrong key is refused at the upgrade");
+    // A wrong key is refused once connected, so a browser can read why.
+    let mut refused = Client::connect_to(&server, "/ws?token=wrong", &[]).await;
+    assert_eq!(refused.refusal().await, ("invalid_credential".to_owned(), 4401));
     server.shutdown().await;
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use herald::{Config, Herald};
 use herald_broker::protocol::{decode_event, Encoding, ServerEvent};
-use herald_broker::{AnonymousAccess, ApiKeyConfig, Broker};
+use herald_broker::{ApiKeyConfig, Broker};
 use herald_gateway::DisconnectCounters;
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -37,8 +37,20 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts Herald with the defaults, two API keys, and `adjust` applied.
+    /// Starts Herald with the defaults, two API keys, anonymous
+    /// subscribing to every subject (what most tests of delivery use), and
+    /// `adjust` applied.
     pub async fn start(adjust: impl FnOnce(&mut Config)) -> Server {
+        Server::start_default(|config| {
+            config.auth.anonymous_subscribe = vec![">".into()];
+            adjust(config);
+        })
+        .await
+    }
+
+    /// Starts Herald with the defaults as shipped, two API keys, and
+    /// `adjust` applied.
+    pub async fn start_default(adjust: impl FnOnce(&mut Config)) -> Server {
         let mut config = Config::default_config();
         config.auth.api_keys = vec![
             ApiKeyConfig {
@@ -71,7 +83,7 @@ impl Server {
     }
 
     pub async fn dev() -> Server {
-        Server::start(|config| config.auth.anonymous = AnonymousAccess::Publish).await
+        Server::start(herald::open_for_development).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -130,6 +142,37 @@ impl Client {
             assert_eq!(response.headers()["sec-websocket-protocol"], "herald.msgpack");
         }
         Client { socket, encoding }
+    }
+
+    /// Connects to `path` (with its query) with extra request headers.
+    pub async fn connect_to(server: &Server, path: &str, headers: &[(&str, &str)]) -> Client {
+        let mut request = format!("ws://{}{path}", server.address)
+            .into_client_request()
+            .unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let (socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("the upgrade is accepted, refusals come after it");
+        Client {
+            socket,
+            encoding: Encoding::Json,
+        }
+    }
+
+    /// Reads a refusal to its end: the `err` event's code, then the close
+    /// frame's code and reason (which must repeat the `err` code).
+    pub async fn refusal(&mut self) -> (String, u16) {
+        let ServerEvent::Err { id: None, code, .. } = self.next_event().await else {
+            panic!("a refusal starts with an err event without id");
+        };
+        let (close, reason) = self.close_frame().await;
+        assert_eq!(reason, code, "the close reason repeats the err code");
+        (code, close)
     }
 
     /// Sends a command given as JSON, in this client's encoding.
@@ -291,14 +334,34 @@ impl SseClient {
     }
 
     pub async fn request(server: &Server, query: &str, last_event_id: Option<&str>) -> reqwest::Response {
-        let mut request = reqwest::Client::new().get(server.url(&format!("/sse?{query}")));
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id);
+        let headers: Vec<(&str, &str)> = last_event_id
+            .map(|id| ("last-event-id", id))
+            .into_iter()
+            .collect();
+        SseClient::request_with(server, query, &headers).await
+    }
+
+    /// `GET /sse?<query>` as `EventSource` sends it (`Accept:
+    /// text/event-stream`), with extra headers.
+    pub async fn request_with(server: &Server, query: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = reqwest::Client::new()
+            .get(server.url(&format!("/sse?{query}")))
+            .header("accept", "text/event-stream");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         tokio::time::timeout(PATIENCE, request.send())
             .await
             .expect("the server answers")
             .unwrap()
+    }
+
+    /// A stream from a response already checked.
+    pub fn from_response(response: reqwest::Response) -> SseClient {
+        SseClient {
+            response,
+            buffer: String::new(),
+        }
     }
 
     /// The next event, or `None` once the server ended the stream.

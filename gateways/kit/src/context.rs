@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::disconnect::{DisconnectCounters, DisconnectReason};
+use crate::origins::AllowedOrigins;
 
 /// Shared by every gateway of one server; cheap to clone.
 #[derive(Debug, Clone)]
@@ -22,6 +23,13 @@ pub struct GatewayContext {
     pub connections: TaskTracker,
     /// How many connections ended for each reason, across gateways.
     pub disconnects: Arc<DisconnectCounters>,
+    /// Browser origins allowed to connect.
+    pub origins: Arc<AllowedOrigins>,
+    /// The cookie SSE and long polling read a token from ("": none).
+    pub token_cookie: Arc<str>,
+    /// How long a bidirectional connection whose token expired waits for
+    /// a `refresh`.
+    pub refresh_grace: std::time::Duration,
 }
 
 impl GatewayContext {
@@ -32,7 +40,24 @@ impl GatewayContext {
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             disconnects: Arc::new(DisconnectCounters::default()),
+            origins: Arc::new(AllowedOrigins::any()),
+            token_cookie: Arc::from(""),
+            refresh_grace: std::time::Duration::from_secs(30),
         }
+    }
+
+    /// With the `[auth]` and `[server]` settings the gateways read at
+    /// admission: the allowed origins, the token cookie, the refresh grace.
+    pub fn with_admission(
+        mut self,
+        origins: AllowedOrigins,
+        token_cookie: &str,
+        refresh_grace: std::time::Duration,
+    ) -> GatewayContext {
+        self.origins = Arc::new(origins);
+        self.token_cookie = Arc::from(token_cookie);
+        self.refresh_grace = refresh_grace;
+        self
     }
 
     /// Records how a connection ended: once per connection, by the gateway

@@ -1,6 +1,8 @@
 //! Where a client's credential comes from, in one place for every
 //! transport: `Authorization: Bearer <credential>`, else `?token=` (browsers
-//! cannot set headers on a WebSocket or an `EventSource`).
+//! cannot set headers on a WebSocket or an `EventSource`), else, for SSE
+//! and long polling, the cookie `auth.token_cookie`. A WebSocket may also
+//! send its token in a first `auth` command instead.
 
 use std::sync::Arc;
 
@@ -32,6 +34,31 @@ pub fn credential<'a>(headers: &'a HeaderMap, query: &'a QueryParams) -> Result<
     Ok(bearer(headers)?.or_else(|| query.one("token")))
 }
 
+/// The value of the cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    if name.is_empty() {
+        return None;
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim().trim_matches('"'))
+        .filter(|value| !value.is_empty())
+}
+
+/// Whether a streaming request may carry its token in a cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cookies {
+    /// SSE and long polling: `EventSource` can send nothing else.
+    Read,
+    /// WebSocket: a token travels in the URL or the first `auth` command.
+    Ignore,
+}
+
 impl GatewayContext {
     /// What the client of this request may do; 401 with a code when its
     /// credential is refused or a credential is required.
@@ -43,13 +70,32 @@ impl GatewayContext {
         Ok(self.auth.authenticate(credential(headers, query)?)?)
     }
 
-    /// What every transport checks before it subscribes anyone: that the
-    /// server is not shutting down (503), then the credential.
-    pub fn admit(&self, headers: &HeaderMap, query: &QueryParams) -> Result<Arc<dyn Access>, HttpError> {
+    /// What every streaming transport checks before it subscribes anyone:
+    /// the page's origin (403), that the server is not shutting down (503),
+    /// then the credential (401).
+    pub fn admit(
+        &self,
+        headers: &HeaderMap,
+        query: &QueryParams,
+        cookies: Cookies,
+    ) -> Result<Arc<dyn Access>, HttpError> {
+        self.check_origin_and_state(headers)?;
+        let presented = match credential(headers, query)? {
+            Some(credential) => Some(credential),
+            None if cookies == Cookies::Read => cookie(headers, &self.token_cookie),
+            None => None,
+        };
+        Ok(self.auth.authenticate(presented)?)
+    }
+
+    /// The checks of [`GatewayContext::admit`] that come before the
+    /// credential.
+    pub fn check_origin_and_state(&self, headers: &HeaderMap) -> Result<(), HttpError> {
+        self.origins.check(headers)?;
         if self.shutdown.is_cancelled() {
             return Err(HttpError::shutting_down());
         }
-        self.authenticate(headers, query)
+        Ok(())
     }
 }
 
@@ -70,6 +116,17 @@ mod tests {
         let headers = with_authorization("Bearer  from-header ");
         assert_eq!(credential(&headers, &query), Ok(Some("from-header")));
         assert_eq!(credential(&HeaderMap::new(), &QueryParams::default()), Ok(None));
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, "a=1; herald_token=tok.en.x".parse().unwrap());
+        headers.append(header::COOKIE, "b=2".parse().unwrap());
+        assert_eq!(cookie(&headers, "herald_token"), Some("tok.en.x"));
+        assert_eq!(cookie(&headers, "b"), Some("2"));
+        assert_eq!(cookie(&headers, "herald"), None);
+        assert_eq!(cookie(&headers, ""), None);
     }
 
     #[test]

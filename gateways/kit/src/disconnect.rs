@@ -23,10 +23,13 @@ pub enum DisconnectReason {
     WriteTimeout,
     /// After a close, the final events could not be delivered in time.
     CloseTimeout,
+    /// Refused once connected (a bad credential, a foreign origin, no
+    /// `auth` in time): told why in an `err`, then closed with a 4xxx code.
+    Refused,
 }
 
 /// Every code a [`DisconnectReason`] can have, in counter order.
-pub const DISCONNECT_CODES: [&str; 15] = [
+pub const DISCONNECT_CODES: [&str; 16] = [
     "slow_consumer",
     "reply_backlog",
     "shutdown",
@@ -42,6 +45,7 @@ pub const DISCONNECT_CODES: [&str; 15] = [
     "write_error",
     "write_timeout",
     "close_timeout",
+    "refused",
 ];
 
 impl DisconnectReason {
@@ -54,6 +58,7 @@ impl DisconnectReason {
             DisconnectReason::WriteError => "write_error",
             DisconnectReason::WriteTimeout => "write_timeout",
             DisconnectReason::CloseTimeout => "close_timeout",
+            DisconnectReason::Refused => "refused",
         }
     }
 
@@ -127,6 +132,7 @@ mod tests {
             DisconnectReason::WriteError,
             DisconnectReason::WriteTimeout,
             DisconnectReason::CloseTimeout,
+            DisconnectReason::Refused,
         ];
         let counters = DisconnectCounters::default();
         for (index, reason) in reasons.iter().enumerate() {

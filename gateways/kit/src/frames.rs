@@ -2,24 +2,72 @@
 //! transport that carries commands.
 
 use bytes::Bytes;
-use herald_broker::{decode_command, Encoding, Reply, Session, SessionError};
+use herald_broker::{decode_command, Authenticator, Command, Encoding, Reply, Session, SessionError};
 
 use crate::reads::read_history_in_place;
 
+/// What a frame did that the transport must know about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Anything else: answered (or refused) through the outbox.
+    Done,
+    /// An `auth` or `refresh` replaced the connection's access: its expiry
+    /// may have moved.
+    AccessReplaced,
+}
+
 /// Answers a frame over `max_frame_bytes` with `frame_too_large` (the
 /// connection stays open); otherwise decodes it and hands the command to the
-/// session, or answers why it could not be decoded.
-pub fn handle_frame(session: &mut Session, encoding: Encoding, frame: Bytes, max_frame_bytes: usize) {
+/// session, or answers why it could not be decoded. `auth` and `refresh`
+/// are verified here, with `auth`, which holds the server's keys.
+pub fn handle_frame(
+    session: &mut Session,
+    encoding: Encoding,
+    frame: Bytes,
+    max_frame_bytes: usize,
+    auth: &Authenticator,
+) -> Handled {
     if frame.len() > max_frame_bytes {
         session.outbox().push_reply(Reply::Error {
             id: None,
             code: "frame_too_large",
             message: format!("frame is {} bytes; the limit is {max_frame_bytes}", frame.len()),
         });
-        return;
+        return Handled::Done;
     }
     match decode_command(encoding, &frame) {
-        Ok(command) => read_history_in_place(command.reads_wide_history(), || session.handle(command)),
-        Err(error) => session.reject(error.id, &SessionError::Decode(error)),
+        Ok(Command::Auth { id, token } | Command::Refresh { id, token }) => {
+            replace_access(session, id, &token, auth)
+        }
+        Ok(command) => {
+            read_history_in_place(command.reads_wide_history(), || session.handle(command));
+            Handled::Done
+        }
+        Err(error) => {
+            session.reject(error.id, &SessionError::Decode(error));
+            Handled::Done
+        }
+    }
+}
+
+/// Verifies `token` and makes it the session's access, acknowledged; a
+/// refused token is answered with its code and changes nothing.
+fn replace_access(session: &mut Session, id: Option<u64>, token: &str, auth: &Authenticator) -> Handled {
+    let refused = |session: &Session, code, message: String| {
+        session.outbox().push_reply(Reply::Error { id, code, message });
+        Handled::Done
+    };
+    let access = match auth.authenticate(Some(token)) {
+        Ok(access) => access,
+        Err(error) => return refused(session, error.code(), error.to_string()),
+    };
+    match session.replace_access(access) {
+        Ok(()) => {
+            if id.is_some() {
+                session.outbox().push_reply(Reply::Ack { id, position: None });
+            }
+            Handled::AccessReplaced
+        }
+        Err(error) => refused(session, error.code(), error.to_string()),
     }
 }

@@ -9,7 +9,9 @@
 //! | module | owns |
 //! |---|---|
 //! | [`context`] | [`GatewayContext`]: the broker, the authenticator, shutdown, connection tracking, disconnect counters |
-//! | [`credentials`] | where a client's credential is read from (header, `?token=`) |
+//! | [`credentials`] | where a client's credential is read from (header, `?token=`, cookie) |
+//! | [`origins`] | the `Origin` allow-list of browser pages |
+//! | [`refusal`] | refusals a browser can read: `err` then an application close code |
 //! | [`query`] | query strings with repeated keys (`?subject=a&subject=b`) |
 //! | [`error`] | [`HttpError`]: status, stable `code`, message, as a JSON body |
 //! | [`limits`] | the per-connection command rate limit |
@@ -33,14 +35,18 @@ pub mod disconnect;
 pub mod error;
 pub mod frames;
 pub mod limits;
+pub mod origins;
 pub mod query;
 pub mod reads;
+pub mod refusal;
 pub mod tokens;
 pub mod writer;
 
 pub use context::GatewayContext;
+pub use credentials::Cookies;
 pub use disconnect::{DisconnectCounters, DisconnectReason};
 pub use error::HttpError;
 pub use limits::CommandRateLimiter;
+pub use origins::AllowedOrigins;
 pub use query::QueryParams;
 pub use writer::{drive, EventWriter, WriterConfig};

@@ -24,7 +24,9 @@
 
 use std::sync::Arc;
 
-use herald_broker::{Access, AuthConfig, AuthError, Pattern, Permissions, SubjectLimits, TokenVerifier};
+use herald_broker::{
+    Access, AuthConfig, AuthError, Pattern, Permissions, SubjectLimits, TokenVerifier, User,
+};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -175,8 +177,7 @@ struct Rules {
 /// A user's access, from a verified token.
 #[derive(Debug)]
 pub struct TokenAccess {
-    pub user: String,
-    pub info: serde_json::Value,
+    pub user: User,
     pub permissions: Permissions,
     /// The token's `exp`, in seconds since the Unix epoch.
     pub expires_at: u64,
@@ -193,6 +194,10 @@ impl Access for TokenAccess {
 
     fn expires_at_millis(&self) -> Option<u64> {
         Some(self.expires_at.saturating_mul(1000))
+    }
+
+    fn user(&self) -> Option<&User> {
+        Some(&self.user)
     }
 }
 
@@ -225,8 +230,10 @@ impl Claims {
                 subscribe: patterns(&claim.subscribe.allow)?,
                 subscribe_deny: patterns(&claim.subscribe.deny)?,
             },
-            info: claim.info,
-            user,
+            user: User {
+                id: user,
+                info: claim.info,
+            },
             expires_at: self.exp,
         })
     }

@@ -27,7 +27,7 @@ use axum::Router;
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_broker::{Encoding, Outbound, Poll, PollPage};
 use herald_gateway::reads::read_history;
-use herald_gateway::{GatewayContext, HttpError, QueryParams};
+use herald_gateway::{Cookies, GatewayContext, HttpError, QueryParams};
 use serde::Deserialize;
 
 /// The `[longpoll]` section of the configuration, with its comments.
@@ -86,7 +86,7 @@ async fn poll(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let context = &gateway.context;
-    let access = context.admit(&headers, &query)?;
+    let access = context.admit(&headers, &query, Cookies::Read)?;
     let wait = wait_of(&query, &gateway.config)?;
     let poll = Poll::new(
         &context.broker,

@@ -31,8 +31,9 @@ use axum::Router;
 use bytes::{Bytes, BytesMut};
 use herald_broker::{Acknowledge, CloseReason, Encoding, Session};
 use herald_gateway::reads::read_history;
+use herald_gateway::refusal;
 use herald_gateway::{
-    drive, DisconnectReason, EventWriter, GatewayContext, HttpError, QueryParams, WriterConfig,
+    drive, Cookies, DisconnectReason, EventWriter, GatewayContext, HttpError, QueryParams, WriterConfig,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -98,13 +99,56 @@ pub fn router(context: GatewayContext, config: SseConfig) -> Router {
 /// The header a reconnecting `EventSource` sends.
 const LAST_EVENT_ID: &str = "last-event-id";
 
-async fn stream(
-    State(gateway): State<Arc<Gateway>>,
-    query: QueryParams,
-    headers: HeaderMap,
+async fn stream(State(gateway): State<Arc<Gateway>>, query: QueryParams, headers: HeaderMap) -> Response {
+    let from_event_source = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    match open_stream(&gateway, &query, &headers).await {
+        Ok(response) => response,
+        // An EventSource cannot read a refusal's status or body: it gets
+        // the `err` event in a stream instead (herald_gateway::refusal).
+        Err(error) if from_event_source => refusal_stream(&error, gateway.config.retry),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// A stream that only says why the request is refused. `retry:` keeps a
+/// browser's automatic reconnection from repeating a refusal that will not
+/// change (a bad token, a foreign origin) more than once a day.
+fn refusal_stream(error: &HttpError, retry: std::time::Duration) -> Response {
+    let retry = if refusal::may_retry(error) {
+        retry
+    } else {
+        std::time::Duration::from_secs(24 * 60 * 60)
+    };
+    let body = format!(
+        "retry: {}\n\nevent: err\ndata: {}\n\n",
+        retry.as_millis(),
+        refusal::err_event_json(error)
+    );
+    let mut response = body.into_response();
+    stream_headers(response.headers_mut());
+    response
+}
+
+fn stream_headers(headers: &mut HeaderMap) {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // nginx buffers responses unless told not to.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+}
+
+async fn open_stream(
+    gateway: &Arc<Gateway>,
+    query: &QueryParams,
+    headers: &HeaderMap,
 ) -> Result<Response, HttpError> {
     let context = &gateway.context;
-    let access = context.admit(&headers, &query)?;
+    let access = context.admit(headers, query, Cookies::Read)?;
     // The header is newer than the URL: a browser reconnecting keeps the
     // `since` it first opened the stream with.
     let last_event_id = headers
@@ -113,6 +157,8 @@ async fn stream(
         .filter(|value| !value.is_empty());
     let since = last_event_id.or_else(|| query.one("since")).map(str::to_owned);
     let subjects: Vec<String> = query.all("subject").into_iter().map(str::to_owned).collect();
+    // `presence=1`: also who joins and leaves (`$presence.<subject>` messages).
+    let presence = matches!(query.one("presence"), Some("1" | "true"));
     // A resume on wildcards reads history across subjects: off the workers.
     let wide = since.is_some()
         && subjects
@@ -120,7 +166,12 @@ async fn stream(
             .any(|subject| herald_broker::names_wildcards(subject));
     let mut session = Session::new(&context.broker, access);
     let session = read_history(wide, move || {
-        session.subscribe(&subjects, since.as_deref(), Acknowledge::Always { id: None })?;
+        session.subscribe_with_presence(
+            &subjects,
+            since.as_deref(),
+            Acknowledge::Always { id: None },
+            presence,
+        )?;
         Ok::<_, HttpError>(session)
     })
     .await?;
@@ -158,14 +209,7 @@ async fn stream(
         receiver.poll_recv(cx).map(|chunk| chunk.map(Ok::<_, Infallible>))
     });
     let mut response = Body::from_stream(body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // nginx buffers responses unless told not to.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    stream_headers(response.headers_mut());
     Ok(response)
 }
 

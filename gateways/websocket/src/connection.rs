@@ -6,15 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::http::StatusCode;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use herald_broker::{CloseReason, Encoding, Session};
-use herald_gateway::frames::handle_frame;
-use herald_gateway::{drive, CommandRateLimiter, DisconnectReason, EventWriter, WriterConfig};
-use tokio::time::timeout;
+use herald_broker::{Access, CloseReason, Command, Encoding, Outbound, Reply, Session};
+use herald_gateway::frames::{handle_frame, Handled};
+use herald_gateway::{
+    drive, refusal, CommandRateLimiter, DisconnectReason, EventWriter, GatewayContext, HttpError,
+    WriterConfig,
+};
+use tokio::time::{timeout, Instant};
 
-use crate::Gateway;
+use crate::{Admission, Gateway};
 
 /// How a connection's reading side ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,11 +36,26 @@ enum ReadEnd {
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 pub(crate) async fn serve(
-    socket: WebSocket,
-    mut session: Session,
+    mut socket: WebSocket,
+    admission: Admission,
     encoding: Encoding,
     gateway: Arc<Gateway>,
 ) {
+    let (access, auth_id) = match admission {
+        Admission::Admitted(access) => (access, None),
+        Admission::AwaitingAuth => match first_auth(&mut socket, &gateway).await {
+            Ok(admitted) => admitted,
+            Err(error) => return refuse(socket, &error, encoding, &gateway.context).await,
+        },
+        Admission::Refused(error) => return refuse(socket, &error, encoding, &gateway.context).await,
+    };
+    let mut session = Session::new(&gateway.context.broker, access);
+    if auth_id.is_some() {
+        session.outbox().push_reply(Reply::Ack {
+            id: auth_id,
+            position: None,
+        });
+    }
     let outbox = session.outbox().clone();
     let (sink, stream) = socket.split();
     let mut writer = WebSocketWriter { sink, encoding };
@@ -45,10 +64,11 @@ pub(crate) async fn serve(
         heartbeat_interval: config.heartbeat_interval,
         write_timeout: config.write_timeout,
         max_duration: None,
-        access_expires_at_millis: session.access_expires_at_millis(),
+        // The reader watches the token: it can take a `refresh`.
+        access_expires_at_millis: None,
     };
     let session_id = session.id();
-    let reader = read_frames(stream, &mut session, config);
+    let reader = read_frames(stream, &mut session, config, &gateway.context);
     let writing = drive(&mut writer, &outbox, encoding, &writer_config, &gateway.context);
     tokio::pin!(reader, writing);
     let reason = tokio::select! {
@@ -61,18 +81,153 @@ pub(crate) async fn serve(
     gateway.context.disconnected("websocket", session_id, &reason);
 }
 
+/// Reads the first command of a connection that must authenticate: an
+/// `auth` with a token the server accepts, within `auth_timeout`. Returns
+/// the access and the command's id, or why the connection is refused.
+async fn first_auth(
+    socket: &mut WebSocket,
+    gateway: &Gateway,
+) -> Result<(Arc<dyn Access>, Option<u64>), HttpError> {
+    let deadline = Instant::now() + gateway.config.auth_timeout;
+    let unauthorized = |message: &str| HttpError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, socket.recv()).await {
+            Err(_elapsed) => {
+                return Err(HttpError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "auth_timeout",
+                    "no auth command in time: send {\"op\":\"auth\",\"token\":...} first, or the token in ?token=",
+                ))
+            }
+            Ok(Some(Ok(frame))) => frame,
+            Ok(_) => return Err(unauthorized("the connection ended before an auth command")),
+        };
+        let (data, encoding) = match frame {
+            Message::Text(text) => (Bytes::from(text), Encoding::Json),
+            Message::Binary(binary) => (binary, Encoding::MsgPack),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(_) => return Err(unauthorized("the connection ended before an auth command")),
+        };
+        if data.len() > gateway.config.max_frame_bytes {
+            return Err(unauthorized("the first command must be a small auth command"));
+        }
+        return match herald_broker::decode_command(encoding, &data) {
+            Ok(Command::Auth { id, token }) => match gateway.context.auth.authenticate(Some(&token)) {
+                Ok(access) => Ok((access, id)),
+                Err(error) => Err(error.into()),
+            },
+            _ => Err(unauthorized(
+                "a credential is required: send {\"op\":\"auth\",\"token\":...} as the first command, or the token in ?token=",
+            )),
+        };
+    }
+}
+
+/// Tells a connected client why it is refused, in an `err` event, and
+/// closes with the refusal's application code (herald_gateway::refusal).
+async fn refuse(mut socket: WebSocket, error: &HttpError, encoding: Encoding, context: &GatewayContext) {
+    let event = Outbound::Reply(Box::new(Reply::Error {
+        id: None,
+        code: error.code,
+        message: error.message.clone(),
+    }))
+    .encode(encoding);
+    let frame = match encoding {
+        Encoding::MsgPack => Message::Binary(event),
+        _ => Message::Text(Utf8Bytes::try_from(event).expect("JSON events are UTF-8")),
+    };
+    let close = Message::Close(Some(CloseFrame {
+        code: refusal::close_code(error.status),
+        reason: Utf8Bytes::from(error.code),
+    }));
+    let _ = timeout(CLOSE_GRACE, async {
+        socket.feed(frame).await?;
+        socket.send(close).await?;
+        // Wait for the client's close, so the close frame is not lost to a reset.
+        while let Some(Ok(frame)) = socket.recv().await {
+            if let Message::Close(_) = frame {
+                break;
+            }
+        }
+        Ok::<(), axum::Error>(())
+    })
+    .await;
+    context.disconnected("websocket", 0, &DisconnectReason::Refused);
+}
+
+/// When the connection's token expires, and what then: first an `err`
+/// `token_expired` and a grace period for a `refresh`, then the close.
+struct TokenClock {
+    deadline: Option<Instant>,
+    warned: bool,
+    grace: Duration,
+}
+
+impl TokenClock {
+    fn new(expires_at_millis: Option<u64>, grace: Duration) -> TokenClock {
+        let now_millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        TokenClock {
+            deadline: expires_at_millis
+                .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_millis))),
+            warned: false,
+            grace,
+        }
+    }
+
+    async fn ring(&self) {
+        match self.deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The token expired (or its grace ended): `true` when it is time to
+    /// close, otherwise the client is told and gets the grace period.
+    fn expired(&mut self, session: &Session) -> bool {
+        if self.warned {
+            return true;
+        }
+        self.warned = true;
+        self.deadline = Some(Instant::now() + self.grace);
+        session.outbox().push_reply(Reply::Error {
+            id: None,
+            code: "token_expired",
+            message: format!(
+                "the token expired: send {{\"op\":\"refresh\",\"token\":...}} within {} s or the connection closes",
+                self.grace.as_secs()
+            ),
+        });
+        false
+    }
+}
+
 /// Reads frames until the client leaves or the session is closed.
 async fn read_frames(
     mut stream: SplitStream<WebSocket>,
     session: &mut Session,
     config: &crate::WebSocketConfig,
+    context: &GatewayContext,
 ) -> ReadEnd {
     let mut limiter = CommandRateLimiter::new(config.max_commands_per_second);
+    let mut token = TokenClock::new(session.access_expires_at_millis(), context.refresh_grace);
     loop {
         // Backpressure: a client pipelining commands waits while its answers
         // are unread, and the write timeout judges a client that never reads.
         session.outbox().reply_room().await;
-        let frame = match timeout(config.idle_timeout, stream.next()).await {
+        let next = tokio::select! {
+            next = timeout(config.idle_timeout, stream.next()) => next,
+            () = token.ring() => {
+                if token.expired(session) {
+                    session.outbox().close(CloseReason::TokenExpired);
+                    return ReadEnd::Closing;
+                }
+                continue;
+            }
+        };
+        let frame = match next {
             Err(_elapsed) => {
                 session.outbox().close(CloseReason::IdleTimeout);
                 return ReadEnd::Closing;
@@ -109,7 +264,16 @@ async fn read_frames(
             }
             Message::Pong(_) | Message::Close(_) => continue,
         };
-        handle_frame(session, command_encoding, data, config.max_frame_bytes);
+        let handled = handle_frame(
+            session,
+            command_encoding,
+            data,
+            config.max_frame_bytes,
+            &context.auth,
+        );
+        if handled == Handled::AccessReplaced {
+            token = TokenClock::new(session.access_expires_at_millis(), context.refresh_grace);
+        }
         if session.outbox().is_closed() {
             // The session closed itself (a reply backlog): let the writer
             // deliver the reason.
@@ -184,9 +348,10 @@ fn close_code_for(reason: &CloseReason) -> u16 {
         CloseReason::FrameTooLarge { .. } => close_code::SIZE,
         CloseReason::InvalidFrame(_) => close_code::PROTOCOL,
         CloseReason::InvalidUtf8 => close_code::INVALID,
-        CloseReason::SlowConsumer
-        | CloseReason::ReplyBacklog
-        | CloseReason::ProtocolViolation(_)
-        | CloseReason::TokenExpired => close_code::POLICY,
+        CloseReason::SlowConsumer | CloseReason::ReplyBacklog | CloseReason::ProtocolViolation(_) => {
+            close_code::POLICY
+        }
+        // Like every refusal of a credential: 4000 + 401 (herald_gateway::refusal).
+        CloseReason::TokenExpired => refusal::close_code(StatusCode::UNAUTHORIZED),
     }
 }

@@ -21,11 +21,12 @@ use std::time::Duration;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use herald_broker::{Encoding, Session};
-use herald_gateway::{GatewayContext, QueryParams};
+use herald_broker::{Access, Encoding};
+use herald_gateway::credentials::credential;
+use herald_gateway::{GatewayContext, HttpError, QueryParams};
 use serde::Deserialize;
 
 /// Subprotocol selecting MessagePack binary frames.
@@ -70,6 +71,10 @@ pub struct WebSocketConfig {
     /// Commands a connection may send per second before it is closed for
     /// flooding (counted over one-second windows).
     pub max_commands_per_second: u32,
+    /// A connection opened without a credential (where anonymous access is
+    /// off) must send its `auth` command within this long.
+    #[serde(with = "herald_broker::units::duration")]
+    pub auth_timeout: Duration,
 }
 
 impl Default for WebSocketConfig {
@@ -82,6 +87,7 @@ impl Default for WebSocketConfig {
             idle_timeout: Duration::from_secs(50),
             write_timeout: Duration::from_secs(10),
             max_commands_per_second: 1000,
+            auth_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -95,9 +101,10 @@ impl WebSocketConfig {
         if self.max_frame_bytes > self.hard_frame_limit_bytes {
             return Err("websocket.max_frame must not exceed websocket.hard_frame_limit".into());
         }
-        if self.write_timeout.is_zero() || self.max_commands_per_second == 0 {
+        if self.write_timeout.is_zero() || self.max_commands_per_second == 0 || self.auth_timeout.is_zero() {
             return Err(
-                "websocket.write_timeout and websocket.max_commands_per_second must be positive".into(),
+                "websocket.write_timeout, websocket.max_commands_per_second and websocket.auth_timeout must be positive"
+                    .into(),
             );
         }
         Ok(())
@@ -117,16 +124,38 @@ pub fn router(context: GatewayContext, config: WebSocketConfig) -> Router {
         .with_state(Arc::new(Gateway { context, config }))
 }
 
+/// What the upgrade request earned, decided before the upgrade and told
+/// after it: a browser cannot read why an upgrade was refused.
+pub(crate) enum Admission {
+    Admitted(Arc<dyn Access>),
+    /// No credential, and anonymous connections are refused: the first
+    /// command must be `auth`.
+    AwaitingAuth,
+    Refused(HttpError),
+}
+
+fn admission(context: &GatewayContext, headers: &HeaderMap, query: &QueryParams) -> Admission {
+    if let Err(error) = context.check_origin_and_state(headers) {
+        return Admission::Refused(error);
+    }
+    let authenticated = match credential(headers, query) {
+        Err(error) => Err(error),
+        Ok(None) if !context.auth.allows_anonymous() => return Admission::AwaitingAuth,
+        Ok(presented) => context.auth.authenticate(presented),
+    };
+    match authenticated {
+        Ok(access) => Admission::Admitted(access),
+        Err(error) => Admission::Refused(error.into()),
+    }
+}
+
 async fn upgrade(
     State(gateway): State<Arc<Gateway>>,
     query: QueryParams,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let access = match gateway.context.admit(&headers, &query) {
-        Ok(access) => access,
-        Err(error) => return error.into_response(),
-    };
+    let admission = admission(&gateway.context, &headers, &query);
     let limit = gateway.config.hard_frame_limit_bytes;
     let upgrade = upgrade
         .protocols([MSGPACK_PROTOCOL, JSON_PROTOCOL])
@@ -145,7 +174,6 @@ async fn upgrade(
     };
     let connections = gateway.context.connections.clone();
     upgrade.on_upgrade(move |socket| {
-        let session = Session::new(&gateway.context.broker, access);
-        connections.track_future(connection::serve(socket, session, encoding, gateway))
+        connections.track_future(connection::serve(socket, admission, encoding, gateway))
     })
 }
