@@ -271,6 +271,27 @@ mod tests {
     }
 
     #[test]
+    fn a_room_of_100_000_users_keeps_an_exact_count() {
+        let presence = Presence::new(PresenceLimits::default());
+        let room = Subject::from_validated("stadium");
+        let mut announcements = 0;
+        for index in 0..100_000u64 {
+            let mut rooms = presence.lock(&room);
+            // Ten joins a millisecond: 10 s of arrivals.
+            let now = index / 10;
+            announcements += usize::from(
+                presence
+                    .join(&mut rooms, &room, &user(&format!("fan{index}")), now)
+                    .is_some(),
+            );
+        }
+        let (count, members) = presence.read(&room);
+        assert_eq!((count, members.len()), (100_000, 1000));
+        // 1000 joins announced one by one, then one count a second.
+        assert!((1000..=1011).contains(&announcements), "{announcements}");
+    }
+
+    #[test]
     fn a_large_room_announces_its_count_at_most_once_a_second() {
         let presence = Presence::new(PresenceLimits {
             max_event_members: 2,

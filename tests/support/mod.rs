@@ -190,8 +190,11 @@ impl Client {
 
     /// The next protocol event, skipping pings.
     pub async fn next_event(&mut self) -> ServerEvent {
+        // One deadline for the event, not per frame: heartbeats alone must
+        // not keep a test waiting for ever.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let frame = tokio::time::timeout(PATIENCE, self.socket.next())
+            let frame = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
                 .expect("an event within the test's patience")
                 .expect("socket open")
@@ -253,8 +256,9 @@ impl Client {
 
     /// Reads until the server closes; returns the close code and reason.
     pub async fn close_frame(&mut self) -> (u16, String) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let frame = tokio::time::timeout(PATIENCE, self.socket.next())
+            let frame = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
                 .expect("closed within the test's patience");
             match frame {
@@ -382,12 +386,18 @@ impl SseClient {
 
     /// The next event that is not a heartbeat or retry advice.
     pub async fn next_event(&mut self) -> Option<SseEvent> {
-        loop {
-            let event = self.next().await?;
-            if !event.event.is_empty() {
-                return Some(event);
+        let waiting = async {
+            loop {
+                let event = self.next().await?;
+                if !event.event.is_empty() {
+                    return Some(event);
+                }
             }
-        }
+        };
+        // Heartbeats alone must not keep a test waiting for ever.
+        tokio::time::timeout(PATIENCE, waiting)
+            .await
+            .expect("an event within the test's patience")
     }
 }
 
