@@ -104,6 +104,18 @@ async fn eventsource_and_a_fetch_poll_loop_get_every_message_once_in_order() {
         poll["aborted"].as_u64().unwrap() >= 1,
         "polls were cut mid-wait: {poll}"
     );
+    let refusals = &result["refusals"];
+    assert_eq!(
+        refusals["wsClose"],
+        serde_json::json!([4401, "invalid_credential"]),
+        "the page reads the close code and reason: {refusals}"
+    );
+    assert_eq!(refusals["wsErr"], "invalid_credential", "{refusals}");
+    assert_eq!(
+        refusals["sseErr"],
+        serde_json::json!(["invalid_credential", 4401]),
+        "an EventSource reads the refusal as an err event: {refusals}"
+    );
     eprintln!(
         "Chromium {}: SSE opened {} times; {} polls, {} aborted",
         result["browser"], sse["opens"], poll["polls"], poll["aborted"]

@@ -205,6 +205,8 @@ async fn refused_tokens_get_a_code_and_never_access() {
             401,
             "{code}"
         );
+        let mut refused = Client::connect_to(&server, &format!("/ws?token={token}"), &[]).await;
+        assert_eq!(refused.refusal().await, (code.to_string(), 4401), "ws {code}");
     }
     assert_eq!(publish_with(&server, &good, "chat.lobby.typing").await, 200);
 }
@@ -320,6 +322,12 @@ async fn public_key_tokens_and_no_algorithm_confusion() {
             (status, body["code"].as_str()),
             (401, Some("token_rejected")),
             "{alg}"
+        );
+        let mut refused = Client::connect_to(&server, &format!("/ws?token={confused}"), &[]).await;
+        assert_eq!(
+            refused.refusal().await,
+            ("token_rejected".to_owned(), 4401),
+            "ws {alg}"
         );
     }
 }

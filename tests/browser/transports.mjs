@@ -12,6 +12,9 @@
 // - the long-poll page runs a `fetch` loop with the cursor, and aborts
 //   every third poll mid-wait, retrying with the same cursor.
 //
+// A third page opens a WebSocket and an EventSource with a bad token and
+// records what the browser lets it see of the refusals.
+//
 // Prints one JSON line: what each page received, and how often it
 // reconnected. The Rust test judges it.
 
@@ -72,7 +75,26 @@ const pollPage = `<!doctype html><meta charset="utf-8"><title>Long poll</title><
   })();
 </script>`;
 
-const pages = { "/sse": ssePage, "/poll": pollPage };
+// A refused WebSocket and a refused EventSource: a browser reads neither a
+// refused upgrade's status nor a refused request's body, so Herald accepts,
+// says why in an `err` event, and closes with an application code.
+const refusalsPage = `<!doctype html><meta charset="utf-8"><title>Refusals</title><script>
+  window.results = {};
+  window.ready = false;
+  const done = () => { window.ready = "wsClose" in window.results && "sseErr" in window.results; };
+  const ws = new WebSocket(${JSON.stringify(heraldUrl.replace(/^http/, "ws"))} + "/ws?token=not-a-key");
+  ws.onmessage = (event) => { window.results.wsErr = JSON.parse(event.data).code; };
+  ws.onclose = (event) => { window.results.wsClose = [event.code, event.reason]; done(); };
+  const source = new EventSource(${JSON.stringify(heraldUrl)} + "/sse?subject=x&token=not-a-key");
+  source.addEventListener("err", (event) => {
+    const body = JSON.parse(event.data);
+    window.results.sseErr = [body.code, body.close];
+    source.close();
+    done();
+  });
+</script>`;
+
+const pages = { "/sse": ssePage, "/poll": pollPage, "/refusals": refusalsPage };
 const site = http.createServer((request, response) => {
   const page = pages[request.url];
   response.writeHead(page ? 200 : 404, { "content-type": "text/html" });
@@ -133,6 +155,10 @@ try {
     aborted: window.aborted,
     log: window.log,
   }));
+  const refusals = await context.newPage();
+  await refusals.goto(origin + "/refusals");
+  await refusals.waitForFunction(() => window.ready, null, { timeout: 10_000 }).catch(() => {});
+  result.refusals = await refusals.evaluate(() => window.results);
   result.browser = context.browser()?.version() ?? (await sse.evaluate(() => navigator.userAgent));
 } finally {
   await context.close();
