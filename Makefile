@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse doc clean
+.PHONY: test lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth doc clean
 
 ## Run every test in the workspace (unit, integration, property, doc tests).
 test:
@@ -103,3 +103,15 @@ clean:
 bench-abuse:
 	$(CARGO) build --release -p herald -p herald-bench
 	./target/release/herald-bench abuse --connections 1000 --seconds 5
+
+## Fan-out to 1 000 subscribers each holding a user token vs anonymous
+## ones, six runs each, which goes first alternating: one JSON line per run.
+bench-auth:
+	$(CARGO) build --release -p herald -p herald-bench
+	for order in "herald-ws-json herald-ws-json-token" "herald-ws-json-token herald-ws-json" \
+	             "herald-ws-json herald-ws-json-token" "herald-ws-json-token herald-ws-json" \
+	             "herald-ws-json herald-ws-json-token" "herald-ws-json-token herald-ws-json"; do \
+	  for target in $$order; do \
+	    ./target/release/herald-bench fanout --target $$target --subscribers 1000 --seconds 3 || exit 1; \
+	  done; \
+	done

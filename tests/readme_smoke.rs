@@ -51,6 +51,29 @@ fn help_and_default_config_read_well() {
 }
 
 #[test]
+fn the_readme_production_config_is_valid() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("```toml\n")
+        .find(|block| block.starts_with("# herald.toml"))
+        .and_then(|block| block.split("```").next())
+        .expect("the README's herald.toml example");
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("herald.toml");
+    std::fs::write(&path, block).unwrap();
+    let check = Command::new(HERALD)
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
 fn anonymous_publishing_is_never_enabled_quietly() {
     for (arguments, environment) in [
         (&["--dev"][..], &[][..]),

@@ -45,7 +45,37 @@ pub enum Target {
     HeraldSse,
     /// Herald's long-polling gateway (a poll loop per subscriber).
     HeraldLongPoll,
+    /// Herald's WebSocket gateway, JSON frames, every connection with a
+    /// user token (JWT): what permissions checked at subscribe cost. Not
+    /// in the standard set; `make bench-auth` compares it with
+    /// `herald-ws-json`.
+    HeraldJsonToken,
 }
+
+/// The HS256 secret every Herald the load generator starts accepts tokens
+/// signed with.
+pub const BENCH_JWT_SECRET: &str = "herald-bench-shared-secret-0123456789";
+
+/// A day-long user token allowing everything, signed with
+/// [`BENCH_JWT_SECRET`].
+static BENCH_TOKEN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_secs()
+        + 24 * 60 * 60;
+    let claims = serde_json::json!({
+        "sub": "bench",
+        "exp": expires,
+        "herald": {"pub": {"allow": [">"]}, "sub": {"allow": [">"], "deny": ["private.>"]}},
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(BENCH_JWT_SECRET.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail")
+});
 
 impl Target {
     pub const ALL: [Target; 8] = [
@@ -69,6 +99,7 @@ impl Target {
             Target::Pushpin => "pushpin",
             Target::HeraldSse => "herald-sse",
             Target::HeraldLongPoll => "herald-longpoll",
+            Target::HeraldJsonToken => "herald-ws-json-token",
         }
     }
 
@@ -76,7 +107,11 @@ impl Target {
     pub fn is_herald(self) -> bool {
         matches!(
             self,
-            Target::HeraldJson | Target::HeraldMsgPack | Target::HeraldSse | Target::HeraldLongPoll
+            Target::HeraldJson
+                | Target::HeraldMsgPack
+                | Target::HeraldSse
+                | Target::HeraldLongPoll
+                | Target::HeraldJsonToken
         )
     }
 
@@ -121,6 +156,7 @@ impl Target {
     pub fn parse(name: &str) -> anyhow::Result<Target> {
         Target::ALL
             .into_iter()
+            .chain([Target::HeraldJsonToken])
             .find(|target| target.name() == name)
             .with_context(|| format!("unknown target {name:?}"))
     }
@@ -220,9 +256,13 @@ impl Connection {
         let stream = tcp_from(source, server).await?;
         stream.set_nodelay(true)?;
         match target {
-            Target::HeraldJson | Target::HeraldMsgPack => {
+            Target::HeraldJson | Target::HeraldMsgPack | Target::HeraldJsonToken => {
                 let msgpack = target == Target::HeraldMsgPack;
-                let mut request = format!("ws://{server}/ws").into_client_request()?;
+                let url = match target {
+                    Target::HeraldJsonToken => format!("ws://{server}/ws?token={}", *BENCH_TOKEN),
+                    _ => format!("ws://{server}/ws"),
+                };
+                let mut request = url.into_client_request()?;
                 if msgpack {
                     request.headers_mut().insert(
                         "sec-websocket-protocol",

@@ -58,7 +58,11 @@ impl Binaries {
     /// Whether the server of `target` is installed here.
     pub fn can_run(&self, target: Target) -> bool {
         match target {
-            Target::HeraldJson | Target::HeraldMsgPack | Target::HeraldSse | Target::HeraldLongPoll => true,
+            Target::HeraldJson
+            | Target::HeraldMsgPack
+            | Target::HeraldSse
+            | Target::HeraldLongPoll
+            | Target::HeraldJsonToken => true,
             Target::NatsTcp | Target::NatsWebSocket => self.has_nats(),
             Target::SocketIo => self.has_socketio(),
             Target::Pushpin => self.pushpin.exists() && self.node.exists(),
@@ -96,9 +100,11 @@ pub struct Server {
 impl Server {
     pub async fn start(target: Target, binaries: &Binaries) -> anyhow::Result<Server> {
         match target {
-            Target::HeraldJson | Target::HeraldMsgPack | Target::HeraldSse | Target::HeraldLongPoll => {
-                start_herald(&binaries.herald).await
-            }
+            Target::HeraldJson
+            | Target::HeraldMsgPack
+            | Target::HeraldSse
+            | Target::HeraldLongPoll
+            | Target::HeraldJsonToken => start_herald(&binaries.herald).await,
             Target::SocketIo => {
                 let mut command = Command::new(&binaries.node);
                 command.arg(&binaries.socketio_script);
@@ -233,7 +239,11 @@ async fn start_herald(binary: &Path) -> anyhow::Result<Server> {
         // every client comes from a handful of loopback addresses.
         .env("HERALD_WEBSOCKET__MAX_COMMANDS_PER_SECOND", "100000000")
         .env("HERALD_SERVER__MAX_CONNECTIONS", "200000")
-        .env("HERALD_SERVER__MAX_CONNECTIONS_PER_IP", "200000");
+        .env("HERALD_SERVER__MAX_CONNECTIONS_PER_IP", "200000")
+        // Publishers are clients (anonymous, or with a user token), whose
+        // publishes are otherwise limited per connection.
+        .env("HERALD_BROKER__MAX_CLIENT_PUBLISHES_PER_SECOND", "0")
+        .env("HERALD_AUTH__JWT_HS256_SECRET", crate::clients::BENCH_JWT_SECRET);
     start_logging_address(command, "herald").await
 }
 
