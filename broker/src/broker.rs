@@ -372,6 +372,10 @@ impl Broker {
     /// Where a message on `subject` is recorded: its channel, created on
     /// first use, or for an ephemeral subject nothing but the subject.
     fn channel_for(&self, subject: &str) -> Result<Recorded, PublishError> {
+        // A subject with a channel was decided when the channel was made.
+        if let Some(channel) = self.history.existing(subject) {
+            return Ok(Recorded::Channel(channel));
+        }
         let limits = self.policy(subject).history;
         if !limits.keeps_history() {
             return Ok(Recorded::Ephemeral(Subject::from_validated(subject)));

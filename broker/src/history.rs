@@ -381,7 +381,8 @@ impl History {
         &self.shards[self.shard_hasher.hash_one(subject) as usize % SHARDS]
     }
 
-    fn lookup(&self, subject: &str) -> Option<Arc<Channel>> {
+    /// The channel of `subject`, if it has one.
+    pub(crate) fn existing(&self, subject: &str) -> Option<Arc<Channel>> {
         read(self.shard(subject)).get(subject).cloned()
     }
 
@@ -393,7 +394,7 @@ impl History {
         subject: &str,
         limits_of: impl FnOnce() -> RingLimits,
     ) -> Result<Arc<Channel>, HistoryError> {
-        if let Some(channel) = self.lookup(subject) {
+        if let Some(channel) = self.existing(subject) {
             return Ok(channel);
         }
         let mut map = write(self.shard(subject));
@@ -441,10 +442,10 @@ impl History {
             };
             subjects
                 .iter()
-                .filter_map(|subject| self.lookup(subject.as_str()))
+                .filter_map(|subject| self.existing(subject.as_str()))
                 .collect()
         } else {
-            self.lookup(pattern.as_str()).into_iter().collect()
+            self.existing(pattern.as_str()).into_iter().collect()
         };
         for channel in &channels {
             // Acquire pairs with `record`: nothing after `after` was ever

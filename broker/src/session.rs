@@ -157,6 +157,12 @@ struct PublishBudget {
 }
 
 impl PublishBudget {
+    /// A client's budget; none for a backend, or with no limit set.
+    fn for_access(per_second: u32, access: &dyn Access) -> Option<std::sync::Mutex<PublishBudget>> {
+        (per_second > 0 && !access.is_backend())
+            .then(|| std::sync::Mutex::new(PublishBudget::new(per_second)))
+    }
+
     fn new(per_second: u32) -> PublishBudget {
         PublishBudget {
             per_second,
@@ -206,13 +212,11 @@ impl Session {
     pub fn new(broker: &Arc<Broker>, access: Arc<dyn Access>) -> Session {
         let config = broker.config();
         let outbox = Arc::new(Outbox::new(config.queue, config.overflow_policy));
-        let per_second = config.max_client_publishes_per_second;
         Session {
             id: broker.next_session_id(),
             broker: broker.clone(),
             outbox,
-            publish_budget: (per_second > 0 && !access.is_backend())
-                .then(|| std::sync::Mutex::new(PublishBudget::new(per_second))),
+            publish_budget: PublishBudget::for_access(config.max_client_publishes_per_second, &*access),
             access,
             patterns: Vec::new(),
             rooms: Vec::new(),
@@ -243,6 +247,8 @@ impl Session {
                 ));
             }
         }
+        self.publish_budget =
+            PublishBudget::for_access(self.broker.config().max_client_publishes_per_second, &*access);
         self.access = access;
         Ok(())
     }
