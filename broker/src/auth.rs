@@ -366,17 +366,12 @@ impl Authenticator {
                 return Err(AuthConfigError::KeyTooShort { index });
             }
             let patterns = |field: &'static str, texts: &[String]| {
-                texts
-                    .iter()
-                    .map(|text| {
-                        Pattern::parse(text, limits).map_err(|error| AuthConfigError::InvalidPattern {
-                            index,
-                            field,
-                            pattern: text.clone(),
-                            error,
-                        })
-                    })
-                    .collect::<Result<Vec<Pattern>, AuthConfigError>>()
+                parse_patterns(texts, limits, |pattern, error| AuthConfigError::InvalidPattern {
+                    index,
+                    field,
+                    pattern,
+                    error,
+                })
             };
             keys.push(ApiKey {
                 key: key.key.clone(),
@@ -388,16 +383,13 @@ impl Authenticator {
             });
         }
         let anonymous = |field: &'static str, texts: &[String]| {
-            texts
-                .iter()
-                .map(|text| {
-                    Pattern::parse(text, limits).map_err(|error| AuthConfigError::InvalidAnonymousPattern {
-                        field,
-                        pattern: text.clone(),
-                        error,
-                    })
-                })
-                .collect::<Result<Vec<Pattern>, AuthConfigError>>()
+            parse_patterns(texts, limits, |pattern, error| {
+                AuthConfigError::InvalidAnonymousPattern {
+                    field,
+                    pattern,
+                    error,
+                }
+            })
         };
         let anonymous = Permissions {
             publish: anonymous("anonymous_publish", &config.anonymous_publish)?,
@@ -445,6 +437,19 @@ impl fmt::Debug for Authenticator {
             .field("tokens", &self.tokens)
             .finish()
     }
+}
+
+/// Patterns from configuration text; the first that does not parse is
+/// refused with the error `refused` builds from it.
+fn parse_patterns(
+    texts: &[String],
+    limits: &SubjectLimits,
+    refused: impl Fn(String, SubjectError) -> AuthConfigError,
+) -> Result<Vec<Pattern>, AuthConfigError> {
+    texts
+        .iter()
+        .map(|text| Pattern::parse(text, limits).map_err(|error| refused(text.clone(), error)))
+        .collect()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
