@@ -544,9 +544,19 @@ async fn an_expiring_token_is_told_then_refreshed_or_closed() {
     let expiring = hs256(&alice(now() + 2), SECRET.as_bytes());
     let mut refreshing = Client::connect_with(&server, Encoding::Json, Some(&expiring)).await;
     let mut lapsing = Client::connect_with(&server, Encoding::Json, Some(&expiring)).await;
-    for client in [&mut refreshing, &mut lapsing] {
+    let mut early = Client::connect_with(&server, Encoding::Json, Some(&expiring)).await;
+    for client in [&mut refreshing, &mut lapsing, &mut early] {
         assert_eq!(sub_outcome(client, "user.alice.inbox").await, None);
     }
+    // Refreshed before it expires: never told, never closed.
+    let renewed = hs256(&alice(now() + 600), SECRET.as_bytes());
+    early
+        .send(json!({"op": "refresh", "id": 9, "token": renewed}))
+        .await;
+    assert!(matches!(
+        early.next_event().await,
+        ServerEvent::Ack { id: Some(9), .. }
+    ));
     let mut sse = support::SseClient::connect(
         &server,
         &format!("subject=user.alice.inbox&token={expiring}"),
@@ -590,9 +600,13 @@ async fn an_expiring_token_is_told_then_refreshed_or_closed() {
     // Past the old token's grace, the refreshed connection still delivers.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     publish_with(&server, support::PUBLISHER_KEY, "user.alice.inbox").await;
-    assert!(
-        matches!(refreshing.next_event().await, ServerEvent::Msg { subject, .. } if subject == "user.alice.inbox")
-    );
+    for client in [&mut refreshing, &mut early] {
+        let event = client.next_event().await;
+        assert!(
+            matches!(&event, ServerEvent::Msg { subject, .. } if subject == "user.alice.inbox"),
+            "still delivering, nothing else first: {event:?}"
+        );
+    }
     assert_eq!(server.disconnects.count("token_expired"), 2);
 }
 
