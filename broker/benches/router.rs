@@ -1,5 +1,5 @@
-//! The subscription index on its own, and publishing under subscription
-//! churn.
+//! The subscription index on its own, publishing under subscription churn,
+//! and joining a room of 100 000 subscribers.
 //!
 //! Run: `cargo bench -p herald-broker --bench router`
 
@@ -129,5 +129,29 @@ fn publish_under_churn(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matching, publish_under_churn);
+/// One subscriber joining and leaving a room (one exact subject) that
+/// already has `members` subscribers: what presence rooms cost as they grow.
+/// Subscribers are reference-counted, one allocation each, as the broker's
+/// are (a connection's outbox): copying a list costs an atomic increment
+/// per subscriber on its own cache line.
+fn join_a_large_room(c: &mut Criterion) {
+    let mut group = c.benchmark_group("join_and_leave_a_room");
+    let room = pattern("stadium");
+    for members in [1_000u32, 100_000] {
+        let router: Router<Arc<u32>> = Router::new();
+        for id in 0..members {
+            router.subscribe(&room, Arc::new(id));
+        }
+        let newcomer = Arc::new(members);
+        group.bench_with_input(BenchmarkId::from_parameter(members), &members, |b, _| {
+            b.iter(|| {
+                router.subscribe(&room, newcomer.clone());
+                router.unsubscribe(&room, &newcomer);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, matching, publish_under_churn, join_a_large_room);
 criterion_main!(benches);
