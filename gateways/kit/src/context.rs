@@ -40,7 +40,7 @@ impl GatewayContext {
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             disconnects: Arc::new(DisconnectCounters::default()),
-            origins: Arc::new(AllowedOrigins::any()),
+            origins: Arc::new(AllowedOrigins::default()),
             token_cookie: Arc::from(""),
             refresh_grace: std::time::Duration::from_secs(30),
         }

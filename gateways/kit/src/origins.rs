@@ -33,14 +33,6 @@ impl AllowedOrigins {
         }
     }
 
-    /// Any origin at all (`--dev`).
-    pub fn any() -> AllowedOrigins {
-        AllowedOrigins {
-            any: true,
-            listed: Vec::new(),
-        }
-    }
-
     /// Refuses a request from a page whose origin is not allowed, with 403
     /// `origin_not_allowed`.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), HttpError> {
