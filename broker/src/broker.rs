@@ -301,7 +301,7 @@ impl Broker {
             if !limits.keeps_history() {
                 continue;
             }
-            let Ok(channel) = history.channel(&stored.subject, || limits) else {
+            let Ok(channel) = history.channel(&stored.subject, limits) else {
                 continue;
             };
             let position = Position::new(restored.epoch, stored.sequence);
@@ -380,7 +380,7 @@ impl Broker {
         if !limits.keeps_history() {
             return Ok(Recorded::Ephemeral(Subject::from_validated(subject)));
         }
-        Ok(Recorded::Channel(self.history.channel(subject, || limits)?))
+        Ok(Recorded::Channel(self.history.channel(subject, limits)?))
     }
 
     /// Publishes every message of `batch` in order, or none of them: every

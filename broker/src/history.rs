@@ -386,14 +386,9 @@ impl History {
         read(self.shard(subject)).get(subject).cloned()
     }
 
-    /// The channel of a validated subject, created on first use with the
-    /// ring limits `limits_of` gives. While the caller holds it, `sweep`
-    /// leaves it alone.
-    pub(crate) fn channel(
-        &self,
-        subject: &str,
-        limits_of: impl FnOnce() -> RingLimits,
-    ) -> Result<Arc<Channel>, HistoryError> {
+    /// The channel of a validated subject, created on first use with
+    /// `limits`. While the caller holds it, `sweep` leaves it alone.
+    pub(crate) fn channel(&self, subject: &str, limits: RingLimits) -> Result<Arc<Channel>, HistoryError> {
         if let Some(channel) = self.existing(subject) {
             return Ok(channel);
         }
@@ -409,7 +404,7 @@ impl History {
             });
         }
         let subject = Subject::from_validated(subject);
-        let channel = Arc::new(Channel::new(subject.clone(), limits_of(), self.totals.clone()));
+        let channel = Arc::new(Channel::new(subject.clone(), limits, self.totals.clone()));
         write(&self.tree).insert(&subject);
         map.insert(subject, channel.clone());
         self.subject_count.fetch_add(1, Ordering::Relaxed);
