@@ -645,6 +645,34 @@ async fn a_client_publishing_too_fast_is_refused_not_disconnected() {
     for _ in 0..20 {
         assert!(matches!(backend.next_event().await, ServerEvent::Ack { .. }));
     }
+    // Over HTTP the budget is the user's, however many requests and
+    // connections carry the token.
+    let mut carol = alice(now() + 600);
+    carol["sub"] = json!("carol");
+    let carol = hs256(&carol, SECRET.as_bytes());
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..20 {
+        let response = reqwest::Client::new()
+            .post(server.url("/v1/publish"))
+            .bearer_auth(&carol)
+            .json(&json!({"subject": "chat.lobby.typing", "data": 1}))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => accepted += 1,
+            429 => {
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["code"], "rate_limited");
+                refused += 1;
+            }
+            other => panic!("200 or 429, got {other}"),
+        }
+    }
+    assert!(
+        (5..=8).contains(&accepted) && accepted + refused == 20,
+        "{accepted} accepted"
+    );
 }
 
 #[tokio::test]

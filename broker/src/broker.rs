@@ -60,6 +60,7 @@ use crate::presence::{Member, Presence, PresenceLimits};
 use crate::protocol::Gap;
 use crate::router::{Matches, Router};
 use crate::rules::{SubjectPolicy, SubjectRules};
+use crate::session::{PublishBudget, SessionError};
 use crate::subject::{validate_subject, Pattern, Subject, SubjectError, SubjectLimits};
 
 /// Everything the broker can be configured with. Every field has a default
@@ -83,9 +84,9 @@ pub struct BrokerConfig {
     /// Most messages one `history` request returns.
     pub max_history_page: usize,
     pub presence: PresenceLimits,
-    /// Publishes per second one client connection (a user token or
-    /// anonymous; not an API key) may make; beyond, `rate_limited`. 0: no
-    /// limit.
+    /// Publishes per second one user (a token's `sub`, over all their
+    /// connections and requests) or one anonymous connection may make;
+    /// beyond, `rate_limited`. API keys are not limited. 0: no limit.
     pub max_client_publishes_per_second: u32,
     /// The `[[subjects]]` rules; the server reads them from the top level
     /// of its configuration, next to `[broker]`.
@@ -253,6 +254,9 @@ pub struct Broker {
     router: Router<Subscriber>,
     history: History,
     presence: Presence,
+    /// Each user's publishes per second, shared by all their connections
+    /// and HTTP requests; an entry lives while its budget is not full.
+    user_budgets: Mutex<ahash::AHashMap<String, PublishBudget>>,
     counters: Counters,
     next_session_id: AtomicU64,
     journal: Option<Arc<dyn Journal>>,
@@ -270,6 +274,7 @@ impl Broker {
         let history = History::new(config.history);
         Arc::new(Broker {
             presence: Presence::new(config.presence),
+            user_budgets: Mutex::default(),
             config,
             clock,
             epoch,
@@ -316,6 +321,7 @@ impl Broker {
         history.forget_through(restored.lost_through);
         Arc::new(Broker {
             presence: Presence::new(config.presence),
+            user_budgets: Mutex::default(),
             config,
             clock,
             epoch: restored.epoch,
@@ -656,7 +662,31 @@ impl Broker {
     /// Expires old history and forgets idle subjects; the binary calls this
     /// periodically. Returns how many subjects were forgotten.
     pub fn sweep(&self) -> usize {
+        self.lock_user_budgets().retain(|_, budget| !budget.is_full());
         self.history.sweep(self.clock.now_millis())
+    }
+
+    /// Spends one publish of `user`'s per-second budget
+    /// (`max_client_publishes_per_second`), or says it is spent.
+    pub(crate) fn spend_publish_budget(&self, user: &str) -> Result<(), SessionError> {
+        let per_second = self.config.max_client_publishes_per_second;
+        if per_second == 0 {
+            return Ok(());
+        }
+        let mut budgets = self.lock_user_budgets();
+        if let Some(budget) = budgets.get_mut(user) {
+            return budget.take();
+        }
+        let mut budget = PublishBudget::new(per_second);
+        budget.take()?;
+        budgets.insert(user.to_owned(), budget);
+        Ok(())
+    }
+
+    fn lock_user_budgets(&self) -> MutexGuard<'_, ahash::AHashMap<String, PublishBudget>> {
+        self.user_budgets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Counts a connection a gateway closed because its writes stalled:

@@ -150,20 +150,22 @@ pub(crate) fn subscribable_patterns<S: AsRef<str>>(
 /// Publishes a client connection may make per second (a token bucket
 /// that refills continuously).
 #[derive(Debug)]
-struct PublishBudget {
+pub(crate) struct PublishBudget {
     per_second: u32,
     tokens: f64,
     refilled: std::time::Instant,
 }
 
 impl PublishBudget {
-    /// A client's budget; none for a backend, or with no limit set.
+    /// The budget of an anonymous client connection; none for a backend,
+    /// for a user (whose budget the broker keeps, shared by all their
+    /// connections and requests), or with no limit set.
     fn for_access(per_second: u32, access: &dyn Access) -> Option<std::sync::Mutex<PublishBudget>> {
-        (per_second > 0 && !access.is_backend())
+        (per_second > 0 && !access.is_backend() && access.user().is_none())
             .then(|| std::sync::Mutex::new(PublishBudget::new(per_second)))
     }
 
-    fn new(per_second: u32) -> PublishBudget {
+    pub(crate) fn new(per_second: u32) -> PublishBudget {
         PublishBudget {
             per_second,
             tokens: f64::from(per_second),
@@ -171,11 +173,21 @@ impl PublishBudget {
         }
     }
 
-    fn take(&mut self) -> Result<(), SessionError> {
+    fn refill(&mut self) {
         let now = std::time::Instant::now();
         let rate = f64::from(self.per_second);
         self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
         self.refilled = now;
+    }
+
+    /// Whether a full second's budget is there again: nothing to remember.
+    pub(crate) fn is_full(&mut self) -> bool {
+        self.refill();
+        self.tokens >= f64::from(self.per_second)
+    }
+
+    pub(crate) fn take(&mut self) -> Result<(), SessionError> {
+        self.refill();
         if self.tokens < 1.0 {
             return Err(SessionError::RateLimited {
                 per_second: self.per_second,
@@ -197,7 +209,8 @@ pub struct Session {
     /// Rooms this connection is present in (as its access's user), and
     /// whether each announces joins and leaves.
     rooms: Vec<(Subject, bool)>,
-    /// Clients' publishes per second; backends are not limited.
+    /// An anonymous connection's publishes per second (a user's budget is
+    /// the broker's; backends are not limited).
     publish_budget: Option<std::sync::Mutex<PublishBudget>>,
 }
 
@@ -561,6 +574,8 @@ impl Session {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .take()?;
+        } else if let Some(user) = self.access.user().filter(|_| !self.access.is_backend()) {
+            self.broker.spend_publish_budget(&user.id)?;
         }
         let max = self.broker.config().max_payload_bytes;
         if payload_len > max {
