@@ -146,9 +146,10 @@ pub async fn suite(
     Ok(records)
 }
 
-/// Runs one scenario on a fresh server. A peer that fails is given one more
-/// fresh server (Pushpin's services now and then close the first
-/// connections of a run); Herald never is: its failures are findings.
+/// Runs one scenario on a fresh server. A peer that fails, or delivers
+/// nothing, is given one more fresh server (Pushpin's services now and then
+/// close the first connections of a run); Herald never is: its failures
+/// are findings.
 async fn on_fresh_server(
     target: Target,
     binaries: &Binaries,
@@ -161,7 +162,19 @@ async fn on_fresh_server(
         // released, and may be taken by another socket before it binds.
         let result = match Server::start(target, binaries).await {
             Ok(server) => {
-                let result = scenario(&server).await;
+                let result = scenario(&server).await.and_then(|record| {
+                    // A run that delivered nothing at all measured nothing:
+                    // Pushpin now and then drops every subscription of a run
+                    // made right after a heavy one.
+                    ensure!(
+                        record.expected == 0 || record.delivered > 0,
+                        "{} {}: nothing delivered of {} expected",
+                        record.target,
+                        record.scenario,
+                        record.expected
+                    );
+                    Ok(record)
+                });
                 server.stop().await;
                 result
             }
