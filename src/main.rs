@@ -164,9 +164,14 @@ fn serve(listen: Option<SocketAddr>, config_file: Option<PathBuf>, dev: bool) ->
             patterns = ?config.auth.anonymous_publish,
             "auth.anonymous_publish: anyone who can reach this server may publish to these subjects without a key"
         );
-    } else if config.auth.api_keys.is_empty() {
+    } else if config.auth.api_keys.is_empty()
+        && config.auth.jwt_hs256_secret.is_none()
+        && config.auth.jwt_public_key_file.is_none()
+    {
         tracing::info!(
-            "no API keys configured: publishing is refused until auth.api_keys has one (or use --dev)"
+            anonymous_subscribe = ?config.auth.anonymous_subscribe,
+            "no API keys and no token key configured: clients may only read what auth.anonymous_subscribe \
+             allows until auth.api_keys, auth.jwt_hs256_secret or auth.jwt_public_key_file is set (or use --dev)"
         );
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
