@@ -56,7 +56,7 @@ use crate::history::{Channel, History, HistoryError, HistoryLimits, PatternTooBr
 use crate::message::{Message, Payload, PayloadError};
 use crate::outbox::{Offer, Outbox, OverflowPolicy, QueueLimits, Subscriber};
 use crate::position::{InvalidToken, Position};
-use crate::presence::{Member, Presence, PresenceLimits};
+use crate::presence::{Announcement, Member, Presence, PresenceLimits};
 use crate::protocol::Gap;
 use crate::router::{Matches, Router};
 use crate::rules::{SubjectPolicy, SubjectRules};
@@ -473,11 +473,7 @@ impl Broker {
         let announcement = self
             .presence
             .join(&mut rooms, subject, user, self.clock.now_millis());
-        if let Some(announcement) = announcement.filter(|_| announce) {
-            // Under the room's lock: a room's events are numbered in the
-            // order its joins and leaves happened.
-            self.publish_system(subject.presence_events(), announcement.to_json());
-        }
+        self.announce(subject, announcement.filter(|_| announce));
     }
 
     /// Removes one connection of `user` from the room `subject`.
@@ -486,7 +482,14 @@ impl Broker {
         let announcement = self
             .presence
             .leave(&mut rooms, subject, user, self.clock.now_millis());
-        if let Some(announcement) = announcement.filter(|_| announce) {
+        self.announce(subject, announcement.filter(|_| announce));
+    }
+
+    /// Publishes a room's change on `$presence.<subject>`. Called under
+    /// the room's lock: a room's events are numbered in the order its joins
+    /// and leaves happened.
+    fn announce(&self, subject: &Subject, announcement: Option<Announcement>) {
+        if let Some(announcement) = announcement {
             self.publish_system(subject.presence_events(), announcement.to_json());
         }
     }

@@ -252,7 +252,7 @@ impl Session {
             let kept = self
                 .patterns
                 .iter()
-                .filter(|pattern| !pattern.as_str().starts_with(crate::subject::SYSTEM_PREFIX))
+                .filter(|pattern| !pattern.is_system())
                 .all(|pattern| access.may_subscribe(pattern));
             if !kept {
                 return Err(SessionError::Refresh(
@@ -423,10 +423,10 @@ impl Session {
         let Some(user) = self.access.user() else {
             return;
         };
-        for pattern in patterns.iter().filter(|pattern| !pattern.has_wildcards()) {
-            if pattern.as_str().starts_with(crate::subject::SYSTEM_PREFIX) {
-                continue;
-            }
+        for pattern in patterns
+            .iter()
+            .filter(|pattern| !pattern.has_wildcards() && !pattern.is_system())
+        {
             let policy = self.broker.policy(pattern.as_str());
             if policy.presence {
                 let room = Subject::from_validated(pattern.as_str());

@@ -181,6 +181,12 @@ impl Pattern {
         }
     }
 
+    /// Whether this is a system pattern (`$...`), which only the broker
+    /// subscribes to on a client's behalf.
+    pub fn is_system(&self) -> bool {
+        self.text.starts_with(SYSTEM_PREFIX)
+    }
+
     /// True when the pattern contains `*` or `>`; a pattern without them
     /// matches exactly one subject.
     pub fn has_wildcards(&self) -> bool {

@@ -279,21 +279,18 @@ async fn history(
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Response, HttpError> {
     let session = api.session(&headers)?;
-    let Query(query) =
-        query.map_err(|rejection| HttpError::bad_request("invalid_query", rejection.body_text()))?;
+    let query = query_of(query)?;
     let wide = herald_broker::names_wildcards(&query.subject);
     let page = read_history(wide, move || {
         session.history(&query.subject, query.since.as_deref(), query.limit)
     })
     .await?;
-    let reply = Outbound::Reply(Box::new(Reply::History {
+    Ok(json_reply(Reply::History {
         id: None,
         subject: page.subject,
         gap: page.gap,
         messages: page.messages,
-    }));
-    let body = reply.encode(Encoding::Json);
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    }))
 }
 
 #[derive(Deserialize)]
@@ -309,15 +306,25 @@ async fn presence(
     query: Result<Query<PresenceQuery>, QueryRejection>,
 ) -> Result<Response, HttpError> {
     let session = api.session(&headers)?;
-    let Query(query) =
-        query.map_err(|rejection| HttpError::bad_request("invalid_query", rejection.body_text()))?;
+    let query = query_of(query)?;
     let (count, members) = session.presence(&query.subject)?;
-    let reply = Outbound::Reply(Box::new(Reply::Presence {
+    Ok(json_reply(Reply::Presence {
         id: None,
         subject: query.subject,
         count,
         members,
-    }));
-    let body = reply.encode(Encoding::Json);
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    }))
+}
+
+/// A query string, or 400 `invalid_query` saying what is wrong with it.
+fn query_of<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, HttpError> {
+    query
+        .map(|Query(query)| query)
+        .map_err(|rejection| HttpError::bad_request("invalid_query", rejection.body_text()))
+}
+
+/// A protocol reply as the JSON body: the bytes a WebSocket client gets.
+fn json_reply(reply: Reply) -> Response {
+    let body = Outbound::Reply(Box::new(reply)).encode(Encoding::Json);
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
