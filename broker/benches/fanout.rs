@@ -85,7 +85,7 @@ fn fanout(c: &mut Criterion) {
         // history, limits or policies at all.
         let queues: Vec<Mutex<VecDeque<Arc<Bytes>>>> =
             (0..subscribers).map(|_| Mutex::new(VecDeque::new())).collect();
-        let message = Arc::new(payload.json().clone());
+        let message = Arc::new(payload.body().clone());
         group.bench_with_input(
             BenchmarkId::new("baseline_push", subscribers),
             &subscribers,

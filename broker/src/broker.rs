@@ -53,15 +53,22 @@ use thiserror::Error;
 use crate::auth::User;
 use crate::clock::{Clock, SystemClock};
 use crate::history::{Channel, History, HistoryError, HistoryLimits, PatternTooBroad, Retention, Sequences};
-use crate::message::{Message, Payload, PayloadError};
-use crate::outbox::{Offer, Outbox, OverflowPolicy, QueueLimits, Subscriber};
+use crate::message::{Envelope, Message, Payload, PayloadError};
+use crate::outbox::{
+    Offer, Outbox, OverflowPolicy, QueueLimits, Subscriber, SubscriptionId, WHOLE_CONNECTION,
+};
 use crate::position::{InvalidToken, Position};
 use crate::presence::{Announcement, Member, Presence, PresenceLimits};
 use crate::protocol::Gap;
+use crate::queue::QueueGroups;
 use crate::router::{Matches, Router};
 use crate::rules::{SubjectPolicy, SubjectRules};
 use crate::session::{PublishBudget, SessionError};
 use crate::subject::{validate_subject, Pattern, Subject, SubjectError, SubjectLimits};
+
+/// Subjects under this prefix are reply inboxes (`_INBOX.>`, as NATS
+/// clients make them): delivered live, never recorded in history.
+pub const INBOX_PREFIX: &str = "_INBOX.";
 
 /// Everything the broker can be configured with. Every field has a default
 /// that is safe for a single node. In the server's configuration file it is
@@ -216,6 +223,7 @@ pub struct StoredMessage {
     pub sequence: u64,
     pub published_at_millis: u64,
     pub payload: Payload,
+    pub envelope: Envelope,
 }
 
 /// Where a message is recorded.
@@ -252,6 +260,8 @@ pub struct Broker {
     /// Serialises numbering with enqueueing; see the module docs.
     publish_order: Mutex<Retention>,
     router: Router<Subscriber>,
+    /// Queue groups: each message to one member of each matching group.
+    queues: QueueGroups,
     history: History,
     presence: Presence,
     /// Each user's publishes per second, shared by all their connections
@@ -282,6 +292,7 @@ impl Broker {
             committed_sequence: AtomicU64::new(0),
             publish_order: Mutex::new(Retention::default()),
             router: Router::new(),
+            queues: QueueGroups::default(),
             history,
             counters: Counters::default(),
             next_session_id: AtomicU64::new(1),
@@ -310,11 +321,12 @@ impl Broker {
                 continue;
             };
             let position = Position::new(restored.epoch, stored.sequence);
-            let message = Message::new(
+            let message = Message::with_envelope(
                 channel.subject.clone(),
                 position,
                 stored.published_at_millis,
                 stored.payload,
+                stored.envelope,
             );
             history.record(&mut retention, &channel, message, now);
         }
@@ -329,6 +341,7 @@ impl Broker {
             committed_sequence: AtomicU64::new(restored.last_sequence),
             publish_order: Mutex::new(retention),
             router: Router::new(),
+            queues: QueueGroups::default(),
             history,
             counters: Counters::default(),
             next_session_id: AtomicU64::new(1),
@@ -353,7 +366,18 @@ impl Broker {
     /// trusted path for servers. Clients publish through a
     /// [`Session`](crate::Session).
     pub fn publish(&self, subject: &str, payload: Payload) -> Result<Position, PublishError> {
-        self.publish_skipping(subject, payload, None)
+        self.publish_skipping(subject, payload, Envelope::default(), None)
+    }
+
+    /// Publishes with headers or a reply subject, unchecked by any
+    /// permission.
+    pub fn publish_with(
+        &self,
+        subject: &str,
+        payload: Payload,
+        envelope: Envelope,
+    ) -> Result<Position, PublishError> {
+        self.publish_skipping(subject, payload, envelope, None)
     }
 
     /// Publishes, delivering to every matching subscriber but `skip` (the
@@ -362,12 +386,13 @@ impl Broker {
         &self,
         subject: &str,
         payload: Payload,
+        envelope: Envelope,
         skip: Option<&Arc<Outbox>>,
     ) -> Result<Position, PublishError> {
-        self.check(subject, &payload)?;
+        self.check(subject, payload.len() + envelope.headers_len())?;
         let channel = self.channel_for(subject)?;
         let mut order = self.lock_publish_order();
-        Ok(self.publish_locked(&mut order, channel, payload, skip))
+        Ok(self.publish_locked(&mut order, channel, payload, envelope, skip))
     }
 
     /// What the subject rules give `subject` (validated).
@@ -383,7 +408,9 @@ impl Broker {
             return Ok(Recorded::Channel(channel));
         }
         let limits = self.policy(subject).history;
-        if !limits.keeps_history() {
+        // Reply inboxes are one-shot: recording each would fill history
+        // with subjects nobody reads twice.
+        if !limits.keeps_history() || subject.starts_with(INBOX_PREFIX) {
             return Ok(Recorded::Ephemeral(Subject::from_validated(subject)));
         }
         Ok(Recorded::Channel(self.history.channel(subject, limits)?))
@@ -400,7 +427,7 @@ impl Broker {
         for (index, (subject, payload)) in batch.into_iter().enumerate() {
             let subject = subject.as_ref();
             let channel = self
-                .check(subject, &payload)
+                .check(subject, payload.len())
                 .and_then(|()| self.channel_for(subject))
                 .map_err(|error| BatchError { index, error })?;
             checked.push((channel, payload));
@@ -408,15 +435,18 @@ impl Broker {
         let mut order = self.lock_publish_order();
         Ok(checked
             .into_iter()
-            .map(|(channel, payload)| self.publish_locked(&mut order, channel, payload, None))
+            .map(|(channel, payload)| {
+                self.publish_locked(&mut order, channel, payload, Envelope::default(), None)
+            })
             .collect())
     }
 
-    fn check(&self, subject: &str, payload: &Payload) -> Result<(), PublishError> {
+    /// Checks the subject, and the payload's size (with its headers).
+    fn check(&self, subject: &str, payload_len: usize) -> Result<(), PublishError> {
         validate_subject(subject, &self.config.subject_limits)?;
-        if payload.len() > self.config.max_payload_bytes {
+        if payload_len > self.config.max_payload_bytes {
             return Err(PayloadError::TooLarge {
-                size: payload.len(),
+                size: payload_len,
                 max: self.config.max_payload_bytes,
             }
             .into());
@@ -439,6 +469,7 @@ impl Broker {
         retention: &mut Retention,
         recorded: Recorded,
         payload: Payload,
+        envelope: Envelope,
         skip: Option<&Arc<Outbox>>,
     ) -> Position {
         // Only ever written under `publish_order`; atomic so that readers
@@ -450,7 +481,7 @@ impl Broker {
         self.last_sequence.store(sequence, Ordering::SeqCst);
         let position = Position::new(self.epoch, sequence);
         let now = self.clock.now_millis();
-        let message = Message::new(recorded.subject().clone(), position, now, payload);
+        let message = Message::with_envelope(recorded.subject().clone(), position, now, payload, envelope);
         if let Recorded::Channel(channel) = &recorded {
             self.history.record(retention, channel, message.clone(), now);
             if let Some(journal) = &self.journal {
@@ -459,6 +490,9 @@ impl Broker {
         }
         let matches = self.router.matches(message.subject().as_str());
         self.fan_out(&matches, &message, skip);
+        if let Some(groups) = self.queues.matches(message.subject().as_str()) {
+            self.offer_to_groups(&groups, &message, skip);
+        }
         // Release: whoever reads this mark sees the message in history and
         // in every queue it was offered to.
         self.committed_sequence.store(sequence, Ordering::Release);
@@ -504,27 +538,51 @@ impl Broker {
     fn publish_system(&self, subject: Subject, json: String) {
         let payload = Payload::from_json(json.into()).expect("the broker's own JSON is valid");
         let mut order = self.lock_publish_order();
-        self.publish_locked(&mut order, Recorded::Ephemeral(subject), payload, None);
+        self.publish_locked(
+            &mut order,
+            Recorded::Ephemeral(subject),
+            payload,
+            Envelope::default(),
+            None,
+        );
     }
 
     fn fan_out(&self, matches: &Matches<Subscriber>, message: &Message, skip: Option<&Arc<Outbox>>) {
         let mut tally = Tally::default();
-        let wanted = |subscriber: &Subscriber| skip.is_none_or(|skip| !Arc::ptr_eq(&subscriber.0, skip));
+        let wanted = |subscriber: &Subscriber| skip.is_none_or(|skip| !Arc::ptr_eq(&subscriber.outbox, skip));
         if let [only] = matches.as_slice() {
             // Chunk by chunk: a plain loop over each slice, the hot one.
             for chunk in only.chunks() {
                 for subscriber in chunk.iter().filter(|subscriber| wanted(subscriber)) {
-                    tally.add(subscriber.outbox().push_message(message));
+                    tally.add(subscriber.offer(message));
                 }
             }
         } else if !matches.is_empty() {
-            // One connection with overlapping patterns gets the message once.
+            // One subscription reached through overlapping patterns gets the
+            // message once: a WebSocket connection (all its patterns are one
+            // subscription), or one NATS sid.
             let capacity = matches.iter().map(|list| list.len()).sum();
             let mut seen = ahash::AHashSet::with_capacity(capacity);
             for subscriber in matches.iter().flat_map(|list| list.iter()) {
                 if wanted(subscriber) && seen.insert(subscriber) {
-                    tally.add(subscriber.outbox().push_message(message));
+                    tally.add(subscriber.offer(message));
                 }
+            }
+        }
+        tally.record(&self.counters);
+    }
+
+    /// Offers `message` to one member of each matching queue group.
+    fn offer_to_groups(
+        &self,
+        groups: &Matches<crate::queue::GroupHandle>,
+        message: &Message,
+        skip: Option<&Arc<Outbox>>,
+    ) {
+        let mut tally = Tally::default();
+        for group in groups.iter().flat_map(|list| list.iter()) {
+            if let Some(offer) = group.offer(message, skip) {
+                tally.add(offer);
             }
         }
         tally.record(&self.counters);
@@ -547,7 +605,8 @@ impl Broker {
     ) -> Resume {
         for pattern in patterns {
             outbox.add_pattern(pattern);
-            self.router.subscribe(pattern, Subscriber(outbox.clone()));
+            self.router
+                .subscribe(pattern, Subscriber::new(outbox, WHOLE_CONNECTION));
         }
         // Read after registering: every message numbered later is matched
         // with the subscription in place (why that holds without the
@@ -571,7 +630,44 @@ impl Broker {
     }
 
     pub(crate) fn unsubscribe(&self, pattern: &Pattern, outbox: &Arc<Outbox>) {
-        self.router.unsubscribe(pattern, &Subscriber(outbox.clone()));
+        self.router
+            .unsubscribe(pattern, &Subscriber::new(outbox, WHOLE_CONNECTION));
+    }
+
+    /// Subscribes the connection's subscription `id` to `pattern`, live
+    /// only (no resume): NATS's `SUB`; with `queue`, as a member of that
+    /// queue group.
+    pub(crate) fn subscribe_member(
+        &self,
+        pattern: &Pattern,
+        outbox: &Arc<Outbox>,
+        id: SubscriptionId,
+        queue: Option<&str>,
+    ) {
+        let subscriber = Subscriber::new(outbox, id);
+        match queue {
+            Some(name) => self.queues.join(pattern, name, subscriber),
+            None => {
+                self.router.subscribe(pattern, subscriber);
+            }
+        }
+    }
+
+    /// Undoes [`Broker::subscribe_member`].
+    pub(crate) fn unsubscribe_member(
+        &self,
+        pattern: &Pattern,
+        outbox: &Arc<Outbox>,
+        id: SubscriptionId,
+        queue: Option<&str>,
+    ) {
+        let subscriber = Subscriber::new(outbox, id);
+        match queue {
+            Some(name) => self.queues.leave(pattern, name, &subscriber),
+            None => {
+                self.router.unsubscribe(pattern, &subscriber);
+            }
+        }
     }
 
     /// Retained messages on subjects matching `patterns`, after `since`

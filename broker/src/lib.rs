@@ -12,6 +12,7 @@
 //! |---|---|
 //! | [`subject`] | subject and pattern rules, validated once |
 //! | [`router`] | the subject → subscribers index (exact map + wildcard trie) |
+//! | [`queue`] | queue groups: each message to one member of a group |
 //! | [`message`] | shared messages, payloads, encode-once frames |
 //! | [`outbox`] | bounded per-connection queues and overflow policies |
 //! | [`position`] | positions and resume tokens |
@@ -58,6 +59,7 @@ pub mod poll;
 pub mod position;
 pub mod presence;
 pub mod protocol;
+pub mod queue;
 pub mod router;
 pub mod rules;
 pub mod session;
@@ -69,12 +71,13 @@ pub use auth::{
     Permissions, Secret, TokenVerifier, User,
 };
 pub use broker::{
-    BatchError, Broker, BrokerConfig, Journal, Metrics, PublishError, Replay, Restored, Resume, StoredMessage,
+    BatchError, Broker, BrokerConfig, Journal, Metrics, PublishError, Replay, Restored, Resume,
+    StoredMessage, INBOX_PREFIX,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use history::{HistoryLimits, PatternTooBroad, RingLimits};
-pub use message::{Message, Payload, PayloadError, MAX_PAYLOAD_DEPTH};
-pub use outbox::{CloseReason, Offer, Outbox, OverflowPolicy, QueueLimits};
+pub use message::{Envelope, Headers, HeadersError, Message, Payload, PayloadError, MAX_PAYLOAD_DEPTH};
+pub use outbox::{CloseReason, Offer, Outbox, OverflowPolicy, QueueLimits, SubscriptionId, WHOLE_CONNECTION};
 pub use poll::{Poll, PollPage, Watch};
 pub use position::{InvalidToken, Position};
 pub use presence::{Member, PresenceLimits};

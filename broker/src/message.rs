@@ -1,8 +1,10 @@
 //! Published messages, shared by every subscriber and the history.
 //!
 //! A [`Message`] is one reference-counted allocation per publish. Its payload
-//! is validated JSON held as [`Bytes`] (often a slice of the very frame the
-//! publisher sent). It carries a cache of its encoded frames, one slot per
+//! is held as [`Bytes`] (often a slice of the very frame the publisher
+//! sent): validated JSON from the JSON transports, or any bytes from a NATS
+//! client, marked as JSON when they happen to be. It may carry NATS headers
+//! and a reply subject. It carries a cache of its encoded frames, one slot per
 //! wire encoding: the protocol (`protocol.rs`) fills a slot on first demand
 //! and every recipient of that encoding shares it, so fan-out to ten
 //! thousand subscribers encodes once. This module knows nothing of the
@@ -35,11 +37,15 @@ const MAX_MSGPACK_FRAME_DEPTH: usize = MAX_PAYLOAD_DEPTH + 1;
 /// copied out of it.
 pub const SHARING_SLACK: usize = 256;
 
-/// A message payload: one JSON value, already validated. Two payloads are
-/// equal when their JSON text is.
+/// A message payload: one JSON value, already validated, or bytes that are
+/// not JSON (a NATS client may publish anything). Two payloads are equal
+/// when their bytes and kind are.
 #[derive(Clone)]
 pub struct Payload {
-    json: Bytes,
+    body: Bytes,
+    /// Whether `body` is one JSON value within [`MAX_PAYLOAD_DEPTH`]: JSON
+    /// subscribers then get it as `data`, as is; otherwise as `data_base64`.
+    json: bool,
     /// The bytes this payload keeps alive: more than its length when it
     /// shares the memory of the frame it came in.
     retained: usize,
@@ -79,8 +85,23 @@ impl Payload {
         check_json_depth(&json)?;
         Ok(Payload {
             retained: json.len(),
-            json,
+            body: json,
+            json: true,
         })
+    }
+
+    /// Takes any bytes (what a NATS client publishes): JSON when they are
+    /// one JSON value nested at most [`MAX_PAYLOAD_DEPTH`] deep, opaque
+    /// bytes otherwise. Never refused for its content.
+    pub fn from_bytes(body: Bytes) -> Payload {
+        let json = !body.is_empty()
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok()
+            && check_json_depth(&body).is_ok();
+        Payload {
+            retained: body.len(),
+            body,
+            json,
+        }
     }
 
     /// Wraps JSON that a parser has already validated, such as a
@@ -99,12 +120,14 @@ impl Payload {
         let rest = frame.len() - json.len().min(frame.len());
         if inside && rest <= json.len().max(SHARING_SLACK) {
             Ok(Payload {
-                json: frame.slice_ref(json.as_bytes()),
+                body: frame.slice_ref(json.as_bytes()),
+                json: true,
                 retained: frame.len(),
             })
         } else {
             Ok(Payload {
-                json: Bytes::copy_from_slice(json.as_bytes()),
+                body: Bytes::copy_from_slice(json.as_bytes()),
+                json: true,
                 retained: json.len(),
             })
         }
@@ -132,21 +155,29 @@ impl Payload {
         }
         let retained = json.capacity();
         Ok(Payload {
-            json: Bytes::from(json),
+            body: Bytes::from(json),
+            json: true,
             retained,
         })
     }
 
-    pub fn json(&self) -> &Bytes {
-        &self.json
+    /// The payload's bytes: JSON text when [`Payload::is_json`].
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// Whether the payload is one JSON value (every payload from a JSON
+    /// transport is; a NATS client's may not be).
+    pub fn is_json(&self) -> bool {
+        self.json
     }
 
     pub fn len(&self) -> usize {
-        self.json.len()
+        self.body.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.json.is_empty()
+        self.body.is_empty()
     }
 
     /// The memory this payload keeps alive, which limits count.
@@ -154,9 +185,14 @@ impl Payload {
         self.retained
     }
 
-    /// Appends the MessagePack form of this payload to `out`.
+    /// Appends the MessagePack form of this payload to `out`: the JSON value
+    /// transcoded, or bytes that are not JSON as a MessagePack `bin`.
     pub fn write_msgpack(&self, out: &mut Vec<u8>) {
-        let mut reader = serde_json::Deserializer::from_slice(&self.json);
+        if !self.json {
+            rmp::encode::write_bin(out, &self.body).expect("writing to a Vec cannot fail");
+            return;
+        }
+        let mut reader = serde_json::Deserializer::from_slice(&self.body);
         let mut writer = rmp_serde::Serializer::new(&mut *out);
         // Validated JSON always has a MessagePack form; should that ever be
         // wrong, the subscriber gets `nil` rather than a broken frame.
@@ -169,7 +205,7 @@ impl Payload {
 
 impl PartialEq for Payload {
     fn eq(&self, other: &Payload) -> bool {
-        self.json == other.json
+        self.json == other.json && self.body == other.body
     }
 }
 
@@ -177,7 +213,11 @@ impl Eq for Payload {}
 
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Payload({})", String::from_utf8_lossy(&self.json))
+        if self.json {
+            write!(f, "Payload({})", String::from_utf8_lossy(&self.body))
+        } else {
+            write!(f, "Payload(bytes {:?})", self.body)
+        }
     }
 }
 
@@ -292,6 +332,134 @@ fn check_msgpack(mut input: &[u8], max_depth: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// NATS message headers: the header block exactly as a NATS client sent
+/// it (`NATS/1.0\r\nKey: Value\r\n...\r\n\r\n`), checked once, so a NATS
+/// subscriber gets it byte for byte and JSON subscribers get it as a map.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Headers(Bytes);
+
+/// Why a header block was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum HeadersError {
+    #[error("a header block starts with NATS/1.0")]
+    Version,
+    #[error("a header block ends with an empty line (CRLF CRLF)")]
+    Unterminated,
+    #[error("headers are UTF-8 text")]
+    NotUtf8,
+    #[error("a header line is `Name: value`: {line:?}")]
+    Line { line: String },
+}
+
+impl Headers {
+    /// Checks a NATS header block: the version line (with an optional
+    /// status, as in `NATS/1.0 503`), then `Name: value` lines, then an
+    /// empty line.
+    pub fn parse(block: Bytes) -> Result<Headers, HeadersError> {
+        let text = std::str::from_utf8(&block).map_err(|_| HeadersError::NotUtf8)?;
+        let Some(lines) = text.strip_suffix("\r\n\r\n") else {
+            return Err(HeadersError::Unterminated);
+        };
+        let mut lines = lines.split("\r\n");
+        let version = lines.next().unwrap_or_default();
+        if version != "NATS/1.0" && !version.starts_with("NATS/1.0 ") {
+            return Err(HeadersError::Version);
+        }
+        for line in lines {
+            let valid = line
+                .split_once(':')
+                .is_some_and(|(name, _)| !name.is_empty() && !name.contains([' ', '\t']));
+            if !valid {
+                return Err(HeadersError::Line {
+                    line: line.to_owned(),
+                });
+            }
+        }
+        Ok(Headers(block))
+    }
+
+    /// A header block holding these headers, in order.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Headers, HeadersError> {
+        let mut block = String::from("NATS/1.0\r\n");
+        for (name, value) in pairs {
+            if value.contains(['\r', '\n']) {
+                return Err(HeadersError::Line {
+                    line: format!("{name}: {value}"),
+                });
+            }
+            block.push_str(name);
+            block.push_str(": ");
+            block.push_str(value);
+            block.push_str("\r\n");
+        }
+        block.push_str("\r\n");
+        Headers::parse(Bytes::from(block))
+    }
+
+    /// The block as it goes on a NATS wire.
+    pub fn block(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The status of the version line (`503` in `NATS/1.0 503`), if any.
+    pub fn status(&self) -> Option<&str> {
+        let text = self.text();
+        let version = &text[..text.find("\r\n").unwrap_or(text.len())];
+        version
+            .strip_prefix("NATS/1.0 ")
+            .map(|rest| rest.split(' ').next().unwrap_or(rest))
+            .filter(|status| !status.is_empty())
+    }
+
+    /// Each header's name and value (trimmed), in order; a name may repeat.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.text()
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name, value.trim()))
+    }
+
+    fn text(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("checked in parse")
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Headers({:?})", self.text())
+    }
+}
+
+/// What a message may carry besides its subject and payload; NATS clients
+/// use both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    pub headers: Option<Headers>,
+    /// Where a responder answers a request.
+    pub reply: Option<Subject>,
+}
+
+impl Envelope {
+    /// The bytes it adds to a message.
+    pub fn len(&self) -> usize {
+        self.headers.as_ref().map_or(0, |headers| headers.block().len())
+            + self.reply.as_ref().map_or(0, |reply| reply.as_str().len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_none() && self.reply.is_none()
+    }
+
+    /// The bytes of its headers, which count against the payload limit as
+    /// they do on NATS.
+    pub fn headers_len(&self) -> usize {
+        self.headers.as_ref().map_or(0, |headers| headers.block().len())
+    }
+}
+
 /// A published message. Cloning is a reference-count increment.
 #[derive(Clone)]
 pub struct Message(Arc<MessageInner>);
@@ -303,17 +471,35 @@ struct MessageInner {
     /// broker's clock: history ages by it and clients receive it as `ts`.
     published_at_millis: u64,
     payload: Payload,
+    envelope: Envelope,
     /// Encoded frames, one slot per wire encoding, filled on demand.
     frames: [OnceLock<Bytes>; FRAME_SLOTS],
 }
 
 impl Message {
     pub fn new(subject: Subject, position: Position, published_at_millis: u64, payload: Payload) -> Message {
+        Message::with_envelope(
+            subject,
+            position,
+            published_at_millis,
+            payload,
+            Envelope::default(),
+        )
+    }
+
+    pub fn with_envelope(
+        subject: Subject,
+        position: Position,
+        published_at_millis: u64,
+        payload: Payload,
+        envelope: Envelope,
+    ) -> Message {
         Message(Arc::new(MessageInner {
             subject,
             position,
             published_at_millis,
             payload,
+            envelope,
             frames: Default::default(),
         }))
     }
@@ -339,10 +525,23 @@ impl Message {
         self.0.published_at_millis
     }
 
+    pub fn envelope(&self) -> &Envelope {
+        &self.0.envelope
+    }
+
+    pub fn headers(&self) -> Option<&Headers> {
+        self.0.envelope.headers.as_ref()
+    }
+
+    pub fn reply(&self) -> Option<&Subject> {
+        self.0.envelope.reply.as_ref()
+    }
+
     /// What the message weighs against a subscriber's byte limit and the
-    /// history's budget: the memory its payload keeps alive, and its subject.
+    /// history's budget: the memory its payload keeps alive, its subject,
+    /// headers and reply subject.
     pub fn size(&self) -> usize {
-        self.0.payload.retained_size() + self.0.subject.as_str().len()
+        self.0.payload.retained_size() + self.0.subject.as_str().len() + self.0.envelope.len()
     }
 
     /// The frame cached in `slot`, encoded by `encode` the first time.
@@ -357,6 +556,7 @@ impl fmt::Debug for Message {
             .field("subject", &self.0.subject)
             .field("position", &self.0.position)
             .field("payload", &self.0.payload)
+            .field("envelope", &self.0.envelope)
             .finish()
     }
 }

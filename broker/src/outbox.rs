@@ -137,19 +137,42 @@ impl fmt::Display for CloseReason {
     }
 }
 
-/// A connection's handle in the router: its outbox, compared by identity.
+/// A connection's own number for one of its subscriptions, delivered with
+/// each message the subscription brings.
+///
+/// A connection that gets each message once however many of its patterns
+/// match (WebSocket, SSE) subscribes everything as [`WHOLE_CONNECTION`]; a
+/// NATS connection subscribes each `SUB` under its own number, so a message
+/// matching two of them is delivered twice, once per `sid`, as NATS does.
+pub type SubscriptionId = u32;
+
+/// The subscription id of connections that get each message once.
+pub const WHOLE_CONNECTION: SubscriptionId = 0;
+
+/// A subscription's handle in the router: the connection's outbox, compared
+/// by identity, and the connection's id for the subscription.
 #[derive(Clone)]
-pub(crate) struct Subscriber(pub(crate) Arc<Outbox>);
+pub(crate) struct Subscriber {
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) id: SubscriptionId,
+}
 
 impl Subscriber {
-    pub(crate) fn outbox(&self) -> &Outbox {
-        &self.0
+    pub(crate) fn new(outbox: &Arc<Outbox>, id: SubscriptionId) -> Subscriber {
+        Subscriber {
+            outbox: outbox.clone(),
+            id,
+        }
+    }
+
+    pub(crate) fn offer(&self, message: &Message) -> Offer {
+        self.outbox.push_message(message, self.id)
     }
 }
 
 impl PartialEq for Subscriber {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        Arc::ptr_eq(&self.outbox, &other.outbox) && self.id == other.id
     }
 }
 
@@ -157,7 +180,8 @@ impl Eq for Subscriber {}
 
 impl Hash for Subscriber {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        std::ptr::hash(Arc::as_ptr(&self.0), state)
+        std::ptr::hash(Arc::as_ptr(&self.outbox), state);
+        self.id.hash(state);
     }
 }
 
@@ -256,8 +280,9 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Offers a message. Never blocks beyond the queue's own short mutex.
-    pub fn push_message(&self, message: &Message) -> Offer {
+    /// Offers a message, for the connection's subscription `id`. Never
+    /// blocks beyond the queue's own short mutex.
+    pub fn push_message(&self, message: &Message, id: SubscriptionId) -> Offer {
         // Relaxed: a stale `false` only means taking the lock and finding
         // `close_reason` set, which is checked again below.
         if self.closed.load(Ordering::Relaxed) {
@@ -295,7 +320,7 @@ impl Outbox {
             }
         }
         let was_empty = state.entries.is_empty();
-        state.entries.push_back(Outbound::Message(message.clone()));
+        state.entries.push_back(Outbound::Message(message.clone(), id));
         state.message_count += 1;
         state.message_bytes += size;
         let wake = was_empty && !state.subscribing;
@@ -522,9 +547,9 @@ impl State {
         let index = self
             .entries
             .iter()
-            .position(|entry| matches!(entry, Outbound::Message(_)))
+            .position(|entry| matches!(entry, Outbound::Message(..)))
             .expect("message_count > 0 means a message is queued");
-        let Some(Outbound::Message(message)) = self.entries.remove(index) else {
+        let Some(Outbound::Message(message, _)) = self.entries.remove(index) else {
             unreachable!("index points at a message")
         };
         if let Some(ack_index) = &mut self.subscription_ack {
@@ -578,7 +603,7 @@ impl State {
             patterns.iter().any(|pattern| pattern.matches(subject))
         };
         self.entries.retain(|entry| match entry {
-            Outbound::Message(message) if subscribed(message) => {
+            Outbound::Message(message, _) if subscribed(message) => {
                 let replayed = replay[..replayed_count]
                     .binary_search_by_key(&message.position(), Message::position)
                     .is_ok();
@@ -593,11 +618,15 @@ impl State {
         self.entries.extend(ack.map(|ack| Outbound::Reply(Box::new(ack))));
         self.entries
             .extend(gaps.into_iter().map(|gap| Outbound::Gap(Box::new(gap))));
-        self.entries.extend(replay.into_iter().map(Outbound::Message));
+        self.entries.extend(
+            replay
+                .into_iter()
+                .map(|message| Outbound::Message(message, WHOLE_CONNECTION)),
+        );
         self.message_count = 0;
         self.message_bytes = 0;
         for entry in &self.entries {
-            if let Outbound::Message(message) = entry {
+            if let Outbound::Message(message, _) = entry {
                 self.message_count += 1;
                 self.message_bytes += message.size();
             }

@@ -196,7 +196,9 @@ impl Watch {
         let mut messages = Vec::new();
         for event in batch.drain(..) {
             match event {
-                Outbound::Message(message) if message.sequence() > self.live_after => messages.push(message),
+                Outbound::Message(message, _) if message.sequence() > self.live_after => {
+                    messages.push(message)
+                }
                 Outbound::Gap(gap) => gaps.push(*gap),
                 _ => {}
             }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use thiserror::Error;
 
-use crate::message::{Message, Payload, PayloadError, FRAME_SLOTS};
+use crate::message::{Headers, Message, Payload, PayloadError, FRAME_SLOTS};
 use crate::position::Position;
 use crate::subject::Pattern;
 
@@ -65,10 +65,15 @@ pub enum Command {
         /// Also deliver who joins and leaves `subject`, as messages on
         /// `$presence.<subject>`.
         presence: bool,
+        /// Join this queue group: each message goes to one member of the
+        /// group, whatever transport each member uses.
+        queue: Option<String>,
     },
     Unsubscribe {
         id: Option<u64>,
         subject: String,
+        /// The queue group the subscription joined, if it did.
+        queue: Option<String>,
     },
     Publish {
         id: Option<u64>,
@@ -77,6 +82,9 @@ pub enum Command {
         /// `false`: not delivered back to the publishing connection (a
         /// chat page does not receive its own typing events). Default true.
         echo: bool,
+        /// Where a responder should answer (request/reply).
+        reply: Option<String>,
+        headers: Option<Headers>,
     },
     Ping {
         id: Option<u64>,
@@ -188,10 +196,24 @@ struct WireCommand<'a> {
     presence: Option<bool>,
     #[serde(default)]
     token: Option<String>,
+    #[serde(default)]
+    queue: Option<String>,
+    #[serde(default)]
+    reply: Option<String>,
+    #[serde(default)]
+    headers: Option<std::collections::BTreeMap<String, HeaderValues>>,
     /// Present-but-null must stay distinguishable from absent: `null` is a
     /// perfectly good payload.
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+}
+
+/// A header's value in a command: one string or several.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum HeaderValues {
+    One(String),
+    Many(Vec<String>),
 }
 
 fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -211,7 +233,7 @@ pub fn decode_command(encoding: Encoding, frame: &Bytes) -> Result<Command, Deco
                     reason: error.to_string(),
                 },
             })?;
-            decode_json_command(json.json())
+            decode_json_command(json.body())
         }
     }
 }
@@ -240,10 +262,12 @@ fn decode_json_command(frame: &Bytes) -> Result<Command, DecodeError> {
             subject: required(wire.subject, "sub", "subject")?,
             since: wire.since,
             presence: wire.presence.unwrap_or(false),
+            queue: wire.queue,
         }),
         "unsub" => Ok(Command::Unsubscribe {
             id,
             subject: required(wire.subject, "unsub", "subject")?,
+            queue: wire.queue,
         }),
         "pub" => {
             let subject = required(wire.subject, "pub", "subject")?;
@@ -253,10 +277,31 @@ fn decode_json_command(frame: &Bytes) -> Result<Command, DecodeError> {
                     field: "data",
                 })
             })?;
+            let headers = wire
+                .headers
+                .map(|headers| {
+                    let pairs = headers.iter().flat_map(|(name, values)| {
+                        match values {
+                            HeaderValues::One(value) => std::slice::from_ref(value),
+                            HeaderValues::Many(values) => &values[..],
+                        }
+                        .iter()
+                        .map(move |value| (name.as_str(), value.as_str()))
+                    });
+                    Headers::from_pairs(pairs)
+                })
+                .transpose()
+                .map_err(|error| {
+                    fail(DecodeErrorKind::Malformed {
+                        reason: error.to_string(),
+                    })
+                })?;
             Ok(Command::Publish {
                 id,
                 subject,
                 echo: wire.echo.unwrap_or(true),
+                reply: wire.reply,
+                headers,
                 payload: Payload::from_validated_json(frame, data.get())
                     .map_err(|error| fail(error.into()))?,
             })
@@ -338,16 +383,21 @@ pub enum Reply {
 /// the rare, large variants are boxed and an entry is two words.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    Message(Message),
+    /// A message, for the connection's subscription with this id
+    /// ([`WHOLE_CONNECTION`](crate::outbox::WHOLE_CONNECTION) but on NATS).
+    Message(Message, crate::outbox::SubscriptionId),
     Gap(Box<Gap>),
     Reply(Box<Reply>),
 }
+
+// An entry stays two words with the subscription id beside the message.
+const _: () = assert!(std::mem::size_of::<Outbound>() == 16);
 
 impl Outbound {
     /// The wire frame of this event.
     pub fn encode(&self, encoding: Encoding) -> Bytes {
         match (self, encoding) {
-            (Outbound::Message(message), _) => message.frame(encoding),
+            (Outbound::Message(message, _), _) => message.frame(encoding),
             (_, Encoding::EventStream) => {
                 let json = self.encode(Encoding::Json);
                 event_stream_frame(self.op(), self.event_id(), &json)
@@ -368,7 +418,7 @@ impl Outbound {
     /// The event's `op`.
     pub fn op(&self) -> &'static str {
         match self {
-            Outbound::Message(_) => "msg",
+            Outbound::Message(..) => "msg",
             Outbound::Gap(_) => "gap",
             Outbound::Reply(reply) => match &**reply {
                 Reply::Ack { .. } => "ack",
@@ -386,7 +436,7 @@ impl Outbound {
     /// subscription's messages), so a gap never advances a resume token.
     pub fn event_id(&self) -> Option<Position> {
         match self {
-            Outbound::Message(message) => Some(message.position()),
+            Outbound::Message(message, _) => Some(message.position()),
             Outbound::Reply(reply) => match &**reply {
                 Reply::Ack { position, .. } => *position,
                 _ => None,
@@ -404,13 +454,19 @@ impl Message {
     }
 }
 
-/// `{"op":"msg","subject":..,"pos":..,"ts":..,"data":..}` in `encoding`.
+/// `{"op":"msg","subject":..,"pos":..,"ts":..,"data":..}` in `encoding`,
+/// with `reply` and `headers` when the message has them. A payload that is
+/// not JSON goes to JSON subscribers as `"data_base64"` (standard base64,
+/// padded) instead of `data`, and to MessagePack subscribers as a `bin`
+/// `data`.
 fn encode_message(message: &Message, encoding: Encoding) -> Bytes {
     let write = "writing to a Vec cannot fail";
     let subject = message.subject().as_str();
     let payload = message.payload();
     let token = message.position().token();
     let ts = message.published_at_millis();
+    let reply = message.reply().map(|reply| reply.as_str());
+    let headers = message.headers().map(grouped_headers);
     match encoding {
         Encoding::Json => {
             let mut out = Vec::with_capacity(payload.len() + subject.len() + 80);
@@ -420,20 +476,49 @@ fn encode_message(message: &Message, encoding: Encoding) -> Bytes {
             out.extend_from_slice(token.as_str().as_bytes());
             out.extend_from_slice(br#"","ts":"#);
             serde_json::to_writer(&mut out, &ts).expect(write);
-            out.extend_from_slice(br#","data":"#);
-            out.extend_from_slice(payload.json());
+            if let Some(reply) = reply {
+                out.extend_from_slice(br#","reply":"#);
+                serde_json::to_writer(&mut out, reply).expect(write);
+            }
+            if let Some(headers) = &headers {
+                out.extend_from_slice(br#","headers":"#);
+                serde_json::to_writer(&mut out, &HeaderMap(headers)).expect(write);
+            }
+            if payload.is_json() {
+                out.extend_from_slice(br#","data":"#);
+                out.extend_from_slice(payload.body());
+            } else {
+                use base64::Engine as _;
+                out.extend_from_slice(br#","data_base64":""#);
+                let start = out.len();
+                out.resize(start + base64::encoded_len(payload.len(), true).unwrap_or(0), 0);
+                let written = base64::engine::general_purpose::STANDARD
+                    .encode_slice(payload.body(), &mut out[start..])
+                    .expect("sized by encoded_len");
+                out.truncate(start + written);
+                out.push(b'"');
+            }
             out.push(b'}');
             Bytes::from(out)
         }
         Encoding::MsgPack => {
             let mut out = Vec::with_capacity(payload.len() + subject.len() + 64);
-            rmp::encode::write_map_len(&mut out, 5).expect(write);
+            let fields = 5 + u32::from(reply.is_some()) + u32::from(headers.is_some());
+            rmp::encode::write_map_len(&mut out, fields).expect(write);
             for (key, value) in [("op", "msg"), ("subject", subject), ("pos", token.as_str())] {
                 rmp::encode::write_str(&mut out, key).expect(write);
                 rmp::encode::write_str(&mut out, value).expect(write);
             }
             rmp::encode::write_str(&mut out, "ts").expect(write);
             rmp::encode::write_uint(&mut out, ts).expect(write);
+            if let Some(reply) = reply {
+                rmp::encode::write_str(&mut out, "reply").expect(write);
+                rmp::encode::write_str(&mut out, reply).expect(write);
+            }
+            if let Some(headers) = &headers {
+                rmp::encode::write_str(&mut out, "headers").expect(write);
+                out.extend_from_slice(&rmp_serde::to_vec(&HeaderMap(headers)).expect(write));
+            }
             rmp::encode::write_str(&mut out, "data").expect(write);
             payload.write_msgpack(&mut out);
             Bytes::from(out)
@@ -441,6 +526,28 @@ fn encode_message(message: &Message, encoding: Encoding) -> Bytes {
         Encoding::EventStream => {
             event_stream_frame("msg", Some(message.position()), &message.frame(Encoding::Json))
         }
+    }
+}
+
+/// Headers as JSON and MessagePack carry them: each name once, with its
+/// values in order (a NATS header may repeat).
+fn grouped_headers(headers: &Headers) -> Vec<(&str, Vec<&str>)> {
+    let mut grouped: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (name, value) in headers.pairs() {
+        match grouped.iter_mut().find(|(seen, _)| *seen == name) {
+            Some((_, values)) => values.push(value),
+            None => grouped.push((name, vec![value])),
+        }
+    }
+    grouped
+}
+
+/// Serialises grouped headers as a map, in their order.
+struct HeaderMap<'a>(&'a [(&'a str, Vec<&'a str>)]);
+
+impl Serialize for HeaderMap<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, values)| (name, values)))
     }
 }
 
@@ -640,7 +747,16 @@ pub enum ServerEvent {
         pos: String,
         /// Milliseconds since the Unix epoch at publish time.
         ts: u64,
+        /// The payload when it is JSON (`null` when it is not).
+        #[serde(default)]
         data: serde_json::Value,
+        /// The payload when it is not JSON, in standard base64.
+        #[serde(default)]
+        data_base64: Option<String>,
+        #[serde(default)]
+        reply: Option<String>,
+        #[serde(default)]
+        headers: Option<std::collections::BTreeMap<String, Vec<String>>>,
     },
     #[serde(rename = "ack")]
     Ack {

@@ -17,11 +17,12 @@ use thiserror::Error;
 use crate::auth::Access;
 use crate::broker::{BatchError, Broker, PublishError, Replay};
 use crate::history::PatternTooBroad;
-use crate::message::{Message, Payload, PayloadError};
-use crate::outbox::Outbox;
+use crate::message::{Envelope, Message, Payload, PayloadError};
+use crate::outbox::{Outbox, SubscriptionId, WHOLE_CONNECTION};
 use crate::position::{InvalidToken, Position};
 use crate::presence::Member;
 use crate::protocol::{Command, DecodeError, Gap, Reply};
+use crate::queue::{validate_queue_name, QueueNameError};
 use crate::subject::{validate_subject, Pattern, Subject, SubjectError};
 
 /// Why a session operation failed. Each maps to a stable `err` code.
@@ -54,6 +55,14 @@ pub enum SessionError {
     NoPresence { subject: String },
     #[error("refresh refused: {0}")]
     Refresh(&'static str),
+    #[error(transparent)]
+    QueueName(#[from] QueueNameError),
+    #[error(
+        "a queue group subscription cannot take {option}: each message goes to one member, whoever is there"
+    )]
+    QueueOption { option: &'static str },
+    #[error("subscription id {id} is already in use on this connection")]
+    DuplicateId { id: SubscriptionId },
 }
 
 impl SessionError {
@@ -71,6 +80,9 @@ impl SessionError {
             SessionError::RateLimited { .. } => "rate_limited",
             SessionError::NoPresence { .. } => "no_presence",
             SessionError::Refresh(_) => "refresh_refused",
+            SessionError::QueueName(_) => "invalid_queue",
+            SessionError::QueueOption { .. } => "invalid_queue",
+            SessionError::DuplicateId { .. } => "duplicate_subscription",
         }
     }
 }
@@ -198,6 +210,15 @@ impl PublishBudget {
     }
 }
 
+/// A subscription of its own (a NATS `sid`) or in a queue group: live
+/// only, apart from the connection's [`WHOLE_CONNECTION`] patterns.
+#[derive(Debug)]
+struct Membership {
+    id: SubscriptionId,
+    pattern: Pattern,
+    queue: Option<Box<str>>,
+}
+
 /// One client connection's view of the broker.
 pub struct Session {
     broker: Arc<Broker>,
@@ -206,6 +227,8 @@ pub struct Session {
     access: Arc<dyn Access>,
     /// Patterns held, in subscription order; small, so a Vec.
     patterns: Vec<Pattern>,
+    /// Subscriptions under their own id, or in a queue group.
+    memberships: Vec<Membership>,
     /// Rooms this connection is present in (as its access's user), and
     /// whether each announces joins and leaves.
     rooms: Vec<(Subject, bool)>,
@@ -232,6 +255,7 @@ impl Session {
             publish_budget: PublishBudget::for_access(config.max_client_publishes_per_second, &*access),
             access,
             patterns: Vec::new(),
+            memberships: Vec::new(),
             rooms: Vec::new(),
         }
     }
@@ -240,7 +264,7 @@ impl Session {
     /// subscription) or a `refresh`, which must be for the same user and
     /// still allow every subscription held.
     pub fn replace_access(&mut self, access: Arc<dyn Access>) -> Result<(), SessionError> {
-        if !self.patterns.is_empty() || !self.rooms.is_empty() {
+        if !self.patterns.is_empty() || !self.memberships.is_empty() || !self.rooms.is_empty() {
             let same_user = match (self.access.user(), access.user()) {
                 (Some(old), Some(new)) => old.id == new.id,
                 (None, None) => true,
@@ -252,6 +276,7 @@ impl Session {
             let kept = self
                 .patterns
                 .iter()
+                .chain(self.memberships.iter().map(|membership| &membership.pattern))
                 .filter(|pattern| !pattern.is_system())
                 .all(|pattern| access.may_subscribe(pattern));
             if !kept {
@@ -289,6 +314,20 @@ impl Session {
                 subject,
                 since,
                 presence,
+                queue: Some(queue),
+                ..
+            } => match (since, presence) {
+                (Some(_), _) => Err(SessionError::QueueOption { option: "since" }),
+                (_, true) => Err(SessionError::QueueOption { option: "presence" }),
+                (None, false) => self
+                    .subscribe_member(WHOLE_CONNECTION, &subject, Some(&queue))
+                    .map(|_| self.ack(id, None)),
+            },
+            Command::Subscribe {
+                subject,
+                since,
+                presence,
+                queue: None,
                 ..
             } => self
                 .subscribe_with_presence(&[subject], since.as_deref(), Acknowledge::command(id), presence)
@@ -306,20 +345,28 @@ impl Session {
             Command::Auth { .. } | Command::Refresh { .. } => Err(SessionError::Refresh(
                 "this transport takes its credential with the request",
             )),
-            Command::Unsubscribe { subject, .. } => self.unsubscribe(&subject).map(|()| self.ack(id, None)),
+            Command::Unsubscribe {
+                subject, queue: None, ..
+            } => self.unsubscribe(&subject).map(|()| self.ack(id, None)),
+            Command::Unsubscribe {
+                subject,
+                queue: Some(queue),
+                ..
+            } => self
+                .unsubscribe_queue(&subject, &queue)
+                .map(|()| self.ack(id, None)),
             Command::Publish {
                 subject,
                 payload,
                 echo,
+                reply,
+                headers,
                 ..
-            } => {
-                let published = if echo {
-                    self.publish(&subject, payload)
-                } else {
-                    self.publish_without_echo(&subject, payload)
-                };
-                published.map(|position| self.ack(id, Some(position)))
-            }
+            } => reply
+                .map(|reply| self.reply_subject(&reply))
+                .transpose()
+                .and_then(|reply| self.publish_with(&subject, payload, Envelope { headers, reply }, echo))
+                .map(|position| self.ack(id, Some(position))),
             Command::Ping { .. } => {
                 self.outbox.push_reply(Reply::Pong { id });
                 Ok(())
@@ -399,7 +446,7 @@ impl Session {
             .cloned()
             .collect();
         let max = self.broker.config().max_subscriptions_per_connection;
-        if self.patterns.len() + new_patterns.len() > max {
+        if self.patterns.len() + self.memberships.len() + new_patterns.len() > max {
             return Err(SessionError::TooManySubscriptions { max });
         }
         let ack = match ack {
@@ -514,7 +561,13 @@ impl Session {
         };
         self.patterns.remove(index);
         self.broker.unsubscribe(&pattern, &self.outbox);
-        self.outbox.remove_pattern(&pattern);
+        let in_a_group = self
+            .memberships
+            .iter()
+            .any(|m| m.id == WHOLE_CONNECTION && m.pattern == pattern);
+        if !in_a_group {
+            self.outbox.remove_pattern(&pattern);
+        }
         let events = pattern.presence_events();
         if let Some(index) = self.patterns.iter().position(|p| p == &events) {
             self.patterns.remove(index);
@@ -527,17 +580,120 @@ impl Session {
 
     /// Publishes if this connection may; returns the message's position.
     pub fn publish(&self, subject: &str, payload: Payload) -> Result<Position, SessionError> {
-        self.check_publish(subject, payload.len())?;
-        Ok(self.broker.publish(subject, payload)?)
+        self.publish_with(subject, payload, Envelope::default(), true)
     }
 
     /// Publishes like [`Session::publish`], except to this connection's own
     /// subscriptions.
     pub fn publish_without_echo(&self, subject: &str, payload: Payload) -> Result<Position, SessionError> {
-        self.check_publish(subject, payload.len())?;
-        Ok(self
-            .broker
-            .publish_skipping(subject, payload, Some(&self.outbox))?)
+        self.publish_with(subject, payload, Envelope::default(), false)
+    }
+
+    /// Publishes with headers or a reply subject (checked with
+    /// [`Session::reply_subject`]); without `echo`, not to this connection.
+    /// Headers count against the payload limit.
+    pub fn publish_with(
+        &self,
+        subject: &str,
+        payload: Payload,
+        envelope: Envelope,
+        echo: bool,
+    ) -> Result<Position, SessionError> {
+        self.check_publish(subject, payload.len() + envelope.headers_len())?;
+        let skip = (!echo).then_some(&self.outbox);
+        Ok(self.broker.publish_skipping(subject, payload, envelope, skip)?)
+    }
+
+    /// A reply subject, validated as any subject. Anyone may name one: the
+    /// responder needs the right to publish there.
+    pub fn reply_subject(&self, reply: &str) -> Result<Subject, SessionError> {
+        Ok(Subject::parse(reply, &self.broker.config().subject_limits)?)
+    }
+
+    /// Subscribes the connection's subscription `id` to `subject`, live only:
+    /// a NATS `SUB` (each sid its own subscription, a message matching two
+    /// delivered twice), or with `queue` a member of that queue group (any
+    /// transport). Checked like every subscription; counts against
+    /// `max_subscriptions_per_connection`.
+    pub fn subscribe_member(
+        &mut self,
+        id: SubscriptionId,
+        subject: &str,
+        queue: Option<&str>,
+    ) -> Result<Pattern, SessionError> {
+        let pattern = subscribable_patterns(&self.broker, &*self.access, &[subject])?.remove(0);
+        if let Some(queue) = queue {
+            validate_queue_name(queue)?;
+        }
+        if id != WHOLE_CONNECTION && self.memberships.iter().any(|m| m.id == id) {
+            return Err(SessionError::DuplicateId { id });
+        }
+        let held = self
+            .memberships
+            .iter()
+            .any(|m| m.id == id && m.pattern == pattern && m.queue.as_deref() == queue);
+        if held {
+            return Ok(pattern);
+        }
+        let max = self.broker.config().max_subscriptions_per_connection;
+        if self.patterns.len() + self.memberships.len() >= max {
+            return Err(SessionError::TooManySubscriptions { max });
+        }
+        self.broker.subscribe_member(&pattern, &self.outbox, id, queue);
+        if id == WHOLE_CONNECTION {
+            // Drop-oldest gaps are owed under the connection's patterns.
+            self.outbox.add_pattern(&pattern);
+        }
+        self.memberships.push(Membership {
+            id,
+            pattern: pattern.clone(),
+            queue: queue.map(Box::from),
+        });
+        Ok(pattern)
+    }
+
+    /// Ends the subscription `id` (a NATS `UNSUB`); false if there was none.
+    pub fn unsubscribe_member(&mut self, id: SubscriptionId) -> bool {
+        let Some(index) = self.memberships.iter().position(|m| m.id == id) else {
+            return false;
+        };
+        self.leave_membership(index);
+        true
+    }
+
+    /// Leaves the queue group `queue` on `subject`, joined by a `sub` with
+    /// that `queue`.
+    pub fn unsubscribe_queue(&mut self, subject: &str, queue: &str) -> Result<(), SessionError> {
+        let pattern = Pattern::parse(subject, &self.broker.config().subject_limits)?;
+        let index = self
+            .memberships
+            .iter()
+            .position(|m| {
+                m.id == WHOLE_CONNECTION && m.pattern == pattern && m.queue.as_deref() == Some(queue)
+            })
+            .ok_or_else(|| SessionError::NotSubscribed {
+                subject: subject.to_owned(),
+            })?;
+        self.leave_membership(index);
+        Ok(())
+    }
+
+    fn leave_membership(&mut self, index: usize) {
+        let membership = self.memberships.swap_remove(index);
+        self.broker.unsubscribe_member(
+            &membership.pattern,
+            &self.outbox,
+            membership.id,
+            membership.queue.as_deref(),
+        );
+        let still_held = self.patterns.contains(&membership.pattern)
+            || self
+                .memberships
+                .iter()
+                .any(|m| m.id == WHOLE_CONNECTION && m.pattern == membership.pattern);
+        if membership.id == WHOLE_CONNECTION && !still_held {
+            self.outbox.remove_pattern(&membership.pattern);
+        }
     }
 
     /// Publishes every message of `batch` if this connection may publish
@@ -651,6 +807,14 @@ impl Drop for Session {
     fn drop(&mut self) {
         for pattern in &self.patterns {
             self.broker.unsubscribe(pattern, &self.outbox);
+        }
+        for membership in &self.memberships {
+            self.broker.unsubscribe_member(
+                &membership.pattern,
+                &self.outbox,
+                membership.id,
+                membership.queue.as_deref(),
+            );
         }
         if let Some(user) = self.access.user() {
             for (room, announce) in &self.rooms {

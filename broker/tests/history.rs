@@ -28,7 +28,7 @@ fn history_data(
     let page = session.history(subject, since, None).unwrap();
     page.messages
         .iter()
-        .map(|m| serde_json::from_slice(m.payload().json()).unwrap())
+        .map(|m| serde_json::from_slice(m.payload().body()).unwrap())
         .collect()
 }
 
@@ -236,7 +236,7 @@ fn history_pages_forward_from_a_token() {
     assert_eq!(page.messages.len(), 2);
     let next = page.messages[1].position().token().to_string();
     let page = session.history("p", Some(&next), Some(10)).unwrap();
-    let data: Vec<_> = page.messages.iter().map(|m| m.payload().json().clone()).collect();
+    let data: Vec<_> = page.messages.iter().map(|m| m.payload().body().clone()).collect();
     assert_eq!(data, vec!["3", "4", "5"]);
     assert_eq!(
         session.history("p", Some("garbage"), None).unwrap_err().code(),

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 fn data(page: &herald_broker::PollPage) -> Vec<Value> {
     page.messages
         .iter()
-        .map(|m| serde_json::from_slice(m.payload().json()).unwrap())
+        .map(|m| serde_json::from_slice(m.payload().body()).unwrap())
         .collect()
 }
 

@@ -6,7 +6,9 @@ mod common;
 
 use bytes::Bytes;
 use herald_broker::protocol::{decode_event, DecodeErrorKind};
-use herald_broker::{decode_command, Acknowledge, Command, Encoding, Payload, Position, ServerEvent};
+use herald_broker::{
+    decode_command, Acknowledge, Command, Encoding, Headers, Payload, Position, ServerEvent,
+};
 use serde_json::json;
 
 fn decode_json(text: &str) -> Result<Command, herald_broker::DecodeError> {
@@ -31,6 +33,7 @@ fn documented_commands_decode_in_both_encodings() {
                 subject: "chat.*".into(),
                 since: Some("AAAABwAAAAAAAAAB".into()),
                 presence: false,
+                queue: None,
             },
         ),
         (
@@ -40,6 +43,17 @@ fn documented_commands_decode_in_both_encodings() {
                 subject: "chat.a".into(),
                 since: None,
                 presence: true,
+                queue: None,
+            },
+        ),
+        (
+            json!({"op":"sub","subject":"jobs.*","queue":"workers"}),
+            Command::Subscribe {
+                id: None,
+                subject: "jobs.*".into(),
+                since: None,
+                presence: false,
+                queue: Some("workers".into()),
             },
         ),
         (
@@ -47,6 +61,7 @@ fn documented_commands_decode_in_both_encodings() {
             Command::Unsubscribe {
                 id: Some(2),
                 subject: "chat.*".into(),
+                queue: None,
             },
         ),
         (
@@ -56,6 +71,19 @@ fn documented_commands_decode_in_both_encodings() {
                 subject: "chat.a".into(),
                 payload: common::json(r#"{"n":[1,2.5,null,true],"text":"hi"}"#),
                 echo: true,
+                reply: None,
+                headers: None,
+            },
+        ),
+        (
+            json!({"op":"pub","subject":"svc.time","data":1,"reply":"_INBOX.me.1","headers":{"Trace":"t1","Tag":["a","b"]}}),
+            Command::Publish {
+                id: None,
+                subject: "svc.time".into(),
+                payload: common::json("1"),
+                echo: true,
+                reply: Some("_INBOX.me.1".into()),
+                headers: Some(Headers::from_pairs([("Tag", "a"), ("Tag", "b"), ("Trace", "t1")]).unwrap()),
             },
         ),
         (
@@ -65,6 +93,8 @@ fn documented_commands_decode_in_both_encodings() {
                 subject: "chat.a".into(),
                 payload: common::json("null"),
                 echo: false,
+                reply: None,
+                headers: None,
             },
         ),
         (json!({"op":"ping"}), Command::Ping { id: None }),
@@ -117,10 +147,10 @@ fn json_payload_shares_the_frame() {
     };
     let frame_range = frame.as_ptr_range();
     assert!(
-        frame_range.contains(&payload.json().as_ptr()),
+        frame_range.contains(&payload.body().as_ptr()),
         "payload is a slice of the frame, not a copy"
     );
-    assert_eq!(&payload.json()[..], br#"{"k":"v"}"#);
+    assert_eq!(&payload.body()[..], br#"{"k":"v"}"#);
     assert_eq!(
         payload.retained_size(),
         frame.len(),
@@ -138,7 +168,7 @@ fn a_small_payload_does_not_keep_a_large_frame_alive() {
         panic!("a publish")
     };
     assert!(
-        !frame.as_ptr_range().contains(&payload.json().as_ptr()),
+        !frame.as_ptr_range().contains(&payload.body().as_ptr()),
         "copied out"
     );
     assert_eq!(payload.retained_size(), 1);
@@ -180,7 +210,7 @@ fn payloads_every_encoding_cannot_carry_are_refused_not_changed() {
     }
     let mut finite = Vec::new();
     rmp::encode::write_f32(&mut finite, 1.5).unwrap();
-    assert_eq!(&Payload::from_msgpack(&finite).unwrap().json()[..], b"1.5");
+    assert_eq!(&Payload::from_msgpack(&finite).unwrap().body()[..], b"1.5");
     let mut deep_msgpack = vec![0x91; max + 2];
     deep_msgpack.push(0xc0);
     assert!(Payload::from_msgpack(&deep_msgpack).is_err());

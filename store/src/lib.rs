@@ -35,7 +35,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use herald_broker::{Journal, Message, Payload, Restored, StoredMessage};
+use herald_broker::{Envelope, Headers, Journal, Message, Payload, Restored, StoredMessage};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use thiserror::Error;
 
@@ -319,14 +319,46 @@ fn take(entry: Entry, batch: &mut Vec<(u64, Vec<u8>)>) -> bool {
     }
 }
 
+/// Bits of a record's flags byte. The byte has its top bit set, which no
+/// JSON text starts with: records written before it existed hold the JSON
+/// payload right after the subject, and still read.
+const FORMAT_FLAGS: u8 = 0x80;
+const BINARY_PAYLOAD: u8 = 0x01;
+const HAS_REPLY: u8 = 0x02;
+const HAS_HEADERS: u8 = 0x04;
+
+/// A record: publish time (8 bytes), subject length (2) and subject, flags
+/// (1), then the reply subject (length 2) and the header block (length 4)
+/// when the flags say so, then the payload.
 fn encode(message: &Message) -> Vec<u8> {
     let subject = message.subject().as_str().as_bytes();
-    let payload = message.payload().json();
-    let mut value = Vec::with_capacity(10 + subject.len() + payload.len());
+    let payload = message.payload();
+    let reply = message.reply().map(|reply| reply.as_str().as_bytes());
+    let headers = message.headers().map(|headers| &headers.block()[..]);
+    let mut flags = FORMAT_FLAGS;
+    if !payload.is_json() {
+        flags |= BINARY_PAYLOAD;
+    }
+    if reply.is_some() {
+        flags |= HAS_REPLY;
+    }
+    if headers.is_some() {
+        flags |= HAS_HEADERS;
+    }
+    let mut value = Vec::with_capacity(11 + subject.len() + payload.len() + message.envelope().len() + 6);
     value.extend_from_slice(&message.published_at_millis().to_be_bytes());
     value.extend_from_slice(&(subject.len() as u16).to_be_bytes());
     value.extend_from_slice(subject);
-    value.extend_from_slice(payload);
+    value.push(flags);
+    if let Some(reply) = reply {
+        value.extend_from_slice(&(reply.len() as u16).to_be_bytes());
+        value.extend_from_slice(reply);
+    }
+    if let Some(headers) = headers {
+        value.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+        value.extend_from_slice(headers);
+    }
+    value.extend_from_slice(payload.body());
     value
 }
 
@@ -338,12 +370,48 @@ fn decode(sequence: u64, value: &[u8]) -> Option<StoredMessage> {
     let published_at_millis = published_at(value)?;
     let length = usize::from(u16::from_be_bytes(value.get(8..10)?.try_into().ok()?));
     let subject = std::str::from_utf8(value.get(10..10 + length)?).ok()?.to_owned();
-    let payload = Payload::from_json(Bytes::copy_from_slice(value.get(10 + length..)?)).ok()?;
+    let mut rest = value.get(10 + length..)?;
+    let mut envelope = Envelope::default();
+    let flags = match rest.first() {
+        Some(&flags) if flags & FORMAT_FLAGS != 0 => {
+            rest = &rest[1..];
+            flags
+        }
+        _ => FORMAT_FLAGS,
+    };
+    let mut take = |width: usize| -> Option<&[u8]> {
+        let length = rest
+            .get(..width)?
+            .iter()
+            .fold(0usize, |length, &byte| (length << 8) | usize::from(byte));
+        let taken = rest.get(width..width + length)?;
+        rest = &rest[width + length..];
+        Some(taken)
+    };
+    if flags & HAS_REPLY != 0 {
+        let reply = std::str::from_utf8(take(2)?).ok()?;
+        // Checked when it was published; the limits may have changed since.
+        let any_length = herald_broker::SubjectLimits {
+            max_length: usize::MAX,
+            max_tokens: usize::MAX,
+        };
+        envelope.reply = Some(herald_broker::Subject::parse(reply, &any_length).ok()?);
+    }
+    if flags & HAS_HEADERS != 0 {
+        envelope.headers = Some(Headers::parse(Bytes::copy_from_slice(take(4)?)).ok()?);
+    }
+    let body = Bytes::copy_from_slice(rest);
+    let payload = if flags & BINARY_PAYLOAD != 0 {
+        Payload::from_bytes(body)
+    } else {
+        Payload::from_json(body).ok()?
+    };
     Some(StoredMessage {
         subject,
         sequence,
         published_at_millis,
         payload,
+        envelope,
     })
 }
 
@@ -405,11 +473,53 @@ mod tests {
         let restored: Vec<(u64, &[u8])> = again
             .messages
             .iter()
-            .map(|stored| (stored.sequence, &stored.payload.json()[..]))
+            .map(|stored| (stored.sequence, &stored.payload.body()[..]))
             .collect();
         assert_eq!(restored, [(1, &b"1"[..]), (2, b"2"), (3, b"3")]);
         assert_eq!(again.messages[0].subject, "room.a");
         journal.close();
+    }
+
+    #[test]
+    fn bytes_headers_and_reply_subjects_survive_a_restart() {
+        let directory = tempfile::tempdir().unwrap();
+        let options = options(directory.path().join("h.redb"), Duration::from_secs(60));
+        let (first, journal) = open(&options).unwrap();
+        let envelope = Envelope {
+            headers: Some(Headers::from_pairs([("Trace", "t1")]).unwrap()),
+            reply: Some(Subject::parse("_INBOX.x.1", &SubjectLimits::default()).unwrap()),
+        };
+        let subject = Subject::parse("raw.a", &SubjectLimits::default()).unwrap();
+        let binary = Payload::from_bytes(Bytes::from_static(b"\x00\xff"));
+        let position = Position::new(first.epoch, 1);
+        let message =
+            Message::with_envelope(subject, position, now_millis(), binary.clone(), envelope.clone());
+        journal.record(&message);
+        journal.record(&self::message(first.epoch, 2, now_millis(), "{}"));
+        journal.close();
+        drop(journal);
+
+        let (again, journal) = open(&options).unwrap();
+        assert_eq!(again.messages.len(), 2);
+        assert_eq!(again.messages[0].payload, binary);
+        assert!(!again.messages[0].payload.is_json());
+        assert_eq!(again.messages[0].envelope, envelope);
+        assert!(again.messages[1].payload.is_json());
+        assert_eq!(again.messages[1].envelope, Envelope::default());
+        journal.close();
+    }
+
+    #[test]
+    fn records_written_before_the_flags_byte_still_read() {
+        let mut old = Vec::new();
+        old.extend_from_slice(&5u64.to_be_bytes());
+        old.extend_from_slice(&6u16.to_be_bytes());
+        old.extend_from_slice(b"room.a");
+        old.extend_from_slice(br#"{"n":1}"#);
+        let stored = decode(3, &old).expect("a record of the first format");
+        assert_eq!((stored.sequence, stored.published_at_millis), (3, 5));
+        assert_eq!(&stored.payload.body()[..], br#"{"n":1}"#);
+        assert!(stored.payload.is_json());
     }
 
     #[test]
