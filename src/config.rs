@@ -36,6 +36,8 @@ pub fn default_config_text() -> String {
         herald_sse::DEFAULT_CONFIG,
         #[cfg(feature = "longpoll")]
         herald_longpoll::DEFAULT_CONFIG,
+        #[cfg(feature = "nats")]
+        herald_nats::DEFAULT_CONFIG,
     ];
     for section in gateway_sections {
         text.push('\n');
@@ -62,6 +64,8 @@ pub struct Config {
     pub sse: herald_sse::SseConfig,
     #[cfg(feature = "longpoll")]
     pub longpoll: herald_longpoll::LongPollConfig,
+    #[cfg(feature = "nats")]
+    pub nats: herald_nats::NatsConfig,
 }
 
 /// Where history is kept: the `[storage]` section.
@@ -182,6 +186,8 @@ impl Config {
         self.sse.validate().map_err(anyhow::Error::msg)?;
         #[cfg(feature = "longpoll")]
         self.longpoll.validate().map_err(anyhow::Error::msg)?;
+        #[cfg(feature = "nats")]
+        self.nats.validate().map_err(anyhow::Error::msg)?;
         self.authenticator()?;
         self.subject_rules()?;
         Ok(())
@@ -225,6 +231,8 @@ mod tests {
         assert_eq!(config.sse, herald_sse::SseConfig::default());
         #[cfg(feature = "longpoll")]
         assert_eq!(config.longpoll, herald_longpoll::LongPollConfig::default());
+        #[cfg(feature = "nats")]
+        assert_eq!(config.nats, herald_nats::NatsConfig::default());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! | `websocket` | `herald-websocket` | `GET /ws` |
 //! | `sse` | `herald-sse` | `GET /sse` |
 //! | `longpoll` | `herald-longpoll` | `GET /poll` |
+//! | `nats` | `herald-nats` | the NATS client protocol on `[nats] listen` |
 //!
 //! All are on by default; a gateway compiled in can still be turned off
 //! with its section's `enabled = false`.
@@ -59,6 +60,9 @@ pub struct Herald {
     /// History on disk, closed (everything written, marked clean) once
     /// every connection is done.
     journal: Option<Arc<DiskJournal>>,
+    /// The NATS listener, once bound.
+    #[cfg(feature = "nats")]
+    nats_listener: Option<TcpListener>,
 }
 
 impl Herald {
@@ -93,7 +97,31 @@ impl Herald {
             context,
             config,
             journal,
+            #[cfg(feature = "nats")]
+            nats_listener: None,
         })
+    }
+
+    /// Binds the NATS listener (`[nats] listen`) now, when it is enabled,
+    /// and returns its address: for a configuration asking for port 0.
+    /// [`Herald::run`] binds it otherwise.
+    pub async fn bind_nats(&mut self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        #[cfg(feature = "nats")]
+        if self.config.nats.enabled {
+            if self.nats_listener.is_none() {
+                let address = self.config.nats.listen;
+                let listener = TcpListener::bind(address).await.with_context(|| {
+                    format!(
+                        "cannot listen for NATS clients on {address} (nats.listen): \
+                         is another NATS server running? Set [nats] listen, or enabled = false"
+                    )
+                })?;
+                self.nats_listener = Some(listener);
+            }
+            let listener = self.nats_listener.as_ref().expect("bound above");
+            return Ok(Some(listener.local_addr()?));
+        }
+        Ok(None)
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -161,10 +189,14 @@ impl Herald {
     /// every waiting poll; wait for connections to finish, at most
     /// `server.shutdown_grace`; return.
     pub async fn run(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        // Bound first, so a port in use fails the start before anything
+        // is served.
+        #[cfg(feature = "nats")]
+        let nats_address = self.bind_nats().await?;
         let app = self.router();
         let context = self.context;
         let server = self.config.server;
@@ -186,6 +218,18 @@ impl Herald {
         tracing::info!(%address, "listening");
         let limits = server.listener_limits().fitted_to_open_file_limit();
         let serve = tokio::spawn(listener::serve(listener, app, limits, context.shutdown.clone()));
+        // Logged after the HTTP listener's line, which scripts read the
+        // address from.
+        #[cfg(feature = "nats")]
+        let nats = nats_address.map(|nats| {
+            tracing::info!(%nats, "listening for NATS clients");
+            let listener = self.nats_listener.take().expect("bound");
+            tokio::spawn(herald_nats::serve(
+                listener,
+                context.clone(),
+                self.config.nats.clone(),
+            ))
+        });
         shutdown.await;
         tracing::info!("shutting down: closing connections");
         context.shutdown.cancel();
@@ -202,6 +246,10 @@ impl Herald {
             );
         }
         sweeper.abort();
+        #[cfg(feature = "nats")]
+        if let Some(nats) = nats {
+            nats.abort();
+        }
         if let Some(journal) = &self.journal {
             journal.close();
         }

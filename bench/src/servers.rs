@@ -123,6 +123,7 @@ impl Server {
         let mut command = Command::new(&binaries.herald);
         command
             .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+            .env("HERALD_NATS__LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn,herald=info");
         start_logging_address(command, "herald").await
     }
@@ -234,6 +235,7 @@ async fn start_herald(binary: &Path) -> anyhow::Result<Server> {
     let mut command = Command::new(binary);
     command
         .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .env("HERALD_NATS__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn,herald=info")
         // Publishers here send far more than the default flood limit, and
         // every client comes from a handful of loopback addresses.

@@ -561,10 +561,7 @@ impl Session {
         };
         self.patterns.remove(index);
         self.broker.unsubscribe(&pattern, &self.outbox);
-        let in_a_group = self
-            .memberships
-            .iter()
-            .any(|m| m.id == WHOLE_CONNECTION && m.pattern == pattern);
+        let in_a_group = self.memberships.iter().any(|m| m.pattern == pattern);
         if !in_a_group {
             self.outbox.remove_pattern(&pattern);
         }
@@ -640,10 +637,8 @@ impl Session {
             return Err(SessionError::TooManySubscriptions { max });
         }
         self.broker.subscribe_member(&pattern, &self.outbox, id, queue);
-        if id == WHOLE_CONNECTION {
-            // Drop-oldest gaps are owed under the connection's patterns.
-            self.outbox.add_pattern(&pattern);
-        }
+        // Drop-oldest gaps are owed under the connection's patterns.
+        self.outbox.add_pattern(&pattern);
         self.memberships.push(Membership {
             id,
             pattern: pattern.clone(),
@@ -687,11 +682,8 @@ impl Session {
             membership.queue.as_deref(),
         );
         let still_held = self.patterns.contains(&membership.pattern)
-            || self
-                .memberships
-                .iter()
-                .any(|m| m.id == WHOLE_CONNECTION && m.pattern == membership.pattern);
-        if membership.id == WHOLE_CONNECTION && !still_held {
+            || self.memberships.iter().any(|m| m.pattern == membership.pattern);
+        if !still_held {
             self.outbox.remove_pattern(&membership.pattern);
         }
     }

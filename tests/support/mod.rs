@@ -28,6 +28,8 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 
 pub struct Server {
     pub address: SocketAddr,
+    /// Where NATS clients connect (an ephemeral port too).
+    pub nats_address: Option<SocketAddr>,
     /// The server's broker, to read its counters.
     pub broker: Arc<Broker>,
     /// How many connections ended, per reason.
@@ -64,8 +66,10 @@ impl Server {
                 subscribe: vec!["news.>".into()],
             },
         ];
+        config.nats.listen = "127.0.0.1:0".parse().unwrap();
         adjust(&mut config);
-        let herald = Herald::new(config).expect("a valid test configuration");
+        let mut herald = Herald::new(config).expect("a valid test configuration");
+        let nats_address = herald.bind_nats().await.expect("a NATS port");
         let (broker, disconnects) = (herald.broker().clone(), herald.disconnects().clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -75,6 +79,7 @@ impl Server {
         }));
         Server {
             address,
+            nats_address,
             broker,
             disconnects,
             stop: Some(stop),
@@ -520,6 +525,7 @@ pub fn serve(arguments: &[&str], environment: &[(&str, &str)]) -> (Running, Stri
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(arguments)
             .env("RUST_LOG", "info")
+            .env("HERALD_NATS__LISTEN", "127.0.0.1:0")
             .envs(environment.iter().copied())
             .stderr(std::process::Stdio::piped())
             .spawn()

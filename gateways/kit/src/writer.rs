@@ -15,7 +15,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_broker::{CloseReason, Encoding, Outbox};
+use herald_broker::{CloseReason, Encoding, Outbound, Outbox};
 use tokio::time::{timeout, Instant};
 
 use crate::context::GatewayContext;
@@ -41,6 +41,17 @@ pub struct WriterConfig {
 pub trait EventWriter: Send {
     /// Adds one encoded event to what the next flush writes.
     fn feed(&mut self, frame: Bytes) -> impl Future<Output = io::Result<()>> + Send;
+    /// Adds one event to what the next flush writes: by default its frame
+    /// in the connection's encoding, encoded once and shared with every
+    /// other recipient. A transport whose frames differ per connection
+    /// (NATS's `MSG` names the subscription) writes its own.
+    fn write_event(
+        &mut self,
+        event: &Outbound,
+        encoding: Encoding,
+    ) -> impl Future<Output = io::Result<()>> + Send {
+        self.feed(event.encode(encoding))
+    }
     /// Writes out everything fed since the last flush.
     fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
     /// Keeps an idle connection alive (a WebSocket ping, an SSE comment).
@@ -101,7 +112,7 @@ pub async fn drive<W: EventWriter>(
         let closing_reason = next.err();
         let written = timeout(config.write_timeout, async {
             for event in batch.drain(..) {
-                writer.feed(event.encode(encoding)).await?;
+                writer.write_event(&event, encoding).await?;
             }
             if let Some(reason) = &closing_reason {
                 writer.close(reason).await?;

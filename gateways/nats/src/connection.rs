@@ -1,0 +1,589 @@
+//! One NATS client: `INFO`, then `CONNECT` (credentials, options), then a
+//! reader and the kit's writer driver side by side, sharing the session's
+//! outbox and the table of the client's subscription ids.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use herald_broker::{
+    CloseReason, Encoding, Envelope, Headers, Outbound, Outbox, Payload, Reply, Session, SessionError,
+    SubscriptionId,
+};
+use herald_gateway::{drive, DisconnectReason, EventWriter, WriterConfig};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+use crate::parser::{parse, ClientOp, ParseError, ParserLimits};
+use crate::Gateway;
+
+/// The `code` of an error this gateway words itself: its message is the
+/// NATS error text as is.
+const NATS_ERROR: &str = "nats_error";
+
+/// How long the writer may take to deliver the final `-ERR` once closing.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// A buffered batch is written out once it is this large, so a long batch
+/// of large messages does not pile up in memory before the flush.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What a client may say in CONNECT; everything else is ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ConnectOptions {
+    verbose: bool,
+    pedantic: bool,
+    echo: Option<bool>,
+    headers: bool,
+    auth_token: Option<String>,
+    user: Option<String>,
+    pass: Option<String>,
+    jwt: Option<String>,
+    protocol: Option<u8>,
+}
+
+/// The client's subscription ids, shared by the reader (which adds and
+/// removes them) and the writer (which names them in `MSG` and counts
+/// auto-unsubscribes down).
+#[derive(Debug, Default)]
+struct Sids {
+    by_id: HashMap<SubscriptionId, Sid>,
+}
+
+#[derive(Debug)]
+struct Sid {
+    /// The sid as the client wrote it.
+    text: Bytes,
+    /// Messages still to deliver before an `UNSUB sid max` takes effect.
+    remaining: Option<u64>,
+}
+
+pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
+    let context = &gateway.context;
+    let client_id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
+    let (mut read, mut write) = socket.into_split();
+    let info = info_line(&gateway, client_id, peer);
+    let Ok(_permit) = gateway.connections.try_acquire() else {
+        refuse(&mut write, &info, "Maximum Connections Exceeded", &gateway).await;
+        return;
+    };
+    if context.shutdown.is_cancelled() {
+        return refuse(&mut write, &info, "Server Shutdown", &gateway).await;
+    }
+    if timeout(gateway.config.write_timeout, write.write_all(&info))
+        .await
+        .is_err()
+    {
+        return context.disconnected("nats", 0, &DisconnectReason::WriteTimeout);
+    }
+    let limits = ParserLimits {
+        max_control_line: gateway.config.max_control_line,
+        max_payload: context.broker.config().max_payload_bytes,
+    };
+    let mut buffer = BytesMut::with_capacity(4096);
+    let first = timeout(
+        gateway.config.auth_timeout,
+        read_op(&mut read, &mut buffer, &limits),
+    )
+    .await;
+    let options = match first {
+        Err(_elapsed) => return refuse(&mut write, b"", "Authorization Timeout", &gateway).await,
+        Ok(Err(ReadFailure::Closed)) => {
+            return context.disconnected("nats", 0, &DisconnectReason::ClientClosed)
+        }
+        Ok(Err(ReadFailure::Io)) => return context.disconnected("nats", 0, &DisconnectReason::ReadError),
+        Ok(Err(ReadFailure::Protocol(error))) => {
+            return refuse(&mut write, b"", &error.to_string(), &gateway).await
+        }
+        Ok(Ok(ClientOp::Connect(json))) => match serde_json::from_slice::<ConnectOptions>(&json) {
+            Ok(options) if options.protocol.unwrap_or(0) <= 1 => options,
+            Ok(_) => return refuse(&mut write, b"", "Invalid Client Protocol", &gateway).await,
+            Err(_) => return refuse(&mut write, b"", "Parser Error", &gateway).await,
+        },
+        // Credentials come in CONNECT, so nothing may come before it.
+        Ok(Ok(_)) => return refuse(&mut write, b"", "Authorization Violation", &gateway).await,
+    };
+    let credential = options
+        .auth_token
+        .as_deref()
+        .or(options.pass.as_deref())
+        .or(options.jwt.as_deref())
+        .filter(|credential| !credential.is_empty());
+    let access = match context.auth.authenticate(credential) {
+        Ok(access) => access,
+        Err(error) => {
+            tracing::debug!(%peer, user = ?options.user, code = error.code(), "nats: CONNECT refused");
+            return refuse(&mut write, b"", "Authorization Violation", &gateway).await;
+        }
+    };
+    let mut session = Session::new(&context.broker, access);
+    if options.verbose {
+        session.outbox().push_reply(Reply::Ack {
+            id: None,
+            position: None,
+        });
+    }
+    let outbox = session.outbox().clone();
+    let sids = Arc::new(Mutex::new(Sids::default()));
+    let (finished_tx, finished) = mpsc::unbounded_channel();
+    let pings_out = Arc::new(AtomicU32::new(0));
+    let mut writer = NatsWriter {
+        socket: write,
+        buffer: BytesMut::with_capacity(WRITE_CHUNK),
+        sids: sids.clone(),
+        finished: finished_tx,
+        headers: options.headers,
+        pings_out: pings_out.clone(),
+        max_pings_out: gateway.config.max_pings_out,
+        outbox: outbox.clone(),
+    };
+    let writer_config = WriterConfig {
+        heartbeat_interval: gateway.config.ping_interval,
+        write_timeout: gateway.config.write_timeout,
+        max_duration: None,
+        access_expires_at_millis: session.access_expires_at_millis(),
+    };
+    let session_id = session.id();
+    let mut reader = Reader {
+        socket: read,
+        buffer,
+        limits,
+        session: &mut session,
+        sids,
+        ids: HashMap::new(),
+        next_id: 1,
+        finished,
+        pings_out,
+        verbose: options.verbose,
+        echo: options.echo.unwrap_or(true),
+    };
+    let reason = {
+        let reading = reader.run();
+        let writing = drive(&mut writer, &outbox, Encoding::Json, &writer_config, context);
+        tokio::pin!(reading, writing);
+        tokio::select! {
+            reason = &mut writing => reason,
+            read = &mut reading => match read {
+                ReadEnd::Gone(reason) => reason,
+                ReadEnd::Closing => timeout(CLOSE_GRACE, writing).await.unwrap_or(DisconnectReason::CloseTimeout),
+            },
+        }
+    };
+    let _ = writer.socket.shutdown().await;
+    context.disconnected("nats", session_id, &reason);
+}
+
+/// The INFO line this server greets every client with.
+fn info_line(gateway: &Gateway, client_id: u64, peer: SocketAddr) -> Bytes {
+    let info = serde_json::json!({
+        "server_id": "HERALD",
+        "server_name": "herald",
+        "version": env!("CARGO_PKG_VERSION"),
+        "proto": 1,
+        "go": "none (Herald)",
+        "host": gateway.address.ip().to_string(),
+        "port": gateway.address.port(),
+        "headers": true,
+        "max_payload": gateway.context.broker.config().max_payload_bytes,
+        "auth_required": !gateway.context.auth.allows_anonymous(),
+        "client_id": client_id,
+        "client_ip": peer.ip().to_string(),
+    });
+    Bytes::from(format!("INFO {info}\r\n"))
+}
+
+/// Writes `before` (the INFO, when not yet sent) and `-ERR '<text>'`, then
+/// closes: a client refused before it has a session.
+async fn refuse(write: &mut OwnedWriteHalf, before: &[u8], text: &str, gateway: &Gateway) {
+    let mut out = BytesMut::from(before);
+    out.extend_from_slice(format!("-ERR '{text}'\r\n").as_bytes());
+    let _ = timeout(CLOSE_GRACE, async {
+        write.write_all(&out).await?;
+        write.shutdown().await
+    })
+    .await;
+    gateway
+        .context
+        .disconnected("nats", 0, &DisconnectReason::Refused);
+}
+
+enum ReadFailure {
+    Closed,
+    Io,
+    Protocol(ParseError),
+}
+
+/// Reads until one whole operation is in `buffer`, and takes it.
+async fn read_op(
+    socket: &mut OwnedReadHalf,
+    buffer: &mut BytesMut,
+    limits: &ParserLimits,
+) -> Result<ClientOp, ReadFailure> {
+    loop {
+        if let Some(op) = parse(buffer, limits).map_err(ReadFailure::Protocol)? {
+            return Ok(op);
+        }
+        buffer.reserve(4096);
+        match socket.read_buf(buffer).await {
+            Ok(0) => return Err(ReadFailure::Closed),
+            Ok(_) => {}
+            Err(_) => return Err(ReadFailure::Io),
+        }
+    }
+}
+
+/// How a connection's reading side ended.
+enum ReadEnd {
+    /// The client closed or the socket failed.
+    Gone(DisconnectReason),
+    /// The server closed the session; the writer owes the final `-ERR`.
+    Closing,
+}
+
+struct Reader<'a> {
+    socket: OwnedReadHalf,
+    buffer: BytesMut,
+    limits: ParserLimits,
+    session: &'a mut Session,
+    sids: Arc<Mutex<Sids>>,
+    /// The client's sids and the ids the broker knows them by.
+    ids: HashMap<Bytes, SubscriptionId>,
+    next_id: SubscriptionId,
+    /// Subscriptions the writer finished (`UNSUB sid max` reached).
+    finished: mpsc::UnboundedReceiver<SubscriptionId>,
+    pings_out: Arc<AtomicU32>,
+    verbose: bool,
+    echo: bool,
+}
+
+impl Reader<'_> {
+    async fn run(&mut self) -> ReadEnd {
+        loop {
+            loop {
+                match parse(&mut self.buffer, &self.limits) {
+                    Ok(Some(op)) => self.handle(op),
+                    Ok(None) => break,
+                    Err(error) => {
+                        let outbox = self.session.outbox();
+                        outbox.close(CloseReason::ProtocolViolation(error.to_string()));
+                        return ReadEnd::Closing;
+                    }
+                }
+            }
+            if self.session.outbox().is_closed() {
+                return ReadEnd::Closing;
+            }
+            // Backpressure: a client that sends without reading the answers
+            // waits here instead of growing its queue of replies.
+            self.session.outbox().reply_room().await;
+            self.buffer.reserve(4096);
+            tokio::select! {
+                read = self.socket.read_buf(&mut self.buffer) => match read {
+                    Ok(0) => return ReadEnd::Gone(DisconnectReason::ClientClosed),
+                    Ok(_) => {}
+                    Err(_) => return ReadEnd::Gone(DisconnectReason::ReadError),
+                },
+                Some(id) = self.finished.recv() => self.forget(id),
+            }
+        }
+    }
+
+    fn handle(&mut self, op: ClientOp) {
+        let done = match op {
+            ClientOp::Ping => {
+                self.session.outbox().push_reply(Reply::Pong { id: None });
+                return;
+            }
+            ClientOp::Pong => {
+                self.pings_out.store(0, Ordering::Relaxed);
+                return;
+            }
+            ClientOp::Connect(_) => Ok(()),
+            ClientOp::Pub {
+                subject,
+                reply,
+                headers,
+                payload,
+            } => self.publish(&subject, reply.as_deref(), headers, payload),
+            ClientOp::Sub { subject, queue, sid } => self.subscribe(&subject, queue.as_deref(), sid),
+            ClientOp::Unsub { sid, max_msgs } => {
+                self.unsubscribe(sid, max_msgs);
+                Ok(())
+            }
+        };
+        match done {
+            Ok(()) if self.verbose => self.session.outbox().push_reply(Reply::Ack {
+                id: None,
+                position: None,
+            }),
+            Ok(()) => {}
+            Err(text) => self.session.outbox().push_reply(Reply::Error {
+                id: None,
+                code: NATS_ERROR,
+                message: text,
+            }),
+        }
+    }
+
+    fn publish(
+        &mut self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<Bytes>,
+        payload: Bytes,
+    ) -> Result<(), String> {
+        let refused = |error: SessionError| nats_error(&error, "Publish to", subject);
+        let reply = reply
+            .map(|reply| self.session.reply_subject(reply))
+            .transpose()
+            .map_err(refused)?;
+        let headers = headers
+            .map(Headers::parse)
+            .transpose()
+            .map_err(|error| format!("Invalid Headers: {error}"))?;
+        let envelope = Envelope { headers, reply };
+        self.session
+            .publish_with(subject, Payload::from_bytes(payload), envelope, self.echo)
+            .map(drop)
+            .map_err(refused)
+    }
+
+    fn subscribe(&mut self, subject: &str, queue: Option<&str>, sid: String) -> Result<(), String> {
+        let sid = Bytes::from(sid);
+        if self.ids.contains_key(&sid) {
+            // nats-server ignores a repeated sid; so does this.
+            return Ok(());
+        }
+        let id = self.next_id;
+        self.session
+            .subscribe_member(id, subject, queue)
+            .map_err(|error| nats_error(&error, "Subscription to", subject))?;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.lock_sids().by_id.insert(
+            id,
+            Sid {
+                text: sid.clone(),
+                remaining: None,
+            },
+        );
+        self.ids.insert(sid, id);
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, sid: String, max_msgs: Option<u64>) {
+        let sid = Bytes::from(sid);
+        let Some(&id) = self.ids.get(&sid) else {
+            return;
+        };
+        if let Some(max) = max_msgs {
+            let mut sids = self.lock_sids();
+            let delivered_enough = match sids.by_id.get_mut(&id) {
+                Some(entry) if max > 0 => {
+                    entry.remaining = Some(max);
+                    false
+                }
+                _ => true,
+            };
+            drop(sids);
+            if !delivered_enough {
+                return;
+            }
+        }
+        self.forget(id);
+    }
+
+    /// Ends the subscription `id` everywhere.
+    fn forget(&mut self, id: SubscriptionId) {
+        self.session.unsubscribe_member(id);
+        self.lock_sids().by_id.remove(&id);
+        self.ids.retain(|_, known| *known != id);
+    }
+
+    fn lock_sids(&self) -> std::sync::MutexGuard<'_, Sids> {
+        self.sids.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A session error in nats-server's words.
+fn nats_error(error: &SessionError, operation: &str, subject: &str) -> String {
+    match error {
+        SessionError::Forbidden { .. } => format!("Permissions Violation for {operation} \"{subject}\""),
+        SessionError::Subject(_) => "Invalid Subject".to_owned(),
+        SessionError::TooManySubscriptions { .. } => "Maximum Subscriptions Exceeded".to_owned(),
+        SessionError::Publish(error) if error.code() == "payload_too_large" => {
+            "Maximum Payload Violation".to_owned()
+        }
+        other => format!("{}: {other}", other.code()),
+    }
+}
+
+/// The text of the `-ERR` that ends a connection, for each close reason.
+fn closing_error(code: &str, message: &str) -> String {
+    match code {
+        "slow_consumer" | "reply_backlog" => format!("Slow Consumer: {message}"),
+        "idle_timeout" => "Stale Connection".to_owned(),
+        "token_expired" => "User Authentication Expired".to_owned(),
+        "shutdown" => "Server Shutdown".to_owned(),
+        // The reader closes with nats-server's own words.
+        "protocol_violation" => message
+            .strip_prefix("protocol violation: ")
+            .unwrap_or(message)
+            .to_owned(),
+        _ => message.to_owned(),
+    }
+}
+
+struct NatsWriter {
+    socket: OwnedWriteHalf,
+    buffer: BytesMut,
+    sids: Arc<Mutex<Sids>>,
+    finished: mpsc::UnboundedSender<SubscriptionId>,
+    /// Whether the client takes `HMSG` (said so in CONNECT).
+    headers: bool,
+    pings_out: Arc<AtomicU32>,
+    max_pings_out: u32,
+    outbox: Arc<Outbox>,
+}
+
+impl NatsWriter {
+    /// Appends `MSG`/`HMSG` for subscription `id`, if it still exists:
+    /// the line names the client's sid, the payload is the message's own
+    /// bytes, shared by every recipient.
+    fn put_message(&mut self, message: &herald_broker::Message, id: SubscriptionId) {
+        let sid = {
+            let mut sids = self.sids.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let Some(entry) = sids.by_id.get_mut(&id) else {
+                // Unsubscribed after the message was queued.
+                return;
+            };
+            let sid = entry.text.clone();
+            if let Some(remaining) = &mut entry.remaining {
+                *remaining -= 1;
+                if *remaining == 0 {
+                    sids.by_id.remove(&id);
+                    let _ = self.finished.send(id);
+                }
+            }
+            sid
+        };
+        let payload = message.payload().body();
+        let headers = message.headers().filter(|_| self.headers).map(|h| h.block());
+        let out = &mut self.buffer;
+        out.put_slice(if headers.is_some() { b"HMSG " } else { b"MSG " });
+        out.put_slice(message.subject().as_str().as_bytes());
+        out.put_u8(b' ');
+        out.put_slice(&sid);
+        if let Some(reply) = message.reply() {
+            out.put_u8(b' ');
+            out.put_slice(reply.as_str().as_bytes());
+        }
+        let header_len = headers.map_or(0, |headers| headers.len());
+        if let Some(headers) = headers {
+            put_number(out, headers.len());
+        }
+        put_number(out, header_len + payload.len());
+        out.put_slice(b"\r\n");
+        if let Some(headers) = headers {
+            out.put_slice(headers);
+        }
+        out.put_slice(payload);
+        out.put_slice(b"\r\n");
+    }
+
+    fn put_reply(&mut self, reply: &Reply) {
+        match reply {
+            Reply::Ack { .. } => self.buffer.put_slice(b"+OK\r\n"),
+            Reply::Pong { .. } => self.buffer.put_slice(b"PONG\r\n"),
+            Reply::Error {
+                id: None,
+                code,
+                message,
+            } if *code != NATS_ERROR => {
+                let text = closing_error(code, message);
+                self.buffer.put_slice(format!("-ERR '{text}'\r\n").as_bytes());
+            }
+            Reply::Error { message, .. } => {
+                self.buffer.put_slice(format!("-ERR '{message}'\r\n").as_bytes());
+            }
+            // Herald's own queries have no NATS form.
+            Reply::History { .. } | Reply::Presence { .. } => {}
+        }
+    }
+}
+
+/// ` <n>` in decimal.
+fn put_number(out: &mut BytesMut, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_u8(b' ');
+    out.put_slice(&digits[at..]);
+}
+
+impl EventWriter for NatsWriter {
+    async fn feed(&mut self, frame: Bytes) -> io::Result<()> {
+        self.buffer.put_slice(&frame);
+        Ok(())
+    }
+
+    async fn write_event(&mut self, event: &Outbound, _encoding: Encoding) -> io::Result<()> {
+        match event {
+            Outbound::Message(message, id) => self.put_message(message, *id),
+            Outbound::Reply(reply) => self.put_reply(reply),
+            // A queue that dropped messages under `drop-oldest`: NATS has no
+            // gap event, so the client hears it as a slow consumer warning.
+            Outbound::Gap(gap) => {
+                let missed = gap.missed.map_or_else(|| "some".to_owned(), |n| n.to_string());
+                let text = format!(
+                    "-ERR 'Slow Consumer: {missed} messages on \"{}\" dropped, the client did not read fast enough'\r\n",
+                    gap.subject.as_str()
+                );
+                self.buffer.put_slice(text.as_bytes());
+            }
+        }
+        if self.buffer.len() >= WRITE_CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.buffer.is_empty() {
+            self.socket.write_all(&self.buffer).await?;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&mut self) -> io::Result<()> {
+        if self.pings_out.fetch_add(1, Ordering::Relaxed) >= self.max_pings_out {
+            self.outbox.close(CloseReason::IdleTimeout);
+            return Ok(());
+        }
+        self.socket.write_all(b"PING\r\n").await
+    }
+
+    async fn close(&mut self, _reason: &CloseReason) -> io::Result<()> {
+        // The final `-ERR` was fed; the connection ends after the flush.
+        Ok(())
+    }
+}
