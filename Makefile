@@ -2,12 +2,22 @@
 
 CARGO ?= cargo
 
-.PHONY: test lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth doc clean
+.PHONY: test test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth doc clean
 
 ## Run every test in the workspace (unit, integration, property, doc tests).
 test:
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+	$(MAKE) test-nats-py
+
+## The NATS listener driven by nats-py (from PyPI, into a virtualenv under
+## target/): the Python client's basics against the real binary.
+NATS_PY_VENV ?= target/nats-py-venv
+test-nats-py:
+	@[ -x $(NATS_PY_VENV)/bin/python ] || python3 -m venv $(NATS_PY_VENV)
+	@$(NATS_PY_VENV)/bin/python -c "import nats" 2>/dev/null || $(NATS_PY_VENV)/bin/pip install -q nats-py
+	$(CARGO) build --bin herald
+	$(NATS_PY_VENV)/bin/python tests/nats_py/smoke.py target/debug/herald
 
 ## The fuzz targets (every parser that sees network bytes) run far longer
 ## than in `make test` (256 cases each): FUZZ_CASES cases per property,
@@ -15,7 +25,7 @@ test:
 ## *.proptest-regressions seed and replayed first from then on.
 FUZZ_CASES ?= 200000
 fuzz:
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p herald-broker -p herald-gateway -p herald-http --test fuzz
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p herald-broker -p herald-gateway -p herald-http -p herald-nats --test fuzz
 
 ## Formatting and clippy, as CI checks them.
 lint:

@@ -1,0 +1,129 @@
+"""Herald's NATS listener with nats-py, the official Python client.
+
+Starts the herald binary given as the first argument in development mode
+on ephemeral ports, then checks the basics a Python backend relies on:
+publish/subscribe with wildcards, headers, queue groups, request/reply,
+auto-unsubscribe, and that an HTTP publish reaches a NATS subscriber.
+Exits non-zero on the first failure.
+"""
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import nats
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def expect(subscription, count, timeout=5):
+    return [await subscription.next_msg(timeout=timeout) for _ in range(count)]
+
+
+async def check(nats_url, http_url):
+    nc = await nats.connect(nats_url, allow_reconnect=False)
+
+    # Wildcards, once per subscription.
+    star = await nc.subscribe("orders.*")
+    tail = await nc.subscribe("orders.>")
+    await nc.publish("orders.new", b"\x00bytes\xff")
+    await nc.publish("orders.eu.new", b"deep")
+    await nc.flush()
+    assert (await star.next_msg(timeout=5)).data == b"\x00bytes\xff"
+    got = [m.data for m in await expect(tail, 2)]
+    assert got == [b"\x00bytes\xff", b"deep"], got
+
+    # Headers.
+    traced = await nc.subscribe("trace.hop")
+    await nc.publish("trace.hop", b"{}", headers={"Trace-Id": "abc"})
+    message = await traced.next_msg(timeout=5)
+    assert message.headers and message.headers.get("Trace-Id") == "abc", message.headers
+
+    # A queue group: each message to one member.
+    members = [await nc.subscribe("jobs.*", queue="workers") for _ in range(3)]
+    await nc.flush()
+    for n in range(30):
+        await nc.publish("jobs.resize", str(n).encode())
+    await nc.flush()
+    seen = []
+    for member in members:
+        while True:
+            try:
+                seen.append(int((await member.next_msg(timeout=0.3)).data))
+            except nats.errors.TimeoutError:
+                break
+    assert sorted(seen) == list(range(30)), seen
+
+    # Request/reply through an inbox.
+    async def answer(message):
+        await nc.publish(message.reply, b"noon")
+
+    await nc.subscribe("svc.time", cb=answer)
+    reply = await nc.request("svc.time", b"now?", timeout=5)
+    assert reply.data == b"noon", reply.data
+
+    # Auto-unsubscribe after three messages.
+    limited = await nc.subscribe("count", max_msgs=3)
+    for n in range(5):
+        await nc.publish("count", str(n).encode())
+    await nc.flush()
+    got = [m.data for m in await expect(limited, 3)]
+    assert got == [b"0", b"1", b"2"], got
+    try:
+        extra = await limited.next_msg(timeout=0.3)
+        raise AssertionError(f"a fourth message arrived: {extra.data!r}")
+    except (nats.errors.TimeoutError, nats.errors.BadSubscriptionError):
+        pass
+
+    # The HTTP API and NATS are one broker.
+    news = await nc.subscribe("news.today")
+    await nc.flush()
+    request = urllib.request.Request(
+        f"{http_url}/v1/publish",
+        data=json.dumps({"subject": "news.today", "data": {"headline": "hi"}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+    message = await news.next_msg(timeout=5)
+    assert json.loads(message.data) == {"headline": "hi"}, message.data
+
+    await nc.drain()
+
+
+def main():
+    herald = sys.argv[1]
+    nats_port = free_port()
+    env = dict(os.environ, HERALD_NATS__LISTEN=f"127.0.0.1:{nats_port}", RUST_LOG="info")
+    server = subprocess.Popen(
+        [herald, "serve", "--dev", "--listen", "127.0.0.1:0"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        http_url = None
+        for line in server.stderr:
+            if "address=" in line and http_url is None:
+                http_url = "http://" + line.split("address=")[1].split()[0]
+            if "listening for NATS clients" in line:
+                break
+        else:
+            raise SystemExit("herald exited before listening")
+        asyncio.run(check(f"nats://127.0.0.1:{nats_port}", http_url))
+        print("nats-py: every check passed")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
