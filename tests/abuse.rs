@@ -245,14 +245,7 @@ async fn a_padded_payload_holds_only_its_own_size_in_history() {
     })
     .await;
     eprintln!("{MESSAGES} padded payloads retained: {observed}");
-    let history: serde_json::Value = http
-        .get(server.url("/v1/history?subject=padded.>&limit=1000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history = support::get_json(&server, "/v1/history?subject=padded.>&limit=1000", None).await;
     assert_eq!(
         history["messages"].as_array().unwrap().len(),
         MESSAGES,

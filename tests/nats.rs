@@ -234,6 +234,24 @@ async fn unsubscribe_after_max_messages() {
     // The server forgot the subscription too.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(server.broker.metrics().subscriptions, 0);
+
+    // `max` counts from the SUB, as on nats-server: after two deliveries,
+    // `UNSUB 1 3` leaves one more, and `UNSUB 2 1` ends sid 2 at once.
+    let mut raw = Raw::connect(&server, KEY_CONNECT).await;
+    raw.send("SUB c 1\r\nSUB c 2\r\nPUB c 1\r\na\r\nPUB c 1\r\nb\r\nPING\r\n")
+        .await;
+    let mut lines = Vec::new();
+    while lines.last().map(String::as_str) != Some("PONG\r\n") {
+        lines.push(raw.line().await);
+    }
+    assert_eq!(lines.len(), 9, "{lines:?}");
+    raw.send("UNSUB 1 3\r\nUNSUB 2 1\r\nPUB c 1\r\nc\r\nPUB c 1\r\nd\r\nPING\r\n")
+        .await;
+    let mut lines = Vec::new();
+    while lines.last().map(String::as_str) != Some("PONG\r\n") {
+        lines.push(raw.line().await);
+    }
+    assert_eq!(lines, ["MSG c 1 1\r\n", "c\r\n", "PONG\r\n"]);
 }
 
 #[tokio::test]
@@ -315,15 +333,7 @@ async fn nats_messages_have_positions_history_and_resume_on_other_transports() {
     };
     assert_eq!(data, json!([1, 2]));
     // And the HTTP API's history has them.
-    let history: serde_json::Value = reqwest::Client::new()
-        .get(server.url("/v1/history?subject=feed.a"))
-        .bearer_auth(PUBLISHER_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history = support::get_json(&server, "/v1/history?subject=feed.a", Some(PUBLISHER_KEY)).await;
     assert_eq!(history["messages"][1]["data_base64"], "AQI=", "{history}");
 }
 

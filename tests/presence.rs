@@ -86,15 +86,7 @@ async fn watcher(server: &Server) -> Client {
 }
 
 async fn http_presence(server: &Server, credential: &str) -> Value {
-    reqwest::Client::new()
-        .get(server.url("/v1/presence?subject=chat.room1"))
-        .bearer_auth(credential)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    support::get_json(server, "/v1/presence?subject=chat.room1", Some(credential)).await
 }
 
 #[tokio::test]
@@ -214,15 +206,12 @@ async fn subject_rules_keep_typing_ephemeral_and_news_for_backends() {
         ServerEvent::Msg { subject, .. } => assert_eq!(subject, "chat.room1.messages"),
         other => panic!("the kept message only, got {other:?}"),
     }
-    let history: Value = reqwest::Client::new()
-        .get(server.url("/v1/history?subject=chat.room1.typing"))
-        .bearer_auth(support::PUBLISHER_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history = support::get_json(
+        &server,
+        "/v1/history?subject=chat.room1.typing",
+        Some(support::PUBLISHER_KEY),
+    )
+    .await;
     assert_eq!(history["messages"], json!([]));
     assert!(history.get("gap").is_none(), "{history}");
 

@@ -278,6 +278,16 @@ impl Client {
     }
 }
 
+/// GETs `path` from the server, with `credential` as the bearer if given,
+/// and reads the JSON body (whatever the status).
+pub async fn get_json(server: &Server, path: &str, credential: Option<&str>) -> Value {
+    let mut request = reqwest::Client::new().get(server.url(path));
+    if let Some(credential) = credential {
+        request = request.bearer_auth(credential);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// Publishes over the HTTP API with the publisher key; returns the position.
 pub async fn publish(server: &Server, subject: &str, data: Value) -> String {
     publish_to(&server.address.to_string(), Some(PUBLISHER_KEY), subject, data).await

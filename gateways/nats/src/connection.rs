@@ -65,8 +65,11 @@ struct Sids {
 struct Sid {
     /// The sid as the client wrote it.
     text: Bytes,
-    /// Messages still to deliver before an `UNSUB sid max` takes effect.
-    remaining: Option<u64>,
+    /// Messages delivered since the `SUB`.
+    delivered: u64,
+    /// `UNSUB sid max`: the subscription ends once `max` messages were
+    /// delivered in all (counted from the `SUB`, as nats-server counts).
+    max: Option<u64>,
 }
 
 pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
@@ -374,7 +377,8 @@ impl Reader<'_> {
             id,
             Sid {
                 text: sid.clone(),
-                remaining: None,
+                delivered: 0,
+                max: None,
             },
         );
         self.ids.insert(sid, id);
@@ -386,21 +390,17 @@ impl Reader<'_> {
         let Some(&id) = self.ids.get(&sid) else {
             return;
         };
-        if let Some(max) = max_msgs {
+        let keep = max_msgs.is_some_and(|max| {
             let mut sids = self.lock_sids();
-            let delivered_enough = match sids.by_id.get_mut(&id) {
-                Some(entry) if max > 0 => {
-                    entry.remaining = Some(max);
-                    false
-                }
-                _ => true,
-            };
-            drop(sids);
-            if !delivered_enough {
-                return;
-            }
+            let entry = sids.by_id.get_mut(&id);
+            entry.is_some_and(|entry| {
+                entry.max = Some(max);
+                entry.delivered < max
+            })
+        });
+        if !keep {
+            self.forget(id);
         }
-        self.forget(id);
     }
 
     /// Ends the subscription `id` everywhere.
@@ -468,12 +468,10 @@ impl NatsWriter {
                 return;
             };
             let sid = entry.text.clone();
-            if let Some(remaining) = &mut entry.remaining {
-                *remaining -= 1;
-                if *remaining == 0 {
-                    sids.by_id.remove(&id);
-                    let _ = self.finished.send(id);
-                }
+            entry.delivered += 1;
+            if entry.max.is_some_and(|max| entry.delivered >= max) {
+                sids.by_id.remove(&id);
+                let _ = self.finished.send(id);
             }
             sid
         };
