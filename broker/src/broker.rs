@@ -366,7 +366,7 @@ impl Broker {
     /// trusted path for servers. Clients publish through a
     /// [`Session`](crate::Session).
     pub fn publish(&self, subject: &str, payload: Payload) -> Result<Position, PublishError> {
-        self.publish_skipping(subject, payload, Envelope::default(), None)
+        self.publish_with(subject, payload, Envelope::default())
     }
 
     /// Publishes with headers or a reply subject, unchecked by any
@@ -377,19 +377,21 @@ impl Broker {
         payload: Payload,
         envelope: Envelope,
     ) -> Result<Position, PublishError> {
-        self.publish_skipping(subject, payload, envelope, None)
+        self.check(subject, payload.len() + envelope.headers_len())?;
+        self.publish_checked(subject, payload, envelope, None)
     }
 
-    /// Publishes, delivering to every matching subscriber but `skip` (the
+    /// Publishes what the caller has checked (the subject, and the size
+    /// with headers: [`Session::check_publish`](crate::Session::check_publish)
+    /// does), delivering to every matching subscriber but `skip` (the
     /// publisher's own connection, when it asked not to be echoed).
-    pub(crate) fn publish_skipping(
+    pub(crate) fn publish_checked(
         &self,
         subject: &str,
         payload: Payload,
         envelope: Envelope,
         skip: Option<&Arc<Outbox>>,
     ) -> Result<Position, PublishError> {
-        self.check(subject, payload.len() + envelope.headers_len())?;
         let channel = self.channel_for(subject)?;
         let mut order = self.lock_publish_order();
         Ok(self.publish_locked(&mut order, channel, payload, envelope, skip))

@@ -94,7 +94,11 @@ impl Payload {
     /// one JSON value nested at most [`MAX_PAYLOAD_DEPTH`] deep, opaque
     /// bytes otherwise. Never refused for its content.
     pub fn from_bytes(body: Bytes) -> Payload {
-        let json = !body.is_empty()
+        // Most bytes that are not JSON are told by their first byte, without
+        // a parser (whose error allocates).
+        let first = body.iter().find(|byte| !b" \t\r\n".contains(byte));
+        let json = first
+            .is_some_and(|byte| matches!(byte, b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'))
             && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok()
             && check_json_depth(&body).is_ok();
         Payload {

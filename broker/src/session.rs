@@ -598,7 +598,7 @@ impl Session {
     ) -> Result<Position, SessionError> {
         self.check_publish(subject, payload.len() + envelope.headers_len())?;
         let skip = (!echo).then_some(&self.outbox);
-        Ok(self.broker.publish_skipping(subject, payload, envelope, skip)?)
+        Ok(self.broker.publish_checked(subject, payload, envelope, skip)?)
     }
 
     /// A reply subject, validated as any subject. Anyone may name one: the

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use herald_broker::{
     CloseReason, Encoding, Envelope, Headers, Outbound, Outbox, Payload, Reply, Session, SessionError,
     SubscriptionId,
@@ -97,7 +97,7 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, gateway: Arc<Gate
     let mut buffer = BytesMut::with_capacity(4096);
     let first = timeout(
         gateway.config.auth_timeout,
-        read_op(&mut read, &mut buffer, &limits),
+        read_connect(&mut read, &mut buffer, &limits),
     )
     .await;
     let options = match first {
@@ -109,13 +109,12 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, gateway: Arc<Gate
         Ok(Err(ReadFailure::Protocol(error))) => {
             return refuse(&mut write, b"", &error.to_string(), &gateway).await
         }
-        Ok(Ok(ClientOp::Connect(json))) => match serde_json::from_slice::<ConnectOptions>(&json) {
-            Ok(options) if options.protocol.unwrap_or(0) <= 1 => options,
-            Ok(_) => return refuse(&mut write, b"", "Invalid Client Protocol", &gateway).await,
-            Err(_) => return refuse(&mut write, b"", "Parser Error", &gateway).await,
-        },
-        // Credentials come in CONNECT, so nothing may come before it.
-        Ok(Ok(_)) => return refuse(&mut write, b"", "Authorization Violation", &gateway).await,
+        Ok(Err(ReadFailure::NotConnect)) => {
+            return refuse(&mut write, b"", "Authorization Violation", &gateway).await
+        }
+        Ok(Ok(Some(options))) if options.protocol.unwrap_or(0) <= 1 => options,
+        Ok(Ok(Some(_))) => return refuse(&mut write, b"", "Invalid Client Protocol", &gateway).await,
+        Ok(Ok(None)) => return refuse(&mut write, b"", "Parser Error", &gateway).await,
     };
     let credential = options
         .auth_token
@@ -225,17 +224,25 @@ enum ReadFailure {
     Closed,
     Io,
     Protocol(ParseError),
+    NotConnect,
 }
 
-/// Reads until one whole operation is in `buffer`, and takes it.
-async fn read_op(
+/// Reads the first operation, which must be CONNECT, and takes it: its
+/// options, or `None` when they are not CONNECT's JSON.
+async fn read_connect(
     socket: &mut OwnedReadHalf,
     buffer: &mut BytesMut,
     limits: &ParserLimits,
-) -> Result<ClientOp, ReadFailure> {
+) -> Result<Option<ConnectOptions>, ReadFailure> {
     loop {
-        if let Some(op) = parse(buffer, limits).map_err(ReadFailure::Protocol)? {
-            return Ok(op);
+        if let Some((op, taken)) = parse(buffer, limits).map_err(ReadFailure::Protocol)? {
+            let ClientOp::Connect(json) = op else {
+                // Credentials come in CONNECT, so nothing may come before it.
+                return Err(ReadFailure::NotConnect);
+            };
+            let options = serde_json::from_slice(json).ok();
+            buffer.advance(taken);
+            return Ok(options);
         }
         buffer.reserve(4096);
         match socket.read_buf(buffer).await {
@@ -273,16 +280,23 @@ struct Reader<'a> {
 impl Reader<'_> {
     async fn run(&mut self) -> ReadEnd {
         loop {
-            loop {
-                match parse(&mut self.buffer, &self.limits) {
-                    Ok(Some(op)) => self.handle(op),
-                    Ok(None) => break,
-                    Err(error) => {
-                        let outbox = self.session.outbox();
-                        outbox.close(CloseReason::ProtocolViolation(error.to_string()));
-                        return ReadEnd::Closing;
+            // Operations borrow the buffer while they are handled.
+            let mut buffer = std::mem::take(&mut self.buffer);
+            let parsed = loop {
+                match parse(&buffer, &self.limits) {
+                    Ok(Some((op, taken))) => {
+                        self.handle(op);
+                        buffer.advance(taken);
                     }
+                    Ok(None) => break Ok(()),
+                    Err(error) => break Err(error),
                 }
+            };
+            self.buffer = buffer;
+            if let Err(error) = parsed {
+                let outbox = self.session.outbox();
+                outbox.close(CloseReason::ProtocolViolation(error.to_string()));
+                return ReadEnd::Closing;
             }
             if self.session.outbox().is_closed() {
                 return ReadEnd::Closing;
@@ -318,8 +332,8 @@ impl Reader<'_> {
                 reply,
                 headers,
                 payload,
-            } => self.publish(&subject, reply.as_deref(), headers, payload),
-            ClientOp::Sub { subject, queue, sid } => self.subscribe(&subject, queue.as_deref(), sid),
+            } => self.publish(subject, reply, headers, payload),
+            ClientOp::Sub { subject, queue, sid } => self.subscribe(subject, queue, sid),
             ClientOp::Unsub { sid, max_msgs } => {
                 self.unsubscribe(sid, max_msgs);
                 Ok(())
@@ -343,8 +357,8 @@ impl Reader<'_> {
         &mut self,
         subject: &str,
         reply: Option<&str>,
-        headers: Option<Bytes>,
-        payload: Bytes,
+        headers: Option<&[u8]>,
+        payload: &[u8],
     ) -> Result<(), String> {
         let refused = |error: SessionError| nats_error(&error, "Publish to", subject);
         let reply = reply
@@ -352,19 +366,25 @@ impl Reader<'_> {
             .transpose()
             .map_err(refused)?;
         let headers = headers
-            .map(Headers::parse)
+            .map(|block| Headers::parse(Bytes::copy_from_slice(block)))
             .transpose()
             .map_err(|error| format!("Invalid Headers: {error}"))?;
         let envelope = Envelope { headers, reply };
         self.session
-            .publish_with(subject, Payload::from_bytes(payload), envelope, self.echo)
+            // Copied out of the read buffer: a small message must not keep
+            // the whole buffer alive for as long as history holds it.
+            .publish_with(
+                subject,
+                Payload::from_bytes(Bytes::copy_from_slice(payload)),
+                envelope,
+                self.echo,
+            )
             .map(drop)
             .map_err(refused)
     }
 
-    fn subscribe(&mut self, subject: &str, queue: Option<&str>, sid: String) -> Result<(), String> {
-        let sid = Bytes::from(sid);
-        if self.ids.contains_key(&sid) {
+    fn subscribe(&mut self, subject: &str, queue: Option<&str>, sid: &str) -> Result<(), String> {
+        if self.ids.contains_key(sid.as_bytes()) {
             // nats-server ignores a repeated sid; so does this.
             return Ok(());
         }
@@ -373,6 +393,7 @@ impl Reader<'_> {
             .subscribe_member(id, subject, queue)
             .map_err(|error| nats_error(&error, "Subscription to", subject))?;
         self.next_id = self.next_id.wrapping_add(1).max(1);
+        let sid = Bytes::copy_from_slice(sid.as_bytes());
         self.lock_sids().by_id.insert(
             id,
             Sid {
@@ -385,9 +406,8 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn unsubscribe(&mut self, sid: String, max_msgs: Option<u64>) {
-        let sid = Bytes::from(sid);
-        let Some(&id) = self.ids.get(&sid) else {
+    fn unsubscribe(&mut self, sid: &str, max_msgs: Option<u64>) {
+        let Some(&id) = self.ids.get(sid.as_bytes()) else {
             return;
         };
         let keep = max_msgs.is_some_and(|max| {

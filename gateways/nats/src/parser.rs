@@ -2,34 +2,34 @@
 //!
 //! Operations are lines (`SUB orders.* 1\r\n`); `PUB` and `HPUB` are a
 //! line and then exactly as many bytes as the line announced, then CRLF.
-//! The parser takes whole operations off the front of a read buffer and
-//! leaves a partial one there for the next read. A line is never longer than
-//! `max_control_line`, a payload never larger than `max_payload`: both are
-//! checked before anything is buffered past them, so a client cannot make
-//! the server hold more than the limits whatever it sends.
+//! [`parse`] reads the first whole operation at the front of a read buffer
+//! without copying or allocating: the operation borrows the buffer, and the
+//! caller handles it, then drops the bytes it took. A partial operation is
+//! left for the next read. A line is never longer than `max_control_line`,
+//! a payload never larger than `max_payload`: both are checked before
+//! anything past them is waited for, so a client cannot make the server
+//! hold more than the limits whatever it sends.
 
-use bytes::{Buf, Bytes, BytesMut};
-
-/// One operation from a client.
+/// One operation from a client, borrowed from the read buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientOp {
+pub enum ClientOp<'a> {
     /// `CONNECT {json}`: the options, unparsed.
-    Connect(Bytes),
+    Connect(&'a [u8]),
     /// `PUB`, or `HPUB` when `headers` is there: the header block and the
     /// payload, each exactly as sent.
     Pub {
-        subject: String,
-        reply: Option<String>,
-        headers: Option<Bytes>,
-        payload: Bytes,
+        subject: &'a str,
+        reply: Option<&'a str>,
+        headers: Option<&'a [u8]>,
+        payload: &'a [u8],
     },
     Sub {
-        subject: String,
-        queue: Option<String>,
-        sid: String,
+        subject: &'a str,
+        queue: Option<&'a str>,
+        sid: &'a str,
     },
     Unsub {
-        sid: String,
+        sid: &'a str,
         max_msgs: Option<u64>,
     },
     Ping,
@@ -59,135 +59,151 @@ pub struct ParserLimits {
     pub max_payload: usize,
 }
 
-/// Takes the next whole operation off the front of `buffer`; `Ok(None)`
-/// when more bytes are needed (nothing is consumed then).
-pub fn parse(buffer: &mut BytesMut, limits: &ParserLimits) -> Result<Option<ClientOp>, ParseError> {
-    let Some(end) = buffer
+/// The most arguments any operation has (`HPUB subject reply hdr total`).
+const MAX_ARGUMENTS: usize = 4;
+
+/// The operations a client may send.
+const VERBS: [&str; 7] = ["PING", "PONG", "CONNECT", "SUB", "UNSUB", "PUB", "HPUB"];
+
+/// The first whole operation in `input` and how many bytes it took;
+/// `Ok(None)` when more bytes are needed.
+pub fn parse<'a>(
+    input: &'a [u8],
+    limits: &ParserLimits,
+) -> Result<Option<(ClientOp<'a>, usize)>, ParseError> {
+    let Some(end) = input
         .iter()
         .take(limits.max_control_line + 2)
         .position(|&b| b == b'\n')
     else {
-        return if buffer.len() > limits.max_control_line + 1 {
+        return if input.len() > limits.max_control_line + 1 {
             Err(ParseError::ControlLineTooLong)
         } else {
             Ok(None)
         };
     };
-    let line = &buffer[..end];
+    let line = &input[..end];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.len() > limits.max_control_line {
         return Err(ParseError::ControlLineTooLong);
     }
     let line = std::str::from_utf8(line).map_err(|_| ParseError::UnknownOperation)?;
-    let (verb, rest) = match line.find([' ', '\t']) {
-        Some(at) => (&line[..at], line[at..].trim_start_matches([' ', '\t'])),
+    let is_blank = |c: char| c == ' ' || c == '\t';
+    let (verb, rest) = match line.find(is_blank) {
+        Some(at) => (&line[..at], line[at..].trim_start_matches(is_blank)),
         None => (line, ""),
     };
-    let arguments: Vec<&str> = rest.split([' ', '\t']).filter(|part| !part.is_empty()).collect();
-    let op = match verb.to_ascii_uppercase().as_str() {
-        "PING" if arguments.is_empty() => ClientOp::Ping,
-        "PONG" if arguments.is_empty() => ClientOp::Pong,
-        "PING" | "PONG" => return Err(ParseError::Malformed),
-        "CONNECT" => {
-            if rest.is_empty() {
-                return Err(ParseError::Malformed);
-            }
-            let json = Bytes::copy_from_slice(rest.trim_end().as_bytes());
-            ClientOp::Connect(json)
+    let verb_is = |name: &str| verb.eq_ignore_ascii_case(name);
+    if !VERBS.iter().any(|known| verb_is(known)) {
+        return Err(ParseError::UnknownOperation);
+    }
+    let mut arguments = [""; MAX_ARGUMENTS];
+    let mut count = 0;
+    for argument in rest.split(is_blank).filter(|part| !part.is_empty()) {
+        // CONNECT reads `rest` whole; no other operation has this many.
+        if count == MAX_ARGUMENTS && !verb_is("CONNECT") {
+            return Err(ParseError::Malformed);
         }
-        "SUB" => match arguments[..] {
+        if count < MAX_ARGUMENTS {
+            arguments[count] = argument;
+            count += 1;
+        }
+    }
+    let arguments = &arguments[..count];
+    let taken = end + 1;
+    let op = if verb_is("PING") || verb_is("PONG") {
+        if !arguments.is_empty() {
+            return Err(ParseError::Malformed);
+        }
+        if verb_is("PING") {
+            ClientOp::Ping
+        } else {
+            ClientOp::Pong
+        }
+    } else if verb_is("CONNECT") {
+        if rest.is_empty() {
+            return Err(ParseError::Malformed);
+        }
+        ClientOp::Connect(rest.trim_end().as_bytes())
+    } else if verb_is("SUB") {
+        match *arguments {
             [subject, sid] => ClientOp::Sub {
-                subject: subject.to_owned(),
+                subject,
                 queue: None,
-                sid: sid.to_owned(),
+                sid,
             },
             [subject, queue, sid] => ClientOp::Sub {
-                subject: subject.to_owned(),
-                queue: Some(queue.to_owned()),
-                sid: sid.to_owned(),
+                subject,
+                queue: Some(queue),
+                sid,
             },
             _ => return Err(ParseError::Malformed),
-        },
-        "UNSUB" => match arguments[..] {
-            [sid] => ClientOp::Unsub {
-                sid: sid.to_owned(),
-                max_msgs: None,
-            },
+        }
+    } else if verb_is("UNSUB") {
+        match *arguments {
+            [sid] => ClientOp::Unsub { sid, max_msgs: None },
             [sid, max] => ClientOp::Unsub {
-                sid: sid.to_owned(),
+                sid,
                 max_msgs: Some(number(max)?),
             },
             _ => return Err(ParseError::Malformed),
-        },
-        "PUB" => {
-            let (subject, reply, size) = match arguments[..] {
-                [subject, size] => (subject, None, number(size)?),
-                [subject, reply, size] => (subject, Some(reply), number(size)?),
-                _ => return Err(ParseError::Malformed),
-            };
-            let (subject, reply) = (subject.to_owned(), reply.map(str::to_owned));
-            return take_payload(buffer, end, limits, subject, reply, None, size);
         }
-        "HPUB" => {
-            let (subject, reply, header_size, size) = match arguments[..] {
-                [subject, headers, size] => (subject, None, number(headers)?, number(size)?),
-                [subject, reply, headers, size] => (subject, Some(reply), number(headers)?, number(size)?),
-                _ => return Err(ParseError::Malformed),
-            };
-            if header_size > size {
-                return Err(ParseError::Malformed);
+    } else if verb_is("PUB") {
+        let (subject, reply, size) = match *arguments {
+            [subject, size] => (subject, None, number(size)?),
+            [subject, reply, size] => (subject, Some(reply), number(size)?),
+            _ => return Err(ParseError::Malformed),
+        };
+        return with_payload(input, taken, limits, size, |body| ClientOp::Pub {
+            subject,
+            reply,
+            headers: None,
+            payload: body,
+        });
+    } else if verb_is("HPUB") {
+        let (subject, reply, header_size, size) = match *arguments {
+            [subject, headers, size] => (subject, None, number(headers)?, number(size)?),
+            [subject, reply, headers, size] => (subject, Some(reply), number(headers)?, number(size)?),
+            _ => return Err(ParseError::Malformed),
+        };
+        if header_size > size {
+            return Err(ParseError::Malformed);
+        }
+        return with_payload(input, taken, limits, size, |body| {
+            let (headers, payload) = body.split_at(header_size as usize);
+            ClientOp::Pub {
+                subject,
+                reply,
+                headers: Some(headers),
+                payload,
             }
-            let (subject, reply) = (subject.to_owned(), reply.map(str::to_owned));
-            return take_payload(buffer, end, limits, subject, reply, Some(header_size), size);
-        }
-        _ => return Err(ParseError::UnknownOperation),
+        });
+    } else {
+        return Err(ParseError::UnknownOperation);
     };
-    buffer.advance(end + 1);
-    Ok(Some(op))
+    Ok(Some((op, taken)))
 }
 
-/// A `PUB`/`HPUB` whose line ends at `line_end`: waits for its `size`
-/// bytes and the CRLF after them, then takes the whole operation.
-fn take_payload(
-    buffer: &mut BytesMut,
-    line_end: usize,
+/// A `PUB`/`HPUB` whose line took `line` bytes: once its `size` bytes and
+/// the CRLF after them are there, the operation `make` builds from them.
+fn with_payload<'a>(
+    input: &'a [u8],
+    line: usize,
     limits: &ParserLimits,
-    subject: String,
-    reply: Option<String>,
-    header_size: Option<u64>,
     size: u64,
-) -> Result<Option<ClientOp>, ParseError> {
+    make: impl FnOnce(&'a [u8]) -> ClientOp<'a>,
+) -> Result<Option<(ClientOp<'a>, usize)>, ParseError> {
     if size > limits.max_payload as u64 {
         return Err(ParseError::PayloadTooLarge);
     }
-    let size = size as usize;
-    let start = line_end + 1;
-    if buffer.len() < start + size + 2 {
-        // Room for the rest, so the next reads do not reallocate piecemeal.
-        buffer.reserve(start + size + 2 - buffer.len());
+    let end = line + size as usize;
+    if input.len() < end + 2 {
         return Ok(None);
     }
-    if &buffer[start + size..start + size + 2] != b"\r\n" {
+    if &input[end..end + 2] != b"\r\n" {
         return Err(ParseError::Malformed);
     }
-    buffer.advance(start);
-    // Copied out: a small message must not keep the whole read buffer
-    // alive for as long as history holds it.
-    let body = Bytes::copy_from_slice(&buffer[..size]);
-    buffer.advance(size + 2);
-    let (headers, payload) = match header_size {
-        Some(header_size) => {
-            let header_size = header_size as usize;
-            (Some(body.slice(..header_size)), body.slice(header_size..))
-        }
-        None => (None, body),
-    };
-    Ok(Some(ClientOp::Pub {
-        subject,
-        reply,
-        headers,
-        payload,
-    }))
+    Ok(Some((make(&input[line..end]), end + 2)))
 }
 
 /// A size or count: decimal digits only.
@@ -207,73 +223,82 @@ mod tests {
         max_payload: 16,
     };
 
-    fn all(input: &[u8]) -> Result<Vec<ClientOp>, ParseError> {
-        let mut buffer = BytesMut::from(input);
+    /// Every operation in `input`, as (debug text, bytes taken).
+    fn all(input: &[u8]) -> Result<Vec<String>, ParseError> {
+        let mut at = 0;
         let mut ops = Vec::new();
-        while let Some(op) = parse(&mut buffer, &LIMITS)? {
-            ops.push(op);
+        while let Some((op, taken)) = parse(&input[at..], &LIMITS)? {
+            ops.push(format!("{op:?}"));
+            at += taken;
         }
-        assert!(buffer.is_empty(), "left over: {buffer:?}");
+        assert_eq!(at, input.len(), "left over: {:?}", &input[at..]);
         Ok(ops)
     }
 
     #[test]
     fn every_operation_parses_in_any_case_and_spacing() {
-        let ops = all(b"ping\r\nPONG\nSUB a.* 1\r\nsub  a.>\tq  22\r\nUNSUB 1\r\nunsub 22 5\r\nPUB a.b 2\r\nhi\r\npub a.b _INBOX.x 0\r\n\r\nHPUB a.b 12 14\r\nNATS/1.0\r\n\r\nok\r\n").unwrap();
+        let input = b"ping\r\nPONG\nSUB a.* 1\r\nsub  a.>\tq  22\r\nUNSUB 1\r\nunsub 22 5\r\nPUB a.b 2\r\nhi\r\npub a.b _INBOX.x 0\r\n\r\nHPUB a.b 12 14\r\nNATS/1.0\r\n\r\nok\r\n";
+        let mut ops = Vec::new();
+        let mut at = 0;
+        while let Some((op, taken)) = parse(&input[at..], &LIMITS).unwrap() {
+            ops.push(op);
+            at += taken;
+        }
         assert_eq!(ops.len(), 9);
         assert_eq!(ops[0], ClientOp::Ping);
         assert_eq!(ops[1], ClientOp::Pong);
         assert_eq!(
             ops[3],
             ClientOp::Sub {
-                subject: "a.>".into(),
-                queue: Some("q".into()),
-                sid: "22".into()
+                subject: "a.>",
+                queue: Some("q"),
+                sid: "22"
             }
         );
         assert_eq!(
             ops[5],
             ClientOp::Unsub {
-                sid: "22".into(),
+                sid: "22",
                 max_msgs: Some(5)
             }
         );
         assert_eq!(
             ops[7],
             ClientOp::Pub {
-                subject: "a.b".into(),
-                reply: Some("_INBOX.x".into()),
+                subject: "a.b",
+                reply: Some("_INBOX.x"),
                 headers: None,
-                payload: Bytes::new()
+                payload: b""
             }
         );
-        let ClientOp::Pub { headers, payload, .. } = &ops[8] else {
-            panic!("HPUB")
-        };
-        assert_eq!(headers.as_deref(), Some(&b"NATS/1.0\r\n\r\n"[..]));
-        assert_eq!(&payload[..], b"ok");
+        assert_eq!(
+            ops[8],
+            ClientOp::Pub {
+                subject: "a.b",
+                reply: None,
+                headers: Some(b"NATS/1.0\r\n\r\n"),
+                payload: b"ok"
+            }
+        );
     }
 
     #[test]
     fn a_split_operation_waits_for_the_rest() {
         let input = b"PUB a 5\r\nhello\r\nPING\r\n";
         for cut in 0..input.len() {
-            let mut buffer = BytesMut::from(&input[..cut]);
-            let mut ops = Vec::new();
-            while let Some(op) = parse(&mut buffer, &LIMITS).unwrap() {
-                ops.push(op);
-            }
-            buffer.extend_from_slice(&input[cut..]);
-            while let Some(op) = parse(&mut buffer, &LIMITS).unwrap() {
-                ops.push(op);
-            }
-            assert_eq!(ops.len(), 2, "cut at {cut}");
+            let first = parse(&input[..cut], &LIMITS).unwrap();
+            let at = match first {
+                Some((_, taken)) => taken,
+                None => 0,
+            };
+            let rest = all(&input[at..]).unwrap();
+            assert_eq!(usize::from(at > 0) + rest.len(), 2, "cut at {cut}");
         }
     }
 
     #[test]
     fn bad_input_gets_the_nats_error() {
-        let cases: [(&[u8], ParseError); 9] = [
+        let cases: [(&[u8], ParseError); 10] = [
             (b"HELLO\r\n", ParseError::UnknownOperation),
             (b"PUB a\r\n", ParseError::Malformed),
             (b"PUB a -1\r\n", ParseError::Malformed),
@@ -281,6 +306,7 @@ mod tests {
             (b"PUB a 17\r\n", ParseError::PayloadTooLarge),
             (b"HPUB a 20 10\r\n", ParseError::Malformed),
             (b"SUB a\r\n", ParseError::Malformed),
+            (b"SUB a b c d e\r\n", ParseError::Malformed),
             (b"PING now\r\n", ParseError::Malformed),
             (b"\xff\xfe\r\n", ParseError::UnknownOperation),
         ];
@@ -290,8 +316,7 @@ mod tests {
         let long = format!("SUB {} 1\r\n", "a".repeat(80));
         assert_eq!(all(long.as_bytes()), Err(ParseError::ControlLineTooLong));
         // Without a line end, the limit applies as soon as it is passed.
-        let mut endless = BytesMut::from(&[b'x'; 70][..]);
-        assert_eq!(parse(&mut endless, &LIMITS), Err(ParseError::ControlLineTooLong));
+        assert_eq!(parse(&[b'x'; 70], &LIMITS), Err(ParseError::ControlLineTooLong));
         assert_eq!(
             ParseError::PayloadTooLarge.to_string(),
             "Maximum Payload Violation"

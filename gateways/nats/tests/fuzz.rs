@@ -2,7 +2,7 @@
 //! never panics, never takes more than it was given, and whatever it
 //! refuses is one of NATS's errors.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use herald_nats::parser::{parse, ParserLimits};
 use proptest::prelude::*;
 
@@ -29,11 +29,15 @@ fn feed(input: &[u8], step: usize) {
     for chunk in input.chunks(step.max(1)) {
         buffer.extend_from_slice(chunk);
         loop {
-            let before = buffer.len();
-            match parse(&mut buffer, &LIMITS) {
-                Ok(Some(_)) => assert!(buffer.len() < before, "an operation consumes input"),
+            match parse(&buffer, &LIMITS) {
+                Ok(Some((_, taken))) => {
+                    assert!(
+                        taken > 0 && taken <= buffer.len(),
+                        "an operation takes what it was given"
+                    );
+                    buffer.advance(taken);
+                }
                 Ok(None) => {
-                    assert_eq!(buffer.len(), before, "waiting consumes nothing");
                     // Waiting holds at most one line and one payload.
                     assert!(buffer.len() <= LIMITS.max_control_line + 2 + LIMITS.max_payload + 2 + step);
                     break;
@@ -84,7 +88,8 @@ proptest! {
         let mut parsed = 0;
         for chunk in input.chunks(step) {
             buffer.extend_from_slice(chunk);
-            while parse(&mut buffer, &LIMITS).expect("valid input").is_some() {
+            while let Some((_, taken)) = parse(&buffer, &LIMITS).expect("valid input") {
+                buffer.advance(taken);
                 parsed += 1;
             }
         }
