@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth doc clean
+.PHONY: test test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth bench-nats doc clean
 
 ## Run every test in the workspace (unit, integration, property, doc tests).
 test:
@@ -113,6 +113,13 @@ clean:
 bench-abuse:
 	$(CARGO) build --release -p herald -p herald-bench
 	./target/release/herald-bench abuse --connections 1000 --seconds 5
+
+## The same async-nats workload against nats-server and Herald's NATS
+## listener, three rounds alternating which goes first: JSON lines, then
+## the table of medians and ratios docs/benchmarks.md quotes.
+bench-nats: bench-peers
+	$(CARGO) build --release -p herald -p herald-bench
+	./target/release/herald-bench nats
 
 ## Fan-out to 1 000 subscribers each holding a user token vs anonymous
 ## ones, six runs each, which goes first alternating: one JSON line per run.

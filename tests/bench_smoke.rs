@@ -44,3 +44,35 @@ async fn every_scenario_runs_and_delivers_correctly() {
         }
     }
 }
+
+/// `herald-bench nats` in its seconds-long size: the async-nats workload
+/// runs against both servers and every message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_workload_runs_against_both_servers() {
+    let binaries = Binaries::locate(env!("CARGO_BIN_EXE_herald").into());
+    if !binaries.can_run(Target::NatsTcp) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "under CI nats-server must be installed"
+        );
+        eprintln!("nats-server not installed here, skipped");
+        return;
+    }
+    let records = herald_bench::nats::run(&binaries, herald_bench::nats::NatsSize::SMOKE, |_| {})
+        .await
+        .expect("the NATS workload runs");
+    for server in ["nats-server", "herald"] {
+        for scenario in ["fanout", "publish"] {
+            assert!(
+                records
+                    .iter()
+                    .any(|r| r.server == server && r.scenario == scenario),
+                "{server} {scenario} ran"
+            );
+        }
+    }
+    for record in &records {
+        assert_eq!(record.delivered_share, 1.0, "{record:?}");
+        assert!(record.per_second > 0.0, "{record:?}");
+    }
+}

@@ -76,6 +76,14 @@ enum Command {
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
     },
+    /// The same async-nats workload against nats-server and Herald's NATS
+    /// listener, fresh servers each round, alternating: JSON lines on
+    /// stdout, then the table of medians and ratios.
+    Nats {
+        /// Seconds-long sizes, for the test suite.
+        #[arg(long)]
+        smoke: bool,
+    },
     /// One idle-connections run.
     Idle {
         #[arg(long, default_value = "herald-ws-json")]
@@ -153,6 +161,19 @@ async fn main() -> anyhow::Result<()> {
             for record in records? {
                 println!("{}", serde_json::to_string(&record)?);
             }
+            Ok(())
+        }
+        Command::Nats { smoke } => {
+            let size = if smoke {
+                herald_bench::nats::NatsSize::SMOKE
+            } else {
+                herald_bench::nats::NatsSize::STANDARD
+            };
+            let records = herald_bench::nats::run(&binaries, size, |record| {
+                println!("{}", serde_json::to_string(record).expect("records serialize"));
+            })
+            .await?;
+            print!("{}", herald_bench::nats::markdown(&records));
             Ok(())
         }
         Command::Idle { target, connections } => {

@@ -226,6 +226,30 @@ fn signal(signal: &str, pids: &[u32]) {
 }
 
 async fn start_herald(binary: &Path) -> anyhow::Result<Server> {
+    start_logging_address(herald_command(binary)?, "herald").await
+}
+
+impl Server {
+    /// Herald as for the other targets, its NATS listener on a free port
+    /// (returned), and its per-connection queues as deep as nats-server's
+    /// default pending limit (64 MiB), so that a NATS workload meets the
+    /// same buffering on both servers.
+    pub async fn herald_with_nats(binaries: &Binaries) -> anyhow::Result<(Server, SocketAddr)> {
+        let nats: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let mut command = herald_command(&binaries.herald)?;
+        command
+            .env("HERALD_NATS__LISTEN", nats.to_string())
+            .env("HERALD_BROKER__QUEUE__MAX_MESSAGES", "1000000")
+            .env("HERALD_BROKER__QUEUE__MAX_BYTES", "64MiB");
+        let server = start_logging_address(command, "herald").await?;
+        let server = wait_listening(server, &[nats], "herald's NATS listener").await?;
+        Ok((server, nats))
+    }
+}
+
+/// `herald serve --dev` on an ephemeral port, with the limits a load
+/// generator on loopback would otherwise hit lifted.
+fn herald_command(binary: &Path) -> anyhow::Result<Command> {
     if !binary.exists() {
         bail!(
             "{} not found: build it with `cargo build --release`",
@@ -246,7 +270,7 @@ async fn start_herald(binary: &Path) -> anyhow::Result<Server> {
         // publishes are otherwise limited per connection.
         .env("HERALD_BROKER__MAX_CLIENT_PUBLISHES_PER_SECOND", "0")
         .env("HERALD_AUTH__JWT_HS256_SECRET", crate::clients::BENCH_JWT_SECRET);
-    start_logging_address(command, "herald").await
+    Ok(command)
 }
 
 /// Starts a server that logs `address=HOST:PORT` on stderr once listening.

@@ -1,0 +1,253 @@
+//! The same async-nats workload against nats-server and against Herald's
+//! NATS listener, in one run (`herald-bench nats`, `make bench-nats`).
+//!
+//! - **fan-out**: one publisher → N subscribers (each its own connection)
+//!   on one subject, 128-byte messages. The publisher sends in chunks and
+//!   flushes after each, and keeps at most a window of messages ahead of
+//!   the slowest delivery count (the same pacing for both servers), so the
+//!   figure is what the server delivers, not what it drops.
+//! - **publish**: one pipelined publisher and no subscriber: messages
+//!   accepted per second, up to the final flush's PONG.
+//!
+//! Both servers run fresh for every round, rounds alternate the order, and
+//! the report takes medians; a ratio compares Herald to nats-server
+//! measured in the same round.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::clients::Target;
+use crate::servers::{Binaries, Server};
+
+/// One measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct NatsRecord {
+    /// `nats-server` or `herald`.
+    pub server: &'static str,
+    pub round: usize,
+    /// `fanout` or `publish`.
+    pub scenario: &'static str,
+    pub subscribers: usize,
+    pub messages: u64,
+    /// Deliveries (fan-out) or accepted publishes, per second.
+    pub per_second: f64,
+    /// Deliveries that arrived out of those expected.
+    pub delivered_share: f64,
+}
+
+/// How big a run is.
+#[derive(Debug, Clone, Copy)]
+pub struct NatsSize {
+    pub subscribers: &'static [usize],
+    /// Deliveries each fan-out aims at (messages = this / subscribers).
+    pub deliveries: u64,
+    pub publishes: u64,
+    pub rounds: usize,
+}
+
+impl NatsSize {
+    pub const STANDARD: NatsSize = NatsSize {
+        subscribers: &[1, 100, 1_000],
+        deliveries: 2_000_000,
+        publishes: 1_000_000,
+        rounds: 3,
+    };
+    pub const SMOKE: NatsSize = NatsSize {
+        subscribers: &[1, 10],
+        deliveries: 2_000,
+        publishes: 2_000,
+        rounds: 1,
+    };
+}
+
+const PAYLOAD: usize = 128;
+const SUBJECT: &str = "bench.fanout";
+
+/// Runs every round; `each` sees every record as it is made.
+pub async fn run(
+    binaries: &Binaries,
+    size: NatsSize,
+    mut each: impl FnMut(&NatsRecord),
+) -> anyhow::Result<Vec<NatsRecord>> {
+    anyhow::ensure!(binaries.can_run(Target::NatsTcp), "nats-server is not installed");
+    let mut records = Vec::new();
+    for round in 0..size.rounds {
+        let order: [&'static str; 2] = if round % 2 == 0 {
+            ["nats-server", "herald"]
+        } else {
+            ["herald", "nats-server"]
+        };
+        for server in order {
+            let (running, address) = match server {
+                "herald" => Server::herald_with_nats(binaries).await?,
+                _ => {
+                    let running = Server::start(Target::NatsTcp, binaries).await?;
+                    let address = running.address;
+                    (running, address)
+                }
+            };
+            let url = format!("nats://{address}");
+            let mut measured = Vec::new();
+            for &subscribers in size.subscribers {
+                let messages = (size.deliveries / subscribers as u64).max(100);
+                measured.push(fanout(&url, subscribers, messages).await);
+            }
+            measured.push(publish(&url, size.publishes).await);
+            running.stop().await;
+            for result in measured {
+                let (scenario, subscribers, messages, per_second, delivered_share) =
+                    result.with_context(|| format!("{server}, round {round}"))?;
+                let record = NatsRecord {
+                    server,
+                    round,
+                    scenario,
+                    subscribers,
+                    messages,
+                    per_second,
+                    delivered_share,
+                };
+                each(&record);
+                records.push(record);
+            }
+        }
+    }
+    Ok(records)
+}
+
+type Measured = (&'static str, usize, u64, f64, f64);
+
+async fn fanout(url: &str, subscribers: usize, messages: u64) -> anyhow::Result<Measured> {
+    let delivered = Arc::new(AtomicU64::new(0));
+    let last_delivery = Arc::new(std::sync::Mutex::new(Instant::now()));
+    let mut clients = Vec::with_capacity(subscribers);
+    let mut tasks = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        let client = async_nats::connect(url).await.context("a subscriber connects")?;
+        let mut subscription = client.subscribe(SUBJECT).await?;
+        client.flush().await?;
+        let (delivered, last_delivery) = (delivered.clone(), last_delivery.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = 0;
+            while let Some(_message) = subscription.next().await {
+                mine += 1;
+                delivered.fetch_add(1, Ordering::Relaxed);
+                if mine == messages {
+                    *last_delivery.lock().expect("not poisoned") = Instant::now();
+                    break;
+                }
+            }
+        }));
+        clients.push(client);
+    }
+    let publisher = async_nats::connect(url).await.context("the publisher connects")?;
+    let payload = Bytes::from(vec![b'x'; PAYLOAD]);
+    let expected = messages * subscribers as u64;
+    // At most this many messages ahead of what every subscriber has, on
+    // average: about a million deliveries in flight.
+    let window = (1_000_000 / subscribers as u64).clamp(16, 65_536);
+    let chunk = window.min(1_024) / 2;
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < messages {
+        let this_chunk = chunk.max(1).min(messages - sent);
+        for _ in 0..this_chunk {
+            publisher.publish(SUBJECT, payload.clone()).await?;
+        }
+        publisher.flush().await?;
+        sent += this_chunk;
+        let caught_up = sent.saturating_sub(window) * subscribers as u64;
+        while delivered.load(Ordering::Relaxed) < caught_up {
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+    // Drain: whatever has not arrived 2 s after the last publish counts as
+    // not delivered.
+    let drain = Instant::now() + Duration::from_secs(2);
+    while delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let got = delivered.load(Ordering::Relaxed);
+    let end = if got >= expected {
+        *last_delivery.lock().expect("not poisoned")
+    } else {
+        Instant::now()
+    };
+    for task in tasks {
+        task.abort();
+    }
+    drop(clients);
+    let seconds = end.duration_since(started).as_secs_f64();
+    Ok((
+        "fanout",
+        subscribers,
+        messages,
+        got as f64 / seconds,
+        got as f64 / expected as f64,
+    ))
+}
+
+async fn publish(url: &str, messages: u64) -> anyhow::Result<Measured> {
+    let publisher = async_nats::connect(url).await.context("the publisher connects")?;
+    let payload = Bytes::from(vec![b'x'; PAYLOAD]);
+    let started = Instant::now();
+    for _ in 0..messages {
+        publisher.publish("bench.ingest", payload.clone()).await?;
+    }
+    // The PONG comes after the server has taken every PUB before it.
+    publisher.flush().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(("publish", 0, messages, messages as f64 / seconds, 1.0))
+}
+
+/// The table of medians and ratios, for `docs/benchmarks.md`.
+pub fn markdown(records: &[NatsRecord]) -> String {
+    let median = |server: &str, scenario: &str, subscribers: usize| -> Option<f64> {
+        let mut values: Vec<f64> = records
+            .iter()
+            .filter(|r| r.server == server && r.scenario == scenario && r.subscribers == subscribers)
+            .map(|r| r.per_second)
+            .collect();
+        values.sort_by(f64::total_cmp);
+        (!values.is_empty()).then(|| values[values.len() / 2])
+    };
+    let share = |server: &str, scenario: &str, subscribers: usize| -> f64 {
+        records
+            .iter()
+            .filter(|r| r.server == server && r.scenario == scenario && r.subscribers == subscribers)
+            .map(|r| r.delivered_share)
+            .fold(1.0, f64::min)
+    };
+    let mut rows: Vec<(&'static str, usize)> = records.iter().map(|r| (r.scenario, r.subscribers)).collect();
+    rows.sort();
+    rows.dedup();
+    let mut out = String::from(
+        "| workload | nats-server | Herald's NATS listener | ratio | lowest delivered share (nats-server / Herald) |\n|---|---|---|---|---|\n",
+    );
+    for (scenario, subscribers) in rows {
+        let (Some(peer), Some(herald)) = (
+            median("nats-server", scenario, subscribers),
+            median("herald", scenario, subscribers),
+        ) else {
+            continue;
+        };
+        let workload = match scenario {
+            "fanout" => format!("1 → {subscribers} subscribers, deliveries/s"),
+            _ => "1 pipelined publisher, publishes/s".to_owned(),
+        };
+        out.push_str(&format!(
+            "| {workload} | {:.3} M | {:.3} M | {:.2}× | {:.3} / {:.3} |\n",
+            peer / 1e6,
+            herald / 1e6,
+            herald / peer,
+            share("nats-server", scenario, subscribers),
+            share("herald", scenario, subscribers),
+        ));
+    }
+    out
+}
