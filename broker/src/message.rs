@@ -476,6 +476,9 @@ struct MessageInner {
     published_at_millis: u64,
     payload: Payload,
     envelope: Envelope,
+    /// [`Message::size`], computed once: every queue it is offered to
+    /// reads it.
+    size: usize,
     /// Encoded frames, one slot per wire encoding, filled on demand.
     frames: [OnceLock<Bytes>; FRAME_SLOTS],
 }
@@ -498,12 +501,14 @@ impl Message {
         payload: Payload,
         envelope: Envelope,
     ) -> Message {
+        let size = payload.retained_size() + subject.as_str().len() + envelope.len();
         Message(Arc::new(MessageInner {
             subject,
             position,
             published_at_millis,
             payload,
             envelope,
+            size,
             frames: Default::default(),
         }))
     }
@@ -545,7 +550,7 @@ impl Message {
     /// history's budget: the memory its payload keeps alive, its subject,
     /// headers and reply subject.
     pub fn size(&self) -> usize {
-        self.0.payload.retained_size() + self.0.subject.as_str().len() + self.0.envelope.len()
+        self.0.size
     }
 
     /// The frame cached in `slot`, encoded by `encode` the first time.

@@ -320,7 +320,10 @@ impl Outbox {
             }
         }
         let was_empty = state.entries.is_empty();
-        state.entries.push_back(Outbound::Message(message.clone(), id));
+        state.entries.push_back(match id {
+            WHOLE_CONNECTION => Outbound::Message(message.clone()),
+            id => Outbound::Delivery(Box::new((id, message.clone()))),
+        });
         state.message_count += 1;
         state.message_bytes += size;
         let wake = was_empty && !state.subscribing;
@@ -547,11 +550,13 @@ impl State {
         let index = self
             .entries
             .iter()
-            .position(|entry| matches!(entry, Outbound::Message(..)))
+            .position(|entry| entry.message().is_some())
             .expect("message_count > 0 means a message is queued");
-        let Some(Outbound::Message(message, _)) = self.entries.remove(index) else {
-            unreachable!("index points at a message")
-        };
+        let removed = self.entries.remove(index);
+        let message = removed
+            .as_ref()
+            .and_then(Outbound::message)
+            .expect("index points at a message");
         if let Some(ack_index) = &mut self.subscription_ack {
             if index < *ack_index {
                 *ack_index -= 1;
@@ -559,7 +564,7 @@ impl State {
         }
         self.message_count -= 1;
         self.message_bytes -= message.size();
-        self.owe_gap_for(&message);
+        self.owe_gap_for(message);
     }
 
     /// Records that `message` will not be delivered, under the first of the
@@ -602,31 +607,27 @@ impl State {
             let subject = message.subject().as_str();
             patterns.iter().any(|pattern| pattern.matches(subject))
         };
-        self.entries.retain(|entry| match entry {
-            Outbound::Message(message, _) if subscribed(message) => {
-                let replayed = replay[..replayed_count]
-                    .binary_search_by_key(&message.position(), Message::position)
-                    .is_ok();
-                if !replayed {
-                    replay.push(message.clone());
-                }
-                false
+        self.entries.retain(|entry| {
+            let Some(message) = entry.message().filter(|message| subscribed(message)) else {
+                return true;
+            };
+            let replayed = replay[..replayed_count]
+                .binary_search_by_key(&message.position(), Message::position)
+                .is_ok();
+            if !replayed {
+                replay.push(message.clone());
             }
-            _ => true,
+            false
         });
         replay.sort_by_key(Message::position);
         self.entries.extend(ack.map(|ack| Outbound::Reply(Box::new(ack))));
         self.entries
             .extend(gaps.into_iter().map(|gap| Outbound::Gap(Box::new(gap))));
-        self.entries.extend(
-            replay
-                .into_iter()
-                .map(|message| Outbound::Message(message, WHOLE_CONNECTION)),
-        );
+        self.entries.extend(replay.into_iter().map(Outbound::Message));
         self.message_count = 0;
         self.message_bytes = 0;
         for entry in &self.entries {
-            if let Outbound::Message(message, _) = entry {
+            if let Some(message) = entry.message() {
                 self.message_count += 1;
                 self.message_bytes += message.size();
             }

@@ -196,9 +196,7 @@ impl Watch {
         let mut messages = Vec::new();
         for event in batch.drain(..) {
             match event {
-                Outbound::Message(message, _) if message.sequence() > self.live_after => {
-                    messages.push(message)
-                }
+                Outbound::Message(message) if message.sequence() > self.live_after => messages.push(message),
                 Outbound::Gap(gap) => gaps.push(*gap),
                 _ => {}
             }

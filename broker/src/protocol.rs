@@ -383,21 +383,36 @@ pub enum Reply {
 /// the rare, large variants are boxed and an entry is two words.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A message, for the connection's subscription with this id
-    /// ([`WHOLE_CONNECTION`](crate::outbox::WHOLE_CONNECTION) but on NATS).
-    Message(Message, crate::outbox::SubscriptionId),
+    /// A message for the whole connection (every transport but NATS).
+    Message(Message),
+    /// A message for one subscription of the connection, by the id it was
+    /// subscribed with (a NATS `sid`). Boxed, so that every variant is one
+    /// pointer: with the id inline, every push (this variant or not) was
+    /// staged as a 16-byte value and copied, 15% slower on 1 000
+    /// subscribers (`fanout/broker_publish/1000`). NATS pays the box.
+    Delivery(Box<(crate::outbox::SubscriptionId, Message)>),
     Gap(Box<Gap>),
     Reply(Box<Reply>),
 }
 
-// An entry stays two words with the subscription id beside the message.
+// An entry stays two words: a tag and one pointer.
 const _: () = assert!(std::mem::size_of::<Outbound>() == 16);
 
 impl Outbound {
+    /// The message this event carries, if it is one.
+    pub fn message(&self) -> Option<&Message> {
+        match self {
+            Outbound::Message(message) => Some(message),
+            Outbound::Delivery(delivery) => Some(&delivery.1),
+            Outbound::Gap(_) | Outbound::Reply(_) => None,
+        }
+    }
+
     /// The wire frame of this event.
     pub fn encode(&self, encoding: Encoding) -> Bytes {
         match (self, encoding) {
-            (Outbound::Message(message, _), _) => message.frame(encoding),
+            (Outbound::Message(message), _) => message.frame(encoding),
+            (Outbound::Delivery(delivery), _) => delivery.1.frame(encoding),
             (_, Encoding::EventStream) => {
                 let json = self.encode(Encoding::Json);
                 event_stream_frame(self.op(), self.event_id(), &json)
@@ -418,7 +433,7 @@ impl Outbound {
     /// The event's `op`.
     pub fn op(&self) -> &'static str {
         match self {
-            Outbound::Message(..) => "msg",
+            Outbound::Message(_) | Outbound::Delivery(_) => "msg",
             Outbound::Gap(_) => "gap",
             Outbound::Reply(reply) => match &**reply {
                 Reply::Ack { .. } => "ack",
@@ -436,7 +451,7 @@ impl Outbound {
     /// subscription's messages), so a gap never advances a resume token.
     pub fn event_id(&self) -> Option<Position> {
         match self {
-            Outbound::Message(message, _) => Some(message.position()),
+            Outbound::Message(_) | Outbound::Delivery(_) => self.message().map(Message::position),
             Outbound::Reply(reply) => match &**reply {
                 Reply::Ack { position, .. } => *position,
                 _ => None,

@@ -52,7 +52,7 @@ fn spawn_publishers(broker: &Arc<herald_broker::Broker>) -> Vec<thread::JoinHand
 /// (publisher, n) of every message event in a batch.
 fn messages(batch: &VecDeque<Outbound>) -> impl Iterator<Item = (u64, u64, Position)> + '_ {
     batch.iter().filter_map(|event| match event {
-        Outbound::Message(m, _) => {
+        Outbound::Message(m) => {
             let value: serde_json::Value = serde_json::from_slice(m.payload().body()).unwrap();
             Some((
                 value["p"].as_u64().unwrap(),
@@ -210,7 +210,7 @@ fn delivered_plus_reported_gaps_equals_published() {
                 if let Some(Ok(())) = outbox.try_take_batch(&mut batch) {
                     for event in &batch {
                         match event {
-                            Outbound::Message(..) => delivered += 1,
+                            Outbound::Message(_) | Outbound::Delivery(..) => delivered += 1,
                             Outbound::Gap(gap) => {
                                 gaps += gap.missed.expect("queue drops are counted exactly")
                             }

@@ -20,7 +20,10 @@ fn deliveries(session: &Session) -> Vec<(u32, Bytes)> {
     batch
         .into_iter()
         .filter_map(|event| match event {
-            Outbound::Message(message, id) => Some((id, message.payload().body().clone())),
+            Outbound::Message(message) => {
+                Some((herald_broker::WHOLE_CONNECTION, message.payload().body().clone()))
+            }
+            Outbound::Delivery(delivery) => Some((delivery.0, delivery.1.payload().body().clone())),
             _ => None,
         })
         .collect()

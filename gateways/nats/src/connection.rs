@@ -565,7 +565,10 @@ impl EventWriter for NatsWriter {
 
     async fn write_event(&mut self, event: &Outbound, _encoding: Encoding) -> io::Result<()> {
         match event {
-            Outbound::Message(message, id) => self.put_message(message, *id),
+            Outbound::Delivery(delivery) => self.put_message(&delivery.1, delivery.0),
+            // Every NATS subscription has its own id; nothing is queued
+            // for the whole connection.
+            Outbound::Message(_) => {}
             Outbound::Reply(reply) => self.put_reply(reply),
             // A queue that dropped messages under `drop-oldest`: NATS has no
             // gap event, so the client hears it as a slow consumer warning.
