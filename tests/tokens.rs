@@ -710,3 +710,94 @@ async fn the_default_configuration_lets_nobody_publish_anonymously() {
     }
     assert_eq!(server.broker.metrics().published, 0);
 }
+
+/// NATS clients present the same tokens in CONNECT (`auth_token`, the
+/// password, or `jwt`), with the same permissions.
+#[tokio::test]
+async fn a_nats_client_connects_with_a_user_token() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    let server = with_secret().await;
+    let url = format!("nats://{}", server.nats_address.unwrap());
+    let token = hs256(&alice(now() + 600), SECRET.as_bytes());
+    let (errors_tx, mut errors) = tokio::sync::mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::new()
+        .token(token.clone())
+        .event_callback(move |event| {
+            let errors_tx = errors_tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(error) = event {
+                    let _ = errors_tx.send(error.to_string());
+                }
+            }
+        })
+        .connect(&url)
+        .await
+        .expect("a valid token connects");
+    let mut inbox = client.subscribe("user.alice.inbox").await.unwrap();
+    let _denied = client.subscribe("chat.admin.keys").await.unwrap();
+    client.publish("chat.lobby", "not allowed".into()).await.unwrap();
+    client.flush().await.unwrap();
+    support::publish(&server, "user.alice.inbox", json!("hello")).await;
+    let message = tokio::time::timeout(support::PATIENCE, futures_util::StreamExt::next(&mut inbox))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&message.payload[..], br#""hello""#);
+    let mut said = vec![errors.recv().await.unwrap(), errors.recv().await.unwrap()];
+    said.sort();
+    assert!(
+        said[0].contains("Permissions Violation for Publish to \"chat.lobby\""),
+        "{said:?}"
+    );
+    assert!(
+        said[1].contains("Permissions Violation for Subscription to \"chat.admin.keys\""),
+        "{said:?}"
+    );
+
+    // The `jwt` field carries it too; an expired one is refused.
+    for (claims, expected) in [
+        (alice(now() + 600), "PONG\r\n"),
+        (alice(now() - 600), "-ERR 'Authorization Violation'\r\n"),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(server.nats_address.unwrap())
+            .await
+            .unwrap();
+        let (read, mut write) = tcp.into_split();
+        let mut read = tokio::io::BufReader::new(read);
+        let mut line = String::new();
+        read.read_line(&mut line).await.unwrap();
+        let jwt = hs256(&claims, SECRET.as_bytes());
+        write
+            .write_all(format!("CONNECT {{\"jwt\":\"{jwt}\"}}\r\nPING\r\n").as_bytes())
+            .await
+            .unwrap();
+        line.clear();
+        read.read_line(&mut line).await.unwrap();
+        assert_eq!(line, expected);
+    }
+}
+
+/// A NATS connection opened with a token ends when the token does.
+#[tokio::test]
+async fn a_nats_connection_ends_when_its_token_expires() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = with_secret().await;
+    let tcp = tokio::net::TcpStream::connect(server.nats_address.unwrap())
+        .await
+        .unwrap();
+    let (mut read, mut write) = tcp.into_split();
+    let token = hs256(&alice(now() + 2), SECRET.as_bytes());
+    write
+        .write_all(format!("CONNECT {{\"auth_token\":\"{token}\"}}\r\nPING\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), read.read_to_string(&mut text))
+        .await
+        .expect("closed when the token expires")
+        .unwrap();
+    assert!(text.contains("PONG\r\n"), "{text}");
+    assert!(text.ends_with("-ERR 'User Authentication Expired'\r\n"), "{text}");
+}
