@@ -10,8 +10,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_broker::{OverflowPolicy, ServerEvent};
 use serde_json::json;
-use support::{publish, Client, Server, NEWS_ONLY_KEY, PATIENCE, PUBLISHER_KEY};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use support::{publish, Client, RawNats as Raw, Server, NEWS_ONLY_KEY, PATIENCE, PUBLISHER_KEY};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 fn nats_url(server: &Server) -> String {
@@ -392,52 +392,6 @@ async fn permissions_apply_to_nats_clients() {
         said[1].contains("Permissions Violation for Subscription to \"chat.room\""),
         "{said:?}"
     );
-}
-
-/// A raw NATS connection: what the server writes, line by line.
-struct Raw {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-}
-
-impl Raw {
-    async fn connect(server: &Server, connect: &str) -> Raw {
-        let tcp = TcpStream::connect(server.nats_address.unwrap()).await.unwrap();
-        let (read, writer) = tcp.into_split();
-        let mut raw = Raw {
-            reader: BufReader::new(read),
-            writer,
-        };
-        let info = raw.line().await;
-        assert!(info.starts_with("INFO {"), "{info}");
-        if !connect.is_empty() {
-            raw.send(&format!("CONNECT {connect}\r\n")).await;
-        }
-        raw
-    }
-
-    async fn send(&mut self, bytes: &str) {
-        self.writer.write_all(bytes.as_bytes()).await.unwrap();
-    }
-
-    async fn line(&mut self) -> String {
-        let mut line = String::new();
-        tokio::time::timeout(PATIENCE, self.reader.read_line(&mut line))
-            .await
-            .expect("a line in time")
-            .unwrap();
-        line
-    }
-
-    /// Everything until the server closes.
-    async fn rest(&mut self) -> String {
-        let mut rest = Vec::new();
-        tokio::time::timeout(PATIENCE, self.reader.read_to_end(&mut rest))
-            .await
-            .expect("the server closes in time")
-            .unwrap();
-        String::from_utf8_lossy(&rest).into_owned()
-    }
 }
 
 const KEY_CONNECT: &str = r#"{"verbose":false,"auth_token":"test-publisher-key-0123456789"}"#;

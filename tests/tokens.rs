@@ -715,8 +715,6 @@ async fn the_default_configuration_lets_nobody_publish_anonymously() {
 /// password, or `jwt`), with the same permissions.
 #[tokio::test]
 async fn a_nats_client_connects_with_a_user_token() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-
     let server = with_secret().await;
     let url = format!("nats://{}", server.nats_address.unwrap());
     let token = hs256(&alice(now() + 600), SECRET.as_bytes());
@@ -760,44 +758,21 @@ async fn a_nats_client_connects_with_a_user_token() {
         (alice(now() + 600), "PONG\r\n"),
         (alice(now() - 600), "-ERR 'Authorization Violation'\r\n"),
     ] {
-        let tcp = tokio::net::TcpStream::connect(server.nats_address.unwrap())
-            .await
-            .unwrap();
-        let (read, mut write) = tcp.into_split();
-        let mut read = tokio::io::BufReader::new(read);
-        let mut line = String::new();
-        read.read_line(&mut line).await.unwrap();
         let jwt = hs256(&claims, SECRET.as_bytes());
-        write
-            .write_all(format!("CONNECT {{\"jwt\":\"{jwt}\"}}\r\nPING\r\n").as_bytes())
-            .await
-            .unwrap();
-        line.clear();
-        read.read_line(&mut line).await.unwrap();
-        assert_eq!(line, expected);
+        let mut raw = support::RawNats::connect(&server, &format!("{{\"jwt\":\"{jwt}\"}}")).await;
+        raw.send("PING\r\n").await;
+        assert_eq!(raw.line().await, expected);
     }
 }
 
 /// A NATS connection opened with a token ends when the token does.
 #[tokio::test]
 async fn a_nats_connection_ends_when_its_token_expires() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let server = with_secret().await;
-    let tcp = tokio::net::TcpStream::connect(server.nats_address.unwrap())
-        .await
-        .unwrap();
-    let (mut read, mut write) = tcp.into_split();
     let token = hs256(&alice(now() + 2), SECRET.as_bytes());
-    write
-        .write_all(format!("CONNECT {{\"auth_token\":\"{token}\"}}\r\nPING\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut text = String::new();
-    tokio::time::timeout(std::time::Duration::from_secs(10), read.read_to_string(&mut text))
-        .await
-        .expect("closed when the token expires")
-        .unwrap();
+    let mut raw = support::RawNats::connect(&server, &format!("{{\"auth_token\":\"{token}\"}}")).await;
+    raw.send("PING\r\n").await;
+    let text = raw.rest().await;
     assert!(text.contains("PONG\r\n"), "{text}");
     assert!(text.ends_with("-ERR 'User Authentication Expired'\r\n"), "{text}");
 }

@@ -564,3 +564,60 @@ pub fn serve(arguments: &[&str], environment: &[(&str, &str)]) -> (Running, Stri
         seen.push(line);
     }
 }
+
+/// A raw NATS connection to the server's NATS listener: what the server
+/// writes, line by line, where a client library would hide it.
+pub struct RawNats {
+    reader: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl RawNats {
+    pub async fn connect(server: &Server, connect: &str) -> RawNats {
+        let tcp = tokio::net::TcpStream::connect(server.nats_address.unwrap())
+            .await
+            .unwrap();
+        let (read, writer) = tcp.into_split();
+        let mut raw = RawNats {
+            reader: tokio::io::BufReader::new(read),
+            writer,
+        };
+        let info = raw.line().await;
+        assert!(info.starts_with("INFO {"), "{info}");
+        if !connect.is_empty() {
+            raw.send(&format!("CONNECT {connect}\r\n")).await;
+        }
+        raw
+    }
+
+    pub async fn send(&mut self, bytes: &str) {
+        tokio::io::AsyncWriteExt::write_all(&mut self.writer, bytes.as_bytes())
+            .await
+            .unwrap();
+    }
+
+    pub async fn line(&mut self) -> String {
+        let mut line = String::new();
+        tokio::time::timeout(
+            PATIENCE,
+            tokio::io::AsyncBufReadExt::read_line(&mut self.reader, &mut line),
+        )
+        .await
+        .expect("a line in time")
+        .unwrap();
+        line
+    }
+
+    /// Everything until the server closes.
+    pub async fn rest(&mut self) -> String {
+        let mut rest = Vec::new();
+        tokio::time::timeout(
+            PATIENCE,
+            tokio::io::AsyncReadExt::read_to_end(&mut self.reader, &mut rest),
+        )
+        .await
+        .expect("the server closes in time")
+        .unwrap();
+        String::from_utf8_lossy(&rest).into_owned()
+    }
+}
