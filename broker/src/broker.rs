@@ -45,13 +45,14 @@
 //! the subject tree. No path takes them in another order.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use serde::Deserialize;
 use thiserror::Error;
 
 use crate::auth::User;
 use crate::clock::{Clock, SystemClock};
+use crate::cluster::{Acknowledgement, ClusterError, Forwarded, Upstream};
 use crate::history::{Channel, History, HistoryError, HistoryLimits, PatternTooBroad, Retention, Sequences};
 use crate::message::{Envelope, Message, Payload, PayloadError};
 use crate::outbox::{
@@ -127,6 +128,8 @@ pub enum PublishError {
     Payload(#[from] PayloadError),
     #[error(transparent)]
     History(#[from] HistoryError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 impl PublishError {
@@ -135,6 +138,7 @@ impl PublishError {
             PublishError::Subject(error) => error.code(),
             PublishError::Payload(error) => error.code(),
             PublishError::History(HistoryError::TooManySubjects { .. }) => "too_many_subjects",
+            PublishError::Cluster(error) => error.code(),
         }
     }
 }
@@ -243,6 +247,23 @@ impl Recorded {
     }
 }
 
+/// How a message gets its sequence.
+#[derive(Debug, Clone, Copy)]
+enum Numbering {
+    /// The next one: a single node numbers its own messages.
+    Next,
+    /// The one the cluster's log gave it; `live` is false for history a
+    /// node catches up on at its first start, which nobody here awaits.
+    Ordered {
+        sequence: u64,
+        at_millis: u64,
+        live: bool,
+    },
+    /// None of its own: a clustered node's ephemeral system message (a
+    /// presence event) carries the position of the last message before it.
+    Unnumbered,
+}
+
 /// The fan-out core.
 #[derive(Debug)]
 pub struct Broker {
@@ -270,6 +291,12 @@ pub struct Broker {
     counters: Counters,
     next_session_id: AtomicU64,
     journal: Option<Arc<dyn Journal>>,
+    /// Set on a clustered node: where its publishes are ordered.
+    upstream: OnceLock<Arc<dyn Upstream>>,
+    /// Connections whose forwarded publishes must not come back to them,
+    /// by the key the message carries through the cluster.
+    echo_skips: Mutex<ahash::AHashMap<u64, Weak<Outbox>>>,
+    next_echo_key: AtomicU64,
 }
 
 impl Broker {
@@ -297,6 +324,9 @@ impl Broker {
             counters: Counters::default(),
             next_session_id: AtomicU64::new(1),
             journal: None,
+            upstream: OnceLock::new(),
+            echo_skips: Mutex::default(),
+            next_echo_key: AtomicU64::new(1),
         })
     }
 
@@ -346,6 +376,9 @@ impl Broker {
             counters: Counters::default(),
             next_session_id: AtomicU64::new(1),
             journal: Some(journal),
+            upstream: OnceLock::new(),
+            echo_skips: Mutex::default(),
+            next_echo_key: AtomicU64::new(1),
         })
     }
 
@@ -392,9 +425,153 @@ impl Broker {
         envelope: Envelope,
         skip: Option<&Arc<Outbox>>,
     ) -> Result<Position, PublishError> {
+        self.refuse_if_clustered()?;
         let channel = self.channel_for(subject)?;
         let mut order = self.lock_publish_order();
-        Ok(self.publish_locked(&mut order, channel, payload, envelope, skip))
+        Ok(self.publish_locked(&mut order, channel, payload, envelope, skip, Numbering::Next))
+    }
+
+    /// A clustered node learns a message's position only when the cluster
+    /// has ordered it, so it cannot answer a publish on the spot: gateways
+    /// publish through [`Session::submit`](crate::Session::submit) there.
+    fn refuse_if_clustered(&self) -> Result<(), PublishError> {
+        match self.upstream.get() {
+            None => Ok(()),
+            Some(_) => Err(ClusterError::Refused {
+                reason: "a clustered node publishes asynchronously (Session::submit)".into(),
+            }
+            .into()),
+        }
+    }
+
+    /// Makes this broker one node of a cluster: from now on what its
+    /// clients publish goes to `upstream`, and only messages handed to
+    /// [`Broker::apply`] are numbered and delivered. Set once, before any
+    /// client connects; false if it was already set.
+    pub fn set_upstream(&self, upstream: Arc<dyn Upstream>) -> bool {
+        self.upstream.set(upstream).is_ok()
+    }
+
+    pub fn is_clustered(&self) -> bool {
+        self.upstream.get().is_some()
+    }
+
+    /// Publishes what the caller has checked, and tells `done` its
+    /// position: at once on a single node; on a clustered node once the
+    /// cluster has ordered it (or why it did not). A refusal before
+    /// anything was sent is returned and `done` is dropped uncalled.
+    pub(crate) fn submit_checked(
+        self: &Arc<Self>,
+        subject: &str,
+        payload: Payload,
+        envelope: Envelope,
+        skip: Option<&Arc<Outbox>>,
+        done: Acknowledgement,
+    ) -> Result<(), PublishError> {
+        let Some(upstream) = self.upstream.get() else {
+            let position = self.publish_checked(subject, payload, envelope, skip)?;
+            done(Ok(Some(position)));
+            return Ok(());
+        };
+        let echo_key = skip.map(|outbox| {
+            let key = self.next_echo_key.fetch_add(1, Ordering::Relaxed);
+            self.lock_echo_skips().insert(key, Arc::downgrade(outbox));
+            key
+        });
+        let done: Acknowledgement = match echo_key {
+            None => done,
+            Some(key) => {
+                let broker = Arc::downgrade(self);
+                Box::new(move |result| {
+                    // A message that never reaches the log never comes back
+                    // to consume its key.
+                    if result.is_err() {
+                        if let Some(broker) = broker.upgrade() {
+                            broker.lock_echo_skips().remove(&key);
+                        }
+                    }
+                    done(result)
+                })
+            }
+        };
+        let message = Forwarded {
+            subject: Subject::from_validated(subject),
+            payload,
+            envelope,
+            echo_key,
+        };
+        upstream.forward(message, done);
+        Ok(())
+    }
+
+    fn lock_echo_skips(&self) -> MutexGuard<'_, ahash::AHashMap<u64, Weak<Outbox>>> {
+        self.echo_skips
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records and delivers a message the cluster's log ordered at
+    /// `sequence`: the one way messages enter a clustered node. Sequences
+    /// must grow; one at or below the last applied is a repeat and is
+    /// ignored (false). With `live` false it is only recorded (history a
+    /// node catches up on when it first starts). `echo_key` is the one
+    /// [`Forwarded`] carried, when this node published it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply(
+        &self,
+        subject: &str,
+        sequence: u64,
+        published_at_millis: u64,
+        payload: Payload,
+        envelope: Envelope,
+        echo_key: Option<u64>,
+        live: bool,
+    ) -> Result<bool, PublishError> {
+        validate_subject(subject, &self.config.subject_limits)?;
+        let channel = self.channel_for(subject)?;
+        let skip = echo_key
+            .and_then(|key| self.lock_echo_skips().remove(&key))
+            .and_then(|outbox| outbox.upgrade());
+        let mut order = self.lock_publish_order();
+        if sequence <= self.last_sequence.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let numbering = Numbering::Ordered {
+            sequence,
+            at_millis: published_at_millis,
+            live,
+        };
+        self.publish_locked(&mut order, channel, payload, envelope, skip.as_ref(), numbering);
+        Ok(true)
+    }
+
+    /// The cluster's log no longer holds the messages up to `through` that
+    /// this node never applied: every connected subscriber is told of the
+    /// gap now, resumes from before it are told later, and numbering goes
+    /// on after it.
+    pub fn skip_lost(&self, through: u64) {
+        let _order = self.lock_publish_order();
+        let last = self.last_sequence.load(Ordering::Relaxed);
+        if through <= last {
+            return;
+        }
+        self.history.forget_through(through);
+        self.last_sequence.store(through, Ordering::SeqCst);
+        self.committed_sequence.store(through, Ordering::Release);
+        let mut outboxes = Vec::new();
+        let mut seen = ahash::AHashSet::new();
+        self.router.for_each(|subscriber| {
+            if seen.insert(Arc::as_ptr(&subscriber.outbox)) {
+                outboxes.push(subscriber.outbox.clone());
+            }
+        });
+        let (from, to) = (
+            Position::new(self.epoch, last + 1),
+            Position::new(self.epoch, through),
+        );
+        for outbox in outboxes {
+            outbox.owe_lost(from, to);
+        }
     }
 
     /// What the subject rules give `subject` (validated).
@@ -425,6 +602,8 @@ impl Broker {
         &self,
         batch: impl IntoIterator<Item = (S, Payload)>,
     ) -> Result<Vec<Position>, BatchError> {
+        self.refuse_if_clustered()
+            .map_err(|error| BatchError { index: 0, error })?;
         let mut checked = Vec::new();
         for (index, (subject, payload)) in batch.into_iter().enumerate() {
             let subject = subject.as_ref();
@@ -438,7 +617,14 @@ impl Broker {
         Ok(checked
             .into_iter()
             .map(|(channel, payload)| {
-                self.publish_locked(&mut order, channel, payload, Envelope::default(), None)
+                self.publish_locked(
+                    &mut order,
+                    channel,
+                    payload,
+                    Envelope::default(),
+                    None,
+                    Numbering::Next,
+                )
             })
             .collect())
     }
@@ -473,22 +659,42 @@ impl Broker {
         payload: Payload,
         envelope: Envelope,
         skip: Option<&Arc<Outbox>>,
+        numbering: Numbering,
     ) -> Position {
         // Only ever written under `publish_order`; atomic so that readers
         // (positions, polls) need not take the lock. SeqCst pairs with the
         // router's wildcard count (see `Router::matches`): a poll's watch,
         // registered without this lock, must see this store or be seen by
         // the match below.
-        let sequence = self.last_sequence.load(Ordering::Relaxed) + 1;
+        let last = self.last_sequence.load(Ordering::Relaxed);
+        let now = self.clock.now_millis();
+        let (sequence, published_at, live) = match numbering {
+            Numbering::Next => (last + 1, now, true),
+            Numbering::Ordered {
+                sequence,
+                at_millis,
+                live,
+            } => (sequence, at_millis, live),
+            Numbering::Unnumbered => (last, now, true),
+        };
         self.last_sequence.store(sequence, Ordering::SeqCst);
         let position = Position::new(self.epoch, sequence);
-        let now = self.clock.now_millis();
-        let message = Message::with_envelope(recorded.subject().clone(), position, now, payload, envelope);
+        let message = Message::with_envelope(
+            recorded.subject().clone(),
+            position,
+            published_at,
+            payload,
+            envelope,
+        );
         if let Recorded::Channel(channel) = &recorded {
             self.history.record(retention, channel, message.clone(), now);
             if let Some(journal) = &self.journal {
                 journal.record(&message);
             }
+        }
+        if !live {
+            self.committed_sequence.store(sequence, Ordering::Release);
+            return position;
         }
         let matches = self.router.matches(message.subject().as_str());
         self.fan_out(&matches, &message, skip);
@@ -539,6 +745,10 @@ impl Broker {
     /// Publishes a message of the broker's own on a system subject.
     fn publish_system(&self, subject: Subject, json: String) {
         let payload = Payload::from_json(json.into()).expect("the broker's own JSON is valid");
+        let numbering = match self.is_clustered() {
+            false => Numbering::Next,
+            true => Numbering::Unnumbered,
+        };
         let mut order = self.lock_publish_order();
         self.publish_locked(
             &mut order,
@@ -546,6 +756,7 @@ impl Broker {
             payload,
             Envelope::default(),
             None,
+            numbering,
         );
     }
 

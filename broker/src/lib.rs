@@ -18,6 +18,7 @@
 //! | [`position`] | positions and resume tokens |
 //! | [`history`] | per-subject rings bounded by count and age |
 //! | [`broker`] | publish: number, record, match, fan out; the one subscribe door |
+//! | [`cluster`] | what a node of a cluster hands on, and how it hears back |
 //! | [`session`] | the interface connection-based gateways use |
 //! | [`poll`] | cursor reads for gateways without a connection (long polling) |
 //! | [`auth`] | access checks, API keys, permissions, anonymous access |
@@ -52,6 +53,7 @@
 pub mod auth;
 pub mod broker;
 pub mod clock;
+pub mod cluster;
 pub mod history;
 pub mod message;
 pub mod outbox;
@@ -75,6 +77,7 @@ pub use broker::{
     StoredMessage, INBOX_PREFIX,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use cluster::{Acknowledgement, ClusterError, Forwarded, Upstream};
 pub use history::{HistoryLimits, PatternTooBroad, RingLimits};
 pub use message::{Envelope, Headers, HeadersError, Message, Payload, PayloadError, MAX_PAYLOAD_DEPTH};
 pub use outbox::{CloseReason, Offer, Outbox, OverflowPolicy, QueueLimits, SubscriptionId, WHOLE_CONNECTION};

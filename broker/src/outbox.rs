@@ -480,6 +480,37 @@ impl Outbox {
         state.close_reason.clone().map(Err)
     }
 
+    /// Queues a gap on each of this connection's patterns for positions
+    /// `from..=to`, lost before they reached this node (a clustered node
+    /// whose log discarded them while it was away): on which subjects they
+    /// were is not known, so every pattern is told. Queued after what is
+    /// already queued, which all comes before `from`.
+    pub(crate) fn owe_lost(&self, from: Position, to: Position) {
+        let mut state = self.lock();
+        if state.close_reason.is_some() || state.patterns.is_empty() {
+            return;
+        }
+        let was_empty = state.entries.is_empty();
+        let gaps: Vec<Outbound> = state
+            .patterns
+            .iter()
+            .map(|pattern| {
+                Outbound::Gap(Box::new(Gap {
+                    subject: pattern.clone(),
+                    from,
+                    to,
+                    missed: None,
+                }))
+            })
+            .collect();
+        state.entries.extend(gaps);
+        let wake = was_empty && !state.subscribing;
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+
     pub(crate) fn add_pattern(&self, pattern: &Pattern) {
         let mut state = self.lock();
         if !state.patterns.contains(pattern) {

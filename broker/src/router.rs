@@ -231,6 +231,27 @@ impl<S: Clone + Eq + Hash> Router<S> {
         self.count_wildcard(add_to_list(&mut node.ending_here, subscriber))
     }
 
+    /// Calls `visit` with every subscriber held, once per pattern it holds:
+    /// for notices that concern everyone, never on the publish path.
+    pub fn for_each(&self, mut visit: impl FnMut(&S)) {
+        fn walk<S>(node: &TrieNode<S>, visit: &mut impl FnMut(&S)) {
+            node.ending_here.iter().for_each(&mut *visit);
+            node.full_wildcard.iter().for_each(&mut *visit);
+            for child in node.literal_children.values() {
+                walk(child, visit);
+            }
+            if let Some(child) = &node.single_wildcard_child {
+                walk(child, visit);
+            }
+        }
+        for shard in self.exact_shards.iter() {
+            for list in read(shard).values() {
+                list.iter().for_each(&mut visit);
+            }
+        }
+        walk(&read(&self.wildcards), &mut visit);
+    }
+
     /// Removes `subscriber` from `pattern`. Returns false if it was not there.
     pub fn unsubscribe(&self, pattern: &Pattern, subscriber: &S) -> bool {
         if !pattern.has_wildcards() {

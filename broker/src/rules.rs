@@ -133,6 +133,15 @@ impl SubjectRules {
         }
     }
 
+    /// The most messages any subject keeps: what a log shared by a
+    /// cluster must keep per subject.
+    pub fn largest_size(&self, defaults: &HistoryLimits) -> usize {
+        self.rules
+            .iter()
+            .filter_map(|(_, rule)| rule.history_size)
+            .fold(defaults.max_messages_per_subject, usize::max)
+    }
+
     /// The longest any subject keeps history: what a journal on disk must
     /// keep.
     pub fn longest_age(&self, defaults: &HistoryLimits) -> Duration {

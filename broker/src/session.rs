@@ -16,6 +16,7 @@ use thiserror::Error;
 
 use crate::auth::Access;
 use crate::broker::{BatchError, Broker, PublishError, Replay};
+use crate::cluster::Acknowledgement;
 use crate::history::PatternTooBroad;
 use crate::message::{Envelope, Message, Payload, PayloadError};
 use crate::outbox::{Outbox, SubscriptionId, WHOLE_CONNECTION};
@@ -362,11 +363,22 @@ impl Session {
                 reply,
                 headers,
                 ..
-            } => reply
-                .map(|reply| self.reply_subject(&reply))
-                .transpose()
-                .and_then(|reply| self.publish_with(&subject, payload, Envelope { headers, reply }, echo))
-                .map(|position| self.ack(id, Some(position))),
+            } => {
+                let outbox = self.outbox.clone();
+                let done: Acknowledgement = Box::new(move |result| match result {
+                    Ok(position) if id.is_some() => outbox.push_reply(Reply::Ack { id, position }),
+                    Ok(_) => {}
+                    Err(error) => outbox.push_reply(Reply::Error {
+                        id,
+                        code: error.code(),
+                        message: error.to_string(),
+                    }),
+                });
+                reply
+                    .map(|reply| self.reply_subject(&reply))
+                    .transpose()
+                    .and_then(|reply| self.submit(&subject, payload, Envelope { headers, reply }, echo, done))
+            }
             Command::Ping { .. } => {
                 self.outbox.push_reply(Reply::Pong { id });
                 Ok(())
@@ -599,6 +611,26 @@ impl Session {
         self.check_publish(subject, payload.len() + envelope.headers_len())?;
         let skip = (!echo).then_some(&self.outbox);
         Ok(self.broker.publish_checked(subject, payload, envelope, skip)?)
+    }
+
+    /// Publishes like [`Session::publish_with`] on any node, and tells
+    /// `done` the message's position: at once on a single node; on a
+    /// clustered one when the cluster has ordered it (or, under the
+    /// `sent` acknowledgement policy, without a position once it is on its
+    /// way). An error here means nothing was sent and `done` is dropped.
+    pub fn submit(
+        &self,
+        subject: &str,
+        payload: Payload,
+        envelope: Envelope,
+        echo: bool,
+        done: Acknowledgement,
+    ) -> Result<(), SessionError> {
+        self.check_publish(subject, payload.len() + envelope.headers_len())?;
+        let skip = (!echo).then_some(&self.outbox);
+        Ok(self
+            .broker
+            .submit_checked(subject, payload, envelope, skip, done)?)
     }
 
     /// A reply subject, validated as any subject. Anyone may name one: the

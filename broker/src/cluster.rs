@@ -1,0 +1,69 @@
+//! What a broker needs to be one node of a cluster.
+//!
+//! A clustered broker numbers nothing itself: positions must mean the same
+//! on every node, so one ordered log outside the process (a JetStream
+//! stream, see `herald-cluster`) gives every message its sequence. What a
+//! client publishes is handed to the [`Upstream`]; what the log orders comes
+//! back, to every node alike, through [`Broker::apply`](crate::Broker::apply),
+//! which records and fans it out exactly as a local publish would. The
+//! publisher's own node is no exception, so every node delivers in the log's
+//! order.
+
+use std::fmt;
+
+use thiserror::Error;
+
+use crate::message::{Envelope, Payload};
+use crate::position::Position;
+use crate::subject::Subject;
+
+/// A message on its way to the cluster's log.
+#[derive(Debug)]
+pub struct Forwarded {
+    pub subject: Subject,
+    pub payload: Payload,
+    pub envelope: Envelope,
+    /// Set when the publisher asked not to receive its own message: the
+    /// broker's key for that connection, carried to the log and back.
+    pub echo_key: Option<u64>,
+}
+
+/// Told once whether a forwarded message was ordered: its position (when
+/// the acknowledgement policy waits for one) or why it was not.
+pub type Acknowledgement = Box<dyn FnOnce(Result<Option<Position>, ClusterError>) + Send>;
+
+/// Where a clustered broker sends what its clients publish.
+pub trait Upstream: Send + Sync + fmt::Debug {
+    /// Hands `message` on; calls `done` exactly once, maybe from another
+    /// thread. Must not block: a full pipeline is an immediate error.
+    fn forward(&self, message: Forwarded, done: Acknowledgement);
+}
+
+/// Why the cluster did not take a message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ClusterError {
+    /// The node is not connected to the cluster: nothing can be ordered.
+    #[error(
+        "this node is not connected to the cluster ({state}); publish again shortly, or through another node"
+    )]
+    Unavailable { state: &'static str },
+    /// Too many publishes are waiting for the cluster on this node.
+    #[error("{pending} publishes are already waiting for the cluster on this node; slow down")]
+    Busy { pending: usize },
+    /// Sent, but not confirmed in time: it may or may not have been stored.
+    #[error("the cluster did not confirm this publish within {millis} ms; it may still be delivered")]
+    Unconfirmed { millis: u64 },
+    /// The cluster refused it (a stream limit, a permission).
+    #[error("the cluster refused this publish: {reason}")]
+    Refused { reason: String },
+}
+
+impl ClusterError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClusterError::Unavailable { .. } | ClusterError::Unconfirmed { .. } => "cluster_unavailable",
+            ClusterError::Busy { .. } => "cluster_busy",
+            ClusterError::Refused { .. } => "cluster_refused",
+        }
+    }
+}
