@@ -10,7 +10,8 @@
 //! | `POST /v1/publish` | `{"subject","data"}` → `{"pos"}`; or `{"messages":[...]}` → `{"positions":[...]}`, all or nothing |
 //! | `GET /v1/history?subject=&since=&limit=` | retained messages, oldest first |
 //! | `GET /v1/presence?subject=` | who is present: exact count, first members |
-//! | `GET /healthz` | `{"status":"ok"}` |
+//! | `GET /healthz` | `{"status":"ok"}`, with the cluster bridge's state in cluster mode |
+//! | `GET /readyz` | 200 `{"status":"ready"}`, or 503 while the cluster bridge is not connected |
 //!
 //! Credentials: `Authorization: Bearer <api key or user token>`. Without
 //! one, only what anonymous access allows (by default: nothing).
@@ -33,7 +34,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use herald_broker::{Encoding, Outbound, Payload, Reply, Session};
+use herald_broker::{Encoding, Outbound, Payload, Reply, Session, SessionBatchError};
 use herald_gateway::credentials::bearer;
 use herald_gateway::reads::read_history;
 use herald_gateway::{GatewayContext, HttpError, QueryParams};
@@ -93,6 +94,7 @@ pub fn router(context: GatewayContext, config: HttpConfig) -> Router {
         .route("/v1/history", get(history))
         .route("/v1/presence", get(presence))
         .route("/healthz", get(health))
+        .route("/readyz", get(ready))
         .with_state(Arc::new(Api { context, config }))
 }
 
@@ -163,8 +165,22 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), HttpError> {
     ))
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// Liveness: 200 while the process answers, whatever its dependencies
+/// say (a node cut off from its cluster still serves its own clients);
+/// their state is in the body.
+async fn health(State(api): State<Arc<Api>>) -> Json<serde_json::Value> {
+    Json(api.context.health.body("ok"))
+}
+
+/// Readiness: 200 once every dependency is ready (in cluster mode: the
+/// bridge is connected and caught up), 503 otherwise, so a load balancer
+/// sends new clients elsewhere.
+async fn ready(State(api): State<Arc<Api>>) -> Response {
+    let health = &api.context.health;
+    match health.is_ready() {
+        true => Json(health.body("ready")).into_response(),
+        false => (StatusCode::SERVICE_UNAVAILABLE, Json(health.body("not_ready"))).into_response(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -252,18 +268,74 @@ async fn publish(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) ->
     let body = api.read_body(&headers, body).await?;
     match parse_publish(&body, api.config.max_batch)? {
         Publish::One(subject, payload) => {
-            let position = session.publish(&subject, payload)?;
-            Ok(Json(serde_json::json!({ "pos": position.token().as_str() })).into_response())
+            let position = submit(&session, &subject, payload)?.await?;
+            Ok(Json(serde_json::json!({ "pos": token(position) })).into_response())
         }
+        Publish::Batch(batch) if !api.context.broker.is_clustered() => {
+            let positions: Vec<_> = session.publish_batch(batch)?.into_iter().map(Some).collect();
+            Ok(
+                Json(
+                    serde_json::json!({ "positions": positions.into_iter().map(token).collect::<Vec<_>>() }),
+                )
+                .into_response(),
+            )
+        }
+        // A cluster orders each message on its own: the batch is checked
+        // whole, then sent in order; positions are consecutive only when no
+        // other node published in between.
         Publish::Batch(batch) => {
-            let positions: Vec<String> = session
-                .publish_batch(batch)?
-                .iter()
-                .map(|position| position.token().to_string())
-                .collect();
+            for (index, (subject, payload)) in batch.iter().enumerate() {
+                session
+                    .check_publish(subject, payload.len())
+                    .map_err(|error| SessionBatchError { index, error })?;
+            }
+            let mut pending = Vec::with_capacity(batch.len());
+            for (subject, payload) in batch {
+                pending.push(submit(&session, &subject, payload)?);
+            }
+            let mut positions = Vec::with_capacity(pending.len());
+            for acknowledgement in pending {
+                positions.push(token(acknowledgement.await?));
+            }
             Ok(Json(serde_json::json!({ "positions": positions })).into_response())
         }
     }
+}
+
+/// A position as the publish reply shows it: its token, or null when the
+/// cluster's acknowledgement policy does not wait for one (`sent`).
+fn token(position: Option<herald_broker::Position>) -> serde_json::Value {
+    position.map_or(serde_json::Value::Null, |position| {
+        position.token().as_str().into()
+    })
+}
+
+/// Publishes one message and returns the wait for its acknowledgement:
+/// immediate on a single node, the cluster's answer on a clustered one.
+fn submit(
+    session: &Session,
+    subject: &str,
+    payload: Payload,
+) -> Result<impl std::future::Future<Output = Result<Option<herald_broker::Position>, HttpError>>, HttpError>
+{
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    session.submit(
+        subject,
+        payload,
+        herald_broker::Envelope::default(),
+        true,
+        Box::new(move |result| {
+            let _ = sender.send(result);
+        }),
+    )?;
+    Ok(async move {
+        match receiver.await {
+            Ok(result) => result.map_err(HttpError::from),
+            Err(_) => Err(HttpError::from(herald_broker::ClusterError::Unavailable {
+                state: "stopped",
+            })),
+        }
+    })
 }
 
 #[derive(Deserialize)]

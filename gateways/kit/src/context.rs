@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::disconnect::{DisconnectCounters, DisconnectReason};
+use crate::health::Health;
 use crate::origins::AllowedOrigins;
 
 /// Shared by every gateway of one server; cheap to clone.
@@ -30,6 +31,8 @@ pub struct GatewayContext {
     /// How long a bidirectional connection whose token expired waits for
     /// a `refresh`.
     pub refresh_grace: std::time::Duration,
+    /// The dependencies `/healthz` and `/readyz` report on.
+    pub health: Health,
 }
 
 impl GatewayContext {
@@ -43,6 +46,7 @@ impl GatewayContext {
             origins: Arc::new(AllowedOrigins::default()),
             token_cookie: Arc::from(""),
             refresh_grace: std::time::Duration::from_secs(30),
+            health: Health::default(),
         }
     }
 

@@ -6,7 +6,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use herald_broker::{AuthError, PayloadError, PublishError, SessionBatchError, SessionError};
+use herald_broker::{AuthError, ClusterError, PayloadError, PublishError, SessionBatchError, SessionError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpError {
@@ -63,6 +63,7 @@ impl From<SessionError> for HttpError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             SessionError::Publish(PublishError::History(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            SessionError::Publish(PublishError::Cluster(error)) => cluster_status(error),
             SessionError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,
         };
@@ -89,5 +90,21 @@ impl IntoResponse for HttpError {
             body["index"] = index.into();
         }
         (self.status, Json(body)).into_response()
+    }
+}
+
+/// A publish the cluster did not take: unavailable, busy or unconfirmed are
+/// worth retrying (503); a refusal by the cluster is the gateway's upstream
+/// failing (502).
+pub fn cluster_status(error: &ClusterError) -> StatusCode {
+    match error {
+        ClusterError::Refused { .. } => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+impl From<ClusterError> for HttpError {
+    fn from(error: ClusterError) -> HttpError {
+        HttpError::new(cluster_status(&error), error.code(), error.to_string())
     }
 }

@@ -13,6 +13,7 @@
 //! | [`origins`] | the `Origin` allow-list of browser pages |
 //! | [`refusal`] | refusals a browser can read: `err` then an application close code |
 //! | [`query`] | query strings with repeated keys (`?subject=a&subject=b`) |
+//! | [`health`] | the dependencies `/healthz` and `/readyz` report on |
 //! | [`error`] | [`HttpError`]: status, stable `code`, message, as a JSON body |
 //! | [`limits`] | the per-connection command rate limit |
 //! | [`frames`] | one command frame in: size check, decode, hand to the session |
@@ -34,6 +35,7 @@ pub mod credentials;
 pub mod disconnect;
 pub mod error;
 pub mod frames;
+pub mod health;
 pub mod limits;
 pub mod origins;
 pub mod query;
@@ -46,6 +48,7 @@ pub use context::GatewayContext;
 pub use credentials::Cookies;
 pub use disconnect::{DisconnectCounters, DisconnectReason};
 pub use error::HttpError;
+pub use health::{Dependency, Health};
 pub use limits::CommandRateLimiter;
 pub use origins::AllowedOrigins;
 pub use query::QueryParams;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use herald_broker::{
-    CloseReason, Encoding, Envelope, Headers, Outbound, Outbox, Payload, Reply, Session, SessionError,
-    SubscriptionId,
+    Acknowledgement, CloseReason, Encoding, Envelope, Headers, Outbound, Outbox, Payload, Reply, Session,
+    SessionError, SubscriptionId,
 };
 use herald_gateway::{drive, DisconnectReason, EventWriter, WriterConfig};
 use serde::Deserialize;
@@ -370,16 +370,28 @@ impl Reader<'_> {
             .transpose()
             .map_err(|error| format!("Invalid Headers: {error}"))?;
         let envelope = Envelope { headers, reply };
+        // NATS publishes are not acknowledged; a clustered node that cannot
+        // hand one on says so, as a non-fatal -ERR.
+        let outbox = self.session.outbox().clone();
+        let done: Acknowledgement = Box::new(move |result| {
+            if let Err(error) = result {
+                outbox.push_reply(Reply::Error {
+                    id: None,
+                    code: NATS_ERROR,
+                    message: format!("Cluster: {error}"),
+                });
+            }
+        });
         self.session
             // Copied out of the read buffer: a small message must not keep
             // the whole buffer alive for as long as history holds it.
-            .publish_with(
+            .submit(
                 subject,
                 Payload::from_bytes(Bytes::copy_from_slice(payload)),
                 envelope,
                 self.echo,
+                done,
             )
-            .map(drop)
             .map_err(refused)
     }
 
