@@ -38,6 +38,8 @@ pub fn default_config_text() -> String {
         herald_longpoll::DEFAULT_CONFIG,
         #[cfg(feature = "nats")]
         herald_nats::DEFAULT_CONFIG,
+        #[cfg(feature = "cluster")]
+        herald_cluster::DEFAULT_CONFIG,
     ];
     for section in gateway_sections {
         text.push('\n');
@@ -66,6 +68,8 @@ pub struct Config {
     pub longpoll: herald_longpoll::LongPollConfig,
     #[cfg(feature = "nats")]
     pub nats: herald_nats::NatsConfig,
+    #[cfg(feature = "cluster")]
+    pub cluster: herald_cluster::ClusterConfig,
 }
 
 /// Where history is kept: the `[storage]` section.
@@ -188,6 +192,16 @@ impl Config {
         self.longpoll.validate().map_err(anyhow::Error::msg)?;
         #[cfg(feature = "nats")]
         self.nats.validate().map_err(anyhow::Error::msg)?;
+        #[cfg(feature = "cluster")]
+        if self.cluster.is_enabled() {
+            self.cluster.validate().map_err(anyhow::Error::msg)?;
+            if self.storage.history == HistoryStorage::Disk {
+                bail!(
+                    "storage.history = \"disk\" and cluster.nats_url exclude each other: \
+                     a cluster keeps its history in JetStream"
+                );
+            }
+        }
         self.authenticator()?;
         self.subject_rules()?;
         Ok(())

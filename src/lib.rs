@@ -12,6 +12,7 @@
 //! | `sse` | `herald-sse` | `GET /sse` |
 //! | `longpoll` | `herald-longpoll` | `GET /poll` |
 //! | `nats` | `herald-nats` | the NATS client protocol on `[nats] listen` |
+//! | `cluster` | `herald-cluster` | with `[cluster] nats_url`: one node of a cluster sharing a JetStream stream |
 //!
 //! All are on by default; a gateway compiled in can still be turned off
 //! with its section's `enabled = false`.
@@ -63,6 +64,9 @@ pub struct Herald {
     /// The NATS listener, once bound.
     #[cfg(feature = "nats")]
     nats_listener: Option<TcpListener>,
+    /// The cluster bridge, in cluster mode.
+    #[cfg(feature = "cluster")]
+    bridge: Option<Arc<herald_cluster::Bridge>>,
 }
 
 impl Herald {
@@ -71,7 +75,16 @@ impl Herald {
     pub fn new(mut config: Config) -> anyhow::Result<Herald> {
         config.validate()?;
         config.broker.rules = config.subject_rules()?;
+        #[cfg(feature = "cluster")]
+        let clustered = config.cluster.is_enabled();
         let (broker, journal) = match config.storage.history {
+            // A cluster's numbering is its stream's, the same on every node.
+            #[cfg(feature = "cluster")]
+            HistoryStorage::Memory if clustered => {
+                let clock = Arc::new(SystemClock::new());
+                let broker = Broker::with_clock(config.broker.clone(), clock, config.cluster.epoch());
+                (broker, None)
+            }
             HistoryStorage::Memory => (Broker::new(config.broker.clone()), None),
             HistoryStorage::Disk => {
                 let options = StoreOptions {
@@ -87,18 +100,35 @@ impl Herald {
                 (broker, Some(journal))
             }
         };
+        #[cfg(feature = "cluster")]
+        let bridge = clustered.then(|| {
+            let history = &config.broker.history;
+            let limits = herald_cluster::StreamLimits {
+                max_messages_per_subject: config.broker.rules.largest_size(history),
+                max_age: config.broker.rules.longest_age(history),
+                max_bytes: history.max_bytes,
+            };
+            herald_cluster::Bridge::new(broker.clone(), config.cluster.clone(), limits)
+        });
         let auth = Arc::new(config.authenticator()?);
-        let context = GatewayContext::new(broker, auth).with_admission(
+        #[allow(unused_mut)]
+        let mut context = GatewayContext::new(broker, auth).with_admission(
             AllowedOrigins::new(&config.server.allowed_origins),
             &config.auth.token_cookie,
             config.auth.refresh_grace,
         );
+        #[cfg(feature = "cluster")]
+        if let Some(bridge) = &bridge {
+            context.health = context.health.clone().with(bridge.clone());
+        }
         Ok(Herald {
             context,
             config,
             journal,
             #[cfg(feature = "nats")]
             nats_listener: None,
+            #[cfg(feature = "cluster")]
+            bridge,
         })
     }
 
@@ -188,6 +218,7 @@ impl Herald {
     /// accepting; tell every streaming connection (`shutdown`) and answer
     /// every waiting poll; wait for connections to finish, at most
     /// `server.shutdown_grace`; return.
+    #[cfg_attr(not(any(feature = "nats", feature = "cluster")), allow(unused_mut))]
     pub async fn run(
         mut self,
         listener: TcpListener,
@@ -230,6 +261,15 @@ impl Herald {
                 self.config.nats.clone(),
             ))
         });
+        // The bridge outlives the connections: publishes made while they
+        // close still get their answer.
+        #[cfg(feature = "cluster")]
+        let bridge_stop = tokio_util::sync::CancellationToken::new();
+        #[cfg(feature = "cluster")]
+        let bridge = self.bridge.take().map(|bridge| {
+            tracing::info!(node = bridge.node(), nats = %self.config.cluster.nats_url, "cluster mode: joining through NATS JetStream");
+            tokio::spawn(bridge.run(bridge_stop.clone()))
+        });
         shutdown.await;
         tracing::info!("shutting down: closing connections");
         context.shutdown.cancel();
@@ -246,6 +286,11 @@ impl Herald {
             );
         }
         sweeper.abort();
+        #[cfg(feature = "cluster")]
+        if let Some(bridge) = bridge {
+            bridge_stop.cancel();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), bridge).await;
+        }
         #[cfg(feature = "nats")]
         if let Some(nats) = nats {
             nats.abort();

@@ -2,6 +2,8 @@
 //! HTTP clients.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod nats_server;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,447 @@
+//! Cluster mode through a real nats-server with JetStream: several Herald
+//! nodes share one order and one history; a client resumes on any node;
+//! faults of NATS and of a node lose nothing that was acknowledged.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use herald::Config;
+use herald_broker::protocol::ServerEvent;
+use serde_json::{json, Value};
+use support::nats_server::NatsServer;
+use support::{publish, Client, Server, PATIENCE, PUBLISHER_KEY};
+
+/// One clustered node on `nats`, named `name`.
+async fn node(nats: &str, name: &str) -> Server {
+    node_with(nats, name, |_| {}).await
+}
+
+async fn node_with(nats: &str, name: &str, adjust: impl FnOnce(&mut Config)) -> Server {
+    let (nats, name) = (nats.to_owned(), name.to_owned());
+    let server = Server::start(move |config| {
+        config.cluster.nats_url = nats;
+        config.cluster.node_name = name;
+        adjust(config);
+    })
+    .await;
+    wait_ready(&server).await;
+    server
+}
+
+/// Waits until `/readyz` says the node is connected and caught up.
+async fn wait_ready(server: &Server) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let response = reqwest::get(server.url("/readyz")).await.unwrap();
+        if response.status() == 200 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node ready within the patience"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The bridge's state as `/healthz` reports it.
+async fn bridge_state(server: &Server) -> String {
+    let health = support::get_json(server, "/healthz", None).await;
+    assert_eq!(health["status"], "ok", "liveness holds whatever the bridge does");
+    health["cluster"]["state"].as_str().unwrap().to_owned()
+}
+
+async fn wait_state(server: &Server, wanted: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let state = bridge_state(server).await;
+        if state == wanted {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bridge state {wanted} within the patience (still {state})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A received message: subject, position, payload.
+type Received = (String, String, Value);
+
+/// The next `n` messages, skipping nothing else: any other event fails.
+async fn messages(client: &mut Client, n: usize) -> Vec<Received> {
+    let mut received = Vec::with_capacity(n);
+    while received.len() < n {
+        match client.next_event().await {
+            ServerEvent::Msg {
+                subject, pos, data, ..
+            } => received.push((subject, pos, data)),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    received
+}
+
+/// Positions compare as their tokens' bytes (epoch, then sequence, big
+/// endian): strictly increasing means in order and none twice.
+fn assert_strictly_increasing(received: &[Received]) {
+    for pair in received.windows(2) {
+        assert!(
+            decode(&pair[0].1) < decode(&pair[1].1),
+            "positions out of order or repeated: {:?} then {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
+fn decode(token: &str) -> herald_broker::Position {
+    herald_broker::Position::from_token(token).unwrap()
+}
+
+async fn nats_client(nats: &NatsServer) -> async_nats::Client {
+    async_nats::connect(nats.url()).await.unwrap()
+}
+
+/// Publishes over HTTP; the status and the body (position or error).
+async fn try_publish(server: &Server, subject: &str, data: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(server.url("/v1/publish"))
+        .bearer_auth(PUBLISHER_KEY)
+        .json(&json!({"subject": subject, "data": data}))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    match response {
+        Ok(response) => (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        ),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_published_on_any_node_reaches_every_node_once_in_order() {
+    let nats = NatsServer::start();
+    let a = node(&nats.url(), "a").await;
+    let b = node(&nats.url(), "b").await;
+    let mut on_a = Client::connect(&a).await;
+    on_a.subscribe("chat.>", None).await;
+    let mut on_b = Client::connect(&b).await;
+    on_b.subscribe("chat.>", None).await;
+    // A NATS client on the cluster sees Herald's messages under the prefix.
+    let direct = nats_client(&nats).await;
+    let mut tap = direct.subscribe("herald.chat.>").await.unwrap();
+    direct.flush().await.unwrap();
+
+    // Over HTTP on B, over NATS directly, and over WebSocket on A, interleaved.
+    let mut publisher = Client::connect_with(&a, herald_broker::Encoding::Json, Some(PUBLISHER_KEY)).await;
+    let mut expected = Vec::new();
+    for n in 0..30 {
+        let subject = if n % 2 == 0 { "chat.even" } else { "chat.odd" };
+        match n % 3 {
+            0 => {
+                publish(&b, subject, json!({"n": n})).await;
+            }
+            1 => {
+                let body = json!({"n": n}).to_string();
+                let nats_subject = format!("herald.{subject}");
+                direct.publish(nats_subject, body.into()).await.unwrap();
+                direct.flush().await.unwrap();
+            }
+            _ => {
+                publisher
+                    .send(json!({"op": "pub", "id": n, "subject": subject, "data": {"n": n}}))
+                    .await;
+                match publisher.next_event().await {
+                    ServerEvent::Ack {
+                        id: Some(id),
+                        pos: Some(_),
+                    } if id == n => {}
+                    other => panic!("expected the publish ack with a position, got {other:?}"),
+                }
+            }
+        }
+        expected.push((subject.to_owned(), json!({"n": n})));
+    }
+
+    let got_a = messages(&mut on_a, 30).await;
+    let got_b = messages(&mut on_b, 30).await;
+    assert_strictly_increasing(&got_a);
+    // Every node: the same messages, the same order, the same positions.
+    assert_eq!(got_a, got_b);
+    let payloads: Vec<(String, Value)> = got_a.iter().map(|(s, _, d)| (s.clone(), d.clone())).collect();
+    assert_eq!(
+        payloads, expected,
+        "each publisher's order kept, nothing lost or doubled"
+    );
+    // And nothing more: no message came back around a second time.
+    on_a.send(json!({"op": "ping", "id": 99})).await;
+    assert!(matches!(
+        on_a.next_event().await,
+        ServerEvent::Pong { id: Some(99) }
+    ));
+
+    let mut tapped = Vec::new();
+    while tapped.len() < 30 {
+        let message = tokio::time::timeout(PATIENCE, tap.next()).await.unwrap().unwrap();
+        tapped.push(serde_json::from_slice::<Value>(&message.payload).unwrap());
+    }
+    let sent: Vec<Value> = expected.iter().map(|(_, data)| data.clone()).collect();
+    assert_eq!(tapped, sent, "NATS clients see Herald's messages as published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_resumes_on_another_node_with_nothing_lost() {
+    let nats = NatsServer::start();
+    let a = node(&nats.url(), "a").await;
+    let b = node(&nats.url(), "b").await;
+    let c = node(&nats.url(), "c").await;
+    let mut client = Client::connect(&a).await;
+    client.subscribe("room.*", None).await;
+    for n in 0..10 {
+        publish(&b, "room.1", json!(n)).await;
+    }
+    let first = messages(&mut client, 10).await;
+    let last = first.last().unwrap().1.clone();
+    drop(client);
+
+    // Missed while away: published on A and B.
+    for n in 10..20 {
+        let server = if n % 2 == 0 { &a } else { &b };
+        publish(server, "room.2", json!(n)).await;
+    }
+    let mut resumed = Client::connect(&c).await;
+    resumed.subscribe("room.*", Some(&last)).await;
+    let missed = messages(&mut resumed, 10).await;
+    let values: Vec<Value> = missed.iter().map(|(_, _, data)| data.clone()).collect();
+    assert_eq!(values, (10..20).map(Value::from).collect::<Vec<_>>());
+    assert!(decode(&missed[0].1) > decode(&last));
+    // Then live, from any node.
+    publish(&a, "room.1", json!("live")).await;
+    let live = messages(&mut resumed, 1).await;
+    assert_eq!(live[0].2, json!("live"));
+    let all: Vec<Received> = first.into_iter().chain(missed).chain(live).collect();
+    assert_strictly_increasing(&all);
+
+    // The history API agrees on every node.
+    for server in [&a, &b, &c] {
+        let page = support::get_json(server, "/v1/history?subject=room.2", Some(PUBLISHER_KEY)).await;
+        assert_eq!(page["messages"].as_array().unwrap().len(), 10, "{page}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_restarting_under_load_loses_nothing_acknowledged() {
+    let mut nats = NatsServer::start();
+    let a = node(&nats.url(), "a").await;
+    let b = node(&nats.url(), "b").await;
+    let mut on_a = Client::connect(&a).await;
+    on_a.subscribe("load.>", None).await;
+    let mut on_b = Client::connect(&b).await;
+    on_b.subscribe("load.>", None).await;
+
+    // Publish continuously on B while NATS goes away and comes back.
+    let b_address = b.address;
+    let publisher = tokio::spawn(async move {
+        let url = format!("http://{b_address}/v1/publish");
+        let client = reqwest::Client::new();
+        let (mut acknowledged, mut refused) = (Vec::new(), 0);
+        for n in 0..400u64 {
+            let response = client
+                .post(&url)
+                .bearer_auth(PUBLISHER_KEY)
+                .json(&json!({"subject": "load.x", "data": n}))
+                .send()
+                .await
+                .unwrap();
+            match response.status().as_u16() {
+                200 => acknowledged.push(n),
+                503 => {
+                    let body: Value = response.json().await.unwrap();
+                    assert_eq!(body["code"], "cluster_unavailable", "{body}");
+                    refused += 1;
+                }
+                other => panic!("unexpected status {other}"),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (acknowledged, refused)
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    nats.kill();
+    wait_state(&a, "disconnected").await;
+    // Cut off, the node still serves its clients: they stay connected and
+    // are answered.
+    on_a.send(json!({"op": "ping", "id": 7})).await;
+    let mut received_on_a = Vec::new();
+    loop {
+        match on_a.next_event().await {
+            ServerEvent::Pong { id: Some(7) } => break,
+            ServerEvent::Msg {
+                subject, pos, data, ..
+            } => received_on_a.push((subject, pos, data)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let (status, body) = try_publish(&a, "load.y", json!("while cut off")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("cluster_unavailable")),
+        "{body}"
+    );
+    let ready = reqwest::get(a.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready while cut off");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.restart();
+    wait_state(&a, "connected").await;
+    wait_state(&b, "connected").await;
+    let (acknowledged, refused) = publisher.await.unwrap();
+    assert!(refused > 0, "the outage was seen by the publisher");
+    assert!(acknowledged.len() > 100, "publishing went on around the outage");
+
+    // Every acknowledged message arrives, once, in order, on both nodes; a
+    // refused one may have been stored all the same (its answer was lost).
+    // A last message marks the end.
+    publish(&a, "load.x", json!("end")).await;
+    for (client, mut got) in [(&mut on_a, received_on_a), (&mut on_b, Vec::new())] {
+        loop {
+            let message = messages(client, 1).await.remove(0);
+            if message.2 == json!("end") {
+                break;
+            }
+            got.push(message);
+        }
+        assert_strictly_increasing(&got);
+        let values: Vec<u64> = got.iter().map(|(_, _, data)| data.as_u64().unwrap()).collect();
+        let unique: HashSet<u64> = values.iter().copied().collect();
+        assert_eq!(unique.len(), values.len(), "none twice");
+        for n in &acknowledged {
+            assert!(unique.contains(n), "acknowledged message {n} delivered");
+        }
+        let mut sorted = values.clone();
+        sorted.sort_unstable();
+        assert_eq!(values, sorted, "in publish order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_mid_run_loses_nothing_acknowledged() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nanonymous_subscribe = [\">\"]\n[[auth.api_keys]]\nkey = \"{PUBLISHER_KEY}\"\n\
+             publish = [\">\"]\nsubscribe = [\">\"]\n[cluster]\nnats_url = \"{url}\"\nnode_name = \"doomed\"\n"
+        ),
+    )
+    .unwrap();
+    let (mut doomed, address, _) = support::serve(&["--config", config.to_str().unwrap()], &[]);
+    let survivor = node(&url, "survivor").await;
+    let doomed_url = format!("http://{address}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !reqwest::get(format!("{doomed_url}/readyz"))
+        .await
+        .is_ok_and(|response| response.status() == 200)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the doomed node gets ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{address}/ws"))
+        .await
+        .unwrap();
+    use futures_util::SinkExt;
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            json!({"op": "sub", "id": 1, "subject": "orders.>"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    // Publish on the doomed node itself, then kill it mid-run.
+    let client = reqwest::Client::new();
+    let mut acknowledged = Vec::new();
+    for n in 0..40u64 {
+        let response = client
+            .post(format!("{doomed_url}/v1/publish"))
+            .bearer_auth(PUBLISHER_KEY)
+            .json(&json!({"subject": "orders.new", "data": n}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        acknowledged.push(n);
+    }
+    // The client read part of the stream, not all of it.
+    let mut last = None;
+    let mut seen = Vec::new();
+    while seen.len() < 15 {
+        let frame = tokio::time::timeout(PATIENCE, socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let tokio_tungstenite::tungstenite::Message::Text(text) = frame else {
+            continue;
+        };
+        let event: Value = serde_json::from_str(&text).unwrap();
+        if event["op"] == "msg" {
+            seen.push(event["data"].as_u64().unwrap());
+            last = Some(event["pos"].as_str().unwrap().to_owned());
+        }
+    }
+    doomed.0.kill().unwrap();
+    doomed.0.wait().unwrap();
+
+    // Its client fails over to the survivor with its last position.
+    let mut resumed = Client::connect(&survivor).await;
+    resumed.subscribe("orders.>", last.as_deref()).await;
+    let rest = messages(&mut resumed, acknowledged.len() - seen.len()).await;
+    let mut all = seen.clone();
+    all.extend(rest.iter().map(|(_, _, data)| data.as_u64().unwrap()));
+    assert_eq!(all, acknowledged, "every acknowledged publish, once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_crosses_regions_joined_by_a_leaf_node_connection() {
+    // Region "east" holds the stream (JetStream domain "east"); region
+    // "west" is a NATS server of its own, joined to east as a leaf node.
+    let east = NatsServer::with_domain("east", "leafnodes { listen: \"127.0.0.1:-1\" }");
+    let leaf = east.leaf_port.expect("east listens for leaf nodes");
+    let west = NatsServer::with_config(&format!(
+        "leafnodes {{ remotes: [ {{ url: \"nats-leaf://127.0.0.1:{leaf}\" }} ] }}"
+    ));
+    let in_region = |config: &mut Config| config.cluster.jetstream_domain = "east".into();
+    let east_node = node_with(&east.url(), "east-1", in_region).await;
+    let west_node = node_with(&west.url(), "west-1", in_region).await;
+
+    let mut in_west = Client::connect(&west_node).await;
+    in_west.subscribe("news.>", None).await;
+    let mut in_east = Client::connect(&east_node).await;
+    in_east.subscribe("news.>", None).await;
+    publish(&east_node, "news.east", json!("from east")).await;
+    publish(&west_node, "news.west", json!("from west")).await;
+    let west_got = messages(&mut in_west, 2).await;
+    let east_got = messages(&mut in_east, 2).await;
+    assert_eq!(west_got, east_got, "one order in both regions");
+    let values: Vec<&Value> = west_got.iter().map(|(_, _, data)| data).collect();
+    assert_eq!(values, [&json!("from east"), &json!("from west")]);
+
+    // A client from the west resumes in the east with its token.
+    let last = west_got[0].1.clone();
+    let mut moved = Client::connect(&east_node).await;
+    moved.subscribe("news.>", Some(&last)).await;
+    assert_eq!(messages(&mut moved, 1).await[0].2, json!("from west"));
+}
