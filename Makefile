@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth bench-nats doc clean
+.PHONY: test test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth bench-nats bench-cluster doc clean
 
 ## Run every test in the workspace (unit, integration, property, doc tests).
 test:
@@ -120,6 +120,14 @@ bench-abuse:
 bench-nats: bench-peers
 	$(CARGO) build --release -p herald -p herald-bench
 	./target/release/herald-bench nats
+
+## What cluster mode costs: one Herald node vs two bridged through
+## nats-server with JetStream (subscribers split, or all on the other node),
+## three rounds alternating the order: JSON lines, then the table of medians
+## and ratios docs/benchmarks.md quotes.
+bench-cluster: bench-peers
+	$(CARGO) build --release -p herald -p herald-bench
+	./target/release/herald-bench cluster
 
 ## Fan-out to 1 000 subscribers each holding a user token vs anonymous
 ## ones, six runs each, which goes first alternating: one JSON line per run.

@@ -76,3 +76,37 @@ async fn the_nats_workload_runs_against_both_servers() {
         assert!(record.per_second > 0.0, "{record:?}");
     }
 }
+
+/// `herald-bench cluster` in its seconds-long size: one node and two nodes
+/// bridged through nats-server with JetStream; at the fixed rate every
+/// message arrives once, in order, on every layout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_workload_runs_on_one_and_two_nodes() {
+    let binaries = Binaries::locate(env!("CARGO_BIN_EXE_herald").into());
+    if !binaries.has_nats() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "under CI nats-server must be installed"
+        );
+        eprintln!("nats-server not installed here, skipped");
+        return;
+    }
+    let size = herald_bench::cluster::ClusterSize::SMOKE;
+    let records = herald_bench::cluster::run(&binaries, size, |_| {})
+        .await
+        .expect("the cluster workload runs");
+    for layout in ["single", "cluster-split", "cluster-remote"] {
+        for scenario in ["fanout", "latency"] {
+            let record = records
+                .iter()
+                .find(|r| r.layout == layout && r.record.scenario == scenario)
+                .unwrap_or_else(|| panic!("{layout} {scenario} ran"));
+            let r = &record.record;
+            assert_eq!((r.duplicates, r.out_of_order), (0, 0), "{record:?}");
+            assert!(r.delivered > 0, "{record:?}");
+            if scenario == "latency" {
+                assert_eq!(r.delivered, r.expected, "nothing lost at a low rate: {record:?}");
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@
 //! | `latency` | the same at a fixed rate (50% of the measured maximum): p50/p99/p999/max, CDF |
 //! | `idle` | C idle subscribed connections: server RSS per connection |
 //! | `churn` | fan-out deliveries/s alone vs during a subscribe/unsubscribe storm |
+//! | `cluster` (its own command) | one node vs two nodes bridged through nats-server + JetStream: fan-out and cross-node latency |
 //! | `nats` (its own command) | the same async-nats workload against nats-server and Herald's NATS listener: fan-out to 1/100/1 000, pipelined publishing |
 //!
 //! Targets: Herald's WebSocket gateway (JSON, MessagePack), its SSE and
@@ -24,6 +25,7 @@
 
 pub mod abuse;
 pub mod clients;
+pub mod cluster;
 pub mod http_subscriber;
 pub mod nats;
 pub mod report;

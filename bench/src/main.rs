@@ -84,6 +84,16 @@ enum Command {
         #[arg(long)]
         smoke: bool,
     },
+    /// One node vs two nodes bridged through nats-server with JetStream
+    /// (subscribers split, or all on the other node), fresh servers each
+    /// round, alternating: JSON lines on stdout, then the table of medians.
+    Cluster {
+        /// Seconds-long sizes, for the test suite.
+        #[arg(long)]
+        smoke: bool,
+        #[arg(long)]
+        subscribers: Option<usize>,
+    },
     /// One idle-connections run.
     Idle {
         #[arg(long, default_value = "herald-ws-json")]
@@ -174,6 +184,22 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
             print!("{}", herald_bench::nats::markdown(&records));
+            Ok(())
+        }
+        Command::Cluster { smoke, subscribers } => {
+            let mut size = if smoke {
+                herald_bench::cluster::ClusterSize::SMOKE
+            } else {
+                herald_bench::cluster::ClusterSize::STANDARD
+            };
+            if let Some(subscribers) = subscribers {
+                size.subscribers = subscribers;
+            }
+            let records = herald_bench::cluster::run(&binaries, size, |record| {
+                println!("{}", serde_json::to_string(record).expect("records serialize"));
+            })
+            .await?;
+            print!("{}", herald_bench::cluster::markdown(&records));
             Ok(())
         }
         Command::Idle { target, connections } => {

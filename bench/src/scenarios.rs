@@ -316,7 +316,35 @@ pub async fn fanout(
     seconds: f64,
     payload_bytes: usize,
 ) -> anyhow::Result<Record> {
-    let connections = subscribers(target, server.address, subscriber_count, SUBJECT).await?;
+    let spread = [server.address];
+    fanout_across(
+        target,
+        server,
+        &spread,
+        subscriber_count,
+        rate,
+        seconds,
+        payload_bytes,
+    )
+    .await
+}
+
+/// One publisher on `server` → `subscriber_count` subscribers spread
+/// evenly over `nodes` (several nodes of one cluster, or just `server`).
+pub async fn fanout_across(
+    target: Target,
+    server: &Server,
+    nodes: &[SocketAddr],
+    subscriber_count: usize,
+    rate: Option<u64>,
+    seconds: f64,
+    payload_bytes: usize,
+) -> anyhow::Result<Record> {
+    let mut connections = Vec::with_capacity(subscriber_count);
+    for (index, node) in nodes.iter().enumerate() {
+        let share = subscriber_count / nodes.len() + usize::from(index < subscriber_count % nodes.len());
+        connections.extend(subscribers(target, *node, share, SUBJECT).await?);
+    }
     tokio::time::sleep(target.subscription_settle_time()).await;
     let (published_sender, published) = watch::channel(None);
     let receivers: Vec<_> = connections

@@ -450,3 +450,66 @@ fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
+
+impl Server {
+    /// nats-server with JetStream in a scratch directory: what clustered
+    /// Herald nodes bridge through.
+    pub async fn nats_with_jetstream(binaries: &Binaries) -> anyhow::Result<Server> {
+        let binary = &binaries.nats_server;
+        if !binary.exists() {
+            bail!("nats-server not found: install it (Debian: apt-get install nats-server)");
+        }
+        let port = free_port()?;
+        let scratch = std::env::temp_dir().join(format!("herald-bench-js-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+        let child = Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(scratch.join("js"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let address: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let server = Server {
+            child,
+            address,
+            publish_address: None,
+            helpers: Vec::new(),
+            scratch: Some(scratch),
+        };
+        wait_listening(server, &[address], "nats-server").await
+    }
+
+    /// Herald as for the other targets, as the node `name` of a cluster
+    /// bridged through the NATS server at `nats`; returned once `/readyz`
+    /// says it follows the stream.
+    pub async fn herald_clustered(
+        binaries: &Binaries,
+        nats: SocketAddr,
+        name: &str,
+    ) -> anyhow::Result<Server> {
+        let mut command = herald_command(&binaries.herald)?;
+        command
+            .env("HERALD_CLUSTER__NATS_URL", format!("nats://{nats}"))
+            .env("HERALD_CLUSTER__NODE_NAME", name);
+        let server = start_logging_address(command, "herald (clustered)").await?;
+        for _ in 0..200 {
+            if http_status(server.address, "/readyz").await == Some(200) {
+                return Ok(server);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("herald node {name} not ready within 10 s (is JetStream enabled on {nats}?)")
+    }
+}
+
+/// The status of `GET path`, or `None` if the server did not answer.
+async fn http_status(address: SocketAddr, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}

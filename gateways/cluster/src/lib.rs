@@ -67,6 +67,7 @@ pub struct ClusterConfig {
     #[serde(with = "herald_broker::units::duration")]
     pub publish_timeout: Duration,
     pub max_pending_publishes: usize,
+    pub stream_messages_per_subject: usize,
     pub credentials_file: String,
     pub user: String,
     pub password: String,
@@ -101,6 +102,7 @@ impl Default for ClusterConfig {
             publish_ack: PublishAck::Stored,
             publish_timeout: Duration::from_secs(5),
             max_pending_publishes: 10_000,
+            stream_messages_per_subject: 10_000,
             credentials_file: String::new(),
             user: String::new(),
             password: String::new(),
@@ -455,7 +457,13 @@ impl Bridge {
         stream::Config {
             name: self.config.stream.clone(),
             subjects: vec![format!("{}>", self.prefix)],
-            max_messages_per_subject: self.limits.max_messages_per_subject as i64,
+            // Not only the history window: also how far a node may fall
+            // behind on one subject before the stream discards what it has
+            // not applied yet (then reported as a gap).
+            max_messages_per_subject: self
+                .limits
+                .max_messages_per_subject
+                .max(self.config.stream_messages_per_subject) as i64,
             max_age: self.limits.max_age,
             max_bytes: self.limits.max_bytes as i64,
             storage: stream::StorageType::File,
