@@ -247,6 +247,8 @@ mod tests {
         assert_eq!(config.longpoll, herald_longpoll::LongPollConfig::default());
         #[cfg(feature = "nats")]
         assert_eq!(config.nats, herald_nats::NatsConfig::default());
+        #[cfg(feature = "cluster")]
+        assert_eq!(config.cluster, herald_cluster::ClusterConfig::default());
     }
 
     #[test]
@@ -272,6 +274,16 @@ mod tests {
             (
                 "[[auth.api_keys]]\nkey = \"0123456789abcdef\"\npublish = [\"a..b\"]\n",
                 "publish",
+            ),
+            #[cfg(feature = "cluster")]
+            (
+                "[storage]\nhistory = \"disk\"\n[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\n",
+                "cluster keeps its history in JetStream",
+            ),
+            #[cfg(feature = "cluster")]
+            (
+                "[cluster]\nnats_url = \"nats://h:1\"\nreplicas = 0\n",
+                "cluster.replicas",
             ),
         ];
         for (index, (text, expected)) in cases.iter().enumerate() {

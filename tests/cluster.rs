@@ -445,3 +445,82 @@ async fn a_message_crosses_regions_joined_by_a_leaf_node_connection() {
     moved.subscribe("news.>", Some(&last)).await;
     assert_eq!(messages(&mut moved, 1).await[0].2, json!("from west"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_nats_publishes_and_one_way_transports_work_across_nodes() {
+    let nats = NatsServer::start();
+    let a = node(&nats.url(), "a").await;
+    let b = node(&nats.url(), "b").await;
+    let mut on_a = Client::connect(&a).await;
+    on_a.subscribe("feed.>", None).await;
+
+    // A batch on B: checked whole, each message ordered, positions increasing.
+    let batch: Vec<(String, Value)> = (0..5).map(|n| ("feed.batch".to_owned(), json!(n))).collect();
+    let positions = support::publish_batch(&b, &batch).await;
+    assert!(
+        positions
+            .windows(2)
+            .all(|pair| decode(&pair[0]) < decode(&pair[1])),
+        "{positions:?}"
+    );
+    // A NATS client on node B's own NATS listener publishes into the cluster.
+    let on_b_nats = async_nats::ConnectOptions::with_token(PUBLISHER_KEY.into())
+        .connect(b.nats_address.unwrap().to_string())
+        .await
+        .unwrap();
+    on_b_nats.publish("feed.nats", "5".into()).await.unwrap();
+    on_b_nats.flush().await.unwrap();
+    let got = messages(&mut on_a, 6).await;
+    let values: Vec<Value> = got.iter().map(|(_, _, data)| data.clone()).collect();
+    assert_eq!(values, (0..6).map(Value::from).collect::<Vec<_>>());
+    let batch_positions: Vec<&String> = got[..5].iter().map(|(_, pos, _)| pos).collect();
+    assert_eq!(
+        batch_positions,
+        positions.iter().collect::<Vec<_>>(),
+        "every node agrees on each position"
+    );
+
+    // A long-poll cursor from A continues on B; SSE's Last-Event-ID too.
+    let cursor = &got[2].1;
+    let body: Value = reqwest::get(b.url(&format!("/poll?subject=feed.>&cursor={cursor}&wait=0")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let polled: Vec<&Value> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["data"])
+        .collect();
+    assert_eq!(polled, [&json!(3), &json!(4), &json!(5)], "{body}");
+    let mut sse = support::SseClient::connect(&b, "subject=feed.>", Some(cursor)).await;
+    let mut resumed = Vec::new();
+    while resumed.len() < 3 {
+        let event = sse.next_event().await.expect("the stream stays open");
+        if event.event == "msg" {
+            resumed.push(event.json()["data"].clone());
+        }
+    }
+    assert_eq!(resumed, [json!(3), json!(4), json!(5)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_the_sent_policy_a_publish_is_answered_without_a_position() {
+    let nats = NatsServer::start();
+    let sent = node_with(&nats.url(), "sent", |config| {
+        config.cluster.publish_ack = herald_cluster::PublishAck::Sent;
+    })
+    .await;
+    let mut reader = Client::connect(&sent).await;
+    reader.subscribe("s.>", None).await;
+    let (status, body) = try_publish(&sent, "s.x", json!("quick")).await;
+    assert_eq!((status, &body), (200, &json!({"pos": null})));
+    let got = messages(&mut reader, 1).await;
+    assert_eq!(
+        got[0].2,
+        json!("quick"),
+        "delivered all the same, with its position"
+    );
+}

@@ -123,6 +123,21 @@ impl ClusterConfig {
 
     /// Checks what NATS would refuse later, naming the key.
     pub fn validate(&self) -> Result<(), String> {
+        for url in self.nats_url.split(',') {
+            url.trim()
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|error| format!("cluster.nats_url: {:?} is not a NATS URL: {error}", url.trim()))?;
+        }
+        for (key, path) in [
+            ("credentials_file", &self.credentials_file),
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ] {
+            if !path.is_empty() && std::fs::metadata(path).is_err() {
+                return Err(format!("cluster.{key}: cannot read {path:?}"));
+            }
+        }
         let prefix = &self.subject_prefix;
         let prefix_ok = !prefix.is_empty()
             && prefix.split('.').all(|token| {
@@ -756,28 +771,58 @@ mod tests {
 
     #[test]
     fn bad_settings_name_their_key() {
+        let good = ClusterConfig {
+            nats_url: "nats://127.0.0.1:4222, nats://10.0.0.2:4222".into(),
+            ..ClusterConfig::default()
+        };
+        assert_eq!(good.validate(), Ok(()));
         let bad = [
-            ClusterConfig {
-                subject_prefix: "a.*".into(),
-                ..ClusterConfig::default()
-            },
-            ClusterConfig {
-                stream: "has.dot".into(),
-                ..ClusterConfig::default()
-            },
-            ClusterConfig {
-                replicas: 7,
-                ..ClusterConfig::default()
-            },
-            ClusterConfig {
-                tls_cert_file: "cert.pem".into(),
-                ..ClusterConfig::default()
-            },
+            (
+                "subject_prefix",
+                ClusterConfig {
+                    subject_prefix: "a.*".into(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "stream",
+                ClusterConfig {
+                    stream: "has.dot".into(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "replicas",
+                ClusterConfig {
+                    replicas: 7,
+                    ..good.clone()
+                },
+            ),
+            (
+                "tls_cert_file",
+                ClusterConfig {
+                    tls_cert_file: "/nonexistent/cert.pem".into(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "nats_url",
+                ClusterConfig {
+                    nats_url: "nats://127.0.0.1:4222, http://[bad".into(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "credentials_file",
+                ClusterConfig {
+                    credentials_file: "/nonexistent/node.creds".into(),
+                    ..good.clone()
+                },
+            ),
         ];
-        for config in bad {
+        for (key, config) in bad {
             let error = config.validate().unwrap_err();
-            assert!(error.contains("cluster."), "{error}");
+            assert!(error.contains(&format!("cluster.{key}")), "{key}: {error}");
         }
-        assert_eq!(ClusterConfig::default().validate(), Ok(()));
     }
 }

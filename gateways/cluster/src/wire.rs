@@ -78,3 +78,83 @@ pub fn read(message: &async_nats::Message, node: &str) -> Read {
     }
     read
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn forwarded(echo_key: Option<u64>) -> Forwarded {
+        Forwarded {
+            subject: Subject::parse("chat.a", &SubjectLimits::default()).unwrap(),
+            payload: Payload::from_bytes(Bytes::from_static(br#"{"n":1}"#)),
+            envelope: Envelope {
+                headers: Some(Headers::from_pairs([("Trace", "abc")]).unwrap()),
+                reply: Some(Subject::parse("_INBOX.x", &SubjectLimits::default()).unwrap()),
+            },
+            echo_key,
+        }
+    }
+
+    fn as_received(headers: HeaderMap, payload: Bytes) -> async_nats::Message {
+        async_nats::Message {
+            subject: "herald.chat.a".into(),
+            reply: None,
+            payload,
+            headers: Some(headers),
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    #[test]
+    fn a_message_reads_back_as_it_was_published_without_herald_s_headers() {
+        let (headers, payload) = write(&forwarded(Some(7)), "node-a", 42);
+        assert_eq!(headers.get(MESSAGE_ID).unwrap().as_str(), "node-a-42");
+        assert_eq!(
+            payload,
+            Bytes::from_static(br#"{"n":1}"#),
+            "the payload is the JSON text, unchanged"
+        );
+        let read = super::read(&as_received(headers, payload), "node-a");
+        assert!(read.payload.is_json());
+        assert_eq!(
+            read.echo_key,
+            Some(7),
+            "the publishing node gets its echo key back"
+        );
+        assert_eq!(read.envelope.reply.unwrap().as_str(), "_INBOX.x");
+        let own: Vec<_> = read
+            .envelope
+            .headers
+            .as_ref()
+            .unwrap()
+            .pairs()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
+        assert_eq!(
+            own,
+            [("Trace".to_owned(), "abc".to_owned())],
+            "only the publisher's headers remain"
+        );
+    }
+
+    #[test]
+    fn another_node_s_echo_key_means_nothing_here() {
+        let (headers, payload) = write(&forwarded(Some(7)), "node-a", 1);
+        assert_eq!(
+            super::read(&as_received(headers, payload), "node-b").echo_key,
+            None
+        );
+    }
+
+    #[test]
+    fn an_invalid_reply_subject_from_a_foreign_publisher_is_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REPLY, "bad..subject");
+        let read = super::read(&as_received(headers, Bytes::from_static(b"x")), "node-a");
+        assert!(read.envelope.reply.is_none());
+        assert!(!read.payload.is_json());
+    }
+}
