@@ -111,7 +111,7 @@ impl Server {
                 start_logging_address(command, "node (Socket.IO peer)").await
             }
             Target::NatsTcp | Target::NatsWebSocket => {
-                start_nats(&binaries.nats_server, target == Target::NatsWebSocket).await
+                start_nats(&binaries.nats_server, target == Target::NatsWebSocket, false).await
             }
             Target::Pushpin => start_pushpin(binaries).await,
         }
@@ -298,7 +298,7 @@ async fn start_logging_address(mut command: Command, name: &str) -> anyhow::Resu
     })
 }
 
-async fn start_nats(binary: &Path, websocket: bool) -> anyhow::Result<Server> {
+async fn start_nats(binary: &Path, websocket: bool, jetstream: bool) -> anyhow::Result<Server> {
     if !binary.exists() {
         bail!("nats-server not found: install it (Debian: apt-get install nats-server)");
     }
@@ -317,6 +317,12 @@ async fn start_nats(binary: &Path, websocket: bool) -> anyhow::Result<Server> {
     if websocket {
         text.push_str(&format!(
             "websocket {{\n  listen: \"127.0.0.1:{port}\"\n  no_tls: true\n}}\n"
+        ));
+    }
+    if jetstream {
+        text.push_str(&format!(
+            "jetstream {{ store_dir: {:?} }}\n",
+            scratch.join("js").display().to_string()
         ));
     }
     std::fs::write(&config, text)?;
@@ -455,29 +461,7 @@ impl Server {
     /// nats-server with JetStream in a scratch directory: what clustered
     /// Herald nodes bridge through.
     pub async fn nats_with_jetstream(binaries: &Binaries) -> anyhow::Result<Server> {
-        let binary = &binaries.nats_server;
-        if !binary.exists() {
-            bail!("nats-server not found: install it (Debian: apt-get install nats-server)");
-        }
-        let port = free_port()?;
-        let scratch = std::env::temp_dir().join(format!("herald-bench-js-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&scratch)?;
-        let child = Command::new(binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(scratch.join("js"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let address: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let server = Server {
-            child,
-            address,
-            publish_address: None,
-            helpers: Vec::new(),
-            scratch: Some(scratch),
-        };
-        wait_listening(server, &[address], "nats-server").await
+        start_nats(&binaries.nats_server, false, true).await
     }
 
     /// Herald as for the other targets, as the node `name` of a cluster

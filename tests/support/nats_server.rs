@@ -34,35 +34,22 @@ impl NatsServer {
         NatsServer::with_config("")
     }
 
-    /// A server with JetStream and `extra` added to its configuration
-    /// (`{dir}` stands for its temporary directory).
+    /// A server with JetStream and `extra` added to its configuration.
     pub fn with_config(extra: &str) -> NatsServer {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("js");
-        let extra = extra.replace("{dir}", &dir.path().display().to_string());
-        let config = format!(
-            "listen: \"127.0.0.1:-1\"\nserver_name: n{}\njetstream {{ store_dir: {:?} }}\n{extra}\n",
-            std::process::id() ^ rand_suffix(),
-            store.display().to_string()
-        );
-        let mut server = NatsServer {
-            child: None,
-            dir,
-            config,
-            port: 0,
-            leaf_port: None,
-        };
-        server.launch();
-        server
+        let name = format!("n{}", std::process::id() ^ rand_suffix());
+        NatsServer::launched(&name, "", extra)
     }
 
-    /// With a JetStream domain: `jetstream { domain }` is merged into the block.
+    /// With JetStream in `domain` (one per region).
     pub fn with_domain(domain: &str, extra: &str) -> NatsServer {
+        NatsServer::launched(domain, &format!(", domain: {domain}"), extra)
+    }
+
+    fn launched(name: &str, jetstream: &str, extra: &str) -> NatsServer {
         let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("js");
+        let store = dir.path().join("js").display().to_string();
         let config = format!(
-            "listen: \"127.0.0.1:-1\"\nserver_name: {domain}\njetstream {{ store_dir: {:?}, domain: {domain} }}\n{extra}\n",
-            store.display().to_string()
+            "listen: \"127.0.0.1:-1\"\nserver_name: {name}\njetstream {{ store_dir: {store:?}{jetstream} }}\n{extra}\n"
         );
         let mut server = NatsServer {
             child: None,
