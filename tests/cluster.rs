@@ -524,3 +524,45 @@ async fn under_the_sent_policy_a_publish_is_answered_without_a_position() {
         "delivered all the same, with its position"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooding_publisher_is_told_cluster_busy_and_nothing_is_lost_silently() {
+    let nats = NatsServer::start();
+    let node = node_with(&nats.url(), "small", |config| {
+        config.cluster.max_pending_publishes = 8;
+        config.websocket.max_commands_per_second = 1_000_000;
+        config.broker.queue.max_messages = 100_000;
+    })
+    .await;
+    let mut reader = Client::connect(&node).await;
+    reader.subscribe("flood", None).await;
+    let mut publisher = Client::connect_with(&node, herald_broker::Encoding::Json, Some(PUBLISHER_KEY)).await;
+    const SENT: u64 = 2_000;
+    for n in 0..SENT {
+        publisher
+            .send(json!({"op": "pub", "id": n, "subject": "flood", "data": n}))
+            .await;
+    }
+    let (mut acknowledged, mut busy) = (Vec::new(), 0);
+    for _ in 0..SENT {
+        match publisher.next_event().await {
+            ServerEvent::Ack { id: Some(n), pos: Some(_) } => acknowledged.push(n),
+            ServerEvent::Err { code, .. } if code == "cluster_busy" => busy += 1,
+            other => panic!("an ack or cluster_busy for every publish, got {other:?}"),
+        }
+    }
+    assert!(busy > 0, "eight pending publishes at most: a flood is refused in part");
+    assert_eq!(acknowledged.len() as u64 + busy, SENT);
+    // What was acknowledged is delivered, in order; nothing else is.
+    publish(&node, "flood", json!("end")).await;
+    let mut delivered = Vec::new();
+    loop {
+        let (_, _, data) = messages(&mut reader, 1).await.remove(0);
+        if data == json!("end") {
+            break;
+        }
+        delivered.push(data.as_u64().unwrap());
+    }
+    acknowledged.sort_unstable();
+    assert_eq!(delivered, acknowledged);
+}
