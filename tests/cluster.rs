@@ -138,6 +138,7 @@ async fn a_message_published_on_any_node_reaches_every_node_once_in_order() {
     let direct = nats_client(&nats).await;
     let mut tap = direct.subscribe("herald.chat.>").await.unwrap();
     direct.flush().await.unwrap();
+    let jetstream = async_nats::jetstream::new(direct.clone());
 
     // Over HTTP on B, over NATS directly, and over WebSocket on A, interleaved.
     let mut publisher = Client::connect_with(&a, herald_broker::Encoding::Json, Some(PUBLISHER_KEY)).await;
@@ -149,10 +150,12 @@ async fn a_message_published_on_any_node_reaches_every_node_once_in_order() {
                 publish(&b, subject, json!({"n": n})).await;
             }
             1 => {
+                // As a backend that wants to know it was stored: a
+                // JetStream publish, acknowledged before the next one.
                 let body = json!({"n": n}).to_string();
                 let nats_subject = format!("herald.{subject}");
-                direct.publish(nats_subject, body.into()).await.unwrap();
-                direct.flush().await.unwrap();
+                let stored = jetstream.publish(nats_subject, body.into()).await.unwrap();
+                stored.await.unwrap();
             }
             _ => {
                 publisher
@@ -546,12 +549,18 @@ async fn a_flooding_publisher_is_told_cluster_busy_and_nothing_is_lost_silently(
     let (mut acknowledged, mut busy) = (Vec::new(), 0);
     for _ in 0..SENT {
         match publisher.next_event().await {
-            ServerEvent::Ack { id: Some(n), pos: Some(_) } => acknowledged.push(n),
+            ServerEvent::Ack {
+                id: Some(n),
+                pos: Some(_),
+            } => acknowledged.push(n),
             ServerEvent::Err { code, .. } if code == "cluster_busy" => busy += 1,
             other => panic!("an ack or cluster_busy for every publish, got {other:?}"),
         }
     }
-    assert!(busy > 0, "eight pending publishes at most: a flood is refused in part");
+    assert!(
+        busy > 0,
+        "eight pending publishes at most: a flood is refused in part"
+    );
     assert_eq!(acknowledged.len() as u64 + busy, SENT);
     // What was acknowledged is delivered, in order; nothing else is.
     publish(&node, "flood", json!("end")).await;
@@ -565,4 +574,129 @@ async fn a_flooding_publisher_is_told_cluster_busy_and_nothing_is_lost_silently(
     }
     acknowledged.sort_unstable();
     assert_eq!(delivered, acknowledged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_cut_off_from_nats_catches_up_and_reports_what_the_stream_discarded() {
+    let nats = NatsServer::start();
+    // History and stream keep 5 messages per subject: a partition longer
+    // than that loses messages, which must be reported, not hidden.
+    let small = |config: &mut Config| {
+        config.broker.history.max_messages_per_subject = 5;
+        config.cluster.stream_messages_per_subject = 5;
+        config.cluster.reconnect_max_delay = Duration::from_millis(200);
+    };
+    let a = node_with(&nats.url(), "a", small).await;
+    let proxy = support::proxy::Proxy::start(format!("127.0.0.1:{}", nats.port).parse().unwrap()).await;
+    let b = node_with(&format!("nats://{}", proxy.address), "b", small).await;
+    let mut on_b = Client::connect(&b).await;
+    on_b.subscribe("p.>", None).await;
+    publish(&a, "p.x", json!("before")).await;
+    let before = messages(&mut on_b, 1).await.remove(0);
+
+    proxy.cut();
+    wait_state(&b, "disconnected").await;
+    let ready = reqwest::get(b.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503, "a cut-off node is not ready");
+    // Meanwhile A goes on: p.x overflows the stream, p.y does not.
+    let mut expected_x = Vec::new();
+    for n in 0..20 {
+        expected_x.push(json!(n));
+        publish(&a, "p.x", json!(n)).await;
+    }
+    publish(&a, "p.y", json!("kept")).await;
+    // B's own clients are still served while it is cut off.
+    on_b.send(json!({"op": "ping", "id": 5})).await;
+    assert!(matches!(
+        on_b.next_event().await,
+        ServerEvent::Pong { id: Some(5) }
+    ));
+
+    proxy.restore();
+    wait_state(&b, "connected").await;
+    // First the gap for what the stream no longer holds, then everything it
+    // does, in order.
+    let ServerEvent::Gap {
+        subject, from, to, ..
+    } = on_b.next_event().await
+    else {
+        panic!("a gap first");
+    };
+    assert_eq!(subject, "p.>");
+    assert_eq!(
+        decode(&from).sequence,
+        decode(&before.1).sequence + 1,
+        "right after the last delivered"
+    );
+    let rest = messages(&mut on_b, 6).await;
+    assert_eq!(
+        decode(&to).sequence + 1,
+        decode(&rest[0].1).sequence,
+        "up to the first still held"
+    );
+    let values: Vec<Value> = rest.iter().map(|(_, _, data)| data.clone()).collect();
+    let mut wanted: Vec<Value> = expected_x[15..].to_vec();
+    wanted.push(json!("kept"));
+    assert_eq!(values, wanted);
+    let health = support::get_json(&b, "/healthz", None).await;
+    assert_eq!(health["cluster"]["lost"], 15, "{health}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_started_while_nats_is_down_serves_and_joins_when_it_comes() {
+    let mut nats = NatsServer::start();
+    let url = nats.url();
+    nats.kill();
+    let node = Server::start(move |config| {
+        config.cluster.nats_url = url;
+        config.cluster.reconnect_max_delay = Duration::from_millis(200);
+    })
+    .await;
+    assert_eq!(bridge_state(&node).await, "connecting");
+    assert_eq!(reqwest::get(node.url("/readyz")).await.unwrap().status(), 503);
+    // Clients are served: they subscribe, and publishing says why it cannot.
+    let mut client = Client::connect(&node).await;
+    client.subscribe("early.>", None).await;
+    let (status, body) = try_publish(&node, "early.x", json!(1)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("cluster_unavailable")),
+        "{body}"
+    );
+
+    nats.restart();
+    wait_ready(&node).await;
+    publish(&node, "early.x", json!(2)).await;
+    assert_eq!(messages(&mut client, 1).await[0].2, json!(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_authenticate_to_nats_and_a_wrong_password_is_reported() {
+    let nats = NatsServer::with_config("authorization { user: herald, password: s3cret-0123 }");
+    let url = nats.url();
+    let good = node_with(&url, "good", |config| {
+        config.cluster.user = "herald".into();
+        config.cluster.password = "s3cret-0123".into();
+    })
+    .await;
+    let mut client = Client::connect(&good).await;
+    client.subscribe("auth.>", None).await;
+    publish(&good, "auth.x", json!("in")).await;
+    assert_eq!(messages(&mut client, 1).await[0].2, json!("in"));
+
+    let wrong = Server::start(move |config| {
+        config.cluster.nats_url = url;
+        config.cluster.user = "herald".into();
+        config.cluster.password = "wrong".into();
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let health = support::get_json(&wrong, "/healthz", None).await;
+    assert_eq!(health["cluster"]["state"], "connecting", "{health}");
+    let error = health["cluster"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(error.contains("authorization"), "the reason is shown: {health}");
+    assert_eq!(reqwest::get(wrong.url("/readyz")).await.unwrap().status(), 503);
 }

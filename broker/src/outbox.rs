@@ -225,6 +225,10 @@ struct State {
     message_count: usize,
     message_bytes: usize,
     reply_count: usize,
+    /// Replies promised but not yet queued: answers to publishes a cluster
+    /// has not confirmed yet. They count against `max_replies` like queued
+    /// ones, so a client cannot pipeline past the bound while it waits.
+    reserved_replies: usize,
     /// Gaps owed to the client for messages dropped since the last batch,
     /// one per subscription pattern. Delivered ahead of the next batch.
     owed_gaps: Vec<Gap>,
@@ -252,6 +256,7 @@ impl Outbox {
                 message_count: 0,
                 message_bytes: 0,
                 reply_count: 0,
+                reserved_replies: 0,
                 owed_gaps: Vec::new(),
                 flush_owed: false,
                 patterns: Vec::new(),
@@ -364,7 +369,8 @@ impl Outbox {
             taken.as_mut().enable();
             {
                 let state = self.lock();
-                if state.reply_count < self.limits.max_replies || state.close_reason.is_some() {
+                let promised = state.reply_count + state.reserved_replies;
+                if promised < self.limits.max_replies || state.close_reason.is_some() {
                     return;
                 }
             }
@@ -405,6 +411,35 @@ impl Outbox {
         state.entries.push_back(Outbound::Reply(Box::new(reply)));
         state.reply_count += 1;
         Some(state.entries.len() - 1)
+    }
+
+    /// Promises a reply that will come later ([`Outbox::fulfil_reply`]):
+    /// it counts against `max_replies` from now on.
+    pub fn reserve_reply(&self) {
+        self.lock().reserved_replies += 1;
+    }
+
+    /// Keeps a promise made with [`Outbox::reserve_reply`]: queues `reply`
+    /// (none: the promise is released with nothing to say). Never refused
+    /// for the backlog, since its room was taken when it was promised.
+    pub fn fulfil_reply(&self, reply: Option<Reply>) {
+        let mut state = self.lock();
+        state.reserved_replies = state.reserved_replies.saturating_sub(1);
+        let Some(reply) = reply else {
+            drop(state);
+            self.replies_taken.notify_waiters();
+            return;
+        };
+        if state.close_reason.is_some() {
+            return;
+        }
+        state.entries.push_back(Outbound::Reply(Box::new(reply)));
+        state.reply_count += 1;
+        let wake = !state.subscribing;
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
     }
 
     /// Closes the connection: whatever is queued is discarded and the client

@@ -302,6 +302,12 @@ impl Session {
         &self.outbox
     }
 
+    /// Whether publishes are answered later, when a cluster has ordered
+    /// them ([`Session::submit`]).
+    pub fn is_clustered(&self) -> bool {
+        self.broker.is_clustered()
+    }
+
     pub fn subscriptions(&self) -> &[Pattern] {
         &self.patterns
     }
@@ -364,20 +370,39 @@ impl Session {
                 headers,
                 ..
             } => {
+                // A cluster answers later: the answer's room in the reply
+                // queue is taken now, so that pipelining stays bounded.
+                let later = self.is_clustered();
+                if later {
+                    self.outbox.reserve_reply();
+                }
                 let outbox = self.outbox.clone();
-                let done: Acknowledgement = Box::new(move |result| match result {
-                    Ok(position) if id.is_some() => outbox.push_reply(Reply::Ack { id, position }),
-                    Ok(_) => {}
-                    Err(error) => outbox.push_reply(Reply::Error {
-                        id,
-                        code: error.code(),
-                        message: error.to_string(),
-                    }),
+                let done: Acknowledgement = Box::new(move |result| {
+                    let reply = match result {
+                        Ok(position) => id.map(|_| Reply::Ack { id, position }),
+                        Err(error) => Some(Reply::Error {
+                            id,
+                            code: error.code(),
+                            message: error.to_string(),
+                        }),
+                    };
+                    match (later, reply) {
+                        (true, reply) => outbox.fulfil_reply(reply),
+                        (false, Some(reply)) => outbox.push_reply(reply),
+                        (false, None) => {}
+                    }
                 });
-                reply
+                let submitted = reply
                     .map(|reply| self.reply_subject(&reply))
                     .transpose()
-                    .and_then(|reply| self.submit(&subject, payload, Envelope { headers, reply }, echo, done))
+                    .and_then(|reply| {
+                        self.submit(&subject, payload, Envelope { headers, reply }, echo, done)
+                    });
+                if submitted.is_err() && later {
+                    // Refused before it was sent: answered below, at once.
+                    self.outbox.fulfil_reply(None);
+                }
+                submitted
             }
             Command::Ping { .. } => {
                 self.outbox.push_reply(Reply::Pong { id });

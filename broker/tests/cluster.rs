@@ -168,3 +168,47 @@ fn sequences_the_log_lost_are_a_gap_live_and_on_resume() {
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn publishes_waiting_for_the_cluster_hold_room_in_the_reply_queue() {
+    let config = BrokerConfig {
+        queue: herald_broker::QueueLimits {
+            max_replies: 4,
+            ..BrokerConfig::default().queue
+        },
+        ..BrokerConfig::default()
+    };
+    let (broker, _) = broker(config);
+    let log = Arc::new(Log::default());
+    broker.set_upstream(log.clone());
+    let mut session = session(&broker);
+    let publish = |n: u64| {
+        let frame = bytes::Bytes::from(format!(r#"{{"op":"pub","id":{n},"subject":"r","data":{n}}}"#));
+        herald_broker::decode_command(herald_broker::Encoding::Json, &frame).unwrap()
+    };
+    for n in 0..4 {
+        session.handle(publish(n));
+    }
+    // Four answers are owed: a reader must not take a fifth command.
+    let wait = tokio::time::timeout(
+        std::time::Duration::from_millis(50),
+        session.outbox().reply_room(),
+    );
+    assert!(wait.await.is_err(), "no room while four answers are owed");
+    let (_, done) = log.forwarded.lock().unwrap().remove(0);
+    done(Ok(Some(Position::new(broker.epoch(), 1))));
+    let events = received_json(&session);
+    assert!(
+        matches!(events[..], [ServerEvent::Ack { id: Some(0), .. }]),
+        "{events:?}"
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(1), session.outbox().reply_room())
+        .await
+        .expect("room again once an answer is taken");
+    // Answered late, still answered: never closed for a backlog it was promised.
+    for (_, done) in log.forwarded.lock().unwrap().drain(..) {
+        done(Err(ClusterError::Busy { pending: 1 }));
+    }
+    assert_eq!(received_json(&session).len(), 3);
+    assert!(!session.outbox().is_closed());
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 pub mod nats_server;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -452,7 +452,12 @@ impl Bridge {
                         bridge.linked.store(false, Ordering::Release);
                         bridge.set_state(State::Disconnected, None);
                     }
+                    // A refused connection (bad credentials, TLS) comes
+                    // as a client error: shown on /healthz, retried.
                     async_nats::Event::ServerError(error) => {
+                        bridge.lock_status().last_error = Some(error.to_string());
+                    }
+                    async_nats::Event::ClientError(error) => {
                         bridge.lock_status().last_error = Some(error.to_string());
                     }
                     other => tracing::debug!(event = %other, "cluster bridge: NATS event"),

@@ -371,18 +371,28 @@ impl Reader<'_> {
             .map_err(|error| format!("Invalid Headers: {error}"))?;
         let envelope = Envelope { headers, reply };
         // NATS publishes are not acknowledged; a clustered node that cannot
-        // hand one on says so, as a non-fatal -ERR.
+        // hand one on says so, as a non-fatal -ERR. Until the cluster
+        // answers, the publish holds a reply's room: the reader's
+        // backpressure then bounds how many one client has in flight.
+        let later = self.session.is_clustered();
         let outbox = self.session.outbox().clone();
+        if later {
+            outbox.reserve_reply();
+        }
         let done: Acknowledgement = Box::new(move |result| {
-            if let Err(error) = result {
-                outbox.push_reply(Reply::Error {
-                    id: None,
-                    code: NATS_ERROR,
-                    message: format!("Cluster: {error}"),
-                });
+            let reply = result.err().map(|error| Reply::Error {
+                id: None,
+                code: NATS_ERROR,
+                message: format!("Cluster: {error}"),
+            });
+            match (later, reply) {
+                (true, reply) => outbox.fulfil_reply(reply),
+                (false, Some(reply)) => outbox.push_reply(reply),
+                (false, None) => {}
             }
         });
-        self.session
+        let submitted = self
+            .session
             // Copied out of the read buffer: a small message must not keep
             // the whole buffer alive for as long as history holds it.
             .submit(
@@ -392,7 +402,11 @@ impl Reader<'_> {
                 self.echo,
                 done,
             )
-            .map_err(refused)
+            .map_err(refused);
+        if submitted.is_err() && later {
+            self.session.outbox().fulfil_reply(None);
+        }
+        submitted
     }
 
     fn subscribe(&mut self, subject: &str, queue: Option<&str>, sid: &str) -> Result<(), String> {
