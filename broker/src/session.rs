@@ -369,41 +369,18 @@ impl Session {
                 reply,
                 headers,
                 ..
-            } => {
-                // A cluster answers later: the answer's room in the reply
-                // queue is taken now, so that pipelining stays bounded.
-                let later = self.is_clustered();
-                if later {
-                    self.outbox.reserve_reply();
-                }
-                let outbox = self.outbox.clone();
-                let done: Acknowledgement = Box::new(move |result| {
-                    let reply = match result {
-                        Ok(position) => id.map(|_| Reply::Ack { id, position }),
-                        Err(error) => Some(Reply::Error {
-                            id,
-                            code: error.code(),
-                            message: error.to_string(),
-                        }),
-                    };
-                    match (later, reply) {
-                        (true, reply) => outbox.fulfil_reply(reply),
-                        (false, Some(reply)) => outbox.push_reply(reply),
-                        (false, None) => {}
+            } => reply
+                .map(|reply| self.reply_subject(&reply))
+                .transpose()
+                .and_then(|reply| {
+                    let envelope = Envelope { headers, reply };
+                    match self.is_clustered() {
+                        false => self
+                            .publish_with(&subject, payload, envelope, echo)
+                            .map(|position| self.ack(id, Some(position))),
+                        true => self.submit_answering(id, &subject, payload, envelope, echo),
                     }
-                });
-                let submitted = reply
-                    .map(|reply| self.reply_subject(&reply))
-                    .transpose()
-                    .and_then(|reply| {
-                        self.submit(&subject, payload, Envelope { headers, reply }, echo, done)
-                    });
-                if submitted.is_err() && later {
-                    // Refused before it was sent: answered below, at once.
-                    self.outbox.fulfil_reply(None);
-                }
-                submitted
-            }
+                }),
             Command::Ping { .. } => {
                 self.outbox.push_reply(Reply::Pong { id });
                 Ok(())
@@ -656,6 +633,38 @@ impl Session {
         Ok(self
             .broker
             .submit_checked(subject, payload, envelope, skip, done)?)
+    }
+
+    /// A clustered node's `pub`: answered (`ack` with its `id`, or `err`)
+    /// when the cluster has ordered it. The answer's room in the reply
+    /// queue is taken now, so that pipelining stays bounded while the
+    /// cluster is slow.
+    fn submit_answering(
+        &self,
+        id: Option<u64>,
+        subject: &str,
+        payload: Payload,
+        envelope: Envelope,
+        echo: bool,
+    ) -> Result<(), SessionError> {
+        self.outbox.reserve_reply();
+        let outbox = self.outbox.clone();
+        let done: Acknowledgement = Box::new(move |result| {
+            outbox.fulfil_reply(match result {
+                Ok(position) => id.map(|_| Reply::Ack { id, position }),
+                Err(error) => Some(Reply::Error {
+                    id,
+                    code: error.code(),
+                    message: error.to_string(),
+                }),
+            })
+        });
+        let submitted = self.submit(subject, payload, envelope, echo, done);
+        if submitted.is_err() {
+            // Refused before it was sent: the caller answers at once.
+            self.outbox.fulfil_reply(None);
+        }
+        submitted
     }
 
     /// A reply subject, validated as any subject. Anyone may name one: the

@@ -370,43 +370,34 @@ impl Reader<'_> {
             .transpose()
             .map_err(|error| format!("Invalid Headers: {error}"))?;
         let envelope = Envelope { headers, reply };
+        // Copied out of the read buffer: a small message must not keep the
+        // whole buffer alive for as long as history holds it.
+        let payload = Payload::from_bytes(Bytes::copy_from_slice(payload));
+        if !self.session.is_clustered() {
+            return self
+                .session
+                .publish_with(subject, payload, envelope, self.echo)
+                .map(drop)
+                .map_err(refused);
+        }
         // NATS publishes are not acknowledged; a clustered node that cannot
         // hand one on says so, as a non-fatal -ERR. Until the cluster
         // answers, the publish holds a reply's room: the reader's
         // backpressure then bounds how many one client has in flight.
-        let later = self.session.is_clustered();
         let outbox = self.session.outbox().clone();
-        if later {
-            outbox.reserve_reply();
-        }
+        outbox.reserve_reply();
         let done: Acknowledgement = Box::new(move |result| {
-            let reply = result.err().map(|error| Reply::Error {
+            outbox.fulfil_reply(result.err().map(|error| Reply::Error {
                 id: None,
                 code: NATS_ERROR,
                 message: format!("Cluster: {error}"),
-            });
-            match (later, reply) {
-                (true, reply) => outbox.fulfil_reply(reply),
-                (false, Some(reply)) => outbox.push_reply(reply),
-                (false, None) => {}
-            }
+            }))
         });
-        let submitted = self
-            .session
-            // Copied out of the read buffer: a small message must not keep
-            // the whole buffer alive for as long as history holds it.
-            .submit(
-                subject,
-                Payload::from_bytes(Bytes::copy_from_slice(payload)),
-                envelope,
-                self.echo,
-                done,
-            )
-            .map_err(refused);
-        if submitted.is_err() && later {
+        let submitted = self.session.submit(subject, payload, envelope, self.echo, done);
+        if submitted.is_err() {
             self.session.outbox().fulfil_reply(None);
         }
-        submitted
+        submitted.map_err(refused)
     }
 
     fn subscribe(&mut self, subject: &str, queue: Option<&str>, sid: &str) -> Result<(), String> {
