@@ -267,7 +267,8 @@ impl Herald {
         let bridge_stop = tokio_util::sync::CancellationToken::new();
         #[cfg(feature = "cluster")]
         let bridge = self.bridge.take().map(|bridge| {
-            tracing::info!(node = bridge.node(), nats = %self.config.cluster.nats_url, "cluster mode: joining through NATS JetStream");
+            let nats = without_credentials(&self.config.cluster.nats_url);
+            tracing::info!(node = bridge.node(), %nats, "cluster mode: joining through NATS JetStream");
             tokio::spawn(bridge.run(bridge_stop.clone()))
         });
         shutdown.await;
@@ -307,6 +308,25 @@ impl Herald {
     }
 }
 
+/// NATS URLs as they may be logged: `nats://user:pass@host` loses its
+/// `user:pass@`.
+#[cfg(feature = "cluster")]
+fn without_credentials(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let url = url.trim();
+            match (url.find("://"), url.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    format!("{}{}", &url[..scheme + 3], &url[at + 1..])
+                }
+                (None, Some(at)) => url[at + 1..].to_owned(),
+                _ => url.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
@@ -326,4 +346,17 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 HeaderName::from_static("last-event-id"),
             ]),
     )
+}
+
+#[cfg(all(test, feature = "cluster"))]
+mod tests {
+    #[test]
+    fn credentials_in_nats_urls_are_not_logged() {
+        assert_eq!(
+            super::without_credentials(
+                "nats://u:secret@10.0.0.1:4222, tls://tok@h:1,nats://plain:4222,h2:4222"
+            ),
+            "nats://10.0.0.1:4222,tls://h:1,nats://plain:4222,h2:4222"
+        );
+    }
 }
