@@ -527,7 +527,9 @@ impl Broker {
         echo_key: Option<u64>,
         live: bool,
     ) -> Result<bool, PublishError> {
-        validate_subject(subject, &self.config.subject_limits)?;
+        // Anyone with access to the log may have written it: checked as
+        // any publish is.
+        self.check(subject, payload.len() + envelope.headers_len())?;
         let channel = self.channel_for(subject)?;
         let skip = echo_key
             .and_then(|key| self.lock_echo_skips().remove(&key))
