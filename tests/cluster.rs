@@ -47,6 +47,24 @@ async fn wait_ready(server: &Server) {
     }
 }
 
+/// Waits until `server` has applied the position `token` names: a client
+/// failing over to a node only just behind would be told `not_caught_up`.
+async fn wait_applied(server: &Server, token: &str) {
+    let wanted = decode(token).sequence;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let health = support::get_json(server, "/healthz", None).await;
+        if health["cluster"]["applied"].as_u64().unwrap_or(0) >= wanted {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{token} applied within the patience: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The bridge's state as `/healthz` reports it.
 async fn bridge_state(server: &Server) -> String {
     let health = support::get_json(server, "/healthz", None).await;
@@ -219,6 +237,7 @@ async fn a_client_resumes_on_another_node_with_nothing_lost() {
         let server = if n % 2 == 0 { &a } else { &b };
         publish(server, "room.2", json!(n)).await;
     }
+    wait_applied(&c, &last).await;
     let mut resumed = Client::connect(&c).await;
     resumed.subscribe("room.*", Some(&last)).await;
     let missed = messages(&mut resumed, 10).await;
@@ -234,6 +253,7 @@ async fn a_client_resumes_on_another_node_with_nothing_lost() {
 
     // The history API agrees on every node.
     for server in [&a, &b, &c] {
+        wait_applied(server, &all.last().unwrap().1).await;
         let page = support::get_json(server, "/v1/history?subject=room.2", Some(PUBLISHER_KEY)).await;
         assert_eq!(page["messages"].as_array().unwrap().len(), 10, "{page}");
     }
@@ -409,6 +429,7 @@ async fn a_node_killed_mid_run_loses_nothing_acknowledged() {
     doomed.0.wait().unwrap();
 
     // Its client fails over to the survivor with its last position.
+    wait_applied(&survivor, last.as_deref().unwrap()).await;
     let mut resumed = Client::connect(&survivor).await;
     resumed.subscribe("orders.>", last.as_deref()).await;
     let rest = messages(&mut resumed, acknowledged.len() - seen.len()).await;
@@ -444,6 +465,7 @@ async fn a_message_crosses_regions_joined_by_a_leaf_node_connection() {
 
     // A client from the west resumes in the east with its token.
     let last = west_got[0].1.clone();
+    wait_applied(&east_node, &last).await;
     let mut moved = Client::connect(&east_node).await;
     moved.subscribe("news.>", Some(&last)).await;
     assert_eq!(messages(&mut moved, 1).await[0].2, json!("from west"));
@@ -483,21 +505,23 @@ async fn batches_nats_publishes_and_one_way_transports_work_across_nodes() {
         "every node agrees on each position"
     );
 
-    // A long-poll cursor from A continues on B; SSE's Last-Event-ID too.
+    // A long-poll cursor from A continues on B (which may not have
+    // applied everything yet: a poll waits for it); SSE's Last-Event-ID too.
+    let (mut cursor_now, mut polled) = (got[2].1.clone(), Vec::new());
+    while polled.len() < 3 {
+        let body: Value = reqwest::get(b.url(&format!("/poll?subject=feed.>&cursor={cursor_now}&wait=5")))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for event in body["events"].as_array().unwrap() {
+            polled.push(event["data"].clone());
+        }
+        cursor_now = body["cursor"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(polled, [json!(3), json!(4), json!(5)]);
     let cursor = &got[2].1;
-    let body: Value = reqwest::get(b.url(&format!("/poll?subject=feed.>&cursor={cursor}&wait=0")))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let polled: Vec<&Value> = body["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| &e["data"])
-        .collect();
-    assert_eq!(polled, [&json!(3), &json!(4), &json!(5)], "{body}");
     let mut sse = support::SseClient::connect(&b, "subject=feed.>", Some(cursor)).await;
     let mut resumed = Vec::new();
     while resumed.len() < 3 {
@@ -611,6 +635,21 @@ async fn a_node_cut_off_from_nats_catches_up_and_reports_what_the_stream_discard
         on_b.next_event().await,
         ServerEvent::Pong { id: Some(5) }
     ));
+    // A client failing over to B with a position B has not received yet is
+    // told to retry, not misread (HTTP: 503).
+    let newest = publish(&a, "p.y", json!("newest")).await;
+    let mut early = Client::connect(&b).await;
+    early
+        .send(json!({"op": "sub", "id": 1, "subject": "p.>", "since": newest}))
+        .await;
+    match early.next_event().await {
+        ServerEvent::Err { code, .. } => assert_eq!(code, "not_caught_up"),
+        other => panic!("expected not_caught_up, got {other:?}"),
+    }
+    let response = reqwest::get(b.url(&format!("/poll?subject=p.>&cursor={newest}&wait=0")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
 
     proxy.restore();
     wait_state(&b, "connected").await;
@@ -628,7 +667,7 @@ async fn a_node_cut_off_from_nats_catches_up_and_reports_what_the_stream_discard
         decode(&before.1).sequence + 1,
         "right after the last delivered"
     );
-    let rest = messages(&mut on_b, 6).await;
+    let rest = messages(&mut on_b, 7).await;
     assert_eq!(
         decode(&to).sequence + 1,
         decode(&rest[0].1).sequence,
@@ -637,6 +676,7 @@ async fn a_node_cut_off_from_nats_catches_up_and_reports_what_the_stream_discard
     let values: Vec<Value> = rest.iter().map(|(_, _, data)| data.clone()).collect();
     let mut wanted: Vec<Value> = expected_x[15..].to_vec();
     wanted.push(json!("kept"));
+    wanted.push(json!("newest"));
     assert_eq!(values, wanted);
     let health = support::get_json(&b, "/healthz", None).await;
     assert_eq!(health["cluster"]["lost"], 15, "{health}");

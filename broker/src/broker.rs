@@ -940,9 +940,13 @@ impl Broker {
         let since = Position::from_token(token)?;
         let last = self.numbered_sequence();
         if since.epoch == self.epoch && since.sequence > last {
-            return Err(InvalidToken::Ahead {
-                token: token.to_owned(),
-                last: Position::new(self.epoch, last).token().as_str().to_owned(),
+            let (token, last) = (
+                token.to_owned(),
+                Position::new(self.epoch, last).token().as_str().to_owned(),
+            );
+            return Err(match self.is_clustered() {
+                true => InvalidToken::NotCaughtUp { token, last },
+                false => InvalidToken::Ahead { token, last },
             });
         }
         Ok(since)

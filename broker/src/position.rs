@@ -38,6 +38,22 @@ pub enum InvalidToken {
     /// position: resuming there would silently skip what comes next.
     #[error("resume token {token:?} is ahead of this server's stream (last position {last})")]
     Ahead { token: String, last: String },
+    /// A clustered node has not yet applied the position the token names
+    /// (another node delivered it first): worth retrying in a moment, or
+    /// on another node.
+    #[error(
+        "resume token {token:?} is ahead of what this node has received from its cluster so far (last position {last}); retry in a moment"
+    )]
+    NotCaughtUp { token: String, last: String },
+}
+
+impl InvalidToken {
+    pub fn code(&self) -> &'static str {
+        match self {
+            InvalidToken::NotCaughtUp { .. } => "not_caught_up",
+            _ => "invalid_token",
+        }
+    }
 }
 
 impl Position {

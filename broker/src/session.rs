@@ -70,7 +70,7 @@ impl SessionError {
     pub fn code(&self) -> &'static str {
         match self {
             SessionError::Subject(error) => error.code(),
-            SessionError::Token(_) => "invalid_token",
+            SessionError::Token(error) => error.code(),
             SessionError::Publish(error) => error.code(),
             SessionError::Decode(error) => error.code(),
             SessionError::Forbidden { .. } => "forbidden",

@@ -74,9 +74,16 @@ fn a_clustered_broker_numbers_nothing_itself_and_delivers_what_the_log_orders() 
     );
     // What the log holds is checked like any publish: too large, or on an
     // invalid subject, it is refused (and skipped by every node alike).
-    let huge = json(&format!("\"{}\"", "x".repeat(BrokerConfig::default().max_payload_bytes)));
-    assert!(broker.apply("a.x", 42, 1_000, huge, Envelope::default(), None, true).is_err());
-    assert!(broker.apply("a..x", 43, 1_000, json("1"), Envelope::default(), None, true).is_err());
+    let huge = json(&format!(
+        "\"{}\"",
+        "x".repeat(BrokerConfig::default().max_payload_bytes)
+    ));
+    assert!(broker
+        .apply("a.x", 42, 1_000, huge, Envelope::default(), None, true)
+        .is_err());
+    assert!(broker
+        .apply("a..x", 43, 1_000, json("1"), Envelope::default(), None, true)
+        .is_err());
     // A repeat of a sequence already applied is ignored.
     assert!(!broker
         .apply("a.x", 41, 1_000, json("1"), Envelope::default(), None, true)

@@ -534,6 +534,11 @@ impl Bridge {
                     deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                         start_sequence: start,
                     },
+                    // Pulls expire after 2 s with a heartbeat every second,
+                    // so a lost pull or a vanished consumer is noticed (and
+                    // the consumer recreated) in seconds, not the library's
+                    // default half minute. Idle, it costs a pull every 2 s.
+                    max_expires: Duration::from_secs(2),
                     ..Default::default()
                 })
                 .await;

@@ -6,7 +6,9 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use herald_broker::{AuthError, ClusterError, PayloadError, PublishError, SessionBatchError, SessionError};
+use herald_broker::{
+    AuthError, ClusterError, InvalidToken, PayloadError, PublishError, SessionBatchError, SessionError,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpError {
@@ -64,6 +66,7 @@ impl From<SessionError> for HttpError {
             }
             SessionError::Publish(PublishError::History(_)) => StatusCode::SERVICE_UNAVAILABLE,
             SessionError::Publish(PublishError::Cluster(error)) => cluster_status(error),
+            SessionError::Token(InvalidToken::NotCaughtUp { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             SessionError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::BAD_REQUEST,
         };
