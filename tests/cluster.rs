@@ -694,6 +694,7 @@ async fn a_node_cut_off_from_nats_catches_up_and_reports_what_the_stream_discard
     assert_eq!(values, wanted);
     let health = support::get_json(&b, "/healthz", None).await;
     assert_eq!(health["cluster"]["lost"], 15, "{health}");
+    assert_eq!(health["cluster"]["lag"], 0, "caught up: {health}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

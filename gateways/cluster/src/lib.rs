@@ -269,6 +269,9 @@ struct Status {
     applied: u64,
     /// Sequences the stream had discarded before this node applied them.
     lost: u64,
+    /// Messages the stream held beyond the last one applied, when it was
+    /// delivered: how far behind the cluster this node is.
+    lag: u64,
     /// Where catching up ends: the stream's last sequence when the feed
     /// (re)started.
     catch_up_through: u64,
@@ -306,6 +309,7 @@ impl Bridge {
                 last_error: None,
                 applied: 0,
                 lost: 0,
+                lag: 0,
                 catch_up_through: 0,
             }),
             config,
@@ -610,6 +614,7 @@ impl Bridge {
                 return;
             }
             status.applied = sequence;
+            status.lag = info.pending;
             if previous > 0 && sequence > previous + 1 {
                 status.lost += sequence - previous - 1;
             }
@@ -743,6 +748,7 @@ impl Dependency for Bridge {
             "stream": self.config.stream,
             "applied": status.applied,
             "lost": status.lost,
+            "lag": status.lag,
             "pending_publishes": self.pending.load(Ordering::Relaxed),
             "last_error": status.last_error,
         })
