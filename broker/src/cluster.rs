@@ -50,6 +50,12 @@ pub enum ClusterError {
     /// Too many publishes are waiting for the cluster on this node.
     #[error("{pending} publishes are already waiting for the cluster on this node; slow down")]
     Busy { pending: usize },
+    /// This node is this many messages behind the cluster: it takes no
+    /// more publishes until it has caught up.
+    #[error(
+        "this node is {behind} messages behind the cluster; publish again shortly, or through another node"
+    )]
+    Behind { behind: u64 },
     /// Sent, but not confirmed in time: it may or may not have been stored.
     #[error("the cluster did not confirm this publish within {millis} ms; it may still be delivered")]
     Unconfirmed { millis: u64 },
@@ -62,7 +68,7 @@ impl ClusterError {
     pub fn code(&self) -> &'static str {
         match self {
             ClusterError::Unavailable { .. } | ClusterError::Unconfirmed { .. } => "cluster_unavailable",
-            ClusterError::Busy { .. } => "cluster_busy",
+            ClusterError::Busy { .. } | ClusterError::Behind { .. } => "cluster_busy",
             ClusterError::Refused { .. } => "cluster_refused",
         }
     }

@@ -582,6 +582,12 @@ impl Bridge {
         }
     }
 
+    /// How far behind the stream this node may be and still take
+    /// publishes: half of what the stream keeps per subject.
+    fn max_lag(&self) -> u64 {
+        (self.config.stream_messages_per_subject as u64 / 2).max(1)
+    }
+
     /// Connected and caught up, or catching up.
     fn update_readiness(&self) {
         let (applied, through) = {
@@ -713,11 +719,22 @@ impl Bridge {
 
 impl Upstream for Bridge {
     fn forward(&self, message: Forwarded, done: Acknowledgement) {
-        let state = self.state();
+        let (state, lag) = {
+            let status = self.lock_status();
+            (status.state, status.lag)
+        };
         if !matches!(state, State::Connected | State::CatchingUp) || !self.linked.load(Ordering::Acquire) {
             done(Err(ClusterError::Unavailable {
                 state: state.as_str(),
             }));
+            return;
+        }
+        // A node far behind the stream would only make it worse: what its
+        // clients publish is stored at once, but it cannot deliver even
+        // what it already owes, and past `stream_messages_per_subject` its
+        // subscribers start losing messages. Its own publishers wait.
+        if lag > self.max_lag() {
+            done(Err(ClusterError::Behind { behind: lag }));
             return;
         }
         let max = self.config.max_pending_publishes;
@@ -783,6 +800,46 @@ mod tests {
         assert_ne!(config("east", "HERALD").epoch(), config("west", "HERALD").epoch());
         // Stable across builds: a node upgraded mid-cluster must agree.
         assert_eq!(config("", "HERALD").epoch(), 0xf72c_4f5d);
+    }
+
+    #[test]
+    fn a_node_far_behind_the_stream_refuses_its_own_publishes() {
+        let broker = Broker::new(herald_broker::BrokerConfig::default());
+        let config = ClusterConfig {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            stream_messages_per_subject: 100,
+            ..ClusterConfig::default()
+        };
+        let limits = StreamLimits {
+            max_messages_per_subject: 100,
+            max_age: Duration::from_secs(60),
+            max_bytes: 1 << 20,
+        };
+        let bridge = Bridge::new(broker, config, limits);
+        let answer = |bridge: &Bridge| {
+            let (sender, receiver) = std::sync::mpsc::channel();
+            let message = Forwarded {
+                subject: herald_broker::Subject::parse("a", &Default::default()).unwrap(),
+                payload: herald_broker::Payload::from_bytes(bytes::Bytes::from_static(b"1")),
+                envelope: Default::default(),
+                echo_key: None,
+            };
+            bridge.forward(message, Box::new(move |result| sender.send(result).unwrap()));
+            receiver.try_recv().ok()
+        };
+        // Not connected: refused at once.
+        assert!(matches!(
+            answer(&bridge),
+            Some(Err(ClusterError::Unavailable { .. }))
+        ));
+        bridge.linked.store(true, Ordering::Release);
+        bridge.lock_status().state = State::Connected;
+        bridge.lock_status().lag = 51;
+        assert_eq!(answer(&bridge), Some(Err(ClusterError::Behind { behind: 51 })));
+        assert_eq!(ClusterError::Behind { behind: 51 }.code(), "cluster_busy");
+        // Within half of what the stream keeps: handed on (answered later).
+        bridge.lock_status().lag = 50;
+        assert_eq!(answer(&bridge), None);
     }
 
     #[test]
