@@ -132,10 +132,7 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 SuiteSize::STANDARD
             };
-            let records = herald_bench::suite(&binaries, &targets, size, |record| {
-                println!("{}", serde_json::to_string(record).expect("records serialize"));
-            })
-            .await?;
+            let records = herald_bench::suite(&binaries, &targets, size, print_json_line).await?;
             std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
             let results = out.join("results.jsonl");
             report::write_json_lines(&results, &records)?;
@@ -179,10 +176,7 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 herald_bench::nats::NatsSize::STANDARD
             };
-            let records = herald_bench::nats::run(&binaries, size, |record| {
-                println!("{}", serde_json::to_string(record).expect("records serialize"));
-            })
-            .await?;
+            let records = herald_bench::nats::run(&binaries, size, print_json_line).await?;
             print!("{}", herald_bench::nats::markdown(&records));
             Ok(())
         }
@@ -195,10 +189,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(subscribers) = subscribers {
                 size.subscribers = subscribers;
             }
-            let records = herald_bench::cluster::run(&binaries, size, |record| {
-                println!("{}", serde_json::to_string(record).expect("records serialize"));
-            })
-            .await?;
+            let records = herald_bench::cluster::run(&binaries, size, print_json_line).await?;
             print!("{}", herald_bench::cluster::markdown(&records));
             Ok(())
         }
@@ -211,6 +202,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// One record as a JSON line on stdout, as it is made.
+fn print_json_line(record: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string(record).expect("records serialize"));
 }
 
 fn render(

@@ -408,8 +408,7 @@ impl Outbox {
             self.close_locked(state, CloseReason::ReplyBacklog);
             return None;
         }
-        state.entries.push_back(Outbound::Reply(Box::new(reply)));
-        state.reply_count += 1;
+        queue_reply_locked(state, reply);
         Some(state.entries.len() - 1)
     }
 
@@ -433,8 +432,7 @@ impl Outbox {
         if state.close_reason.is_some() {
             return;
         }
-        state.entries.push_back(Outbound::Reply(Box::new(reply)));
-        state.reply_count += 1;
+        queue_reply_locked(&mut state, reply);
         let wake = !state.subscribing;
         drop(state);
         if wake {
@@ -711,4 +709,10 @@ impl fmt::Debug for Outbox {
             .field("close_reason", &state.close_reason)
             .finish()
     }
+}
+
+/// Queues a reply and counts it; the caller has checked the room.
+fn queue_reply_locked(state: &mut State, reply: Reply) {
+    state.entries.push_back(Outbound::Reply(Box::new(reply)));
+    state.reply_count += 1;
 }

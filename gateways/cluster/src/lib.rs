@@ -613,7 +613,9 @@ impl Bridge {
         };
         let sequence = info.stream_sequence;
         let published_at = (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
-        let previous = {
+        // One look at the status per message: what was skipped, and whether
+        // this message ends a catch-up.
+        let (skipped_from, ends_catch_up) = {
             let mut status = self.lock_status();
             let previous = status.applied;
             if sequence <= previous {
@@ -621,16 +623,18 @@ impl Bridge {
             }
             status.applied = sequence;
             status.lag = info.pending;
-            if previous > 0 && sequence > previous + 1 {
-                status.lost += sequence - previous - 1;
+            let skipped_from = (previous > 0 && sequence > previous + 1).then_some(previous + 1);
+            if let Some(from) = skipped_from {
+                status.lost += sequence - from;
             }
-            previous
+            let ends_catch_up = sequence >= status.catch_up_through && status.state != State::Connected;
+            (skipped_from, ends_catch_up)
         };
-        if previous > 0 && sequence > previous + 1 {
+        if let Some(from) = skipped_from {
             // Discarded by the stream's limits (or deleted) before this node
-            // applied them: resumes from before them are told of a gap.
+            // applied them: subscribers are told of a gap.
             tracing::warn!(
-                from = previous + 1,
+                from,
                 through = sequence - 1,
                 "cluster bridge: the stream no longer holds these messages; reported as a gap"
             );
@@ -654,11 +658,7 @@ impl Bridge {
             // invalid subject, an oversized payload): skipped, not fatal.
             tracing::debug!(subject, %error, "cluster bridge: message skipped");
         }
-        let (through, state) = {
-            let status = self.lock_status();
-            (status.catch_up_through, status.state)
-        };
-        if sequence >= through && state != State::Connected {
+        if ends_catch_up {
             self.update_readiness();
         }
     }
