@@ -50,6 +50,25 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|value| !value.is_empty())
 }
 
+/// See [`GatewayContext::admission`].
+pub enum Admission {
+    Admitted(Arc<dyn Access>),
+    /// No credential, and anonymous connections are refused: the first
+    /// command must be `auth`.
+    AwaitingAuth,
+    Refused(HttpError),
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Admission::Admitted(_) => f.write_str("Admitted"),
+            Admission::AwaitingAuth => f.write_str("AwaitingAuth"),
+            Admission::Refused(error) => f.debug_tuple("Refused").field(error).finish(),
+        }
+    }
+}
+
 /// Whether a streaming request may carry its token in a cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cookies {
@@ -86,6 +105,24 @@ impl GatewayContext {
             None => None,
         };
         Ok(self.auth.authenticate(presented)?)
+    }
+
+    /// What a bidirectional connection's opening request earned, decided
+    /// before the connection is accepted and told after it: a browser
+    /// cannot read why an upgrade or a session request was refused.
+    pub fn admission(&self, headers: &HeaderMap, query: &QueryParams) -> Admission {
+        if let Err(error) = self.check_origin_and_state(headers) {
+            return Admission::Refused(error);
+        }
+        let authenticated = match credential(headers, query) {
+            Err(error) => Err(error),
+            Ok(None) if !self.auth.allows_anonymous() => return Admission::AwaitingAuth,
+            Ok(presented) => self.auth.authenticate(presented),
+        };
+        match authenticated {
+            Ok(access) => Admission::Admitted(access),
+            Err(error) => Admission::Refused(error.into()),
+        }
     }
 
     /// The checks of [`GatewayContext::admit`] that come before the

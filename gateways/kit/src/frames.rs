@@ -27,24 +27,46 @@ pub fn handle_frame(
     max_frame_bytes: usize,
     auth: &Authenticator,
 ) -> Handled {
+    match decode_frame(session, encoding, &frame, max_frame_bytes) {
+        Some(command) => handle_command(session, command, auth),
+        None => Handled::Done,
+    }
+}
+
+/// The first half of [`handle_frame`], for a transport that looks at a
+/// command before the session does: the command, or `None` when the frame
+/// was refused (too large, undecodable) and the client told why.
+pub fn decode_frame(
+    session: &Session,
+    encoding: Encoding,
+    frame: &Bytes,
+    max_frame_bytes: usize,
+) -> Option<Command> {
     if frame.len() > max_frame_bytes {
         session.outbox().push_reply(Reply::Error {
             id: None,
             code: "frame_too_large",
             message: format!("frame is {} bytes; the limit is {max_frame_bytes}", frame.len()),
         });
-        return Handled::Done;
+        return None;
     }
-    match decode_command(encoding, &frame) {
-        Ok(Command::Auth { id, token } | Command::Refresh { id, token }) => {
-            replace_access(session, id, &token, auth)
-        }
-        Ok(command) => {
-            read_history_in_place(command.reads_wide_history(), || session.handle(command));
-            Handled::Done
-        }
+    match decode_command(encoding, frame) {
+        Ok(command) => Some(command),
         Err(error) => {
             session.reject(error.id, &SessionError::Decode(error));
+            None
+        }
+    }
+}
+
+/// The second half of [`handle_frame`]: carries out a decoded command.
+pub fn handle_command(session: &mut Session, command: Command, auth: &Authenticator) -> Handled {
+    match command {
+        Command::Auth { id, token } | Command::Refresh { id, token } => {
+            replace_access(session, id, &token, auth)
+        }
+        command => {
+            read_history_in_place(command.reads_wide_history(), || session.handle(command));
             Handled::Done
         }
     }

@@ -17,6 +17,7 @@
 //! | [`error`] | [`HttpError`]: status, stable `code`, message, as a JSON body |
 //! | [`limits`] | the per-connection command rate limit |
 //! | [`frames`] | one command frame in: size check, decode, hand to the session |
+//! | [`expiry`] | a first `auth` command, and a token's expiry on a long connection |
 //! | [`tokens`] | user tokens (JWT): verification, claims, per-user permissions |
 //! | [`reads`] | wildcard history reads on the blocking pool, off the async workers |
 //! | [`writer`] | the writer driver: outbox → batches → one flush each; heartbeats, write timeouts, the final reason |
@@ -34,6 +35,7 @@ pub mod context;
 pub mod credentials;
 pub mod disconnect;
 pub mod error;
+pub mod expiry;
 pub mod frames;
 pub mod health;
 pub mod limits;
@@ -48,6 +50,7 @@ pub use context::GatewayContext;
 pub use credentials::Cookies;
 pub use disconnect::{DisconnectCounters, DisconnectReason};
 pub use error::HttpError;
+pub use expiry::TokenClock;
 pub use health::{Dependency, Health};
 pub use limits::CommandRateLimiter;
 pub use origins::AllowedOrigins;

@@ -10,7 +10,8 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use herald_broker::{Access, CloseReason, Command, Encoding, Outbound, Reply, Session};
+use herald_broker::{Access, CloseReason, Encoding, Outbound, Reply, Session};
+use herald_gateway::expiry::{self, TokenClock};
 use herald_gateway::frames::{handle_frame, Handled};
 use herald_gateway::{
     drive, refusal, CommandRateLimiter, DisconnectReason, EventWriter, GatewayContext, HttpError,
@@ -18,7 +19,9 @@ use herald_gateway::{
 };
 use tokio::time::{timeout, Instant};
 
-use crate::{Admission, Gateway};
+use herald_gateway::credentials::Admission;
+
+use crate::Gateway;
 
 /// How a connection's reading side ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -89,37 +92,19 @@ async fn first_auth(
     gateway: &Gateway,
 ) -> Result<(Arc<dyn Access>, Option<u64>), HttpError> {
     let deadline = Instant::now() + gateway.config.auth_timeout;
-    let unauthorized = |message: &str| HttpError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
     loop {
         let frame = match tokio::time::timeout_at(deadline, socket.recv()).await {
-            Err(_elapsed) => {
-                return Err(HttpError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "auth_timeout",
-                    "no auth command in time: send {\"op\":\"auth\",\"token\":...} first, or the token in ?token=",
-                ))
-            }
+            Err(_elapsed) => return Err(expiry::auth_timed_out()),
             Ok(Some(Ok(frame))) => frame,
-            Ok(_) => return Err(unauthorized("the connection ended before an auth command")),
+            Ok(_) => return Err(expiry::ended_before_auth()),
         };
         let (data, encoding) = match frame {
             Message::Text(text) => (Bytes::from(text), Encoding::Json),
             Message::Binary(binary) => (binary, Encoding::MsgPack),
             Message::Ping(_) | Message::Pong(_) => continue,
-            Message::Close(_) => return Err(unauthorized("the connection ended before an auth command")),
+            Message::Close(_) => return Err(expiry::ended_before_auth()),
         };
-        if data.len() > gateway.config.max_frame_bytes {
-            return Err(unauthorized("the first command must be a small auth command"));
-        }
-        return match herald_broker::decode_command(encoding, &data) {
-            Ok(Command::Auth { id, token }) => match gateway.context.auth.authenticate(Some(&token)) {
-                Ok(access) => Ok((access, id)),
-                Err(error) => Err(error.into()),
-            },
-            _ => Err(unauthorized(
-                "a credential is required: send {\"op\":\"auth\",\"token\":...} as the first command, or the token in ?token=",
-            )),
-        };
+        return expiry::first_auth(&gateway.context, encoding, &data, gateway.config.max_frame_bytes);
     }
 }
 
@@ -155,55 +140,6 @@ async fn refuse(mut socket: WebSocket, error: &HttpError, encoding: Encoding, co
     context.disconnected("websocket", 0, &DisconnectReason::Refused);
 }
 
-/// When the connection's token expires, and what then: first an `err`
-/// `token_expired` and a grace period for a `refresh`, then the close.
-struct TokenClock {
-    deadline: Option<Instant>,
-    warned: bool,
-    grace: Duration,
-}
-
-impl TokenClock {
-    fn new(expires_at_millis: Option<u64>, grace: Duration) -> TokenClock {
-        let now_millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        TokenClock {
-            deadline: expires_at_millis
-                .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_millis))),
-            warned: false,
-            grace,
-        }
-    }
-
-    async fn ring(&self) {
-        match self.deadline {
-            Some(deadline) => tokio::time::sleep_until(deadline).await,
-            None => std::future::pending().await,
-        }
-    }
-
-    /// The token expired (or its grace ended): `true` when it is time to
-    /// close, otherwise the client is told and gets the grace period.
-    fn expired(&mut self, session: &Session) -> bool {
-        if self.warned {
-            return true;
-        }
-        self.warned = true;
-        self.deadline = Some(Instant::now() + self.grace);
-        session.outbox().push_reply(Reply::Error {
-            id: None,
-            code: "token_expired",
-            message: format!(
-                "the token expired: send {{\"op\":\"refresh\",\"token\":...}} within {} s or the connection closes",
-                self.grace.as_secs()
-            ),
-        });
-        false
-    }
-}
-
 /// Reads frames until the client leaves or the session is closed.
 async fn read_frames(
     mut stream: SplitStream<WebSocket>,
@@ -212,7 +148,7 @@ async fn read_frames(
     context: &GatewayContext,
 ) -> ReadEnd {
     let mut limiter = CommandRateLimiter::new(config.max_commands_per_second);
-    let mut token = TokenClock::new(session.access_expires_at_millis(), context.refresh_grace);
+    let mut token = TokenClock::new(session, context.refresh_grace);
     loop {
         // Backpressure: a client pipelining commands waits while its answers
         // are unread, and the write timeout judges a client that never reads.
@@ -272,7 +208,7 @@ async fn read_frames(
             &context.auth,
         );
         if handled == Handled::AccessReplaced {
-            token = TokenClock::new(session.access_expires_at_millis(), context.refresh_grace);
+            token = TokenClock::new(session, context.refresh_grace);
         }
         if session.outbox().is_closed() {
             // The session closed itself (a reply backlog): let the writer

@@ -24,9 +24,8 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use herald_broker::{Access, Encoding};
-use herald_gateway::credentials::credential;
-use herald_gateway::{GatewayContext, HttpError, QueryParams};
+use herald_broker::Encoding;
+use herald_gateway::{GatewayContext, QueryParams};
 use serde::Deserialize;
 
 /// Subprotocol selecting MessagePack binary frames.
@@ -124,38 +123,13 @@ pub fn router(context: GatewayContext, config: WebSocketConfig) -> Router {
         .with_state(Arc::new(Gateway { context, config }))
 }
 
-/// What the upgrade request earned, decided before the upgrade and told
-/// after it: a browser cannot read why an upgrade was refused.
-pub(crate) enum Admission {
-    Admitted(Arc<dyn Access>),
-    /// No credential, and anonymous connections are refused: the first
-    /// command must be `auth`.
-    AwaitingAuth,
-    Refused(HttpError),
-}
-
-fn admission(context: &GatewayContext, headers: &HeaderMap, query: &QueryParams) -> Admission {
-    if let Err(error) = context.check_origin_and_state(headers) {
-        return Admission::Refused(error);
-    }
-    let authenticated = match credential(headers, query) {
-        Err(error) => Err(error),
-        Ok(None) if !context.auth.allows_anonymous() => return Admission::AwaitingAuth,
-        Ok(presented) => context.auth.authenticate(presented),
-    };
-    match authenticated {
-        Ok(access) => Admission::Admitted(access),
-        Err(error) => Admission::Refused(error.into()),
-    }
-}
-
 async fn upgrade(
     State(gateway): State<Arc<Gateway>>,
     query: QueryParams,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let admission = admission(&gateway.context, &headers, &query);
+    let admission = gateway.context.admission(&headers, &query);
     let limit = gateway.config.hard_frame_limit_bytes;
     let upgrade = upgrade
         .protocols([MSGPACK_PROTOCOL, JSON_PROTOCOL])
