@@ -68,6 +68,10 @@ pub enum Command {
         /// Join this queue group: each message goes to one member of the
         /// group, whatever transport each member uses.
         queue: Option<String>,
+        /// Only the latest value matters: where the transport has
+        /// unreliable datagrams (WebTransport), messages ride on them and
+        /// may be dropped or coalesced; elsewhere an ordinary subscription.
+        latest: bool,
     },
     Unsubscribe {
         id: Option<u64>,
@@ -195,6 +199,8 @@ struct WireCommand<'a> {
     #[serde(default)]
     presence: Option<bool>,
     #[serde(default)]
+    latest: Option<bool>,
+    #[serde(default)]
     token: Option<String>,
     #[serde(default)]
     queue: Option<String>,
@@ -263,6 +269,7 @@ fn decode_json_command(frame: &Bytes) -> Result<Command, DecodeError> {
             since: wire.since,
             presence: wire.presence.unwrap_or(false),
             queue: wire.queue,
+            latest: wire.latest.unwrap_or(false),
         }),
         "unsub" => Ok(Command::Unsubscribe {
             id,

@@ -234,6 +234,7 @@ fn queue_subscriptions_cannot_resume_and_names_are_checked() {
         since: Some(broker.last_position().token().to_string()),
         presence: false,
         queue: Some("workers".into()),
+        latest: false,
     });
     let events = received(&member, Encoding::Json);
     assert!(

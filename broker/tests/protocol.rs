@@ -34,6 +34,7 @@ fn documented_commands_decode_in_both_encodings() {
                 since: Some("AAAABwAAAAAAAAAB".into()),
                 presence: false,
                 queue: None,
+                latest: false,
             },
         ),
         (
@@ -44,6 +45,18 @@ fn documented_commands_decode_in_both_encodings() {
                 since: None,
                 presence: true,
                 queue: None,
+                latest: false,
+            },
+        ),
+        (
+            json!({"op":"sub","subject":"cursor.*","latest":true}),
+            Command::Subscribe {
+                id: None,
+                subject: "cursor.*".into(),
+                since: None,
+                presence: false,
+                queue: None,
+                latest: true,
             },
         ),
         (
@@ -54,6 +67,7 @@ fn documented_commands_decode_in_both_encodings() {
                 since: None,
                 presence: false,
                 queue: Some("workers".into()),
+                latest: false,
             },
         ),
         (
