@@ -38,6 +38,8 @@ pub fn default_config_text() -> String {
         herald_longpoll::DEFAULT_CONFIG,
         #[cfg(feature = "nats")]
         herald_nats::DEFAULT_CONFIG,
+        #[cfg(feature = "quic")]
+        herald_quic::DEFAULT_CONFIG,
         #[cfg(feature = "cluster")]
         herald_cluster::DEFAULT_CONFIG,
     ];
@@ -68,6 +70,8 @@ pub struct Config {
     pub longpoll: herald_longpoll::LongPollConfig,
     #[cfg(feature = "nats")]
     pub nats: herald_nats::NatsConfig,
+    #[cfg(feature = "quic")]
+    pub quic: herald_quic::QuicConfig,
     #[cfg(feature = "cluster")]
     pub cluster: herald_cluster::ClusterConfig,
 }
@@ -192,6 +196,8 @@ impl Config {
         self.longpoll.validate().map_err(anyhow::Error::msg)?;
         #[cfg(feature = "nats")]
         self.nats.validate().map_err(anyhow::Error::msg)?;
+        #[cfg(feature = "quic")]
+        self.quic.validate().map_err(anyhow::Error::msg)?;
         #[cfg(feature = "cluster")]
         if self.cluster.is_enabled() {
             self.cluster.validate().map_err(anyhow::Error::msg)?;
@@ -247,6 +253,8 @@ mod tests {
         assert_eq!(config.longpoll, herald_longpoll::LongPollConfig::default());
         #[cfg(feature = "nats")]
         assert_eq!(config.nats, herald_nats::NatsConfig::default());
+        #[cfg(feature = "quic")]
+        assert_eq!(config.quic, herald_quic::QuicConfig::default());
         #[cfg(feature = "cluster")]
         assert_eq!(config.cluster, herald_cluster::ClusterConfig::default());
     }

@@ -12,6 +12,7 @@
 //! | `sse` | `herald-sse` | `GET /sse` |
 //! | `longpoll` | `herald-longpoll` | `GET /poll` |
 //! | `nats` | `herald-nats` | the NATS client protocol on `[nats] listen` |
+//! | `quic` | `herald-quic` | WebTransport on `[quic] listen` (UDP), `GET /v1/quic` |
 //! | `cluster` | `herald-cluster` | with `[cluster] nats_url`: one node of a cluster sharing a JetStream stream |
 //!
 //! All are on by default; a gateway compiled in can still be turned off
@@ -64,6 +65,9 @@ pub struct Herald {
     /// The NATS listener, once bound.
     #[cfg(feature = "nats")]
     nats_listener: Option<TcpListener>,
+    /// The WebTransport endpoint, once bound.
+    #[cfg(feature = "quic")]
+    quic: Option<herald_quic::QuicGateway>,
     /// The cluster bridge, in cluster mode.
     #[cfg(feature = "cluster")]
     bridge: Option<Arc<herald_cluster::Bridge>>,
@@ -127,6 +131,8 @@ impl Herald {
             journal,
             #[cfg(feature = "nats")]
             nats_listener: None,
+            #[cfg(feature = "quic")]
+            quic: None,
             #[cfg(feature = "cluster")]
             bridge,
         })
@@ -152,6 +158,23 @@ impl Herald {
             return Ok(Some(listener.local_addr()?));
         }
         Ok(None)
+    }
+
+    /// Binds the WebTransport endpoint (`[quic] listen`, UDP) now, when it
+    /// is enabled, and returns what pages are told at `GET /v1/quic`.
+    /// [`Herald::run`] binds it otherwise.
+    #[cfg(feature = "quic")]
+    pub async fn bind_quic(&mut self) -> anyhow::Result<Option<Arc<herald_quic::QuicEndpoint>>> {
+        if !self.config.quic.enabled {
+            return Ok(None);
+        }
+        if self.quic.is_none() {
+            let gateway = herald_quic::QuicGateway::bind(self.context.clone(), self.config.quic.clone())
+                .await
+                .context("set [quic] listen, or enabled = false")?;
+            self.quic = Some(gateway);
+        }
+        Ok(self.quic.as_ref().and_then(|quic| quic.advertised().get()))
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -184,6 +207,10 @@ impl Herald {
         #[cfg(feature = "sse")]
         if self.config.sse.enabled {
             app = app.merge(herald_sse::router(self.context.clone(), self.config.sse.clone()));
+        }
+        #[cfg(feature = "quic")]
+        if let Some(quic) = &self.quic {
+            app = app.merge(herald_quic::router(quic.advertised()));
         }
         #[cfg(feature = "longpoll")]
         if self.config.longpoll.enabled {
@@ -218,7 +245,10 @@ impl Herald {
     /// accepting; tell every streaming connection (`shutdown`) and answer
     /// every waiting poll; wait for connections to finish, at most
     /// `server.shutdown_grace`; return.
-    #[cfg_attr(not(any(feature = "nats", feature = "cluster")), allow(unused_mut))]
+    #[cfg_attr(
+        not(any(feature = "nats", feature = "cluster", feature = "quic")),
+        allow(unused_mut)
+    )]
     pub async fn run(
         mut self,
         listener: TcpListener,
@@ -228,6 +258,8 @@ impl Herald {
         // is served.
         #[cfg(feature = "nats")]
         let nats_address = self.bind_nats().await?;
+        #[cfg(feature = "quic")]
+        self.bind_quic().await?;
         let app = self.router();
         let context = self.context;
         let server = self.config.server;
@@ -260,6 +292,13 @@ impl Herald {
                 context.clone(),
                 self.config.nats.clone(),
             ))
+        });
+        #[cfg(feature = "quic")]
+        let quic = self.quic.take().map(|quic| {
+            if let Ok(address) = quic.local_addr() {
+                tracing::info!(%address, "listening for WebTransport (UDP)");
+            }
+            tokio::spawn(quic.serve())
         });
         // The bridge outlives the connections: publishes made while they
         // close still get their answer.
@@ -295,6 +334,10 @@ impl Herald {
         #[cfg(feature = "nats")]
         if let Some(nats) = nats {
             nats.abort();
+        }
+        #[cfg(feature = "quic")]
+        if let Some(quic) = quic {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), quic).await;
         }
         if let Some(journal) = &self.journal {
             journal.close();

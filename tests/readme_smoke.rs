@@ -162,6 +162,7 @@ fn a_closed_log_pipe_does_not_bring_the_server_down() {
             .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .env("HERALD_NATS__LISTEN", "127.0.0.1:0")
+            .env("HERALD_QUIC__LISTEN", "127.0.0.1:0")
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),

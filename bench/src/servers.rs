@@ -124,6 +124,7 @@ impl Server {
         command
             .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
             .env("HERALD_NATS__LISTEN", "127.0.0.1:0")
+            .env("HERALD_QUIC__LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn,herald=info");
         start_logging_address(command, "herald").await
     }
@@ -260,6 +261,7 @@ fn herald_command(binary: &Path) -> anyhow::Result<Command> {
     command
         .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
         .env("HERALD_NATS__LISTEN", "127.0.0.1:0")
+        .env("HERALD_QUIC__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn,herald=info")
         // Publishers here send far more than the default flood limit, and
         // every client comes from a handful of loopback addresses.

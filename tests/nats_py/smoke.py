@@ -102,7 +102,7 @@ async def check(nats_url, http_url):
 def main():
     herald = sys.argv[1]
     nats_port = free_port()
-    env = dict(os.environ, HERALD_NATS__LISTEN=f"127.0.0.1:{nats_port}", RUST_LOG="info")
+    env = dict(os.environ, HERALD_NATS__LISTEN=f"127.0.0.1:{nats_port}", HERALD_QUIC__LISTEN="127.0.0.1:0", RUST_LOG="info")
     server = subprocess.Popen(
         [herald, "serve", "--dev", "--listen", "127.0.0.1:0"],
         env=env,

@@ -33,6 +33,9 @@ pub struct Server {
     pub address: SocketAddr,
     /// Where NATS clients connect (an ephemeral port too).
     pub nats_address: Option<SocketAddr>,
+    /// What `GET /v1/quic` says: the WebTransport URL (an ephemeral UDP
+    /// port) and the generated certificate's hash.
+    pub quic: Option<Arc<herald_quic::QuicEndpoint>>,
     /// The server's broker, to read its counters.
     pub broker: Arc<Broker>,
     /// How many connections ended, per reason.
@@ -70,9 +73,11 @@ impl Server {
             },
         ];
         config.nats.listen = "127.0.0.1:0".parse().unwrap();
+        config.quic.listen = "127.0.0.1:0".parse().unwrap();
         adjust(&mut config);
         let mut herald = Herald::new(config).expect("a valid test configuration");
         let nats_address = herald.bind_nats().await.expect("a NATS port");
+        let quic = herald.bind_quic().await.expect("a UDP port");
         let (broker, disconnects) = (herald.broker().clone(), herald.disconnects().clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -83,6 +88,7 @@ impl Server {
         Server {
             address,
             nats_address,
+            quic,
             broker,
             disconnects,
             stop: Some(stop),
@@ -539,6 +545,7 @@ pub fn serve(arguments: &[&str], environment: &[(&str, &str)]) -> (Running, Stri
             .args(arguments)
             .env("RUST_LOG", "info")
             .env("HERALD_NATS__LISTEN", "127.0.0.1:0")
+            .env("HERALD_QUIC__LISTEN", "127.0.0.1:0")
             .envs(environment.iter().copied())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -1,0 +1,363 @@
+//! # herald-quic
+//!
+//! Herald's WebTransport gateway: the client protocol (`docs/protocol.md`)
+//! over HTTP/3 on QUIC, for browsers (`new WebTransport(url)`) and for the
+//! native [`client`]. It owns the UDP endpoint and its certificate, the
+//! framing of commands and events on QUIC streams, and which stream (or
+//! datagram) each event travels on; sessions, queues and permissions are
+//! the broker's, credentials and the writer loop the gateway kit's. The
+//! whole design, with the reasons, is in `docs/quic.md`.
+//!
+//! One session, as the wire sees it:
+//!
+//! - the client opens one bidirectional **control stream**: commands in,
+//!   acks, errors, presence and history pages out, each frame a 4-byte
+//!   big-endian length and the event in the negotiated encoding
+//!   (`?encoding=json|msgpack`);
+//! - the server opens up to `message_streams` unidirectional **message
+//!   streams**, framed the same way; a subject always travels on the same
+//!   one (by hash), so its messages stay in order while a stalled or lossy
+//!   stream holds back only the subjects that share it;
+//! - a `sub` with `"latest": true` gets its messages as **datagrams** when
+//!   they fit: unreliable, coalesced to the newest per subject in each
+//!   batch, for data where only the latest value matters.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`framing`] | length-prefixed frames on a stream, bounded |
+//! | `certificate` | the TLS identity: files, or a generated short-lived one |
+//! | `connection` | one session: admission, the control stream, the writer's routing |
+//! | [`client`] | a native client, for tests and the load generator |
+
+mod certificate;
+pub mod client;
+mod connection;
+pub mod framing;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use herald_gateway::GatewayContext;
+use serde::{Deserialize, Serialize};
+use wtransport::endpoint::endpoint_side::Server;
+use wtransport::endpoint::IncomingSession;
+use wtransport::Endpoint;
+
+pub use certificate::CertificateHash;
+/// The WebTransport library, for users of the native [`client`].
+pub use wtransport;
+
+/// The `[quic]` section of the configuration, with its comments.
+pub const DEFAULT_CONFIG: &str = include_str!("quic.default.toml");
+
+/// The longest validity a browser accepts for a certificate trusted by
+/// its hash (`serverCertificateHashes`).
+pub const MAX_SELF_SIGNED_VALIDITY: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Settings of the WebTransport gateway: the `[quic]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicConfig {
+    pub enabled: bool,
+    /// The UDP address.
+    pub listen: SocketAddr,
+    /// The session's path.
+    pub path: String,
+    /// The URL `GET /v1/quic` gives pages ("": from `listen` and `path`).
+    pub public_url: String,
+    /// PEM certificate chain; with `key_file`, replaces the generated
+    /// development certificate.
+    pub cert_file: String,
+    pub key_file: String,
+    #[serde(with = "herald_broker::units::duration")]
+    pub self_signed_validity: Duration,
+    pub max_connections: usize,
+    #[serde(with = "herald_broker::units::duration")]
+    pub handshake_timeout: Duration,
+    #[serde(with = "herald_broker::units::duration")]
+    pub idle_timeout: Duration,
+    #[serde(with = "herald_broker::units::duration")]
+    pub keep_alive_interval: Duration,
+    #[serde(
+        rename = "max_frame",
+        deserialize_with = "herald_broker::units::size::deserialize"
+    )]
+    pub max_frame_bytes: usize,
+    #[serde(
+        rename = "hard_frame_limit",
+        deserialize_with = "herald_broker::units::size::deserialize"
+    )]
+    pub hard_frame_limit_bytes: usize,
+    pub message_streams: usize,
+    pub stream_buffer: usize,
+    #[serde(
+        rename = "datagram_buffer",
+        deserialize_with = "herald_broker::units::size::deserialize"
+    )]
+    pub datagram_buffer_bytes: usize,
+    #[serde(with = "herald_broker::units::duration")]
+    pub write_timeout: Duration,
+    pub max_commands_per_second: u32,
+    #[serde(with = "herald_broker::units::duration")]
+    pub auth_timeout: Duration,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            path: "/wt".into(),
+            public_url: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            self_signed_validity: Duration::from_secs(13 * 24 * 3600),
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive_interval: Duration::from_secs(10),
+            max_frame_bytes: 64 * 1024,
+            hard_frame_limit_bytes: 1024 * 1024,
+            message_streams: 4,
+            stream_buffer: 256,
+            datagram_buffer_bytes: 64 * 1024,
+            write_timeout: Duration::from_secs(10),
+            max_commands_per_second: 1000,
+            auth_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl QuicConfig {
+    /// Checks the settings against each other; the message names the keys.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.path.starts_with('/') || self.path.contains('?') {
+            return Err(format!(
+                "quic.path must start with / and hold no query: {:?}",
+                self.path
+            ));
+        }
+        if self.cert_file.is_empty() != self.key_file.is_empty() {
+            return Err("quic.cert_file and quic.key_file go together: set both or neither".into());
+        }
+        if self.self_signed_validity > MAX_SELF_SIGNED_VALIDITY
+            || self.self_signed_validity < Duration::from_secs(2)
+        {
+            return Err("quic.self_signed_validity must be between 2s and 14d (the browsers' limit)".into());
+        }
+        if self.keep_alive_interval >= self.idle_timeout {
+            return Err("quic.keep_alive_interval must be shorter than quic.idle_timeout".into());
+        }
+        if self.max_frame_bytes > self.hard_frame_limit_bytes {
+            return Err("quic.max_frame must not exceed quic.hard_frame_limit".into());
+        }
+        if !(1..=64).contains(&self.message_streams) {
+            return Err("quic.message_streams must be between 1 and 64".into());
+        }
+        if self.stream_buffer == 0
+            || self.max_connections == 0
+            || self.max_commands_per_second == 0
+            || self.write_timeout.is_zero()
+            || self.auth_timeout.is_zero()
+            || self.handshake_timeout.is_zero()
+        {
+            return Err(
+                "quic.stream_buffer, max_connections, max_commands_per_second, write_timeout, \
+                 auth_timeout and handshake_timeout must be positive"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn uses_files(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    #[error("cannot listen for WebTransport on UDP {address} (quic.listen): {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot load the certificate (quic.cert_file, quic.key_file): {0}")]
+    Certificate(String),
+}
+
+/// What a page needs to open a session: the body of `GET /v1/quic`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuicEndpoint {
+    pub url: String,
+    /// Empty with a configured certificate (the browser checks it against
+    /// its roots); with the generated one, its hash, for
+    /// `serverCertificateHashes`.
+    pub certificate_hashes: Vec<CertificateHash>,
+}
+
+/// The current [`QuicEndpoint`], replaced when the certificate rotates.
+#[derive(Debug, Clone, Default)]
+pub struct Advertised(Arc<RwLock<Option<Arc<QuicEndpoint>>>>);
+
+impl Advertised {
+    pub fn get(&self) -> Option<Arc<QuicEndpoint>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, endpoint: QuicEndpoint) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(endpoint));
+    }
+}
+
+/// `GET /v1/quic` on the HTTP listener.
+pub fn router(advertised: Advertised) -> Router {
+    Router::new()
+        .route("/v1/quic", get(describe))
+        .with_state(advertised)
+}
+
+async fn describe(State(advertised): State<Advertised>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match advertised.get() {
+        Some(endpoint) => Json(&*endpoint).into_response(),
+        None => herald_gateway::HttpError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "quic_unavailable",
+            "the WebTransport listener is not running",
+        )
+        .into_response(),
+    }
+}
+
+/// A bound WebTransport endpoint, not yet serving.
+pub struct QuicGateway {
+    endpoint: Endpoint<Server>,
+    gateway: Arc<connection::Gateway>,
+    advertised: Advertised,
+    identity: certificate::Current,
+}
+
+impl std::fmt::Debug for QuicGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicGateway")
+            .field("address", &self.endpoint.local_addr().ok())
+            .field("advertised", &self.advertised.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuicGateway {
+    /// Loads or generates the certificate and binds `quic.listen`.
+    pub async fn bind(context: GatewayContext, config: QuicConfig) -> Result<QuicGateway, QuicError> {
+        let identity = certificate::Current::load(&config).await?;
+        let server_config = certificate::server_config(&config, identity.identity())?;
+        let endpoint = Endpoint::server(server_config).map_err(|source| QuicError::Bind {
+            address: config.listen,
+            source,
+        })?;
+        let address = endpoint.local_addr().map_err(|source| QuicError::Bind {
+            address: config.listen,
+            source,
+        })?;
+        let url = match config.public_url.as_str() {
+            "" => format!("https://{address}{}", config.path),
+            url => url.to_string(),
+        };
+        let advertised = Advertised::default();
+        advertised.set(QuicEndpoint {
+            url,
+            certificate_hashes: identity.hashes(),
+        });
+        let gateway = Arc::new(connection::Gateway {
+            context,
+            config,
+            sessions: AtomicUsize::new(0),
+        });
+        Ok(QuicGateway {
+            endpoint,
+            gateway,
+            advertised,
+            identity,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// What `GET /v1/quic` answers, kept current across rotations.
+    pub fn advertised(&self) -> Advertised {
+        self.advertised.clone()
+    }
+
+    /// Accepts sessions until the server shuts down; rotates a generated
+    /// certificate at half its validity.
+    pub async fn serve(mut self) {
+        let context = self.gateway.context.clone();
+        loop {
+            let incoming = tokio::select! {
+                incoming = self.endpoint.accept() => incoming,
+                () = self.identity.rotation_due() => {
+                    self.rotate();
+                    continue;
+                }
+                () = context.shutdown.cancelled() => break,
+            };
+            self.admit(incoming);
+        }
+        // Sessions close themselves (each writer sees the shutdown and
+        // sends its reason); the endpoint stays until they are done.
+        context.connections.wait().await;
+        self.endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    fn admit(&self, incoming: IncomingSession) {
+        let sessions = &self.gateway.sessions;
+        if sessions.load(Ordering::Relaxed) >= self.gateway.config.max_connections {
+            tracing::debug!(remote = %incoming.remote_address(), "WebTransport session refused: quic.max_connections");
+            self.gateway
+                .context
+                .disconnected("webtransport", 0, &herald_gateway::DisconnectReason::Refused);
+            incoming.refuse();
+            return;
+        }
+        sessions.fetch_add(1, Ordering::Relaxed);
+        let gateway = self.gateway.clone();
+        self.gateway.context.connections.spawn(async move {
+            connection::serve(incoming, &gateway).await;
+            gateway.sessions.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    fn rotate(&mut self) {
+        let config = &self.gateway.config;
+        let renewed = self
+            .identity
+            .renew(config)
+            .and_then(|()| certificate::server_config(config, self.identity.identity()))
+            .and_then(|server_config| {
+                self.endpoint
+                    .reload_config(server_config, false)
+                    .map_err(|error| QuicError::Certificate(error.to_string()))
+            });
+        match renewed {
+            Ok(()) => {
+                let current = self.advertised.get().expect("set at bind");
+                self.advertised.set(QuicEndpoint {
+                    url: current.url.clone(),
+                    certificate_hashes: self.identity.hashes(),
+                });
+                tracing::info!("WebTransport: a new self-signed certificate replaced the old one");
+            }
+            Err(error) => tracing::error!(%error, "WebTransport: the certificate could not be renewed"),
+        }
+    }
+}
