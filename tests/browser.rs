@@ -1,8 +1,12 @@
-//! Herald's SSE and long-poll transports in a real browser: headless
-//! Chromium (Debian's `chromium`), driven by `playwright-core` from
-//! `tests/browser/transports.mjs`. The server ends SSE streams mid-way and
-//! the page aborts polls mid-wait while messages keep coming; each page must
-//! end with every message exactly once, in order.
+//! Herald's browser transports in a real browser: headless Chromium
+//! (Debian's `chromium`), driven by `playwright-core`.
+//!
+//! - `tests/browser/transports.mjs`: the server ends SSE streams mid-way
+//!   and the page aborts polls mid-wait while messages keep coming; each
+//!   page must end with every message exactly once, in order.
+//! - `tests/browser/webtransport.mjs`: a page on WebTransport, trusting the
+//!   generated certificate by its published hash, across a restart of the
+//!   real binary (a new certificate): every message once, in order.
 //!
 //! `.ci/run` installs the browser and the npm package; under CI a missing
 //! one fails the test, elsewhere it is skipped with a note.
@@ -36,35 +40,28 @@ fn prerequisites() -> Result<(PathBuf, PathBuf), String> {
     if !node.is_ok_and(|output| output.status.success()) {
         return Err("node not found".into());
     }
-    Ok((script_dir.join("transports.mjs"), chromium))
+    Ok((script_dir, chromium))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eventsource_and_a_fetch_poll_loop_get_every_message_once_in_order() {
-    let (script, chromium) = match prerequisites() {
-        Ok(found) => found,
+/// The prerequisites, or `None` (with a note) when the test may skip.
+fn prerequisites_or_skip() -> Option<(PathBuf, PathBuf)> {
+    match prerequisites() {
+        Ok(found) => Some(found),
         Err(missing) => {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "under CI the browser test must run: {missing}"
             );
             eprintln!("browser test skipped: {missing}");
-            return;
+            None
         }
-    };
-    let server = Server::start(|config| {
-        // The pages are served from another origin, as in production.
-        config.server.allowed_origins = vec!["*".into()];
-        config.sse.max_stream_duration = Duration::from_secs(1);
-        config.sse.retry = Duration::from_millis(100);
-    })
-    .await;
-    let run = tokio::process::Command::new("node")
-        .arg(&script)
-        .arg(server.url(""))
-        .arg(support::PUBLISHER_KEY)
-        .arg(MESSAGES.to_string())
-        .env("CHROMIUM", &chromium)
+    }
+}
+
+/// Runs a driver script to its end; its one JSON line.
+async fn run_script(mut command: tokio::process::Command, chromium: &Path) -> Value {
+    let run = command
+        .env("CHROMIUM", chromium)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -75,8 +72,29 @@ async fn eventsource_and_a_fetch_poll_loop_get_every_message_once_in_order() {
         .expect("node starts");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the browser run failed: {stderr}");
-    let result: Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(&output.stdout)));
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eventsource_and_a_fetch_poll_loop_get_every_message_once_in_order() {
+    let Some((scripts, chromium)) = prerequisites_or_skip() else {
+        return;
+    };
+    let server = Server::start(|config| {
+        // The pages are served from another origin, as in production.
+        config.server.allowed_origins = vec!["*".into()];
+        config.sse.max_stream_duration = Duration::from_secs(1);
+        config.sse.retry = Duration::from_millis(100);
+    })
+    .await;
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(scripts.join("transports.mjs"))
+        .arg(server.url(""))
+        .arg(support::PUBLISHER_KEY)
+        .arg(MESSAGES.to_string());
+    let result = run_script(command, &chromium).await;
     let expected: Vec<Value> = (0..MESSAGES).map(Value::from).collect();
 
     let sse = &result["sse"];
@@ -121,4 +139,47 @@ async fn eventsource_and_a_fetch_poll_loop_get_every_message_once_in_order() {
         result["browser"], sse["opens"], poll["polls"], poll["aborted"]
     );
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webtransport_page_resumes_across_a_server_restart_with_nothing_lost() {
+    let Some((scripts, chromium)) = prerequisites_or_skip() else {
+        return;
+    };
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(scripts.join("webtransport.mjs"))
+        .arg(env!("CARGO_BIN_EXE_herald"))
+        .arg(MESSAGES.to_string());
+    let result = run_script(command, &chromium).await;
+    let expected: Vec<Value> = (0..MESSAGES).map(Value::from).collect();
+    assert_eq!(
+        result["received"].as_array().unwrap(),
+        &expected,
+        "every message once, in order, across the restart: {result}"
+    );
+    let sessions = result["sessions"].as_array().unwrap();
+    assert!(sessions.len() >= 2, "the page reconnected: {result}");
+    let first = &sessions[0];
+    let events = first["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|event| event == "err:shutdown"),
+        "the page read why the server closed its session: {first}"
+    );
+    assert_ne!(
+        first["hash"],
+        sessions.last().unwrap()["hash"],
+        "the restarted server has a new certificate, trusted by its new hash"
+    );
+    assert!(
+        result["datagrams"].as_u64().unwrap() >= 1,
+        "latest-value messages arrived as datagrams: {result}"
+    );
+    eprintln!(
+        "Chromium {}: {} sessions; first closed with {}; {} datagrams",
+        result["browser"],
+        sessions.len(),
+        first["closed"],
+        result["datagrams"]
+    );
 }
