@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth bench-nats bench-cluster doc clean
+.PHONY: test test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth bench-nats bench-cluster bench-quic doc clean
 
 ## Run every test in the workspace (unit, integration, property, doc tests).
 test:
@@ -128,6 +128,13 @@ bench-nats: bench-peers
 bench-cluster: bench-peers
 	$(CARGO) build --release -p herald -p herald-bench
 	./target/release/herald-bench cluster
+
+## WebSocket vs WebTransport: the same fan-out to 1 000 subscribers on each
+## gateway (publisher on WebSocket), three rounds alternating the order:
+## JSON lines, then the table of medians and ratios docs/benchmarks.md quotes.
+bench-quic:
+	$(CARGO) build --release -p herald -p herald-bench
+	./target/release/herald-bench quic
 
 ## Fan-out to 1 000 subscribers each holding a user token vs anonymous
 ## ones, six runs each, which goes first alternating: one JSON line per run.

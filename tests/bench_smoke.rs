@@ -91,7 +91,7 @@ async fn the_cluster_workload_runs_on_one_and_two_nodes() {
         eprintln!("nats-server not installed here, skipped");
         return;
     }
-    let size = herald_bench::cluster::ClusterSize::SMOKE;
+    let size = herald_bench::rounds::RoundSize::SMOKE;
     let records = herald_bench::cluster::run(&binaries, size, |_| {})
         .await
         .expect("the cluster workload runs");
@@ -99,9 +99,36 @@ async fn the_cluster_workload_runs_on_one_and_two_nodes() {
         for scenario in ["fanout", "latency"] {
             let record = records
                 .iter()
-                .find(|r| r.layout == layout && r.record.scenario == scenario)
+                .find(|r| r.variant == layout && r.record.scenario == scenario)
                 .unwrap_or_else(|| panic!("{layout} {scenario} ran"));
             let r = &record.record;
+            assert_eq!((r.duplicates, r.out_of_order), (0, 0), "{record:?}");
+            assert!(r.delivered > 0, "{record:?}");
+            if scenario == "latency" {
+                assert_eq!(r.delivered, r.expected, "nothing lost at a low rate: {record:?}");
+            }
+        }
+    }
+}
+
+/// `herald-bench quic` in its seconds-long size: the same fan-out to
+/// WebSocket and to WebTransport subscribers; at the fixed rate every
+/// message arrives once, in order, on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webtransport_workload_runs_next_to_websocket() {
+    let binaries = Binaries::locate(env!("CARGO_BIN_EXE_herald").into());
+    let size = herald_bench::rounds::RoundSize::SMOKE;
+    let records = herald_bench::quic::run(&binaries, size, |_| {})
+        .await
+        .expect("the WebTransport workload runs");
+    for transport in ["herald-ws-json", "herald-wt-json"] {
+        for scenario in ["fanout", "latency"] {
+            let record = records
+                .iter()
+                .find(|r| r.variant == transport && r.record.scenario == scenario)
+                .unwrap_or_else(|| panic!("{transport} {scenario} ran"));
+            let r = &record.record;
+            assert_eq!(r.target, transport, "{record:?}");
             assert_eq!((r.duplicates, r.out_of_order), (0, 0), "{record:?}");
             assert!(r.delivered > 0, "{record:?}");
             if scenario == "latency" {

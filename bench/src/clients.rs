@@ -23,6 +23,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use herald_quic::client::QuicClient;
+use herald_quic::QuicEndpoint;
+
 use crate::http_subscriber::HttpSubscriber;
 
 /// What a run is measured against.
@@ -50,6 +53,10 @@ pub enum Target {
     /// in the standard set; `make bench-auth` compares it with
     /// `herald-ws-json`.
     HeraldJsonToken,
+    /// Herald's WebTransport gateway (HTTP/3 over QUIC), JSON frames, one
+    /// QUIC endpoint per subscriber, as browsers have. Not in the standard
+    /// set; `make bench-quic` compares it with `herald-ws-json`.
+    HeraldWebTransport,
 }
 
 /// The HS256 secret every Herald the load generator starts accepts tokens
@@ -100,6 +107,7 @@ impl Target {
             Target::HeraldSse => "herald-sse",
             Target::HeraldLongPoll => "herald-longpoll",
             Target::HeraldJsonToken => "herald-ws-json-token",
+            Target::HeraldWebTransport => "herald-wt-json",
         }
     }
 
@@ -112,6 +120,7 @@ impl Target {
                 | Target::HeraldSse
                 | Target::HeraldLongPoll
                 | Target::HeraldJsonToken
+                | Target::HeraldWebTransport
         )
     }
 
@@ -156,7 +165,7 @@ impl Target {
     pub fn parse(name: &str) -> anyhow::Result<Target> {
         Target::ALL
             .into_iter()
-            .chain([Target::HeraldJsonToken])
+            .chain([Target::HeraldJsonToken, Target::HeraldWebTransport])
             .find(|target| target.name() == name)
             .with_context(|| format!("unknown target {name:?}"))
     }
@@ -231,6 +240,8 @@ pub enum Connection {
     /// connection (a pipelined request is refused), so the publisher holds
     /// at most one request in flight.
     PushpinPublisher(Box<PushpinPublisher>),
+    /// A Herald WebTransport session.
+    HeraldWebTransport(Box<QuicClient>),
 }
 
 /// Opens a TCP connection from `source` (a 127.0.0.x address, so that many
@@ -253,6 +264,11 @@ impl Connection {
         server: SocketAddr,
         source: Option<IpAddr>,
     ) -> anyhow::Result<Connection> {
+        if target == Target::HeraldWebTransport {
+            let endpoint = quic_endpoint(server).await?;
+            let client = QuicClient::connect(&endpoint.url, &endpoint.certificate_hashes).await?;
+            return Ok(Connection::HeraldWebTransport(Box::new(client)));
+        }
         let stream = tcp_from(source, server).await?;
         stream.set_nodelay(true)?;
         match target {
@@ -301,6 +317,7 @@ impl Connection {
             Target::HeraldLongPoll => Ok(Connection::HeraldLongPoll(Box::new(HttpSubscriber::new(
                 stream, server,
             )))),
+            Target::HeraldWebTransport => unreachable!("opened above"),
             Target::NatsWebSocket => {
                 let (socket, _) = tokio_tungstenite::client_async(format!("ws://{server}/"), stream).await?;
                 let mut connection = Connection::NatsWebSocket {
@@ -325,8 +342,9 @@ impl Connection {
                 ))))
             }
             (Target::Pushpin, None) => bail!("Pushpin started without a control address"),
-            // One-way transports: the publisher speaks WebSocket JSON.
-            (Target::HeraldSse | Target::HeraldLongPoll, _) => {
+            // One-way transports, and WebTransport: the publisher speaks
+            // WebSocket JSON, so that only the delivery side differs.
+            (Target::HeraldSse | Target::HeraldLongPoll | Target::HeraldWebTransport, _) => {
                 Connection::open(Target::HeraldJson, server.address, None).await
             }
             _ => Connection::open(target, server.address, None).await,
@@ -363,6 +381,7 @@ impl Connection {
             }
             Connection::NatsTcp { stream, .. } => stream.write_all(bytes).await?,
             Connection::NatsWebSocket { socket, .. } => socket.send(Message::binary(bytes.to_vec())).await?,
+            Connection::HeraldWebTransport(client) => client.send(bytes).await?,
             Connection::Herald { socket, msgpack } => {
                 let frame = if *msgpack {
                     let value: serde_json::Value = serde_json::from_slice(bytes)?;
@@ -391,7 +410,7 @@ impl Connection {
                 self.send_raw(format!("sub {subject}").as_bytes()).await?;
                 self.expect_text_prefix(&format!("ok {subject}")).await
             }
-            Connection::Herald { .. } => {
+            Connection::Herald { .. } | Connection::HeraldWebTransport(_) => {
                 let command = format!(r#"{{"op":"sub","id":{sid},"subject":"{subject}"}}"#);
                 self.send_raw(command.as_bytes()).await?;
                 loop {
@@ -417,7 +436,7 @@ impl Connection {
                 self.send_raw(format!(r#"42["unsub","{subject}"]"#).as_bytes())
                     .await
             }
-            Connection::Herald { .. } => {
+            Connection::Herald { .. } | Connection::HeraldWebTransport(_) => {
                 self.send_raw(format!(r#"{{"op":"unsub","subject":"{subject}"}}"#).as_bytes())
                     .await
             }
@@ -439,7 +458,9 @@ impl Connection {
         match self {
             Connection::PushpinPublisher(publisher) => publisher.send_pending().await,
             Connection::SocketIo { .. } => self.send_raw(br#"421["sync"]"#).await,
-            Connection::Herald { .. } => self.send_raw(br#"{"op":"ping","id":1}"#).await,
+            Connection::Herald { .. } | Connection::HeraldWebTransport(_) => {
+                self.send_raw(br#"{"op":"ping","id":1}"#).await
+            }
             _ => self.send_raw(b"PING\r\n").await,
         }
     }
@@ -477,7 +498,7 @@ impl Connection {
                 self.send_raw(format!(r#"42["pub","{subject}","{payload}"]"#).as_bytes())
                     .await
             }
-            Connection::Herald { .. } => {
+            Connection::Herald { .. } | Connection::HeraldWebTransport(_) => {
                 let command = format!(r#"{{"op":"pub","subject":"{subject}","data":"{payload}"}}"#);
                 self.send_raw(command.as_bytes()).await
             }
@@ -492,8 +513,11 @@ impl Connection {
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         match self {
             Connection::NatsTcp { stream, .. } => stream.flush().await?,
-            // Requests are written whole.
-            Connection::PushpinPublisher(_) | Connection::HeraldSse(_) | Connection::HeraldLongPoll(_) => {}
+            // Requests (and QUIC writes) are written whole.
+            Connection::PushpinPublisher(_)
+            | Connection::HeraldSse(_)
+            | Connection::HeraldLongPoll(_)
+            | Connection::HeraldWebTransport(_) => {}
             Connection::NatsWebSocket { socket, .. }
             | Connection::Herald { socket, .. }
             | Connection::SocketIo { socket }
@@ -512,6 +536,10 @@ impl Connection {
             Connection::PushpinPublisher(_) => bail!("Pushpin's control API sends no events"),
             Connection::HeraldSse(subscriber) => subscriber.next_sse_event().await,
             Connection::HeraldLongPoll(subscriber) => subscriber.next_polled_event().await,
+            Connection::HeraldWebTransport(client) => match client.next_frame().await {
+                Some((_via, frame)) => Ok(classify_herald(&frame)),
+                None => Ok(Received::Closed),
+            },
             Connection::Pushpin { socket } => match socket.next().await {
                 Some(Ok(Message::Text(text))) if text.starts_with("ts=") => {
                     Ok(Received::Message(text.as_bytes().to_vec()))
@@ -572,6 +600,28 @@ impl Connection {
             },
         }
     }
+}
+
+/// What Herald's `GET /v1/quic` says, asked once per server.
+async fn quic_endpoint(server: SocketAddr) -> anyhow::Result<QuicEndpoint> {
+    static KNOWN: std::sync::Mutex<Vec<(SocketAddr, QuicEndpoint)>> = std::sync::Mutex::new(Vec::new());
+    if let Some((_, endpoint)) = KNOWN.lock().unwrap().iter().find(|(known, _)| *known == server) {
+        return Ok(endpoint.clone());
+    }
+    let mut stream = TcpStream::connect(server).await?;
+    let request = format!("GET /v1/quic HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let body = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| &response[at + 4..])
+        .context("no HTTP body from /v1/quic")?;
+    let endpoint: QuicEndpoint = serde_json::from_slice(body)
+        .with_context(|| format!("GET /v1/quic: {}", String::from_utf8_lossy(&response)))?;
+    KNOWN.lock().unwrap().push((server, endpoint.clone()));
+    Ok(endpoint)
 }
 
 pub(crate) fn classify_herald(frame: &[u8]) -> Received {

@@ -10,6 +10,7 @@
 //! | `idle` | C idle subscribed connections: server RSS per connection |
 //! | `churn` | fan-out deliveries/s alone vs during a subscribe/unsubscribe storm |
 //! | `cluster` (its own command) | one node vs two nodes bridged through nats-server + JetStream: fan-out and cross-node latency |
+//! | `quic` (its own command) | the same fan-out to WebSocket and to WebTransport subscribers: deliveries/s and latency |
 //! | `nats` (its own command) | the same async-nats workload against nats-server and Herald's NATS listener: fan-out to 1/100/1 000, pipelined publishing |
 //!
 //! Targets: Herald's WebSocket gateway (JSON, MessagePack), its SSE and
@@ -28,7 +29,9 @@ pub mod clients;
 pub mod cluster;
 pub mod http_subscriber;
 pub mod nats;
+pub mod quic;
 pub mod report;
+pub mod rounds;
 pub mod scenarios;
 pub mod servers;
 

@@ -94,6 +94,18 @@ enum Command {
         #[arg(long)]
         subscribers: Option<usize>,
     },
+    /// WebSocket vs WebTransport subscribers (1 000 by default), fresh
+    /// servers each round, alternating: JSON lines on stdout, then the
+    /// table of medians.
+    Quic {
+        /// Seconds-long sizes, for the test suite.
+        #[arg(long)]
+        smoke: bool,
+        #[arg(long)]
+        subscribers: Option<usize>,
+        #[arg(long)]
+        rounds: Option<usize>,
+    },
     /// One idle-connections run.
     Idle {
         #[arg(long, default_value = "herald-ws-json")]
@@ -182,15 +194,31 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Cluster { smoke, subscribers } => {
             let mut size = if smoke {
-                herald_bench::cluster::ClusterSize::SMOKE
+                herald_bench::rounds::RoundSize::SMOKE
             } else {
-                herald_bench::cluster::ClusterSize::STANDARD
+                herald_bench::rounds::RoundSize::STANDARD
             };
             if let Some(subscribers) = subscribers {
                 size.subscribers = subscribers;
             }
             let records = herald_bench::cluster::run(&binaries, size, print_json_line).await?;
             print!("{}", herald_bench::cluster::markdown(&records));
+            Ok(())
+        }
+        Command::Quic {
+            smoke,
+            subscribers,
+            rounds,
+        } => {
+            let mut size = if smoke {
+                herald_bench::rounds::RoundSize::SMOKE
+            } else {
+                herald_bench::rounds::RoundSize::STANDARD
+            };
+            size.subscribers = subscribers.unwrap_or(size.subscribers);
+            size.rounds = rounds.unwrap_or(size.rounds);
+            let records = herald_bench::quic::run(&binaries, size, print_json_line).await?;
+            print!("{}", herald_bench::quic::markdown(&records));
             Ok(())
         }
         Command::Idle { target, connections } => {

@@ -62,7 +62,8 @@ impl Binaries {
             | Target::HeraldMsgPack
             | Target::HeraldSse
             | Target::HeraldLongPoll
-            | Target::HeraldJsonToken => true,
+            | Target::HeraldJsonToken
+            | Target::HeraldWebTransport => true,
             Target::NatsTcp | Target::NatsWebSocket => self.has_nats(),
             Target::SocketIo => self.has_socketio(),
             Target::Pushpin => self.pushpin.exists() && self.node.exists(),
@@ -104,7 +105,8 @@ impl Server {
             | Target::HeraldMsgPack
             | Target::HeraldSse
             | Target::HeraldLongPoll
-            | Target::HeraldJsonToken => start_herald(&binaries.herald).await,
+            | Target::HeraldJsonToken
+            | Target::HeraldWebTransport => start_herald(&binaries.herald).await,
             Target::SocketIo => {
                 let mut command = Command::new(&binaries.node);
                 command.arg(&binaries.socketio_script);
@@ -268,6 +270,7 @@ fn herald_command(binary: &Path) -> anyhow::Result<Command> {
         .env("HERALD_WEBSOCKET__MAX_COMMANDS_PER_SECOND", "100000000")
         .env("HERALD_SERVER__MAX_CONNECTIONS", "200000")
         .env("HERALD_SERVER__MAX_CONNECTIONS_PER_IP", "200000")
+        .env("HERALD_QUIC__MAX_CONNECTIONS", "200000")
         // Publishers are clients (anonymous, or with a user token), whose
         // publishes are otherwise limited per connection.
         .env("HERALD_BROKER__MAX_CLIENT_PUBLISHES_PER_SECOND", "0")

@@ -1,0 +1,129 @@
+//! Variants of one workload measured in the same run: fresh servers for
+//! every variant and round, the order alternating between rounds, each
+//! variant at full speed (fan-out: deliveries/s) and at a fixed rate
+//! (latency: publish-to-receive p50/p99). The report takes medians, and
+//! ratios to the first variant measured in the same round, so that a noisy
+//! machine moves both sides of each ratio together.
+
+use serde::Serialize;
+
+use crate::scenarios::Record;
+
+/// One measurement of one variant.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundRecord {
+    pub variant: &'static str,
+    pub round: usize,
+    #[serde(flatten)]
+    pub record: Record,
+}
+
+/// How big a run is.
+#[derive(Debug, Clone, Copy)]
+pub struct RoundSize {
+    pub subscribers: usize,
+    pub fanout_seconds: f64,
+    /// Messages/s of the latency runs.
+    pub latency_rate: u64,
+    pub latency_seconds: f64,
+    pub rounds: usize,
+}
+
+impl RoundSize {
+    pub const STANDARD: RoundSize = RoundSize {
+        subscribers: 1_000,
+        fanout_seconds: 3.0,
+        latency_rate: 200,
+        latency_seconds: 4.0,
+        rounds: 3,
+    };
+    pub const SMOKE: RoundSize = RoundSize {
+        subscribers: 10,
+        fanout_seconds: 0.5,
+        latency_rate: 20,
+        latency_seconds: 1.0,
+        rounds: 1,
+    };
+}
+
+/// Runs every round: `measure(variant, rate, seconds)` starts fresh
+/// servers and measures once; `each` sees every record as it is made.
+pub async fn run(
+    variants: &[&'static str],
+    size: RoundSize,
+    mut measure: impl AsyncFnMut(&'static str, Option<u64>, f64) -> anyhow::Result<Record>,
+    mut each: impl FnMut(&RoundRecord),
+) -> anyhow::Result<Vec<RoundRecord>> {
+    let mut records = Vec::new();
+    for round in 0..size.rounds {
+        let mut order = variants.to_vec();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for variant in order {
+            for rate in [None, Some(size.latency_rate)] {
+                let seconds = match rate {
+                    None => size.fanout_seconds,
+                    Some(_) => size.latency_seconds,
+                };
+                let mut record = measure(variant, rate, seconds).await?;
+                record.scenario = if rate.is_none() { "fanout" } else { "latency" }.into();
+                let record = RoundRecord { variant, round, record };
+                each(&record);
+                records.push(record);
+            }
+        }
+    }
+    Ok(records)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The table of medians, each variant with its ratio to the first one in
+/// the same round; `column` names the variants' column.
+pub fn markdown(records: &[RoundRecord], variants: &[&'static str], column: &str) -> String {
+    let baseline = variants[0];
+    let mut out = format!(
+        "| {column} | fan-out deliveries/s | vs {baseline} | delivered | latency p50 | p99 | p99 vs {baseline} |\n|---|---|---|---|---|---|---|\n",
+    );
+    let find = |variant: &str, scenario: &str, round: usize| {
+        records
+            .iter()
+            .find(|r| r.variant == variant && r.record.scenario == scenario && r.round == round)
+            .map(|r| &r.record)
+    };
+    let rounds = records.iter().map(|r| r.round + 1).max().unwrap_or(0);
+    for variant in variants {
+        let of = |scenario: &str, value: &dyn Fn(&Record) -> f64| -> Vec<f64> {
+            (0..rounds)
+                .filter_map(|round| find(variant, scenario, round).map(value))
+                .collect()
+        };
+        let ratio = |scenario: &str, value: &dyn Fn(&Record) -> f64| -> Vec<f64> {
+            (0..rounds)
+                .filter_map(|round| Some(value(find(variant, scenario, round)?) / value(find(baseline, scenario, round)?)))
+                .collect()
+        };
+        let rate = |r: &Record| r.deliveries_per_second;
+        let share = |r: &Record| r.delivered as f64 / r.expected.max(1) as f64;
+        let p50 = |r: &Record| r.latency_us.map_or(f64::NAN, |l| l.p50 as f64);
+        let p99 = |r: &Record| r.latency_us.map_or(f64::NAN, |l| l.p99 as f64);
+        out.push_str(&format!(
+            "| {variant} | {:.0} | {:.2}× | {:.3} | {:.2} ms | {:.2} ms | {:.2}× |\n",
+            median(of("fanout", &rate)),
+            median(ratio("fanout", &rate)),
+            median(of("fanout", &share)),
+            median(of("latency", &p50)) / 1000.0,
+            median(of("latency", &p99)) / 1000.0,
+            median(ratio("latency", &p99)),
+        ));
+    }
+    out
+}
