@@ -28,7 +28,8 @@ pub async fn run(
     each: impl FnMut(&RoundRecord),
 ) -> anyhow::Result<Vec<RoundRecord>> {
     anyhow::ensure!(binaries.has_nats(), "nats-server is not installed");
-    let measure = async |layout, rate, seconds| measure(binaries, layout, size.subscribers, rate, seconds).await;
+    let measure =
+        async |layout, rate, seconds| measure(binaries, layout, size.subscribers, rate, seconds).await;
     rounds::run(&LAYOUTS, size, measure, each).await
 }
 

@@ -68,7 +68,11 @@ pub async fn run(
                 };
                 let mut record = measure(variant, rate, seconds).await?;
                 record.scenario = if rate.is_none() { "fanout" } else { "latency" }.into();
-                let record = RoundRecord { variant, round, record };
+                let record = RoundRecord {
+                    variant,
+                    round,
+                    record,
+                };
                 each(&record);
                 records.push(record);
             }
@@ -108,7 +112,9 @@ pub fn markdown(records: &[RoundRecord], variants: &[&'static str], column: &str
         };
         let ratio = |scenario: &str, value: &dyn Fn(&Record) -> f64| -> Vec<f64> {
             (0..rounds)
-                .filter_map(|round| Some(value(find(variant, scenario, round)?) / value(find(baseline, scenario, round)?)))
+                .filter_map(|round| {
+                    Some(value(find(variant, scenario, round)?) / value(find(baseline, scenario, round)?))
+                })
                 .collect()
         };
         let rate = |r: &Record| r.deliveries_per_second;

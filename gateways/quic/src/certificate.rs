@@ -133,6 +133,12 @@ pub(crate) fn server_config(config: &QuicConfig, identity: &Identity) -> Result<
     // little room above that, and no more: every stream costs memory.
     transport.max_concurrent_bidi_streams(VarInt::from_u32(4));
     transport.max_concurrent_uni_streams(VarInt::from_u32(4));
+    // What a session may make the server hold: unacknowledged bytes
+    // queued for it (quinn's default is 10 MB per connection), and bytes
+    // it sends ahead of the server reading them.
+    transport.send_window(config.send_window_bytes as u64);
+    transport.stream_receive_window(VarInt::from_u32(64 * 1024));
+    transport.receive_window(VarInt::from_u32(256 * 1024));
     transport.datagram_send_buffer_size(config.datagram_buffer_bytes);
     transport.datagram_receive_buffer_size(Some(16 * 1024));
     Ok(ServerConfig::builder()

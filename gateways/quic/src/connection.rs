@@ -131,10 +131,10 @@ pub(crate) async fn serve(incoming: IncomingSession, gateway: &Gateway) {
     let mut writer = QuicWriter {
         connection: connection.clone(),
         control,
-        control_buffer: BytesMut::new(),
+        control_buffer: BytesMut::with_capacity(1024),
         lanes: (0..config.message_streams).map(|_| None).collect(),
         lane_tasks: JoinSet::new(),
-        stream_buffer: config.stream_buffer,
+        stream_buffer: config.stream_buffer_bytes,
         routes: routes.clone(),
         datagrams: Vec::new(),
     };
@@ -448,16 +448,45 @@ struct QuicWriter {
     control: SendStream,
     control_buffer: BytesMut,
     /// One per message stream, opened on first use.
-    lanes: Vec<Option<mpsc::Sender<Bytes>>>,
+    lanes: Vec<Option<Lane>>,
     lane_tasks: JoinSet<()>,
+    /// Bytes a lane gathers before handing them to its stream's task.
     stream_buffer: usize,
     routes: Arc<Routes>,
     /// This batch's latest-value messages: the newest per subject.
     datagrams: Vec<(Subject, Bytes)>,
 }
 
+/// What a lane allocates at a time. Batches are split off one allocation
+/// until it is used up (`BytesMut::split` keeps the spare capacity), so a
+/// busy lane allocates once per this many bytes, not once per frame.
+const LANE_ALLOCATION: usize = 16 * 1024;
+
+/// A message stream as the writer sees it: frames gathered for it in this
+/// batch, and the task that writes them. The task lets one stream wait for
+/// its peer (flow control, a lost packet) while the others go on; what it
+/// may hold is bounded (two batches of `stream_buffer` bytes), beyond that
+/// the writer waits, and `write_timeout` judges the session.
+struct Lane {
+    pending: BytesMut,
+    stream: mpsc::Sender<Bytes>,
+}
+
+impl Lane {
+    async fn hand_over(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .send(self.pending.split().freeze())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "message stream closed"))
+    }
+}
+
 impl QuicWriter {
-    /// Queues `frame` on the message stream that carries `subject`.
+    /// Adds `frame` to what the message stream that carries `subject`
+    /// writes next.
     async fn send_on_lane(&mut self, subject: &str, frame: Bytes) -> io::Result<()> {
         let index = lane_of(subject, self.lanes.len());
         if self.lanes[index].is_none() {
@@ -468,14 +497,19 @@ impl QuicWriter {
                 .map_err(io::Error::other)?
                 .await
                 .map_err(io::Error::other)?;
-            let (sender, receiver) = mpsc::channel(self.stream_buffer);
+            let (sender, receiver) = mpsc::channel(2);
             self.lane_tasks.spawn(run_lane(stream, receiver));
-            self.lanes[index] = Some(sender);
+            self.lanes[index] = Some(Lane {
+                pending: BytesMut::with_capacity(self.stream_buffer.min(LANE_ALLOCATION)),
+                stream: sender,
+            });
         }
-        let lane = self.lanes[index].as_ref().expect("opened above");
-        lane.send(frame)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "message stream closed"))
+        let lane = self.lanes[index].as_mut().expect("opened above");
+        put_frame(&mut lane.pending, &frame);
+        if lane.pending.len() >= self.stream_buffer {
+            lane.hand_over().await?;
+        }
+        Ok(())
     }
 
     fn send_datagrams(&mut self) -> Vec<(Subject, Bytes)> {
@@ -491,21 +525,12 @@ impl QuicWriter {
     }
 }
 
-/// Writes one message stream: everything queued, framed, in one write.
-async fn run_lane(mut stream: SendStream, mut frames: mpsc::Receiver<Bytes>) {
-    let mut buffer = BytesMut::new();
-    while let Some(frame) = frames.recv().await {
-        put_frame(&mut buffer, &frame);
-        while buffer.len() < 64 * 1024 {
-            match frames.try_recv() {
-                Ok(frame) => put_frame(&mut buffer, &frame),
-                Err(_) => break,
-            }
-        }
-        let mut chunk = [buffer.split().freeze()];
+/// Writes one message stream, a batch of frames at a time.
+async fn run_lane(mut stream: SendStream, mut batches: mpsc::Receiver<Bytes>) {
+    while let Some(batch) = batches.recv().await {
         if stream
             .quic_stream_mut()
-            .write_all_chunks(&mut chunk)
+            .write_all_chunks(&mut [batch])
             .await
             .is_err()
         {
@@ -559,6 +584,9 @@ impl EventWriter for QuicWriter {
         // on its stream, reliably.
         for (subject, frame) in self.send_datagrams() {
             self.send_on_lane(subject.as_str(), frame).await?;
+        }
+        for lane in self.lanes.iter_mut().flatten() {
+            lane.hand_over().await?;
         }
         if !self.control_buffer.is_empty() {
             let buffer = self.control_buffer.split();

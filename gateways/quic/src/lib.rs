@@ -94,12 +94,21 @@ pub struct QuicConfig {
     )]
     pub hard_frame_limit_bytes: usize,
     pub message_streams: usize,
-    pub stream_buffer: usize,
+    #[serde(
+        rename = "stream_buffer",
+        deserialize_with = "herald_broker::units::size::deserialize"
+    )]
+    pub stream_buffer_bytes: usize,
     #[serde(
         rename = "datagram_buffer",
         deserialize_with = "herald_broker::units::size::deserialize"
     )]
     pub datagram_buffer_bytes: usize,
+    #[serde(
+        rename = "send_window",
+        deserialize_with = "herald_broker::units::size::deserialize"
+    )]
+    pub send_window_bytes: usize,
     #[serde(with = "herald_broker::units::duration")]
     pub write_timeout: Duration,
     pub max_commands_per_second: u32,
@@ -124,8 +133,9 @@ impl Default for QuicConfig {
             max_frame_bytes: 64 * 1024,
             hard_frame_limit_bytes: 1024 * 1024,
             message_streams: 4,
-            stream_buffer: 256,
+            stream_buffer_bytes: 64 * 1024,
             datagram_buffer_bytes: 64 * 1024,
+            send_window_bytes: 256 * 1024,
             write_timeout: Duration::from_secs(10),
             max_commands_per_second: 1000,
             auth_timeout: Duration::from_secs(10),
@@ -159,7 +169,10 @@ impl QuicConfig {
         if !(1..=64).contains(&self.message_streams) {
             return Err("quic.message_streams must be between 1 and 64".into());
         }
-        if self.stream_buffer == 0
+        if self.send_window_bytes < 16 * 1024 {
+            return Err("quic.send_window must be at least 16KiB".into());
+        }
+        if self.stream_buffer_bytes == 0
             || self.max_connections == 0
             || self.max_commands_per_second == 0
             || self.write_timeout.is_zero()
