@@ -35,7 +35,7 @@ pub async fn run(
 
 /// The table of medians, each layout with its ratio to `single`.
 pub fn markdown(records: &[RoundRecord]) -> String {
-    rounds::markdown(records, &LAYOUTS, "layout")
+    rounds::markdown(records, &LAYOUTS, "layout", false)
 }
 
 /// One layout, fresh servers.

@@ -30,5 +30,5 @@ pub async fn run(
 
 /// The table of medians, WebTransport's ratios to WebSocket.
 pub fn markdown(records: &[RoundRecord]) -> String {
-    rounds::markdown(records, &TRANSPORTS, "transport")
+    rounds::markdown(records, &TRANSPORTS, "transport", true)
 }

@@ -91,11 +91,19 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// The table of medians, each variant with its ratio to the first one in
-/// the same round; `column` names the variants' column.
-pub fn markdown(records: &[RoundRecord], variants: &[&'static str], column: &str) -> String {
+/// the same round; `column` names the variants' column. With `cpu`, also
+/// the server's CPU time per delivery at the fixed rate (where every
+/// variant keeps up, so it compares the work per delivery).
+pub fn markdown(records: &[RoundRecord], variants: &[&'static str], column: &str, cpu: bool) -> String {
     let baseline = variants[0];
     let mut out = format!(
-        "| {column} | fan-out deliveries/s | vs {baseline} | delivered | latency p50 | p99 | p99 vs {baseline} |\n|---|---|---|---|---|---|---|\n",
+        "| {column} | fan-out deliveries/s | vs {baseline} | delivered | latency p50 | p99 | p99 vs {baseline} |{}\n|---|---|---|---|---|---|---|{}\n",
+        if cpu {
+            format!(" server CPU per delivery (fixed rate) | vs {baseline} | load generator CPU per delivery (fixed rate) |")
+        } else {
+            String::new()
+        },
+        if cpu { "---|---|---|" } else { "" },
     );
     let find = |variant: &str, scenario: &str, round: usize| {
         records
@@ -121,8 +129,16 @@ pub fn markdown(records: &[RoundRecord], variants: &[&'static str], column: &str
         let share = |r: &Record| r.delivered as f64 / r.expected.max(1) as f64;
         let p50 = |r: &Record| r.latency_us.map_or(f64::NAN, |l| l.p50 as f64);
         let p99 = |r: &Record| r.latency_us.map_or(f64::NAN, |l| l.p99 as f64);
+        let cpu_per_delivery = |r: &Record| {
+            r.server_cpu_seconds
+                .map_or(f64::NAN, |s| s * 1e6 / r.delivered.max(1) as f64)
+        };
+        let client_cpu_per_delivery = |r: &Record| {
+            r.client_cpu_seconds
+                .map_or(f64::NAN, |s| s * 1e6 / r.delivered.max(1) as f64)
+        };
         out.push_str(&format!(
-            "| {variant} | {:.0} | {:.2}× | {:.3} | {:.2} ms | {:.2} ms | {:.2}× |\n",
+            "| {variant} | {:.0} | {:.2}× | {:.3} | {:.2} ms | {:.2} ms | {:.2}× |",
             median(of("fanout", &rate)),
             median(ratio("fanout", &rate)),
             median(of("fanout", &share)),
@@ -130,6 +146,15 @@ pub fn markdown(records: &[RoundRecord], variants: &[&'static str], column: &str
             median(of("latency", &p99)) / 1000.0,
             median(ratio("latency", &p99)),
         ));
+        if cpu {
+            out.push_str(&format!(
+                " {:.2} µs | {:.2}× | {:.2} µs |",
+                median(of("latency", &cpu_per_delivery)),
+                median(ratio("latency", &cpu_per_delivery)),
+                median(of("latency", &client_cpu_per_delivery)),
+            ));
+        }
+        out.push('\n');
     }
     out
 }

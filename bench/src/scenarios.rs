@@ -70,6 +70,14 @@ pub struct Record {
     /// For churn: deliveries/s before the storm.
     #[serde(default)]
     pub baseline_deliveries_per_second: f64,
+    /// For fan-out: CPU time (user + system) the server process used from
+    /// the first publish to the last delivery, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_seconds: Option<f64>,
+    /// The same for the load generator itself (every client and the
+    /// publisher), which shares the machine with the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cpu_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
@@ -352,6 +360,8 @@ pub async fn fanout_across(
         .map(|connection| tokio::spawn(receive_until_done(connection, published.clone())))
         .collect();
     let mut publisher = Connection::open_publisher(target, server).await?;
+    let cpu_before = server.cpu_seconds();
+    let own_cpu_before = crate::servers::own_cpu_seconds();
     let started = Instant::now();
     let total = publish_for(
         &mut publisher,
@@ -386,6 +396,12 @@ pub async fn fanout_across(
         latency.add(&tally.latency)?;
         last_delivery = last_delivery.max(tally.last_delivery.unwrap_or(started));
     }
+    record.server_cpu_seconds = cpu_before
+        .zip(server.cpu_seconds())
+        .map(|(before, after)| round(after - before));
+    record.client_cpu_seconds = own_cpu_before
+        .zip(crate::servers::own_cpu_seconds())
+        .map(|(before, after)| round(after - before));
     let elapsed = (last_delivery - started).as_secs_f64().max(publish_seconds);
     record.seconds = round(elapsed);
     record.publish_seconds = round(publish_seconds);

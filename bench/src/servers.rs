@@ -140,6 +140,15 @@ impl Server {
         Ok(total_kib * 1024)
     }
 
+    /// CPU time (user + system) the server and every process it started
+    /// have used so far, in seconds; `None` once it exited.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let leader = self.child.id()?;
+        let ticks: u64 = process_tree(leader).into_iter().map(cpu_ticks).sum();
+        // /proc counts in USER_HZ, 100 on Linux.
+        Some(ticks as f64 / 100.0)
+    }
+
     /// Stops the server and everything it started: SIGTERM first (Pushpin's
     /// runner stops its services on it), SIGKILL for whatever is left.
     pub async fn stop(mut self) {
@@ -212,6 +221,23 @@ fn rss_kib(pid: u32) -> u64 {
                 .find_map(|line| line.strip_prefix("VmRSS:"))
                 .and_then(|rest| rest.split_whitespace().next())
                 .and_then(|kib| kib.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) this process has used so far, in seconds.
+pub fn own_cpu_seconds() -> Option<f64> {
+    Some(cpu_ticks(std::process::id()) as f64 / 100.0).filter(|seconds| *seconds > 0.0)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // pid (comm) state ppid ... utime stime: fields 14 and 15.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
         })
         .unwrap_or(0)
 }

@@ -1,18 +1,23 @@
 //! A native WebTransport client of Herald, on wtransport's client: what
 //! the tests and the load generator connect with. It opens the control
-//! stream, writes framed commands on it, and merges what arrives (control
-//! stream, message streams, datagrams) into one bounded queue of frames,
-//! each tagged with where it came from. When nobody takes frames from the
-//! queue, the client stops reading its streams, as a slow page would.
+//! stream, writes framed commands on it, and reads what arrives (control
+//! stream, message streams, datagrams) only when asked for the next frame,
+//! each tagged with where it came from: a caller that stops asking stops
+//! reading, and QUIC's flow control holds the server back, as with a slow
+//! page. No task and no queue of its own sits in between.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use herald_broker::protocol::{decode_event, ServerEvent};
 use herald_broker::Encoding;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::io::{AsyncRead, ReadBuf};
+use wtransport::datagram::Datagram;
+use wtransport::error::ConnectionError;
 use wtransport::tls::Sha256Digest;
 use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
 
@@ -45,22 +50,44 @@ pub enum ClientError {
     Write(#[from] wtransport::error::StreamWriteError),
 }
 
-/// Frames received and not yet taken, at most.
-const QUEUE: usize = 64;
+type Next<T> = Pin<Box<dyn Future<Output = Result<T, ConnectionError>> + Send>>;
 
 /// One session with Herald's WebTransport gateway.
-#[derive(Debug)]
 pub struct QuicClient {
     connection: Connection,
     control: SendStream,
     encoding: Encoding,
-    received: mpsc::Receiver<(Via, Bytes)>,
-    readers: JoinSet<()>,
+    /// The control stream's receiving side, then every message stream.
+    incoming: Vec<Incoming>,
+    /// The next message stream the server opens; `None` once it can open
+    /// no more.
+    accepting: Option<Next<RecvStream>>,
+    /// The next datagram; `None` once the session is over.
+    datagram: Option<Next<Datagram>>,
+    scratch: Box<[u8]>,
+}
+
+impl std::fmt::Debug for QuicClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicClient")
+            .field("encoding", &self.encoding)
+            .field("streams", &self.incoming.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stream the client reads frames from.
+struct Incoming {
+    via: Via,
+    stream: RecvStream,
+    frames: FrameReader,
+    finished: bool,
 }
 
 impl QuicClient {
     /// Connects to `url` (with `?encoding=msgpack` for MessagePack),
-    /// trusting the certificates whose hashes `GET /v1/quic` published.
+    /// trusting the certificates whose hashes `GET /v1/quic` published,
+    /// from an endpoint (UDP socket) of its own, as a browser does.
     pub async fn connect(url: &str, hashes: &[CertificateHash]) -> Result<QuicClient, ClientError> {
         let digests = hashes
             .iter()
@@ -85,16 +112,14 @@ impl QuicClient {
             true => Encoding::MsgPack,
             false => Encoding::Json,
         };
-        let (sender, received) = mpsc::channel(QUEUE);
-        let mut readers = JoinSet::new();
-        readers.spawn(read_frames(control_in, Via::Control, sender.clone()));
-        readers.spawn(accept_streams(connection.clone(), sender));
         Ok(QuicClient {
+            accepting: Some(next_stream(&connection)),
+            datagram: Some(next_datagram(&connection)),
             connection,
             control,
             encoding,
-            received,
-            readers,
+            incoming: vec![Incoming::new(Via::Control, control_in)],
+            scratch: vec![0; 16 * 1024].into_boxed_slice(),
         })
     }
 
@@ -123,7 +148,7 @@ impl QuicClient {
     /// The next frame received, and where; `None` once the session is
     /// over and every frame was taken.
     pub async fn next_frame(&mut self) -> Option<(Via, Bytes)> {
-        self.received.recv().await
+        std::future::poll_fn(|cx| self.poll_frame(cx)).await
     }
 
     /// The next event received, decoded.
@@ -139,51 +164,82 @@ impl QuicClient {
     }
 
     /// Closes the session with `code` and `reason`.
-    pub fn close(mut self, code: u32, reason: &str) {
+    pub fn close(self, code: u32, reason: &str) {
         self.connection.close(code.into(), reason.as_bytes());
-        self.readers.abort_all();
     }
-}
 
-/// Accepts the server's message streams and reads datagrams.
-async fn accept_streams(connection: Connection, sender: mpsc::Sender<(Via, Bytes)>) {
-    let mut streams = JoinSet::new();
-    let mut opened = 0;
-    loop {
-        tokio::select! {
-            stream = connection.accept_uni() => match stream {
-                Ok(stream) => {
-                    streams.spawn(read_frames(stream, Via::Stream(opened), sender.clone()));
-                    opened += 1;
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<(Via, Bytes)>> {
+        loop {
+            // Whole frames already read go first, stream by stream.
+            for incoming in &mut self.incoming {
+                if let Ok(Some(frame)) = incoming.frames.next_frame() {
+                    return Poll::Ready(Some((incoming.via, frame)));
                 }
-                Err(_) => break,
-            },
-            datagram = connection.receive_datagram() => match datagram {
-                Ok(datagram) => {
-                    if sender.send((Via::Datagram, datagram.payload())).await.is_err() {
-                        break;
+            }
+            let mut progressed = false;
+            if let Some(accepting) = &mut self.accepting {
+                if let Poll::Ready(accepted) = accepting.as_mut().poll(cx) {
+                    self.accepting = match accepted {
+                        Ok(stream) => {
+                            let via = Via::Stream(self.incoming.len() - 1);
+                            self.incoming.push(Incoming::new(via, stream));
+                            progressed = true;
+                            Some(next_stream(&self.connection))
+                        }
+                        Err(_) => None,
+                    };
+                }
+            }
+            if let Some(datagram) = &mut self.datagram {
+                if let Poll::Ready(received) = datagram.as_mut().poll(cx) {
+                    match received {
+                        Ok(datagram) => {
+                            self.datagram = Some(next_datagram(&self.connection));
+                            return Poll::Ready(Some((Via::Datagram, datagram.payload())));
+                        }
+                        Err(_) => self.datagram = None,
                     }
                 }
-                Err(_) => break,
-            },
-        }
-    }
-    // What the streams still hold is delivered before the queue ends.
-    while streams.join_next().await.is_some() {}
-}
-
-async fn read_frames(mut stream: RecvStream, via: Via, sender: mpsc::Sender<(Via, Bytes)>) {
-    let mut reader = FrameReader::new(usize::MAX >> 1);
-    let mut buffer = vec![0u8; 16 * 1024];
-    loop {
-        while let Ok(Some(frame)) = reader.next_frame() {
-            if sender.send((via, frame)).await.is_err() {
-                return;
+            }
+            for incoming in self.incoming.iter_mut().filter(|incoming| !incoming.finished) {
+                let mut buffer = ReadBuf::new(&mut self.scratch);
+                match Pin::new(&mut incoming.stream).poll_read(cx, &mut buffer) {
+                    Poll::Ready(Ok(())) if !buffer.filled().is_empty() => {
+                        incoming.frames.extend(buffer.filled());
+                        progressed = true;
+                    }
+                    Poll::Ready(_) => incoming.finished = true,
+                    Poll::Pending => {}
+                }
+            }
+            if !progressed {
+                let over = self.accepting.is_none() && self.incoming.iter().all(|incoming| incoming.finished);
+                return match over {
+                    true => Poll::Ready(None),
+                    false => Poll::Pending,
+                };
             }
         }
-        match stream.read(&mut buffer).await {
-            Ok(Some(read)) => reader.extend(&buffer[..read]),
-            _ => return,
+    }
+}
+
+impl Incoming {
+    fn new(via: Via, stream: RecvStream) -> Incoming {
+        Incoming {
+            via,
+            stream,
+            frames: FrameReader::new(usize::MAX >> 1),
+            finished: false,
         }
     }
+}
+
+fn next_stream(connection: &Connection) -> Next<RecvStream> {
+    let connection = connection.clone();
+    Box::pin(async move { connection.accept_uni().await })
+}
+
+fn next_datagram(connection: &Connection) -> Next<Datagram> {
+    let connection = connection.clone();
+    Box::pin(async move { connection.receive_datagram().await })
 }
