@@ -489,3 +489,138 @@ async fn extra_streams_are_refused_and_shutdown_closes_with_a_reason() {
     assert_eq!(closed(&client).await, (1001, "shutdown".into()));
     shutdown.await.unwrap();
 }
+
+#[tokio::test]
+async fn every_session_bound_has_a_key_and_ends_with_a_reason() {
+    let server = Server::start_default(|config| {
+        config.quic.max_connections = 2;
+        config.quic.auth_timeout = Duration::from_millis(300);
+        config.quic.max_commands_per_second = 20;
+        config.quic.idle_timeout = Duration::from_secs(1);
+        config.quic.keep_alive_interval = Duration::from_millis(300);
+        config.auth.anonymous_subscribe = vec![">".into()];
+    })
+    .await;
+    // quic.max_commands_per_second: a flood closes the session.
+    let mut flooding = connect(&server, "").await;
+    for _ in 0..200 {
+        flooding.send_json(&json!({"op": "ping"})).await.unwrap();
+    }
+    let mut code = None;
+    while let Some((_, event)) = tokio::time::timeout(PATIENCE, flooding.next_event())
+        .await
+        .unwrap()
+    {
+        if let ServerEvent::Err {
+            id: None, code: c, ..
+        } = event
+        {
+            code = Some(c);
+        }
+    }
+    assert_eq!(code.as_deref(), Some("protocol_violation"), "told why, last");
+    assert_eq!(closed(&flooding).await.0, 1008);
+
+    // quic.idle_timeout: a client that vanishes without a word (its QUIC
+    // stack gone, not even a close) is noticed and its session ended.
+    let endpoint = endpoint(&server).await;
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut client = QuicClient::connect(&endpoint.url, &endpoint.certificate_hashes)
+                .await
+                .unwrap();
+            subscribe(&mut client, json!({"op": "sub", "id": 1, "subject": "a"})).await;
+            std::mem::forget(client);
+        });
+        // Dropping the runtime stops the client's QUIC stack mid-session.
+    })
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while server.disconnects.count("idle_timeout") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the vanished session is ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // quic.auth_timeout: with anonymous publishing off, a session that must
+    // authenticate and says nothing is closed, 4408.
+    let server = Server::start_default(|config| {
+        config.quic.max_connections = 2;
+        config.quic.auth_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut silent = connect(&server, "").await;
+    match next(&mut silent).await {
+        (Via::Control, ServerEvent::Err { id: None, code, .. }) => assert_eq!(code, "auth_timeout"),
+        other => panic!("expected the auth timeout, got {other:?}"),
+    }
+    assert_eq!(closed(&silent).await, (4408, "auth_timeout".into()));
+
+    // quic.max_connections: the third session is refused in the handshake.
+    let endpoint = self::endpoint(&server).await;
+    let _first = connect(&server, &format!("?token={PUBLISHER_KEY}")).await;
+    let _second = connect(&server, &format!("?token={PUBLISHER_KEY}")).await;
+    let third = QuicClient::connect(&endpoint.url, &endpoint.certificate_hashes).await;
+    assert!(third.is_err(), "refused past quic.max_connections");
+    assert!(server.disconnects.count("refused") >= 1);
+}
+
+#[tokio::test]
+async fn an_expiring_token_is_told_then_refreshed_or_the_session_closed() {
+    const SECRET: &str = "a-shared-secret-of-at-least-32-bytes!";
+    let server = Server::start_default(|config| {
+        config.auth.jwt_hs256_secret = Some(herald_broker::Secret(SECRET.into()));
+        config.auth.refresh_grace = Duration::from_secs(1);
+    })
+    .await;
+    let claims =
+        |exp: u64| json!({"sub": "alice", "exp": exp, "herald": {"sub": {"allow": ["user.{sub}.>"]}}});
+    // Valid for two to three more seconds.
+    let expiring = support::hs256(&claims(support::now() + 3), SECRET.as_bytes());
+    let mut refreshing = connect(&server, &format!("?token={expiring}")).await;
+    let mut lapsing = connect(&server, &format!("?token={expiring}")).await;
+    for client in [&mut refreshing, &mut lapsing] {
+        subscribe(
+            client,
+            json!({"op": "sub", "id": 1, "subject": "user.alice.inbox"}),
+        )
+        .await;
+    }
+    for client in [&mut refreshing, &mut lapsing] {
+        match tokio::time::timeout(Duration::from_secs(15), client.next_event()).await {
+            Ok(Some((Via::Control, ServerEvent::Err { id: None, code, .. }))) => {
+                assert_eq!(code, "token_expired")
+            }
+            other => panic!("told the token expired, got {other:?}"),
+        }
+    }
+    let fresh = support::hs256(&claims(support::now() + 600), SECRET.as_bytes());
+    refreshing
+        .send_json(&json!({"op": "refresh", "id": 2, "token": fresh}))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut refreshing).await,
+        (Via::Control, ServerEvent::Ack { id: Some(2), .. })
+    ));
+    assert_eq!(closed(&lapsing).await, (4401, "token_expired".into()));
+    // Past the old token's grace, the refreshed session still delivers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    support::publish_to(
+        &server.address.to_string(),
+        Some(PUBLISHER_KEY),
+        "user.alice.inbox",
+        json!(1),
+    )
+    .await;
+    assert!(
+        matches!(next(&mut refreshing).await, (_, ServerEvent::Msg { subject, .. }) if subject == "user.alice.inbox")
+    );
+}

@@ -11,37 +11,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use herald_broker::protocol::ServerEvent;
 use herald_broker::{Encoding, Secret};
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use support::{Client, Server};
+use support::{encode_part, hs256, now, Client, Server};
 
 const SECRET: &str = "a-shared-secret-of-at-least-32-bytes!";
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn encode_part(value: &Value) -> String {
-    URL_SAFE_NO_PAD.encode(value.to_string())
-}
-
-/// An HS256 JWT, built by hand.
-fn hs256(claims: &Value, secret: &[u8]) -> String {
-    let signing_input = format!(
-        "{}.{}",
-        encode_part(&json!({"alg": "HS256", "typ": "JWT"})),
-        encode_part(claims)
-    );
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
-    mac.update(signing_input.as_bytes());
-    format!(
-        "{signing_input}.{}",
-        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-    )
-}
 
 /// Alice's claims: read chat (not its admin corner) and her own inbox,
 /// publish typing indicators.

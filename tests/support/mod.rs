@@ -23,6 +23,38 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// One base64url part of a JWT.
+pub fn encode_part(value: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+/// An HS256 JWT, built by hand (HMAC over the base64url parts),
+/// independently of Herald's verifier.
+pub fn hs256(claims: &Value, secret: &[u8]) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let signing_input = format!(
+        "{}.{}",
+        encode_part(&serde_json::json!({"alg": "HS256", "typ": "JWT"})),
+        encode_part(claims)
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(signing_input.as_bytes());
+    format!(
+        "{signing_input}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
+}
+
 pub const PUBLISHER_KEY: &str = "test-publisher-key-0123456789";
 pub const NEWS_ONLY_KEY: &str = "test-news-only-key-0123456789";
 
