@@ -624,3 +624,92 @@ async fn an_expiring_token_is_told_then_refreshed_or_the_session_closed() {
         matches!(next(&mut refreshing).await, (_, ServerEvent::Msg { subject, .. }) if subject == "user.alice.inbox")
     );
 }
+
+#[tokio::test]
+async fn the_generated_certificate_is_replaced_before_it_expires() {
+    // Valid for 4 s in all: renewed at 2 s.
+    let server = Server::start(|config| config.quic.self_signed_validity = Duration::from_secs(4)).await;
+    let first = endpoint(&server).await;
+    let mut early = connect(&server, "").await;
+    subscribe(&mut early, json!({"op": "sub", "id": 1, "subject": "a"})).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let renewed = loop {
+        let body = get_json(&server, "/v1/quic", None).await;
+        let now: QuicEndpoint = serde_json::from_value(body).unwrap();
+        if now.certificate_hashes != first.certificate_hashes {
+            break now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "renewed at half its validity"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // New sessions trust the new hash; the old one no longer opens one.
+    let mut late = QuicClient::connect(&renewed.url, &renewed.certificate_hashes)
+        .await
+        .unwrap();
+    subscribe(&mut late, json!({"op": "sub", "id": 1, "subject": "a"})).await;
+    assert!(QuicClient::connect(&first.url, &first.certificate_hashes)
+        .await
+        .is_err());
+    // A session opened before the renewal goes on.
+    publish(&server, "a", json!("both")).await;
+    assert_eq!(messages(&mut early, 1).await[0].3, json!("both"));
+    assert_eq!(messages(&mut late, 1).await[0].3, json!("both"));
+}
+
+#[tokio::test]
+async fn a_configured_certificate_is_the_one_presented() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "10",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let der = std::process::Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap()
+        .stdout;
+    let server = Server::start(|config| {
+        config.quic.cert_file = cert.to_string_lossy().into_owned();
+        config.quic.key_file = key.to_string_lossy().into_owned();
+    })
+    .await;
+    let endpoint = endpoint(&server).await;
+    assert!(
+        endpoint.certificate_hashes.is_empty(),
+        "a configured certificate is checked by its chain, not pinned"
+    );
+    // Trusting exactly that file's certificate (its SHA-256) connects.
+    use sha2::Digest;
+    let pinned = vec![herald_quic::CertificateHash {
+        algorithm: "sha-256".into(),
+        value: base64_of(&sha2::Sha256::digest(&der)),
+    }];
+    let mut client = QuicClient::connect(&endpoint.url, &pinned).await.unwrap();
+    subscribe(&mut client, json!({"op": "sub", "id": 1, "subject": "a"})).await;
+}

@@ -88,8 +88,9 @@ pub(crate) fn hashes_of(identity: &Identity) -> Vec<CertificateHash> {
 }
 
 /// A self-signed ECDSA P-256 certificate for the loopback names, the
-/// listen address and the public URL's host, valid from a minute ago for
-/// `self_signed_validity` in all (browsers count the whole period).
+/// listen address and the public URL's host, valid for
+/// `self_signed_validity` in all (browsers count the whole period),
+/// starting a little in the past for clocks slightly behind.
 fn generate(config: &QuicConfig) -> Result<Identity, QuicError> {
     let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
     if !config.listen.ip().is_unspecified() {
@@ -100,7 +101,8 @@ fn generate(config: &QuicConfig) -> Result<Identity, QuicError> {
     }
     names.sort();
     names.dedup();
-    let not_before = OffsetDateTime::now_utc() - Duration::from_secs(60);
+    let backdate = (config.self_signed_validity / 10).min(Duration::from_secs(60));
+    let not_before = OffsetDateTime::now_utc() - backdate;
     let not_after = not_before + config.self_signed_validity;
     Identity::self_signed_builder()
         .subject_alt_names(names)
