@@ -65,6 +65,19 @@ async fn messages(client: &mut QuicClient, count: usize) -> Vec<(Via, String, St
     out
 }
 
+/// Publishes `messages` (`{"subject", "data"}` each) in one all-or-nothing
+/// batch over HTTP.
+async fn publish_batch(address: &str, messages: Vec<Value>) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{address}/v1/publish"))
+        .bearer_auth(PUBLISHER_KEY)
+        .json(&json!({"messages": messages}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{:?}", response.text().await);
+}
+
 /// How the session ended: its application close code and reason.
 async fn closed(client: &QuicClient) -> (u64, String) {
     match tokio::time::timeout(PATIENCE, client.connection().closed()).await {
@@ -159,23 +172,15 @@ async fn each_subject_arrives_in_order_across_message_streams() {
     let subjects: Vec<String> = (0..8).map(|n| format!("room.{n}")).collect();
     const EACH: u64 = 40;
     let publisher = tokio::spawn({
-        let url = server.url("");
+        let address = server.address.to_string();
         let subjects = subjects.clone();
         async move {
-            let http = reqwest::Client::new();
             for n in 0..EACH {
-                let messages: Vec<Value> = subjects
+                let messages = subjects
                     .iter()
                     .map(|s| json!({"subject": s, "data": n}))
                     .collect();
-                let response = http
-                    .post(format!("{url}/v1/publish"))
-                    .bearer_auth(PUBLISHER_KEY)
-                    .json(&json!({"messages": messages}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(response.status().is_success());
+                publish_batch(&address, messages).await;
             }
         }
     });
@@ -277,19 +282,11 @@ async fn latest_value_subscriptions_ride_on_datagrams() {
     // A burst: coalesced, dropped under pressure, but the last value of
     // each subject is what a reader is left with.
     let positions: Vec<(f64, f64)> = (0..200).map(|n| (f64::from(n), f64::from(n) * 2.0)).collect();
-    let http = reqwest::Client::new();
     let messages: Vec<Value> = positions
         .iter()
         .map(|(x, y)| json!({"subject": "cursor.alice", "data": {"x": x, "y": y}}))
         .collect();
-    let response = http
-        .post(server.url("/v1/publish"))
-        .bearer_auth(PUBLISHER_KEY)
-        .json(&json!({"messages": messages}))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
+    publish_batch(&server.address.to_string(), messages).await;
     publish(&server, "chat.a", json!("reliable")).await;
     let mut cursor = Vec::new();
     let mut reliable = None;
@@ -346,20 +343,12 @@ async fn a_slow_reader_does_not_hold_back_the_others() {
     let payload = "p".repeat(4000);
     const COUNT: usize = 2000;
     const BATCH: usize = 50;
-    let http = reqwest::Client::new();
     let mut received = Vec::new();
     for batch in 0..COUNT / BATCH {
         let messages: Vec<Value> = (0..BATCH)
             .map(|n| json!({"subject": "firehose", "data": {"n": batch * BATCH + n, "p": payload}}))
             .collect();
-        let response = http
-            .post(server.url("/v1/publish"))
-            .bearer_auth(PUBLISHER_KEY)
-            .json(&json!({"messages": messages}))
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
+        publish_batch(&server.address.to_string(), messages).await;
         while received.len() < (batch + 1) * BATCH {
             match next(&mut reader).await {
                 (_, ServerEvent::Msg { data, .. }) => received.push(data["n"].as_u64().unwrap()),

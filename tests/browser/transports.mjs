@@ -19,10 +19,7 @@
 // reconnected. The Rust test judges it.
 
 import http from "node:http";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const [heraldUrl, publisherKey, messagesArg] = process.argv.slice(2);
 const MESSAGES = Number(messagesArg);
@@ -103,19 +100,7 @@ const site = http.createServer((request, response) => {
 await new Promise((resolve) => site.listen(0, "127.0.0.1", resolve));
 const origin = `http://127.0.0.1:${site.address().port}`;
 
-const profile = mkdtempSync(join(tmpdir(), "herald-chromium-"));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const { context, close: closeBrowser } = await launchChromium();
 const result = {};
 try {
   const sse = await context.newPage();
@@ -161,8 +146,7 @@ try {
   result.refusals = await refusals.evaluate(() => window.results);
   result.browser = context.browser()?.version() ?? (await sse.evaluate(() => navigator.userAgent));
 } finally {
-  await context.close();
+  await closeBrowser();
   site.close();
-  rmSync(profile, { recursive: true, force: true });
 }
 console.log(JSON.stringify(result));

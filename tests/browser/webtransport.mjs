@@ -23,7 +23,7 @@ import net from "node:net";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const [heraldBinary, messagesArg] = process.argv.slice(2);
 const MESSAGES = Number(messagesArg);
@@ -210,19 +210,7 @@ await new Promise((resolve) => site.listen(0, "127.0.0.1", resolve));
 const origin = `http://127.0.0.1:${site.address().port}`;
 
 let herald = startHerald();
-const profile = mkdtempSync(join(tmpdir(), "herald-chromium-"));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const { context, close: closeBrowser } = await launchChromium();
 const result = { console: [] };
 try {
   await waitHealthy();
@@ -267,10 +255,9 @@ try {
   );
   result.browser = context.browser()?.version() ?? (await tab.evaluate(() => navigator.userAgent));
 } finally {
-  await context.close();
+  await closeBrowser();
   site.close();
   await stopHerald(herald).catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
   rmSync(storage, { recursive: true, force: true });
 }
 result.serverLog = serverLog.join("").split("\n").filter((line) => /WARN|ERROR/.test(line));

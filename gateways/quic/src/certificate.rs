@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-use wtransport::quinn::{IdleTimeout, TransportConfig, VarInt};
+use wtransport::quinn::{AckFrequencyConfig, IdleTimeout, TransportConfig, VarInt};
 use wtransport::tls::self_signed::time::OffsetDateTime;
 use wtransport::{Identity, ServerConfig};
 
@@ -122,9 +122,14 @@ fn url_host(url: &str) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
-/// The endpoint's QUIC settings with `identity`; also used to swap the
-/// identity of a running endpoint (its bind address is then ignored).
-pub(crate) fn server_config(config: &QuicConfig, identity: &Identity) -> Result<ServerConfig, QuicError> {
+/// The endpoint's QUIC settings with `identity`, on `socket` (bound by
+/// the caller); without one, for swapping the identity of a running
+/// endpoint (the bind address is then ignored).
+pub(crate) fn server_config(
+    config: &QuicConfig,
+    identity: &Identity,
+    socket: Option<std::net::UdpSocket>,
+) -> Result<ServerConfig, QuicError> {
     let mut transport = TransportConfig::default();
     let idle = IdleTimeout::try_from(config.idle_timeout)
         .map_err(|_| QuicError::Certificate("quic.idle_timeout is too long".into()))?;
@@ -142,9 +147,21 @@ pub(crate) fn server_config(config: &QuicConfig, identity: &Identity) -> Result<
     transport.stream_receive_window(VarInt::from_u32(64 * 1024));
     transport.receive_window(VarInt::from_u32(256 * 1024));
     transport.datagram_send_buffer_size(config.datagram_buffer_bytes);
+    // Every session's acknowledgements arrive on the one socket; a peer
+    // that supports the ACK frequency extension (quinn does) is asked to
+    // acknowledge every tenth packet (or after 25 ms) instead of every
+    // other one, as TCP's delayed ACKs would.
+    let mut ack_frequency = AckFrequencyConfig::default();
+    ack_frequency
+        .ack_eliciting_threshold(VarInt::from_u32(9))
+        .max_ack_delay(Some(Duration::from_millis(25)));
+    transport.ack_frequency_config(Some(ack_frequency));
     transport.datagram_receive_buffer_size(Some(16 * 1024));
-    Ok(ServerConfig::builder()
-        .with_bind_address(config.listen)
+    let builder = match socket {
+        Some(socket) => ServerConfig::builder().with_bind_socket(socket),
+        None => ServerConfig::builder().with_bind_address(config.listen),
+    };
+    Ok(builder
         .with_custom_transport(identity.clone_identity(), transport)
         .build())
 }

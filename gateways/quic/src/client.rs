@@ -102,7 +102,7 @@ impl QuicClient {
             })
             .collect::<Result<Vec<_>, ClientError>>()?;
         let config = ClientConfig::builder()
-            .with_bind_default()
+            .with_bind_socket(client_socket()?)
             .with_server_certificate_hashes(digests)
             .keep_alive_interval(Some(Duration::from_secs(5)))
             .build();
@@ -232,6 +232,22 @@ impl Incoming {
             finished: false,
         }
     }
+}
+
+/// The client's UDP socket on loopback-or-any IPv4, with 1 MiB buffers:
+/// a load generator's sessions share a busy machine, and every packet the
+/// kernel drops for a full buffer costs the server a retransmission.
+fn client_socket() -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    let _ = socket.set_recv_buffer_size(1 << 20);
+    let _ = socket.set_send_buffer_size(1 << 20);
+    socket.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], 0)).into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 fn next_stream(connection: &Connection) -> Next<RecvStream> {

@@ -109,6 +109,11 @@ pub struct QuicConfig {
         deserialize_with = "herald_broker::units::size::deserialize"
     )]
     pub send_window_bytes: usize,
+    #[serde(
+        rename = "socket_buffer",
+        deserialize_with = "herald_broker::units::size::deserialize"
+    )]
+    pub socket_buffer_bytes: usize,
     #[serde(with = "herald_broker::units::duration")]
     pub write_timeout: Duration,
     pub max_commands_per_second: u32,
@@ -136,6 +141,7 @@ impl Default for QuicConfig {
             stream_buffer_bytes: 64 * 1024,
             datagram_buffer_bytes: 64 * 1024,
             send_window_bytes: 256 * 1024,
+            socket_buffer_bytes: 4 * 1024 * 1024,
             write_timeout: Duration::from_secs(10),
             max_commands_per_second: 1000,
             auth_timeout: Duration::from_secs(10),
@@ -205,6 +211,34 @@ pub enum QuicError {
     Certificate(String),
 }
 
+/// The endpoint's UDP socket, its buffers as large as `socket_buffer`
+/// (the kernel caps them at `net.core.rmem_max` / `wmem_max`): one socket
+/// takes every session's packets, and with the kernel's default (about
+/// 200 KiB) a burst of acknowledgements from many sessions overflows it,
+/// and every dropped packet costs a retransmission.
+fn bind_socket(config: &QuicConfig) -> std::io::Result<std::net::UdpSocket> {
+    let domain = socket2::Domain::for_address(config.listen);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if config.listen.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    let _ = socket.set_recv_buffer_size(config.socket_buffer_bytes);
+    let _ = socket.set_send_buffer_size(config.socket_buffer_bytes);
+    // Linux reports twice what it grants (its bookkeeping overhead).
+    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+    if granted < config.socket_buffer_bytes {
+        tracing::warn!(
+            wanted = config.socket_buffer_bytes,
+            granted,
+            "WebTransport: the UDP receive buffer is smaller than quic.socket_buffer; \
+             raise net.core.rmem_max (and wmem_max) to avoid drops under load"
+        );
+    }
+    socket.bind(&config.listen.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 /// What a page needs to open a session: the body of `GET /v1/quic`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuicEndpoint {
@@ -270,7 +304,11 @@ impl QuicGateway {
     /// Loads or generates the certificate and binds `quic.listen`.
     pub async fn bind(context: GatewayContext, config: QuicConfig) -> Result<QuicGateway, QuicError> {
         let identity = certificate::Current::load(&config).await?;
-        let server_config = certificate::server_config(&config, identity.identity())?;
+        let socket = bind_socket(&config).map_err(|source| QuicError::Bind {
+            address: config.listen,
+            source,
+        })?;
+        let server_config = certificate::server_config(&config, identity.identity(), Some(socket))?;
         let endpoint = Endpoint::server(server_config).map_err(|source| QuicError::Bind {
             address: config.listen,
             source,
@@ -355,7 +393,7 @@ impl QuicGateway {
         let renewed = self
             .identity
             .renew(config)
-            .and_then(|()| certificate::server_config(config, self.identity.identity()))
+            .and_then(|()| certificate::server_config(config, self.identity.identity(), None))
             .and_then(|server_config| {
                 self.endpoint
                     .reload_config(server_config, false)
