@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use bytes::Bytes;
-use herald_broker::{Access, Command, Encoding, Reply, Session};
+use herald_broker::{Access, CloseReason, Command, Encoding, Reply, Session};
 use tokio::time::Instant;
 
 use crate::{GatewayContext, HttpError};
@@ -87,10 +87,12 @@ impl TokenClock {
         }
     }
 
-    /// The token expired (or its grace ended): `true` when it is time to
-    /// close, otherwise the client is told and gets the grace period.
+    /// The token expired (or its grace ended): at the end of the grace the
+    /// session is closed with `token_expired` and `true` returned;
+    /// otherwise the client is told and gets the grace period.
     pub fn expired(&mut self, session: &Session) -> bool {
         if self.warned {
+            session.outbox().close(CloseReason::TokenExpired);
             return true;
         }
         self.warned = true;

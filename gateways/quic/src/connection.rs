@@ -278,7 +278,6 @@ async fn read_commands(
             next = commands.next() => next,
             () = token.ring() => {
                 if token.expired(session) {
-                    session.outbox().close(CloseReason::TokenExpired);
                     return ReadEnd::Closing;
                 }
                 continue;

@@ -157,7 +157,6 @@ async fn read_frames(
             next = timeout(config.idle_timeout, stream.next()) => next,
             () = token.ring() => {
                 if token.expired(session) {
-                    session.outbox().close(CloseReason::TokenExpired);
                     return ReadEnd::Closing;
                 }
                 continue;
