@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use wtransport::endpoint::IncomingSession;
-use wtransport::error::{ConnectionError, StreamReadError};
+use wtransport::quinn::{ConnectionError as QuicConnectionError, ReadError};
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use crate::framing::{put_frame, FrameReader};
@@ -98,10 +98,9 @@ pub(crate) async fn serve(incoming: IncomingSession, gateway: &Gateway) {
             return context.disconnected(TRANSPORT, 0, &DisconnectReason::Refused);
         }
     };
-    let mut reader = FrameReader::new(config.hard_frame_limit_bytes);
     let mut commands = Commands {
         stream: commands,
-        reader: &mut reader,
+        reader: FrameReader::new(config.hard_frame_limit_bytes),
     };
     let (access, auth_id) = match admission {
         Admission::Admitted(access) => (access, None),
@@ -109,7 +108,7 @@ pub(crate) async fn serve(incoming: IncomingSession, gateway: &Gateway) {
             let first = timeout(config.auth_timeout, commands.next()).await;
             let admitted = match first {
                 Err(_elapsed) => Err(expiry::auth_timed_out()),
-                Ok(Ok(Some(frame))) => expiry::first_auth(context, encoding, &frame, config.max_frame_bytes),
+                Ok(Ok(frame)) => expiry::first_auth(context, encoding, &frame, config.max_frame_bytes),
                 Ok(_) => Err(expiry::ended_before_auth()),
             };
             match admitted {
@@ -217,9 +216,9 @@ async fn refuse(
 }
 
 /// Frames from the control stream.
-struct Commands<'a> {
+struct Commands {
     stream: RecvStream,
-    reader: &'a mut FrameReader,
+    reader: FrameReader,
 }
 
 /// Why the control stream gave no frame.
@@ -227,20 +226,22 @@ enum CommandsEnd {
     /// The client finished its control stream.
     Finished,
     TooLarge,
-    Failed(StreamReadError),
+    Failed(ReadError),
 }
 
-impl Commands<'_> {
-    async fn next(&mut self) -> Result<Option<Bytes>, CommandsEnd> {
-        let mut buffer = [0u8; 4096];
+impl Commands {
+    /// The next command frame. Cancel-safe: what the stream delivered is
+    /// in `reader` before the next await.
+    async fn next(&mut self) -> Result<Bytes, CommandsEnd> {
         loop {
             match self.reader.next_frame() {
-                Ok(Some(frame)) => return Ok(Some(frame)),
+                Ok(Some(frame)) => return Ok(frame),
                 Ok(None) => {}
                 Err(_too_large) => return Err(CommandsEnd::TooLarge),
             }
-            match self.stream.read(&mut buffer).await {
-                Ok(Some(read)) => self.reader.extend(&buffer[..read]),
+            // quinn's own buffers, no read buffer held by an idle session.
+            match self.stream.quic_stream_mut().read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => self.reader.extend(&chunk.bytes),
                 Ok(None) => return Err(CommandsEnd::Finished),
                 Err(error) => return Err(CommandsEnd::Failed(error)),
             }
@@ -261,7 +262,7 @@ enum ReadEnd {
 /// to count them against the command rate.
 async fn read_commands(
     connection: &Connection,
-    mut commands: Commands<'_>,
+    mut commands: Commands,
     session: &mut Session,
     routes: &Routes,
     encoding: Encoding,
@@ -306,15 +307,15 @@ async fn read_commands(
             }
         };
         let frame = match next {
-            Ok(Some(frame)) => frame,
-            Ok(None) | Err(CommandsEnd::Finished) => return ReadEnd::Gone(DisconnectReason::ClientClosed),
+            Ok(frame) => frame,
+            Err(CommandsEnd::Finished) => return ReadEnd::Gone(DisconnectReason::ClientClosed),
             Err(CommandsEnd::TooLarge) => {
                 session.outbox().close(CloseReason::FrameTooLarge {
                     max: config.hard_frame_limit_bytes,
                 });
                 return ReadEnd::Closing;
             }
-            Err(CommandsEnd::Failed(error)) => return ReadEnd::Gone(read_failure(connection, error).await),
+            Err(CommandsEnd::Failed(error)) => return ReadEnd::Gone(read_failure(error)),
         };
         if let Err(reason) = limiter.admit() {
             session.outbox().close(reason);
@@ -336,17 +337,15 @@ async fn read_commands(
     }
 }
 
-/// Why reading the control stream failed: from the session's end when
-/// the session is over.
-async fn read_failure(connection: &Connection, error: StreamReadError) -> DisconnectReason {
-    if !matches!(error, StreamReadError::NotConnected) {
-        return DisconnectReason::ReadError;
-    }
-    match timeout(Duration::from_millis(100), connection.closed()).await {
-        Ok(ConnectionError::TimedOut) => DisconnectReason::Closed(CloseReason::IdleTimeout),
-        Ok(ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed) => {
-            DisconnectReason::ClientClosed
+/// Why reading the control stream failed.
+fn read_failure(error: ReadError) -> DisconnectReason {
+    match error {
+        ReadError::ConnectionLost(QuicConnectionError::TimedOut) => {
+            DisconnectReason::Closed(CloseReason::IdleTimeout)
         }
+        ReadError::ConnectionLost(
+            QuicConnectionError::ApplicationClosed(_) | QuicConnectionError::LocallyClosed,
+        ) => DisconnectReason::ClientClosed,
         _ => DisconnectReason::ReadError,
     }
 }
