@@ -19,8 +19,6 @@ use herald_gateway::{
     drive, refusal, CommandRateLimiter, DisconnectReason, EventWriter, GatewayContext, HttpError,
     QueryParams, WriterConfig,
 };
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio::time::timeout;
 use wtransport::endpoint::IncomingSession;
 use wtransport::quinn::{ConnectionError as QuicConnectionError, ReadError};
@@ -132,7 +130,6 @@ pub(crate) async fn serve(incoming: IncomingSession, gateway: &Gateway) {
         control,
         control_buffer: BytesMut::with_capacity(1024),
         lanes: (0..config.message_streams).map(|_| None).collect(),
-        lane_tasks: JoinSet::new(),
         stream_buffer: config.stream_buffer_bytes,
         routes: routes.clone(),
         datagrams: Vec::new(),
@@ -447,7 +444,6 @@ struct QuicWriter {
     control_buffer: BytesMut,
     /// One per message stream, opened on first use.
     lanes: Vec<Option<Lane>>,
-    lane_tasks: JoinSet<()>,
     /// Bytes a lane gathers before handing them to its stream's task.
     stream_buffer: usize,
     routes: Arc<Routes>,
@@ -460,25 +456,29 @@ struct QuicWriter {
 /// busy lane allocates once per this many bytes, not once per frame.
 const LANE_ALLOCATION: usize = 16 * 1024;
 
-/// A message stream as the writer sees it: frames gathered for it in this
-/// batch, and the task that writes them. The task lets one stream wait for
-/// its peer (flow control, a lost packet) while the others go on; what it
-/// may hold is bounded (two batches of `stream_buffer` bytes), beyond that
-/// the writer waits, and `write_timeout` judges the session.
+/// A message stream as the writer sees it: the frames gathered for it in
+/// this batch, written at the batch's flush (or sooner, past
+/// `stream_buffer`). quinn takes them into its send buffer, bounded by
+/// `send_window`; a packet lost on one stream is retransmitted without
+/// holding back the others. A stream whose peer stops reading it holds the
+/// writer, as a WebSocket that stops reading would: the session's queue,
+/// overflow policy and `write_timeout` apply.
 struct Lane {
+    stream: SendStream,
     pending: BytesMut,
-    stream: mpsc::Sender<Bytes>,
 }
 
 impl Lane {
-    async fn hand_over(&mut self) -> io::Result<()> {
+    async fn write_pending(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
+        let mut chunk = [self.pending.split().freeze()];
         self.stream
-            .send(self.pending.split().freeze())
+            .quic_stream_mut()
+            .write_all_chunks(&mut chunk)
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "message stream closed"))
+            .map_err(io::Error::other)
     }
 }
 
@@ -495,17 +495,15 @@ impl QuicWriter {
                 .map_err(io::Error::other)?
                 .await
                 .map_err(io::Error::other)?;
-            let (sender, receiver) = mpsc::channel(2);
-            self.lane_tasks.spawn(run_lane(stream, receiver));
             self.lanes[index] = Some(Lane {
                 pending: BytesMut::with_capacity(self.stream_buffer.min(LANE_ALLOCATION)),
-                stream: sender,
+                stream,
             });
         }
         let lane = self.lanes[index].as_mut().expect("opened above");
         put_frame(&mut lane.pending, &frame);
         if lane.pending.len() >= self.stream_buffer {
-            lane.hand_over().await?;
+            lane.write_pending().await?;
         }
         Ok(())
     }
@@ -521,21 +519,6 @@ impl QuicWriter {
         }
         unsent
     }
-}
-
-/// Writes one message stream, a batch of frames at a time.
-async fn run_lane(mut stream: SendStream, mut batches: mpsc::Receiver<Bytes>) {
-    while let Some(batch) = batches.recv().await {
-        if stream
-            .quic_stream_mut()
-            .write_all_chunks(&mut [batch])
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
-    let _ = stream.finish().await;
 }
 
 /// The message stream of a subject: FNV-1a of its text.
@@ -584,7 +567,7 @@ impl EventWriter for QuicWriter {
             self.send_on_lane(subject.as_str(), frame).await?;
         }
         for lane in self.lanes.iter_mut().flatten() {
-            lane.hand_over().await?;
+            lane.write_pending().await?;
         }
         if !self.control_buffer.is_empty() {
             let buffer = self.control_buffer.split();
@@ -602,8 +585,9 @@ impl EventWriter for QuicWriter {
         // acknowledged by the peer before the session closes (a QUIC close
         // discards whatever is still unacknowledged).
         self.flush().await?;
-        self.lanes.clear();
-        while self.lane_tasks.join_next().await.is_some() {}
+        for lane in self.lanes.iter_mut().flatten() {
+            lane.stream.finish().await.map_err(io::Error::other)?;
+        }
         self.control.finish().await.map_err(io::Error::other)
     }
 }

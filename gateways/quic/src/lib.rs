@@ -16,8 +16,8 @@
 //!   (`?encoding=json|msgpack`);
 //! - the server opens up to `message_streams` unidirectional **message
 //!   streams**, framed the same way; a subject always travels on the same
-//!   one (by hash), so its messages stay in order while a stalled or lossy
-//!   stream holds back only the subjects that share it;
+//!   one (by hash), so its messages stay in order while a packet lost on
+//!   one stream holds back only the subjects that share it;
 //! - a `sub` with `"latest": true` gets its messages as **datagrams** when
 //!   they fit: unreliable, coalesced to the newest per subject in each
 //!   batch, for data where only the latest value matters.
