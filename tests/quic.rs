@@ -326,10 +326,11 @@ async fn latest_value_subscriptions_ride_on_datagrams() {
 
 #[tokio::test]
 async fn a_slow_reader_does_not_hold_back_the_others() {
+    // Judged by its queue alone (drop-oldest): the write timeout is long.
     let server = Server::start(|config| {
         config.broker.queue.max_messages = 256;
         config.quic.stream_buffer_bytes = 16 * 1024;
-        config.quic.write_timeout = Duration::from_secs(1);
+        config.quic.write_timeout = Duration::from_secs(60);
     })
     .await;
     let mut stalled = connect(&server, "").await;
@@ -371,6 +372,29 @@ async fn a_slow_reader_does_not_hold_back_the_others() {
     }
     assert!(missed > 0, "the stalled client lost messages");
     assert!(delivered.windows(2).all(|w| w[0] < w[1]), "in order");
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_is_closed_as_a_slow_consumer_under_the_disconnect_policy() {
+    let server = Server::start(|config| {
+        config.broker.overflow_policy = herald_broker::OverflowPolicy::Disconnect;
+        config.broker.queue.max_messages = 64;
+        config.quic.write_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut stalled = connect(&server, "").await;
+    subscribe(&mut stalled, json!({"op": "sub", "id": 1, "subject": "firehose"})).await;
+    let payload = "p".repeat(4000);
+    for batch in 0..20 {
+        let messages = (0..50)
+            .map(|n| json!({"subject": "firehose", "data": {"n": batch * 50 + n, "p": payload}}))
+            .collect();
+        publish_batch(&server.address.to_string(), messages).await;
+    }
+    // Whichever comes first, a full queue or a write that cannot progress,
+    // the session ends as a slow consumer, and its close says so.
+    assert_eq!(closed(&stalled).await, (1008, "slow_consumer".into()));
+    assert_eq!(server.broker.metrics().slow_consumers, 1);
 }
 
 #[tokio::test]

@@ -130,8 +130,12 @@ pub async fn drive<W: EventWriter>(
 }
 
 fn slow_consumer(outbox: &Outbox, context: &GatewayContext) -> DisconnectReason {
+    // A queue that overflowed under the disconnect policy was counted when
+    // it closed; its final write timing out is the same slow consumer.
+    if outbox.close_reason() != Some(CloseReason::SlowConsumer) {
+        context.broker.count_slow_consumer();
+    }
     outbox.close(CloseReason::SlowConsumer);
-    context.broker.count_slow_consumer();
     DisconnectReason::WriteTimeout
 }
 
@@ -256,6 +260,22 @@ mod tests {
         assert_eq!(reason, DisconnectReason::WriteTimeout);
         assert_eq!(context.broker.metrics().slow_consumers, 1);
         assert_eq!(session.outbox().close_reason(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_consumer_already_closed_by_its_queue_is_counted_once() {
+        let (context, session) = setup();
+        // The disconnect policy closed the queue (and counted it); then the
+        // final err cannot be written either.
+        session.outbox().close(CloseReason::SlowConsumer);
+        context.broker.count_slow_consumer();
+        let mut writer = Recorder {
+            stall: true,
+            ..Recorder::default()
+        };
+        let reason = drive(&mut writer, session.outbox(), Encoding::Json, &CONFIG, &context).await;
+        assert_eq!(reason, DisconnectReason::WriteTimeout);
+        assert_eq!(context.broker.metrics().slow_consumers, 1);
     }
 
     #[tokio::test(start_paused = true)]

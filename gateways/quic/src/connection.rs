@@ -161,10 +161,11 @@ pub(crate) async fn serve(incoming: IncomingSession, gateway: &Gateway) {
             ReadEnd::Closing => timeout(CLOSE_GRACE, writing).await.unwrap_or(DisconnectReason::CloseTimeout),
         },
     };
-    if let DisconnectReason::Closed(close) = &reason {
-        connection.close(VarInt::from_u32(close_code_for(close)), close.code().as_bytes());
-    } else {
-        connection.close(VarInt::from_u32(0), b"");
+    // The session's close says why the server ended it (also when the
+    // final `err` could not be written: a slow consumer's write timed out).
+    match outbox.close_reason() {
+        Some(close) => connection.close(VarInt::from_u32(close_code_for(&close)), close.code().as_bytes()),
+        None => connection.close(VarInt::from_u32(0), b""),
     }
     context.disconnected(TRANSPORT, session_id, &reason);
 }
