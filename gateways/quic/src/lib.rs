@@ -26,13 +26,15 @@
 //! |---|---|
 //! | [`framing`] | length-prefixed frames on a stream, bounded |
 //! | `certificate` | the TLS identity: files, or a generated short-lived one |
-//! | `connection` | one session: admission, the control stream, the writer's routing |
+//! | `connection` | one session: admission, the control stream's commands |
+//! | `writer` | which stream or datagram each event takes; latest-value routing |
 //! | [`client`] | a native client, for tests and the load generator |
 
 mod certificate;
 pub mod client;
 mod connection;
 pub mod framing;
+mod writer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
