@@ -18,12 +18,34 @@
 //! | 4503 | 503 | `shutting_down` | yes, after a backoff (another node) |
 
 use axum::http::StatusCode;
+use herald_broker::CloseReason;
 
 use crate::error::HttpError;
 
 /// The application close code of a refusal answered over HTTP with `status`.
 pub fn close_code(status: StatusCode) -> u16 {
     4000 + status.as_u16().min(999)
+}
+
+/// The close code of a connection the server ends for `reason`: RFC 6455's
+/// codes, and for an expired token the refusal code of a credential. The
+/// WebSocket close frame carries it, and the WebTransport session's
+/// application close, so clients of both read one table.
+pub fn close_code_of(reason: &CloseReason) -> u16 {
+    match reason {
+        // Going away.
+        CloseReason::Shutdown | CloseReason::IdleTimeout | CloseReason::StreamExpired => 1001,
+        // Message too big.
+        CloseReason::FrameTooLarge { .. } => 1009,
+        // Protocol error.
+        CloseReason::InvalidFrame(_) => 1002,
+        // Invalid frame payload data.
+        CloseReason::InvalidUtf8 => 1007,
+        // Policy violation.
+        CloseReason::SlowConsumer | CloseReason::ReplyBacklog | CloseReason::ProtocolViolation(_) => 1008,
+        // Like every refusal of a credential: 4000 + 401.
+        CloseReason::TokenExpired => close_code(StatusCode::UNAUTHORIZED),
+    }
 }
 
 /// Whether a client refused this way may simply reconnect (after a
@@ -66,5 +88,22 @@ mod tests {
             serde_json::from_str(&err_event_json(&HttpError::shutting_down())).unwrap();
         assert_eq!(event["close"], 4503);
         assert_eq!(event["code"], "shutting_down");
+    }
+
+    #[test]
+    fn server_closes_use_rfc_6455_codes() {
+        use axum::extract::ws::close_code;
+        assert_eq!(close_code_of(&CloseReason::Shutdown), close_code::AWAY);
+        assert_eq!(
+            close_code_of(&CloseReason::FrameTooLarge { max: 1 }),
+            close_code::SIZE
+        );
+        assert_eq!(
+            close_code_of(&CloseReason::InvalidFrame("x".into())),
+            close_code::PROTOCOL
+        );
+        assert_eq!(close_code_of(&CloseReason::InvalidUtf8), close_code::INVALID);
+        assert_eq!(close_code_of(&CloseReason::SlowConsumer), close_code::POLICY);
+        assert_eq!(close_code_of(&CloseReason::TokenExpired), 4401);
     }
 }

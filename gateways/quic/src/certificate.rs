@@ -132,7 +132,7 @@ pub(crate) fn server_config(
 ) -> Result<ServerConfig, QuicError> {
     let mut transport = TransportConfig::default();
     let idle = IdleTimeout::try_from(config.idle_timeout)
-        .map_err(|_| QuicError::Certificate("quic.idle_timeout is too long".into()))?;
+        .map_err(|_| QuicError::Config("quic.idle_timeout is too long".into()))?;
     transport.max_idle_timeout(Some(idle));
     transport.keep_alive_interval(Some(config.keep_alive_interval));
     // The client opens the session's CONNECT stream and one control

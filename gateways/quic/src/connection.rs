@@ -21,7 +21,7 @@ use wtransport::quinn::{ConnectionError as QuicConnectionError, ReadError};
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use crate::framing::{put_frame, FrameReader};
-use crate::writer::{close_code_for, QuicWriter, RouteChange, Routes};
+use crate::writer::{QuicWriter, RouteChange, Routes};
 use crate::QuicConfig;
 
 const TRANSPORT: &str = "webtransport";
@@ -87,7 +87,7 @@ pub(crate) async fn serve(incoming: IncomingSession, gateway: &Gateway) {
         Ok(Err(_)) => return context.disconnected(TRANSPORT, 0, &DisconnectReason::ClientClosed),
         Err(_elapsed) => {
             connection.close(
-                VarInt::from_u32(close_code_for(&CloseReason::IdleTimeout)),
+                VarInt::from_u32(refusal::close_code_of(&CloseReason::IdleTimeout).into()),
                 b"no control stream",
             );
             return context.disconnected(TRANSPORT, 0, &DisconnectReason::Refused);
@@ -153,7 +153,10 @@ pub(crate) async fn serve(incoming: IncomingSession, gateway: &Gateway) {
     // The session's close says why the server ended it (also when the
     // final `err` could not be written: a slow consumer's write timed out).
     match outbox.close_reason() {
-        Some(close) => connection.close(VarInt::from_u32(close_code_for(&close)), close.code().as_bytes()),
+        Some(close) => connection.close(
+            VarInt::from_u32(refusal::close_code_of(&close).into()),
+            close.code().as_bytes(),
+        ),
         None => connection.close(VarInt::from_u32(0), b""),
     }
     context.disconnected(TRANSPORT, session_id, &reason);

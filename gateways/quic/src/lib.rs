@@ -168,6 +168,9 @@ impl QuicConfig {
         {
             return Err("quic.self_signed_validity must be between 2s and 14d (the browsers' limit)".into());
         }
+        if self.idle_timeout > Duration::from_secs(24 * 3600) {
+            return Err("quic.idle_timeout must be at most 1d".into());
+        }
         if self.keep_alive_interval >= self.idle_timeout {
             return Err("quic.keep_alive_interval must be shorter than quic.idle_timeout".into());
         }
@@ -211,6 +214,8 @@ pub enum QuicError {
     },
     #[error("cannot load the certificate (quic.cert_file, quic.key_file): {0}")]
     Certificate(String),
+    #[error("invalid [quic] setting: {0}")]
+    Config(String),
 }
 
 /// The endpoint's UDP socket, its buffers as large as `socket_buffer`

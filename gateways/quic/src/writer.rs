@@ -7,12 +7,11 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::http::StatusCode;
 use bytes::{Bytes, BytesMut};
 use herald_broker::protocol::Gap;
 use herald_broker::subject::Pattern;
 use herald_broker::{CloseReason, Command, Encoding, Outbound, Session, Subject};
-use herald_gateway::{refusal, EventWriter};
+use herald_gateway::EventWriter;
 use wtransport::{Connection, SendStream};
 
 use crate::framing::put_frame;
@@ -115,7 +114,7 @@ pub(crate) struct QuicWriter {
     control_buffer: BytesMut,
     /// One per message stream, opened on first use.
     lanes: Vec<Option<Lane>>,
-    /// Bytes a lane gathers before handing them to its stream's task.
+    /// Bytes a lane gathers before writing them within a batch.
     stream_buffer: usize,
     routes: Arc<Routes>,
     /// This batch's latest-value messages: the newest per subject.
@@ -278,20 +277,6 @@ impl EventWriter for QuicWriter {
         }
         self.control.finish().await.map_err(io::Error::other)
     }
-}
-
-/// The application error code a session closes with: the WebSocket close
-/// code of the same reason, so clients of both read one table
-/// (`docs/quic.md`).
-pub(crate) fn close_code_for(reason: &CloseReason) -> u32 {
-    u32::from(match reason {
-        CloseReason::Shutdown | CloseReason::IdleTimeout | CloseReason::StreamExpired => 1001,
-        CloseReason::FrameTooLarge { .. } => 1009,
-        CloseReason::InvalidFrame(_) => 1002,
-        CloseReason::InvalidUtf8 => 1007,
-        CloseReason::SlowConsumer | CloseReason::ReplyBacklog | CloseReason::ProtocolViolation(_) => 1008,
-        CloseReason::TokenExpired => refusal::close_code(StatusCode::UNAUTHORIZED),
-    })
 }
 
 #[cfg(test)]

@@ -5,8 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
-use axum::http::StatusCode;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -266,27 +265,12 @@ impl EventWriter for WebSocketWriter {
 
     async fn close(&mut self, reason: &CloseReason) -> io::Result<()> {
         let frame = CloseFrame {
-            code: close_code_for(reason),
+            code: refusal::close_code_of(reason),
             reason: Utf8Bytes::from(reason.code()),
         };
         self.sink
             .feed(Message::Close(Some(frame)))
             .await
             .map_err(io::Error::other)
-    }
-}
-
-/// The WebSocket close code for each close reason.
-fn close_code_for(reason: &CloseReason) -> u16 {
-    match reason {
-        CloseReason::Shutdown | CloseReason::IdleTimeout | CloseReason::StreamExpired => close_code::AWAY,
-        CloseReason::FrameTooLarge { .. } => close_code::SIZE,
-        CloseReason::InvalidFrame(_) => close_code::PROTOCOL,
-        CloseReason::InvalidUtf8 => close_code::INVALID,
-        CloseReason::SlowConsumer | CloseReason::ReplyBacklog | CloseReason::ProtocolViolation(_) => {
-            close_code::POLICY
-        }
-        // Like every refusal of a credential: 4000 + 401 (herald_gateway::refusal).
-        CloseReason::TokenExpired => refusal::close_code(StatusCode::UNAUTHORIZED),
     }
 }
