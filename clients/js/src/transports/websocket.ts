@@ -1,0 +1,64 @@
+// WebSocket (`GET /ws`): JSON text frames both ways. The credential goes in
+// the first command (`auth`), never in the URL, so it stays out of logs.
+
+import { parseEvent } from "../protocol.js";
+import type { Connection, ConnectionContext, ConnectionEvents, Transport } from "./types.js";
+
+export function webSocketUrl(baseUrl: string): string {
+  const url = new URL("ws", baseUrl.endsWith("/") ? baseUrl : baseUrl + "/");
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  return url.toString();
+}
+
+export const webSocketTransport: Transport = {
+  name: "websocket",
+  duplex: true,
+  available: (env) => typeof env.WebSocket === "function",
+  open(context: ConnectionContext, events: ConnectionEvents): Connection {
+    const WebSocketImpl = context.env.WebSocket!;
+    let ended = false;
+    const end = (code: string, message: string, closeCode?: number) => {
+      if (ended) return;
+      ended = true;
+      events.close({ code, message, ...(closeCode !== undefined ? { closeCode } : {}) });
+    };
+    let socket: ReturnType<typeof construct>;
+    const construct = () => new WebSocketImpl(webSocketUrl(context.baseUrl));
+    try {
+      socket = construct();
+    } catch (error) {
+      queueMicrotask(() => end("unreachable", `WebSocket refused: ${String(error)}`));
+      return { send() {}, resubscribe() {}, close() { ended = true; } };
+    }
+    socket.onopen = () => {
+      if (!ended) events.open();
+    };
+    socket.onmessage = (message) => {
+      if (ended || typeof message.data !== "string") return;
+      const event = parseEvent(message.data);
+      if (event) events.event(event);
+    };
+    socket.onclose = (close) => {
+      // The reason text is the server's close reason (`shutdown`,
+      // `token_expired`, ...); the client prefers the final `err` it read.
+      end(close.reason || "closed", close.reason || `the WebSocket closed (${close.code})`, close.code);
+    };
+    socket.onerror = () => {
+      // A `close` event always follows.
+    };
+    return {
+      send(command) {
+        if (!ended && socket.readyState === 1) socket.send(JSON.stringify(command));
+      },
+      resubscribe() {},
+      close() {
+        ended = true;
+        try {
+          socket.close(1000);
+        } catch {
+          // already closed
+        }
+      },
+    };
+  },
+};
