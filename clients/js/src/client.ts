@@ -725,10 +725,7 @@ export class Herald {
   private resend(held: Held): void {
     if (!this.established || !this.transport) return;
     if (this.transport.duplex) {
-      if (held.acknowledged) {
-        held.acknowledged = false;
-        this.command({ op: "unsub", id: this.nextCommandId(), subject: held.pattern }).catch(() => {});
-      }
+      // The server adds to a pattern it holds (presence events) without doubling it.
       this.sendSub(held);
       return;
     }
