@@ -452,6 +452,8 @@ export class Herald {
       const finish = (outcome: Outcome) => {
         if (settled) return;
         settled = true;
+        // From here until the next connection, publishes wait in the queue.
+        this.established = false;
         clearTimeout(timer);
         this.stopHeartbeat();
         connection?.close();
@@ -904,7 +906,11 @@ export class Herald {
         reject(new HeraldError("timeout", `no answer to ${command.op} within ${this.timing.requestTimeout} ms`));
       }, this.timing.requestTimeout);
       this.pending.set(command.id, { resolve, reject, timer, ...(retry ? { retry } : {}) });
-      this.connection.send(command);
+      if (!this.connection.send(command)) {
+        this.pending.delete(command.id);
+        clearTimeout(timer);
+        reject(new HeraldError("not_sent", "the connection is closing"));
+      }
     });
   }
 
@@ -963,22 +969,37 @@ export class Herald {
         const command: Command = { op: "pub", id, subject: item.subject, data: item.data };
         if (item.options.echo === false) command.echo = false;
         if (item.options.headers) command.headers = item.options.headers;
-        this.command(command).then((event) => item.resolve((event as { pos?: string | null }).pos ?? null), item.reject);
+        this.command(command).then(
+          (event) => item.resolve((event as { pos?: string | null }).pos ?? null),
+          (error: HeraldError) => this.retryOrReject(item, error),
+        );
         return;
       }
       case "history": {
         const command: Command = { op: "history", id, subject: item.pattern };
         if (item.options.since) command.since = item.options.since;
         if (item.options.limit !== undefined) command.limit = item.options.limit;
-        this.command(command, item).then((event) => item.resolve(historyPage(event as HistoryEvent)), item.reject);
+        this.command(command, item).then(
+          (event) => item.resolve(historyPage(event as HistoryEvent)),
+          (error: HeraldError) => this.retryOrReject(item, error),
+        );
         return;
       }
       case "presence":
         this.command({ op: "presence", id, subject: item.subject }, item).then(
           (event) => item.resolve(presenceSnapshot(event as PresenceEvent)),
-          item.reject,
+          (error: HeraldError) => this.retryOrReject(item, error),
         );
         return;
+    }
+  }
+
+  /** Certainly not sent (the link was closing): it waits for the next connection, in order. */
+  private retryOrReject(item: Queued, error: HeraldError): void {
+    if (error.code === "not_sent" && !this.closed) {
+      this.queue.push(item);
+    } else {
+      item.reject(error);
     }
   }
 

@@ -2,10 +2,17 @@
 // fallback, backoff, queued publishes, server advice, heartbeats, tokens.
 
 import assert from "node:assert/strict";
-import { test } from "node:test";
+import { afterEach, test } from "node:test";
 
 import { Herald, type ConnectionState, type HeraldOptions, type Message } from "../src/index.js";
 import { ackEverything, eventually, FakeTransport, fakeFetch, pos, type FakeConnection } from "./fakes.js";
+
+// Every client a test made is closed after it, passed or failed, so a
+// failure is reported instead of leaving timers that keep the run alive.
+const made: Herald[] = [];
+afterEach(() => {
+  for (const herald of made.splice(0)) herald.close();
+});
 
 function client(transports: FakeTransport[], options: HeraldOptions = {}): { herald: Herald; states: ConnectionState[] } {
   const herald = new Herald("http://herald.test", {
@@ -16,6 +23,7 @@ function client(transports: FakeTransport[], options: HeraldOptions = {}): { her
     ...options,
     autoConnect: false,
   });
+  made.push(herald);
   const states: ConnectionState[] = [];
   herald.on("state", (state) => states.push(state));
   herald.connect();
@@ -155,13 +163,41 @@ test("publishes made while disconnected are queued (bounded) and sent once; one 
   up = true;
   assert.deepEqual(await Promise.all(queued), [pos(100), pos(101), pos(102)]);
   assert.deepEqual(ws.last.commands("pub").map((c) => (c as { data: unknown }).data), [1, 2, 3]);
+  // Dropped and waiting for the next attempt: a publish now waits too.
+  ws.behaviour = (c) => c.end({ code: "unreachable", message: "down" });
+  let waiting: Promise<string | null> | undefined;
+  const off = herald.on("state", (state) => {
+    if (state.status === "disconnected") waiting ??= herald.publish("chat.a", 5);
+  });
+  ws.last.end({ code: "closed", message: "network" });
+  await eventually(() => waiting !== undefined, "waiting to reconnect");
+  off();
+  ws.behaviour = (c) => c.open();
+  assert.equal(await waiting, pos(103));
   const held = herald.publish("chat.a", { hold: true });
-  await eventually(() => ws.last.commands("pub").length === 4, "in flight");
+  await eventually(() => ws.last.commands("pub").length === 2, "in flight");
   ws.last.end({ code: "closed", message: "network" });
   await assert.rejects(held, { code: "connection_lost" });
   await eventually(() => herald.state.status === "connected" && ws.connections.length >= 2, "reconnected");
   await new Promise((r) => setTimeout(r, 30));
   assert.equal(ws.last.commands("pub").length, 0, "not resent: it may have been published");
+  herald.close();
+});
+
+test("a publish the closing link could not take waits for the next connection", async () => {
+  const ws = new FakeTransport("websocket", true);
+  ackEverything(ws, sequence(7));
+  const { herald } = client([ws]);
+  await eventually(() => herald.state.status === "connected", "connected");
+  const first = ws.last;
+  first.ended = true; // closing: send() refuses, the close event is still to come
+  const published = herald.publish("chat.a", "x");
+  await new Promise((r) => setTimeout(r, 10));
+  assert.equal(first.commands("pub").length, 0);
+  first.ended = false;
+  first.end({ code: "closed", message: "network" });
+  assert.equal(await published, pos(7));
+  assert.equal(ws.last.commands("pub").length, 1);
   herald.close();
 });
 

@@ -64,13 +64,14 @@ export class FakeTransport implements Transport {
     queueMicrotask(() => this.behaviour(fake));
     return {
       send: (command) => {
-        if (fake.ended) return;
+        if (fake.ended) return false;
         fake.sent.push(command);
         if (command.op === "auth" || (command.op === "ping" && command.id === 0)) {
           fake.push(command.op === "auth" ? { op: "ack", id: command.id } : { op: "pong", id: command.id });
-          return;
+          return true;
         }
         this.onCommand(fake, command);
+        return true;
       },
       resubscribe: (subscriptions, since) => {
         fake.streams.push({ subscriptions, since });

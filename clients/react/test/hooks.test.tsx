@@ -37,6 +37,7 @@ function recordingTransport() {
           else if (command.op === "presence")
             push({ op: "presence", id: command.id, subject: command.subject, count: 1, members: [{ user: "alice" }], truncated: false });
           else if (command.op === "pub") push({ op: "ack", id: command.id, pos: POS(2) });
+          return !ended;
         },
         resubscribe() {},
         close() {

@@ -80,7 +80,7 @@ export const longPollTransport: Transport = {
     };
     start(context.subscriptions, context.since);
     return {
-      send() {},
+      send: () => false,
       resubscribe(subscriptions, since) {
         if (!ended) start(subscriptions, since);
       },

@@ -101,7 +101,7 @@ export const sseTransport: Transport = {
     };
     start(context.subscriptions, context.since);
     return {
-      send() {},
+      send: () => false,
       resubscribe(subscriptions, since) {
         if (!ended) start(subscriptions, since);
       },

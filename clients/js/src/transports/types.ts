@@ -95,8 +95,8 @@ export interface ConnectionEvents {
 }
 
 export interface Connection {
-  /** Duplex transports only. */
-  send(command: Command): void;
+  /** Duplex transports only. False when the command was certainly not sent (the link is closing). */
+  send(command: Command): boolean;
   /** One-way transports only: a new subscription set, resuming at `since`. */
   resubscribe(subscriptions: SubscriptionSpec[], since: string | undefined): void;
   /** Ends the connection without reporting `close`. */

@@ -28,7 +28,7 @@ export const webSocketTransport: Transport = {
       socket = construct();
     } catch (error) {
       queueMicrotask(() => end("unreachable", `WebSocket refused: ${String(error)}`));
-      return { send() {}, resubscribe() {}, close() { ended = true; } };
+      return { send: () => false, resubscribe() {}, close() { ended = true; } };
     }
     socket.onopen = () => {
       if (!ended) events.open();
@@ -48,7 +48,9 @@ export const webSocketTransport: Transport = {
     };
     return {
       send(command) {
-        if (!ended && socket.readyState === 1) socket.send(JSON.stringify(command));
+        if (ended || socket.readyState !== 1) return false;
+        socket.send(JSON.stringify(command));
+        return true;
       },
       resubscribe() {},
       close() {

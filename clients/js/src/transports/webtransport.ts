@@ -99,13 +99,14 @@ export const webTransportTransport: Transport = {
     })().catch((error: unknown) => end("unreachable", `WebTransport failed: ${String(error)}`));
     return {
       send(command) {
-        if (ended) return;
+        if (ended) return false;
         const body = encoder.encode(JSON.stringify(command));
         const frame = new Uint8Array(4 + body.length);
         new DataView(frame.buffer).setUint32(0, body.length);
         frame.set(body, 4);
         if (writer) void writer.write(frame).catch(() => {});
         else waiting.push(frame);
+        return true;
       },
       resubscribe() {},
       close() {
