@@ -2,13 +2,32 @@
 
 CARGO ?= cargo
 
-.PHONY: test test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth bench-nats bench-cluster bench-quic doc clean
+.PHONY: test test-clients client-deps test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth bench-nats bench-cluster bench-quic doc clean
 
 ## Run every test in the workspace (unit, integration, property, doc tests).
 test:
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 	$(MAKE) test-nats-py
+	$(MAKE) test-clients
+
+## The JavaScript clients (clients/): the SDK's and the hooks' unit tests,
+## then the browser tests (clients/tests/e2e.mjs): the Next.js chat example
+## in Chromium against the real binary, killed and restarted mid-chat, on
+## every transport, and with WebSocket blocked.
+test-clients: client-deps browser-deps
+	cd clients && npm test
+	$(CARGO) build --bin herald
+	node clients/tests/e2e.mjs target/debug/herald
+
+## The clients' npm dependencies (TypeScript, React, Next.js), from the
+## lockfile, installed if missing.
+client-deps:
+	@if [ -d clients/node_modules/next ] && [ -d clients/node_modules/typescript ]; then \
+	  echo "client dependencies present"; \
+	else \
+	  cd clients && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
 
 ## The NATS listener driven by nats-py (from PyPI, into a virtualenv under
 ## target/): the Python client's basics against the real binary.

@@ -7,20 +7,29 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
+const ARGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+const executablePath = () => process.env.CHROMIUM ?? "/usr/bin/chromium";
+
+// A browser whose contexts are separate users (cookies, storage):
+// `browser.newContext()` for each.
+export async function launchBrowser() {
+  return chromium.launch({ executablePath: executablePath(), headless: true, args: ARGS });
+}
+
 // A fresh profile each time; `close()` closes the browser and removes it.
 export async function launchChromium() {
   const profile = mkdtempSync(join(tmpdir(), "herald-chromium-"));
   const context = await chromium.launchPersistentContext(profile, {
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    executablePath: executablePath(),
     headless: true,
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
+    args: ARGS,
   });
   const close = async () => {
     await context.close();
