@@ -82,7 +82,7 @@ export interface ConnectionState {
   status: ConnectionStatus;
   /** The transport in use or being tried. */
   transport?: TransportName;
-  /** Why the last connection ended (or why the client closed). */
+  /** Why the last connection ended (or why the client closed); kept while connecting again. */
   reason?: { code: string; message: string };
   /** When disconnected: milliseconds until the next attempt. */
   retryIn?: number;
@@ -442,7 +442,9 @@ export class Herald {
       this.transport = transport;
       this.established = false;
       this.retryAdvice = 0;
-      this.setState({ status: "connecting", transport: transport.name });
+      // While reconnecting, the state keeps saying why the last connection ended.
+      const reason = this.current.status === "connected" ? undefined : this.current.reason;
+      this.setState({ status: "connecting", transport: transport.name, reason });
       let settled = false;
       let connection: Connection | undefined;
       const timer = setTimeout(() => {

@@ -88,22 +88,25 @@ function ConnectionBadge() {
 
 function ReconnectBanner() {
   const state = useConnectionState();
+  const [wasConnected, setWasConnected] = useState(false);
   const [now, setNow] = useState(() => Date.now());
-  const [since, setSince] = useState<number | null>(null);
+  const [since, setSince] = useState(() => Date.now());
   useEffect(() => {
-    setSince(state.status === "connected" ? null : Date.now());
+    if (state.status === "connected") setWasConnected(true);
+    setSince(Date.now());
     setNow(Date.now());
-    if (state.status === "connected") return;
+    if (state.status !== "disconnected") return;
     const timer = setInterval(() => setNow(Date.now()), 500);
     return () => clearInterval(timer);
   }, [state]);
-  if (state.status === "connected" || (state.status === "connecting" && !state.reason && since !== null && now - since < 1_000)) return null;
-  const retry = state.retryIn !== undefined && since !== null ? Math.max(0, Math.ceil((state.retryIn - (now - since)) / 1000)) : null;
+  // The first connection is not a reconnection: no banner for it.
+  if (state.status === "connected" || (!wasConnected && state.status === "connecting")) return null;
+  const retry = state.status === "disconnected" && state.retryIn !== undefined ? Math.max(0, Math.ceil((state.retryIn - (now - since)) / 1000)) : null;
   return (
     <div className={`banner ${state.status}`} role="status" data-testid="banner">
       {state.status === "closed"
         ? `Disconnected: ${state.reason?.message ?? "closed"}. Reload the page to try again.`
-        : `Reconnecting…${state.reason ? ` (${state.reason.code})` : ""}${retry !== null ? ` next try in ${retry} s` : ""}. Messages you send now are sent when the connection is back.`}
+        : `Reconnecting${state.status === "connecting" ? ` (trying ${state.transport})` : retry !== null ? ` in ${retry} s` : ""}…${state.reason ? ` Last error: ${state.reason.code}.` : ""} Messages you send now are sent when the connection is back.`}
     </div>
   );
 }

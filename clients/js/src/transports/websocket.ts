@@ -41,7 +41,8 @@ export const webSocketTransport: Transport = {
     socket.onclose = (close) => {
       // The reason text is the server's close reason (`shutdown`,
       // `token_expired`, ...); the client prefers the final `err` it read.
-      end(close.reason || "closed", close.reason || `the WebSocket closed (${close.code})`, close.code);
+      const code = close.reason || (close.code === 1000 ? "closed" : "connection_lost");
+      end(code, close.reason || `the WebSocket closed (${close.code})`, close.code);
     };
     socket.onerror = () => {
       // A `close` event always follows.
