@@ -4,112 +4,71 @@
 // server's heartbeat comments, so a dead link is noticed after
 // `sseIdleTimeout` instead of never.
 
-import { authorization, endpoint, errorOf, requestJson } from "../http.js";
+import { authorization, endpoint, errorOf } from "../http.js";
 import { parseEvent } from "../protocol.js";
-import type { Connection, ConnectionContext, ConnectionEvents, SubscriptionSpec, Transport } from "./types.js";
+import { oneWayConnection } from "./oneway.js";
+import type { Connection, ConnectionContext, ConnectionEvents, Transport } from "./types.js";
 
 export const sseTransport: Transport = {
   name: "sse",
   duplex: false,
   available: (env) => typeof env.fetch === "function" && typeof ReadableStream === "function",
   open(context: ConnectionContext, events: ConnectionEvents): Connection {
-    let ended = false;
-    let stream: AbortController | undefined;
-    let opened = false;
-    const end = (code: string, message: string, closeCode?: number) => {
-      if (ended) return;
-      ended = true;
-      stream?.abort();
-      events.close({ code, message, ...(closeCode !== undefined ? { closeCode } : {}) });
-    };
-    const opening = () => {
-      if (!opened) {
-        opened = true;
-        events.open();
-      }
-    };
-
-    const run = async (subscriptions: SubscriptionSpec[], since: string | undefined, abort: AbortController) => {
-      if (subscriptions.length === 0) {
-        // Nothing to stream: the server's answer is all this connection proves.
-        await requestJson(context.env.fetch!, "GET", endpoint(context.baseUrl, "healthz"), {
-          timeout: context.timing.requestTimeout,
-          signal: abort.signal,
-        });
-        opening();
-        return;
-      }
-      const query: [string, string][] = subscriptions.map((s) => ["subject", s.pattern]);
-      if (subscriptions.some((s) => s.presence)) query.push(["presence", "1"]);
-      const headers: Record<string, string> = { accept: "text/event-stream", ...authorization(context.token()) };
-      if (since) headers["last-event-id"] = since;
-      let idle: ReturnType<typeof setTimeout> | undefined;
-      const watch = () => {
-        clearTimeout(idle);
-        idle = setTimeout(() => {
-          end("heartbeat_timeout", `nothing from the SSE stream for ${context.timing.sseIdleTimeout} ms`);
-        }, context.timing.sseIdleTimeout);
-      };
-      watch();
-      try {
-        const response = await context.env.fetch!(endpoint(context.baseUrl, "sse", query), {
-          headers,
-          cache: "no-store",
-          signal: abort.signal,
-        });
-        if (!response.ok || !response.body) {
-          const error = errorOf(response.status, await response.json().catch(() => undefined));
-          end(error.code, error.message, 4000 + response.status);
-          return;
-        }
-        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-        const parser = new EventStreamParser();
-        let final: { code: string; message: string; close?: number } | undefined;
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          watch();
-          for (const field of parser.push(value)) {
-            if (ended || abort.signal.aborted) return;
-            if (field.retry !== undefined) events.retry(field.retry);
-            if (field.data === undefined) continue;
-            const event = parseEvent(field.data);
-            if (!event) continue;
-            if (event.op === "err" && event.id === undefined) {
-              final = { code: event.code, message: event.message, ...(event.close ? { close: event.close } : {}) };
-            }
-            if (event.op === "ack") opening();
-            events.event(event);
-            if (field.id) events.cursor(field.id);
+    return oneWayConnection(
+      context,
+      events,
+      async (subscriptions, since, round) => {
+        const query: [string, string][] = subscriptions.map((s) => ["subject", s.pattern]);
+        if (subscriptions.some((s) => s.presence)) query.push(["presence", "1"]);
+        const headers: Record<string, string> = { accept: "text/event-stream", ...authorization(context.token()) };
+        if (since) headers["last-event-id"] = since;
+        let idle: ReturnType<typeof setTimeout> | undefined;
+        const watch = () => {
+          clearTimeout(idle);
+          idle = setTimeout(() => {
+            round.end("heartbeat_timeout", `nothing from the SSE stream for ${context.timing.sseIdleTimeout} ms`);
+          }, context.timing.sseIdleTimeout);
+        };
+        watch();
+        try {
+          const response = await context.env.fetch!(endpoint(context.baseUrl, "sse", query), {
+            headers,
+            cache: "no-store",
+            signal: round.signal,
+          });
+          if (!response.ok || !response.body) {
+            const error = errorOf(response.status, await response.json().catch(() => undefined));
+            round.end(error.code, error.message, 4000 + response.status);
+            return;
           }
+          const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+          const parser = new EventStreamParser();
+          let final: { code: string; message: string; close?: number } | undefined;
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            watch();
+            for (const field of parser.push(value)) {
+              if (round.over) return;
+              if (field.retry !== undefined) events.retry(field.retry);
+              if (field.data === undefined) continue;
+              const event = parseEvent(field.data);
+              if (!event) continue;
+              if (event.op === "err" && event.id === undefined) {
+                final = { code: event.code, message: event.message, ...(event.close ? { close: event.close } : {}) };
+              }
+              if (event.op === "ack") round.opened();
+              events.event(event);
+              if (field.id) events.cursor(field.id);
+            }
+          }
+          if (!round.over) round.end(final?.code ?? "closed", final?.message ?? "the SSE stream ended", final?.close);
+        } finally {
+          clearTimeout(idle);
         }
-        if (!abort.signal.aborted) {
-          end(final?.code ?? "closed", final?.message ?? "the SSE stream ended", final?.close);
-        }
-      } finally {
-        clearTimeout(idle);
-      }
-    };
-
-    const start = (subscriptions: SubscriptionSpec[], since: string | undefined) => {
-      stream?.abort();
-      const abort = new AbortController();
-      stream = abort;
-      run(subscriptions, since, abort).catch((error: unknown) => {
-        if (!abort.signal.aborted) end("unreachable", `SSE failed: ${String((error as Error)?.message ?? error)}`);
-      });
-    };
-    start(context.subscriptions, context.since);
-    return {
-      send: () => false,
-      resubscribe(subscriptions, since) {
-        if (!ended) start(subscriptions, since);
       },
-      close() {
-        ended = true;
-        stream?.abort();
-      },
-    };
+      (error) => ["unreachable", `SSE failed: ${String((error as Error)?.message ?? error)}`],
+    );
   },
 };
 
