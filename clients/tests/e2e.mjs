@@ -11,6 +11,7 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createHmac } from "node:crypto";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -302,6 +303,7 @@ test("WebSocket blocked: the client falls back to SSE within the connect timeout
   await connected(carol, "sse");
   const took = Date.now() - started;
   assert.ok(took < 15_000, `on SSE ${took} ms after sign-in (connect timeout 5 s)`);
+  console.log(`fallback: connected over SSE ${took} ms after sign-in began (WebSocket swallowed, WebTransport absent)`);
   await say(alice, "to carol over sse");
   await sees(carol, "Alice to carol over sse");
 
@@ -319,4 +321,28 @@ test("WebSocket blocked: the client falls back to SSE within the connect timeout
   await say(carol, "carol over http");
   await sees(alice, "Carol carol over http");
   await carol.screenshot({ path: join(screenshots, "fallback.png") });
+});
+
+test("in Node, without a browser: the same client over WebSocket, SSE and long polling", async () => {
+  // A token as the example's route mints it, for a user who may use #general only.
+  const secret = /^jwt_hs256_secret = "(.*)"$/m.exec(readFileSync(join(app, "herald.toml"), "utf8"))[1];
+  const encode = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const rooms = ["chat.general", "chat.general.typing"];
+  const claims = { sub: "node", exp: Math.floor(Date.now() / 1000) + 300, herald: { sub: { allow: rooms }, pub: { allow: rooms } } };
+  const unsigned = `${encode({ alg: "HS256", typ: "JWT" })}.${encode(claims)}`;
+  const token = `${unsigned}.${createHmac("sha256", secret).update(unsigned).digest("base64url")}`;
+  for (const transport of ["websocket", "sse", "longpoll"]) {
+    const run = spawnSync(
+      process.execPath,
+      ["--experimental-websocket", "--no-warnings", join(root, "clients/tests/node-client.mjs"), `http://127.0.0.1:${heraldPort}`, token, transport],
+      { encoding: "utf8", timeout: 30_000 },
+    );
+    assert.equal(run.status, 0, `${transport}: ${run.stderr}`);
+    const seen = JSON.parse(run.stdout.trim());
+    assert.equal(seen.transport, transport);
+    assert.match(seen.position, /^[A-Za-z0-9_-]{16}$/);
+    assert.ok(seen.received >= 1 && seen.history >= 1, JSON.stringify(seen));
+    assert.equal(seen.refused, "forbidden");
+  }
+  await sees(alice, "Node from node over longpoll");
 });
