@@ -314,6 +314,7 @@ export class Herald {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.tokenRefresh);
     this.disconnect();
     const error = new HeraldError("closed", "the client was closed");
     for (const item of this.queue.splice(0)) item.reject(error);
@@ -403,14 +404,9 @@ export class Herald {
           this.fail(outcome.info);
           return;
         }
-        if (outcome.kind === "dropped") {
-          this.lastGood = index;
-          start = index;
-          reachedServer = true;
-          break;
-        }
-        if (outcome.kind === "refused") {
-          // The server answered through this transport: another would hear the same.
+        if (outcome.kind === "dropped" || outcome.kind === "refused") {
+          // It worked, or the server answered "no" through it (another
+          // transport would hear the same): the next round starts with it.
           start = index;
           reachedServer = true;
           break;
@@ -521,7 +517,7 @@ export class Herald {
               this.lastFrame = Date.now();
               if (event.op === "err" && event.id === undefined) {
                 fatalErr = event;
-                if (event.code === "token_expired" && transport.duplex) void this.refreshToken(true);
+                if (event.code === "token_expired" && transport.duplex) void this.refreshToken();
               }
               if (!this.established && transport.duplex) {
                 // The answer to the greeting establishes the connection.
@@ -624,15 +620,12 @@ export class Herald {
   private sleep(milliseconds: number): Promise<void> {
     return new Promise<void>((resolve) => {
       const timer = setTimeout(done, milliseconds);
-      const wanted = this.wanted;
       function done() {
         clearTimeout(timer);
         resolve();
       }
-      this.wake = () => {
-        // connect() during the wait: go now; disconnect(): stop waiting too.
-        if (this.wanted !== wanted || this.wanted) done();
-      };
+      // connect() during the wait: go now; disconnect(): stop waiting, the loop ends.
+      this.wake = done;
     }).finally(() => {
       this.wake = undefined;
     });
@@ -641,6 +634,7 @@ export class Herald {
   private fail(info: CloseInfo): void {
     this.wanted = false;
     this.closed = true;
+    clearTimeout(this.tokenRefresh);
     const error = new HeraldError(info.code, info.message, info.closeCode);
     for (const item of this.queue.splice(0)) item.reject(error);
     this.setState({ status: "closed", reason: { code: info.code, message: info.message } });
@@ -680,17 +674,17 @@ export class Herald {
     const expiry = this.token ? tokenExpiry(this.token) : undefined;
     if (expiry === undefined || !this.options.getToken) return;
     const delay = Math.max(1_000, refreshAt(Date.now(), expiry) - Date.now());
-    this.tokenRefresh = setTimeout(() => void this.refreshToken(false), delay);
+    this.tokenRefresh = setTimeout(() => void this.refreshToken(), delay);
   }
 
   /** Fetches a new token and hands it to the live connection. */
-  private async refreshToken(force: boolean): Promise<void> {
+  private async refreshToken(): Promise<void> {
     if (!this.options.getToken || this.closed) return;
     try {
       await this.ensureToken(true);
     } catch (error) {
       this.emit("error", new HeraldError("token_unavailable", `getToken failed: ${String((error as Error)?.message ?? error)}`));
-      this.tokenRefresh = setTimeout(() => void this.refreshToken(force), 5_000);
+      this.tokenRefresh = setTimeout(() => void this.refreshToken(), 5_000);
       return;
     }
     if (!this.established || !this.connection || !this.transport) return;
