@@ -516,8 +516,9 @@ export class Herald {
               if (settled) return;
               this.lastFrame = Date.now();
               if (event.op === "err" && event.id === undefined) {
-                fatalErr = event;
+                // Expiry on a duplex link is a warning with a grace period: refresh.
                 if (event.code === "token_expired" && transport.duplex) void this.refreshToken();
+                else fatalErr = event;
               }
               if (!this.established && transport.duplex) {
                 // The answer to the greeting establishes the connection.

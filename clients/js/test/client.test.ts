@@ -316,6 +316,22 @@ test("tokens are refreshed through getToken before they expire, on the open conn
   herald.close();
 });
 
+test("the server's token_expired warning is answered with refresh on the same connection", async () => {
+  let tokens = 0;
+  const ws = new FakeTransport("websocket", true);
+  ackEverything(ws, sequence());
+  const { herald } = client([ws], { getToken: () => `t${++tokens}` });
+  await eventually(() => herald.state.status === "connected", "connected");
+  ws.last.push({ op: "err", code: "token_expired", message: "the token expired; refresh within 30 s" });
+  await eventually(() => ws.last.commands("refresh").length === 1, "refresh sent");
+  assert.equal((ws.last.commands("refresh")[0] as { token: string }).token, "t2");
+  assert.equal(ws.connections.length, 1);
+  // A later drop is not taken for a refused token.
+  ws.last.end({ code: "shutdown", message: "shutdown", closeCode: 1001 });
+  await eventually(() => ws.connections.length === 2 && herald.state.status === "connected", "reconnected");
+  assert.equal(tokens, 2, "no new token needed for a shutdown");
+});
+
 test("heartbeats: a link that stops answering is dropped and reconnected", async () => {
   const ws = new FakeTransport("websocket", true);
   let answer = true;
