@@ -4,7 +4,7 @@
 // answer is then all that proves the link).
 
 import { endpoint, requestJson } from "../http.js";
-import type { Connection, ConnectionContext, ConnectionEvents, SubscriptionSpec } from "./types.js";
+import { Ending, type Connection, type ConnectionContext, type ConnectionEvents, type SubscriptionSpec } from "./types.js";
 
 export interface Round {
   readonly signal: AbortSignal;
@@ -23,14 +23,11 @@ export function oneWayConnection(
   stream: (subscriptions: SubscriptionSpec[], since: string | undefined, round: Round) => Promise<void>,
   failure: (error: unknown) => [code: string, message: string, closeCode?: number],
 ): Connection {
-  let ended = false;
+  const ending = new Ending(events);
   let opened = false;
   let current: AbortController | undefined;
   const end = (code: string, message: string, closeCode?: number) => {
-    if (ended) return;
-    ended = true;
-    current?.abort();
-    events.close({ code, message, ...(closeCode !== undefined ? { closeCode } : {}) });
+    if (ending.report(code, message, closeCode)) current?.abort();
   };
   const start = (subscriptions: SubscriptionSpec[], since: string | undefined) => {
     current?.abort();
@@ -39,13 +36,13 @@ export function oneWayConnection(
     const round: Round = {
       signal: abort.signal,
       opened: () => {
-        if (opened || ended || abort.signal.aborted) return;
+        if (opened || ending.ended || abort.signal.aborted) return;
         opened = true;
         events.open();
       },
       end,
       get over() {
-        return ended || abort.signal.aborted;
+        return ending.ended || abort.signal.aborted;
       },
     };
     const run = async () => {
@@ -64,10 +61,10 @@ export function oneWayConnection(
   return {
     send: () => false,
     resubscribe(subscriptions, since) {
-      if (!ended) start(subscriptions, since);
+      if (!ending.ended) start(subscriptions, since);
     },
     close() {
-      ended = true;
+      ending.ended = true;
       current?.abort();
     },
   };

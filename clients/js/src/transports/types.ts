@@ -110,3 +110,17 @@ export interface Transport {
   available(env: Environment): boolean;
   open(context: ConnectionContext, events: ConnectionEvents): Connection;
 }
+
+/** A connection's end, reported to the client at most once. */
+export class Ending {
+  /** Reported, or closed by the client (which wants no report). */
+  ended = false;
+  constructor(private readonly events: ConnectionEvents) {}
+  /** Reports the close; false when the connection had already ended. */
+  report(code: string, message: string, closeCode?: number): boolean {
+    if (this.ended) return false;
+    this.ended = true;
+    this.events.close({ code, message, ...(closeCode !== undefined ? { closeCode } : {}) });
+    return true;
+  }
+}

@@ -2,7 +2,7 @@
 // the first command (`auth`), never in the URL, so it stays out of logs.
 
 import { parseEvent } from "../protocol.js";
-import type { Connection, ConnectionContext, ConnectionEvents, Transport } from "./types.js";
+import { Ending, type Connection, type ConnectionContext, type ConnectionEvents, type Transport, type WebSocketLike } from "./types.js";
 
 export function webSocketUrl(baseUrl: string): string {
   const url = new URL("ws", baseUrl.endsWith("/") ? baseUrl : baseUrl + "/");
@@ -15,26 +15,19 @@ export const webSocketTransport: Transport = {
   duplex: true,
   available: (env) => typeof env.WebSocket === "function",
   open(context: ConnectionContext, events: ConnectionEvents): Connection {
-    const WebSocketImpl = context.env.WebSocket!;
-    let ended = false;
-    const end = (code: string, message: string, closeCode?: number) => {
-      if (ended) return;
-      ended = true;
-      events.close({ code, message, ...(closeCode !== undefined ? { closeCode } : {}) });
-    };
-    let socket: ReturnType<typeof construct>;
-    const construct = () => new WebSocketImpl(webSocketUrl(context.baseUrl));
+    const ending = new Ending(events);
+    let socket: WebSocketLike;
     try {
-      socket = construct();
+      socket = new context.env.WebSocket!(webSocketUrl(context.baseUrl));
     } catch (error) {
-      queueMicrotask(() => end("unreachable", `WebSocket refused: ${String(error)}`));
-      return { send: () => false, resubscribe() {}, close() { ended = true; } };
+      queueMicrotask(() => ending.report("unreachable", `WebSocket refused: ${String(error)}`));
+      return { send: () => false, resubscribe() {}, close: () => void (ending.ended = true) };
     }
     socket.onopen = () => {
-      if (!ended) events.open();
+      if (!ending.ended) events.open();
     };
     socket.onmessage = (message) => {
-      if (ended || typeof message.data !== "string") return;
+      if (ending.ended || typeof message.data !== "string") return;
       const event = parseEvent(message.data);
       if (event) events.event(event);
     };
@@ -42,20 +35,20 @@ export const webSocketTransport: Transport = {
       // The reason text is the server's close reason (`shutdown`,
       // `token_expired`, ...); the client prefers the final `err` it read.
       const code = close.reason || (close.code === 1000 ? "closed" : "connection_lost");
-      end(code, close.reason || `the WebSocket closed (${close.code})`, close.code);
+      ending.report(code, close.reason || `the WebSocket closed (${close.code})`, close.code);
     };
     socket.onerror = () => {
       // A `close` event always follows.
     };
     return {
       send(command) {
-        if (ended || socket.readyState !== 1) return false;
+        if (ending.ended || socket.readyState !== 1) return false;
         socket.send(JSON.stringify(command));
         return true;
       },
       resubscribe() {},
       close() {
-        ended = true;
+        ending.ended = true;
         try {
           socket.close(1000);
         } catch {

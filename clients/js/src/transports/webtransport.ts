@@ -7,7 +7,7 @@
 
 import { requestJson, endpoint } from "../http.js";
 import { parseEvent } from "../protocol.js";
-import type { Connection, ConnectionContext, ConnectionEvents, Transport } from "./types.js";
+import { Ending, type Connection, type ConnectionContext, type ConnectionEvents, type Transport } from "./types.js";
 
 interface Advertised {
   url: string;
@@ -22,14 +22,12 @@ export const webTransportTransport: Transport = {
   duplex: true,
   available: (env) => typeof env.WebTransport === "function" && typeof env.fetch === "function",
   open(context: ConnectionContext, events: ConnectionEvents): Connection {
-    let ended = false;
+    const ending = new Ending(events);
     let session: InstanceType<NonNullable<typeof context.env.WebTransport>> | undefined;
     let writer: WritableStreamDefaultWriter<Uint8Array> | undefined;
     const waiting: Uint8Array[] = [];
     const end = (code: string, message: string, closeCode?: number) => {
-      if (ended) return;
-      ended = true;
-      events.close({ code, message, ...(closeCode !== undefined ? { closeCode } : {}) });
+      if (!ending.report(code, message, closeCode)) return;
       try {
         session?.close();
       } catch {
@@ -37,7 +35,7 @@ export const webTransportTransport: Transport = {
       }
     };
     const deliver = (bytes: Uint8Array) => {
-      if (ended) return;
+      if (ending.ended) return;
       const event = parseEvent(decoder.decode(bytes));
       if (event) events.event(event);
     };
@@ -46,7 +44,7 @@ export const webTransportTransport: Transport = {
       let buffer: Uint8Array = new Uint8Array(0);
       for (;;) {
         const { value, done } = await reader.read();
-        if (done || ended) return;
+        if (done || ending.ended) return;
         buffer = concat(buffer, value);
         while (buffer.length >= 4) {
           const length = new DataView(buffer.buffer, buffer.byteOffset).getUint32(0);
@@ -64,7 +62,7 @@ export const webTransportTransport: Transport = {
         algorithm: hash.algorithm,
         value: Uint8Array.from(atob(hash.value), (c) => c.charCodeAt(0)),
       }));
-      if (ended) return;
+      if (ending.ended) return;
       session = new context.env.WebTransport!(
         advertised.url,
         serverCertificateHashes.length > 0 ? { serverCertificateHashes } : {},
@@ -77,14 +75,14 @@ export const webTransportTransport: Transport = {
       const control = await session.createBidirectionalStream();
       writer = control.writable.getWriter();
       for (const frame of waiting.splice(0)) void writer.write(frame).catch(() => {});
-      if (ended) return;
+      if (ending.ended) return;
       events.open();
       void readFrames(control.readable).catch(() => {});
       void (async () => {
         const streams = session.incomingUnidirectionalStreams.getReader();
         for (;;) {
           const { value, done } = await streams.read();
-          if (done || ended) return;
+          if (done || ending.ended) return;
           void readFrames(value).catch(() => {});
         }
       })().catch(() => {});
@@ -92,14 +90,14 @@ export const webTransportTransport: Transport = {
         const datagrams = session.datagrams.readable.getReader();
         for (;;) {
           const { value, done } = await datagrams.read();
-          if (done || ended) return;
+          if (done || ending.ended) return;
           deliver(value);
         }
       })().catch(() => {});
     })().catch((error: unknown) => end("unreachable", `WebTransport failed: ${String(error)}`));
     return {
       send(command) {
-        if (ended) return false;
+        if (ending.ended) return false;
         const body = encoder.encode(JSON.stringify(command));
         const frame = new Uint8Array(4 + body.length);
         new DataView(frame.buffer).setUint32(0, body.length);
@@ -110,7 +108,7 @@ export const webTransportTransport: Transport = {
       },
       resubscribe() {},
       close() {
-        ended = true;
+        ending.ended = true;
         try {
           session?.close({ closeCode: 1000, reason: "" });
         } catch {
