@@ -871,9 +871,14 @@ export class Herald {
       } else if (!matches(held.pattern, event.subject)) {
         continue;
       }
-      // Already had it (a resume overlapping what arrived, a shared stream replaying for another subscription).
-      if (!isAfter(event.pos, held.position)) continue;
-      held.position = event.pos;
+      if (presence === undefined) {
+        // Already had it (a resume overlapping what arrived, a shared stream replaying for another subscription).
+        if (!isAfter(event.pos, held.position)) continue;
+        held.position = event.pos;
+      }
+      // Presence events are never replayed, so they do not move the resume
+      // token: on WebTransport they ride another stream than the subject's
+      // messages and may overtake a replay, which must not then be dropped.
       delivered = true;
       for (const handle of [...held.handles]) {
         if (presence !== undefined) {

@@ -432,6 +432,10 @@ test("presence events reach the subscriptions that asked for them, not the messa
   ws.last.push({ op: "msg", subject: "chat.room1", pos: pos(6), ts: 1, data: "hi" });
   assert.deepEqual(changes, [{ action: "join", user: "bob", count: 2, subject: "chat.room1" }]);
   assert.deepEqual(messages, ["hi"]);
+  // A presence event overtaking a replayed message (another WebTransport stream) does not hide it.
+  ws.last.push({ op: "msg", subject: "$presence.chat.room1", pos: pos(9), ts: 1, data: { action: "leave", user: "bob", count: 1 } });
+  ws.last.push({ op: "msg", subject: "chat.room1", pos: pos(7), ts: 1, data: "replayed" });
+  assert.deepEqual(messages, ["hi", "replayed"]);
   herald.close();
 });
 
