@@ -44,6 +44,34 @@ pub trait Access: Send + Sync + fmt::Debug {
     fn is_backend(&self) -> bool {
         false
     }
+    /// Whether this is an operator (the admin key): the only access that
+    /// may subscribe to `$sys.` subjects.
+    fn is_operator(&self) -> bool {
+        false
+    }
+}
+
+/// The admin key's access on client transports: `$sys.` subjects (what
+/// the dashboard watches), nothing else.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OperatorAccess;
+
+impl Access for OperatorAccess {
+    fn may_publish(&self, _subject: &str) -> bool {
+        false
+    }
+
+    fn may_subscribe(&self, _pattern: &Pattern) -> bool {
+        false
+    }
+
+    fn is_backend(&self) -> bool {
+        true
+    }
+
+    fn is_operator(&self) -> bool {
+        true
+    }
 }
 
 /// Who a user-token connection is: the token's `sub` and its `info`.
@@ -320,6 +348,8 @@ pub enum AuthConfigError {
 /// Turns credentials into access.
 pub struct Authenticator {
     keys: Vec<(String, Arc<dyn Access>)>,
+    /// The admin key, if set: operator access.
+    operator_key: Option<String>,
     anonymous: Option<Arc<dyn Access>>,
     anonymous_publish: bool,
     tokens: Option<Arc<dyn TokenVerifier>>,
@@ -342,10 +372,24 @@ impl Authenticator {
             .collect();
         Authenticator {
             keys,
+            operator_key: None,
             anonymous_publish,
             anonymous,
             tokens: None,
         }
+    }
+
+    /// Also accepts the admin key, as [`OperatorAccess`].
+    pub fn with_operator_key(mut self, key: &str) -> Authenticator {
+        self.operator_key = (!key.is_empty()).then(|| key.to_owned());
+        self
+    }
+
+    /// Whether `credential` is the admin key (compared in constant time).
+    pub fn is_operator_key(&self, credential: &str) -> bool {
+        self.operator_key
+            .as_ref()
+            .is_some_and(|key| constant_time_eq(key.as_bytes(), credential.as_bytes()))
     }
 
     /// Also accepts user tokens (JWT), verified by `tokens`.
@@ -410,6 +454,9 @@ impl Authenticator {
         // Compare against every key without stopping early, so the time
         // taken says nothing about which key was closest.
         let mut found = None;
+        if self.is_operator_key(credential) {
+            found = Some(Arc::new(OperatorAccess) as Arc<dyn Access>);
+        }
         for (key, access) in &self.keys {
             if constant_time_eq(key.as_bytes(), credential.as_bytes()) {
                 found = Some(access.clone());

@@ -53,10 +53,11 @@ use thiserror::Error;
 use crate::auth::User;
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::{Acknowledgement, ClusterError, Forwarded, Upstream};
+use crate::connections::{self, ConnectionInfo, Connections};
 use crate::history::{Channel, History, HistoryError, HistoryLimits, PatternTooBroad, Retention, Sequences};
 use crate::message::{Envelope, Message, Payload, PayloadError};
 use crate::outbox::{
-    Offer, Outbox, OverflowPolicy, QueueLimits, Subscriber, SubscriptionId, WHOLE_CONNECTION,
+    CloseReason, Offer, Outbox, OverflowPolicy, QueueLimits, Subscriber, SubscriptionId, WHOLE_CONNECTION,
 };
 use crate::position::{InvalidToken, Position};
 use crate::presence::{Announcement, Member, Presence, PresenceLimits};
@@ -65,7 +66,8 @@ use crate::queue::QueueGroups;
 use crate::router::{Matches, Router};
 use crate::rules::{SubjectPolicy, SubjectRules};
 use crate::session::{PublishBudget, SessionError};
-use crate::subject::{validate_subject, Pattern, Subject, SubjectError, SubjectLimits};
+use crate::stats::{DropReason, Stats, Transport};
+use crate::subject::{validate_subject, Pattern, Subject, SubjectError, SubjectLimits, OPERATOR_PREFIX};
 
 /// Subjects under this prefix are reply inboxes (`_INBOX.>`, as NATS
 /// clients make them): delivered live, never recorded in history.
@@ -152,13 +154,25 @@ pub struct BatchError {
     pub error: PublishError,
 }
 
-/// Counters since start. Updated once per publish, not once per recipient.
-#[derive(Debug, Default)]
-struct Counters {
-    published: AtomicU64,
-    delivered: AtomicU64,
-    dropped: AtomicU64,
-    slow_consumers: AtomicU64,
+/// One subject (or subscribed wildcard pattern) as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SubjectInfo {
+    pub subject: String,
+    /// Subscriptions to exactly this subject (or pattern).
+    pub subscribers: usize,
+    pub history_messages: usize,
+    pub history_bytes: usize,
+}
+
+impl SubjectInfo {
+    fn named(subject: String) -> SubjectInfo {
+        SubjectInfo {
+            subject,
+            subscribers: 0,
+            history_messages: 0,
+            history_bytes: 0,
+        }
+    }
 }
 
 /// A snapshot of the broker's counters.
@@ -203,6 +217,8 @@ pub struct Resume {
 /// store implements this.
 pub trait Journal: Send + Sync + std::fmt::Debug {
     fn record(&self, message: &Message);
+    /// Deletes these messages (an operator cleared their subject).
+    fn forget(&self, _sequences: &[u64]) {}
 }
 
 /// What a broker starts from when history survived a restart.
@@ -288,7 +304,12 @@ pub struct Broker {
     /// Each user's publishes per second, shared by all their connections
     /// and HTTP requests; an entry lives while its budget is not full.
     user_budgets: Mutex<ahash::AHashMap<String, PublishBudget>>,
-    counters: Counters,
+    /// Messages numbered and fanned out here, whoever published them.
+    routed: AtomicU64,
+    /// What operators see: per transport, per reason, latencies.
+    stats: Arc<Stats>,
+    /// Open streaming connections, for the admin API and draining.
+    connections: Connections,
     next_session_id: AtomicU64,
     journal: Option<Arc<dyn Journal>>,
     /// Set on a clustered node: where its publishes are ordered.
@@ -321,7 +342,9 @@ impl Broker {
             router: Router::new(),
             queues: QueueGroups::default(),
             history,
-            counters: Counters::default(),
+            routed: AtomicU64::new(0),
+            stats: Arc::default(),
+            connections: Connections::default(),
             next_session_id: AtomicU64::new(1),
             journal: None,
             upstream: OnceLock::new(),
@@ -373,7 +396,9 @@ impl Broker {
             router: Router::new(),
             queues: QueueGroups::default(),
             history,
-            counters: Counters::default(),
+            routed: AtomicU64::new(0),
+            stats: Arc::default(),
+            connections: Connections::default(),
             next_session_id: AtomicU64::new(1),
             journal: Some(journal),
             upstream: OnceLock::new(),
@@ -663,6 +688,8 @@ impl Broker {
         skip: Option<&Arc<Outbox>>,
         numbering: Numbering,
     ) -> Position {
+        // A measurement, not the broker's notion of time (that is `clock`).
+        let started = std::time::Instant::now();
         // Only ever written under `publish_order`; atomic so that readers
         // (positions, polls) need not take the lock. SeqCst pairs with the
         // router's wildcard count (see `Router::matches`): a poll's watch,
@@ -706,7 +733,8 @@ impl Broker {
         // Release: whoever reads this mark sees the message in history and
         // in every queue it was offered to.
         self.committed_sequence.store(sequence, Ordering::Release);
-        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        self.routed.fetch_add(1, Ordering::Relaxed);
+        self.stats.publish_latency(started.elapsed());
         position
     }
 
@@ -769,7 +797,7 @@ impl Broker {
             // Chunk by chunk: a plain loop over each slice, the hot one.
             for chunk in only.chunks() {
                 for subscriber in chunk.iter().filter(|subscriber| wanted(subscriber)) {
-                    tally.add(subscriber.offer(message));
+                    tally.add(subscriber.offer(message), subscriber.outbox.transport());
                 }
             }
         } else if !matches.is_empty() {
@@ -780,11 +808,11 @@ impl Broker {
             let mut seen = ahash::AHashSet::with_capacity(capacity);
             for subscriber in matches.iter().flat_map(|list| list.iter()) {
                 if wanted(subscriber) && seen.insert(subscriber) {
-                    tally.add(subscriber.offer(message));
+                    tally.add(subscriber.offer(message), subscriber.outbox.transport());
                 }
             }
         }
-        tally.record(&self.counters);
+        tally.record(&self.stats);
     }
 
     /// Offers `message` to one member of each matching queue group.
@@ -796,11 +824,11 @@ impl Broker {
     ) {
         let mut tally = Tally::default();
         for group in groups.iter().flat_map(|list| list.iter()) {
-            if let Some(offer) = group.offer(message, skip) {
-                tally.add(offer);
+            if let Some((offer, transport)) = group.offer(message, skip) {
+                tally.add(offer, transport);
             }
         }
-        tally.record(&self.counters);
+        tally.record(&self.stats);
     }
 
     /// Subscribes `outbox` to `patterns` at one cut in the numbering: every
@@ -1014,15 +1042,103 @@ impl Broker {
     /// Counts a connection a gateway closed because its writes stalled:
     /// a slow consumer the queues themselves did not catch.
     pub fn count_slow_consumer(&self) {
-        self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        self.stats.slow_consumer(1);
+    }
+
+    pub(crate) fn now_millis(&self) -> u64 {
+        self.clock.now_millis()
+    }
+
+    pub(crate) fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    /// Open streaming connections (all, or one user's), oldest first.
+    pub fn list_connections(&self, user: Option<&str>) -> Vec<ConnectionInfo> {
+        self.connections
+            .list(|owner| user.is_none_or(|user| owner == Some(user)))
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.count()
+    }
+
+    /// Closes every open connection of `user` with `reason`; how many.
+    pub fn disconnect_user(&self, user: &str, reason: &CloseReason) -> usize {
+        let outboxes = self.connections.outboxes(|owner| owner == Some(user));
+        connections::close_all(&outboxes, reason)
+    }
+
+    /// The queues of every open streaming connection, with their session
+    /// ids: a draining server closes them one by one.
+    pub fn connection_queues(&self) -> Vec<(u64, Arc<Outbox>)> {
+        self.connections.outboxes(|_| true)
+    }
+
+    /// Every subject with subscribers or history, and every wildcard
+    /// pattern subscribed to: how many subscribe, what history holds.
+    /// Walks the whole index: for the admin API, not for a hot path.
+    pub fn subjects(&self) -> Vec<SubjectInfo> {
+        let mut subjects: std::collections::BTreeMap<String, SubjectInfo> = Default::default();
+        for (pattern, subscribers) in self.router.pattern_counts() {
+            let entry = subjects
+                .entry(pattern.clone())
+                .or_insert_with(|| SubjectInfo::named(pattern));
+            entry.subscribers += subscribers;
+        }
+        for (subject, messages, bytes) in self.history.channels() {
+            let entry = subjects
+                .entry(subject.clone())
+                .or_insert_with(|| SubjectInfo::named(subject));
+            entry.history_messages = messages;
+            entry.history_bytes = bytes;
+        }
+        subjects.into_values().collect()
+    }
+
+    /// Empties the history of `subject` (its ring, and the disk journal's
+    /// copy): a resume from before now gets a gap. How many messages went.
+    pub fn clear_history(&self, subject: &str) -> usize {
+        // Under the publish lock, so no message is recorded half-way.
+        let _order = self.lock_publish_order();
+        let Some(channel) = self.history.existing(subject) else {
+            return 0;
+        };
+        let sequences = channel.clear();
+        if let Some(journal) = &self.journal {
+            journal.forget(&sequences);
+        }
+        sequences.len()
+    }
+
+    /// Publishes `json` on `$sys.<name>` for operators watching, if any
+    /// are: never recorded, and nothing at all when nobody subscribes.
+    pub fn publish_operator(&self, name: &str, json: String) -> bool {
+        let subject = format!("{OPERATOR_PREFIX}{name}");
+        if self.router.matches(&subject).is_empty() {
+            return false;
+        }
+        match Subject::parse_system(&subject, &self.config.subject_limits) {
+            Ok(subject) => {
+                self.publish_system(subject, json);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The counters operators read (`/metrics`).
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
     }
 
     pub fn metrics(&self) -> Metrics {
+        let stats = self.stats.snapshot();
         Metrics {
-            published: self.counters.published.load(Ordering::Relaxed),
-            delivered: self.counters.delivered.load(Ordering::Relaxed),
-            dropped: self.counters.dropped.load(Ordering::Relaxed),
-            slow_consumers: self.counters.slow_consumers.load(Ordering::Relaxed),
+            published: self.routed.load(Ordering::Relaxed),
+            delivered: stats.delivered.iter().map(|(_, count)| count).sum(),
+            dropped: stats.dropped.iter().map(|(_, count)| count).sum(),
+            slow_consumers: stats.slow_consumers,
             subscriptions: self.router.subscription_count() as u64,
             history_subjects: self.history.subject_count() as u64,
             history_bytes: self.history.retained_bytes() as u64,
@@ -1033,34 +1149,39 @@ impl Broker {
 /// Per-publish counts, added to the shared counters once.
 #[derive(Default)]
 struct Tally {
-    delivered: u64,
-    dropped: u64,
+    /// Queued, per transport (indexed as [`Transport::ALL`]).
+    delivered: [u64; Transport::ALL.len()],
+    queue_full: u64,
+    too_large: u64,
     evicted: u64,
 }
 
 impl Tally {
-    fn add(&mut self, offer: Offer) {
+    fn add(&mut self, offer: Offer, transport: Transport) {
         match offer {
-            Offer::Queued => self.delivered += 1,
+            Offer::Queued => self.delivered[transport as usize] += 1,
             Offer::QueuedAfterDropping(dropped) => {
-                self.delivered += 1;
-                self.dropped += dropped as u64;
+                self.delivered[transport as usize] += 1;
+                self.queue_full += dropped as u64;
             }
-            Offer::DroppedTooLarge => self.dropped += 1,
+            Offer::DroppedTooLarge => self.too_large += 1,
             Offer::Evicted => self.evicted += 1,
             Offer::Closed => {}
         }
     }
 
-    fn record(&self, counters: &Counters) {
-        if self.delivered > 0 {
-            counters.delivered.fetch_add(self.delivered, Ordering::Relaxed);
+    fn record(&self, stats: &Stats) {
+        for (transport, count) in Transport::ALL.iter().zip(self.delivered) {
+            stats.delivered(*transport, count);
         }
-        if self.dropped > 0 {
-            counters.dropped.fetch_add(self.dropped, Ordering::Relaxed);
+        if self.queue_full > 0 {
+            stats.dropped(DropReason::QueueFull, self.queue_full);
+        }
+        if self.too_large > 0 {
+            stats.dropped(DropReason::TooLarge, self.too_large);
         }
         if self.evicted > 0 {
-            counters.slow_consumers.fetch_add(self.evicted, Ordering::Relaxed);
+            stats.slow_consumer(self.evicted);
         }
     }
 }

@@ -187,6 +187,23 @@ impl Channel {
         }
     }
 
+    /// Drops every message; returns their sequences. Later reads from
+    /// before now are told of the gap.
+    pub(crate) fn clear(&self) -> Vec<u64> {
+        let mut ring = self.lock();
+        let sequences = ring.messages.iter().map(Message::sequence).collect();
+        while !ring.messages.is_empty() {
+            ring.drop_front();
+        }
+        sequences
+    }
+
+    /// Messages held and their bytes.
+    fn size(&self) -> (usize, usize) {
+        let ring = self.lock();
+        (ring.messages.len(), ring.messages.iter().map(Message::size).sum())
+    }
+
     /// Records a newly published message.
     fn record(&self, message: Message, now_millis: u64) {
         let sequence = message.sequence();
@@ -371,6 +388,22 @@ impl History {
             });
             retention.live_at_compaction = retention.queue.len();
         }
+    }
+
+    /// Every subject with a ring: messages held and their bytes.
+    pub(crate) fn channels(&self) -> Vec<(String, usize, usize)> {
+        let channels: Vec<Arc<Channel>> = self
+            .shards
+            .iter()
+            .flat_map(|shard| read(shard).values().cloned().collect::<Vec<_>>())
+            .collect();
+        channels
+            .iter()
+            .map(|channel| {
+                let (messages, bytes) = channel.size();
+                (channel.subject.as_str().to_owned(), messages, bytes)
+            })
+            .collect()
     }
 
     pub(crate) fn subject_count(&self) -> usize {

@@ -20,6 +20,8 @@
 //! | [`broker`] | publish: number, record, match, fan out; the one subscribe door |
 //! | [`cluster`] | what a node of a cluster hands on, and how it hears back |
 //! | [`session`] | the interface connection-based gateways use |
+//! | [`connections`] | every open streaming connection, for operators |
+//! | [`stats`] | what operators count: per transport, per reason, latencies |
 //! | [`poll`] | cursor reads for gateways without a connection (long polling) |
 //! | [`auth`] | access checks, API keys, permissions, anonymous access |
 //! | [`protocol`] | client commands and server events, every encoding |
@@ -54,6 +56,7 @@ pub mod auth;
 pub mod broker;
 pub mod clock;
 pub mod cluster;
+pub mod connections;
 pub mod history;
 pub mod message;
 pub mod outbox;
@@ -65,19 +68,21 @@ pub mod queue;
 pub mod router;
 pub mod rules;
 pub mod session;
+pub mod stats;
 pub mod subject;
 pub mod units;
 
 pub use auth::{
     Access, AllowAll, ApiKey, ApiKeyConfig, AuthConfig, AuthConfigError, AuthError, Authenticator,
-    Permissions, Secret, TokenVerifier, User,
+    OperatorAccess, Permissions, Secret, TokenVerifier, User,
 };
 pub use broker::{
     BatchError, Broker, BrokerConfig, Journal, Metrics, PublishError, Replay, Restored, Resume,
-    StoredMessage, INBOX_PREFIX,
+    StoredMessage, SubjectInfo, INBOX_PREFIX,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use cluster::{Acknowledgement, ClusterError, Forwarded, Upstream};
+pub use connections::ConnectionInfo;
 pub use history::{HistoryLimits, PatternTooBroad, RingLimits};
 pub use message::{Envelope, Headers, HeadersError, Message, Payload, PayloadError, MAX_PAYLOAD_DEPTH};
 pub use outbox::{CloseReason, Offer, Outbox, OverflowPolicy, QueueLimits, SubscriptionId, WHOLE_CONNECTION};
@@ -87,4 +92,5 @@ pub use presence::{Member, PresenceLimits};
 pub use protocol::{decode_command, Command, DecodeError, Encoding, Gap, Outbound, Reply, ServerEvent};
 pub use rules::{RuleError, SubjectPolicy, SubjectRuleConfig, SubjectRules};
 pub use session::{Acknowledge, HistoryPage, Session, SessionBatchError, SessionError};
+pub use stats::{Stats, StatsSnapshot, Transport};
 pub use subject::{names_wildcards, validate_subject, Pattern, Subject, SubjectError, SubjectLimits};

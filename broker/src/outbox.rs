@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use crate::message::Message;
 use crate::position::Position;
 use crate::protocol::{Gap, Outbound, Reply};
+use crate::stats::{GapReason, Stats, Transport};
 use crate::subject::Pattern;
 
 /// What to do when a subscriber's queue is full.
@@ -87,6 +88,11 @@ pub enum CloseReason {
     InvalidUtf8,
     /// The token the connection was opened with expired.
     TokenExpired,
+    /// The server is draining before a restart: reconnect, to another
+    /// node if there is one, and resume. Spread over the drain window.
+    Draining,
+    /// An operator disconnected this connection (the admin API).
+    Removed,
 }
 
 impl CloseReason {
@@ -103,6 +109,8 @@ impl CloseReason {
             CloseReason::InvalidFrame(_) => "invalid_frame",
             CloseReason::InvalidUtf8 => "invalid_utf8",
             CloseReason::TokenExpired => "token_expired",
+            CloseReason::Draining => "server_draining",
+            CloseReason::Removed => "removed",
         }
     }
 }
@@ -133,6 +141,10 @@ impl fmt::Display for CloseReason {
             CloseReason::TokenExpired => {
                 f.write_str("the token expired: reconnect with a new one and resume")
             }
+            CloseReason::Draining => {
+                f.write_str("the server is restarting: reconnect (another node will answer) and resume")
+            }
+            CloseReason::Removed => f.write_str("disconnected by an operator"),
         }
     }
 }
@@ -208,6 +220,10 @@ pub enum Offer {
 /// (`cargo bench -p herald-broker --bench router -- publish_under_churn`).
 #[repr(align(64))]
 pub struct Outbox {
+    /// The door its connection came through: the label of what it is
+    /// delivered.
+    transport: Transport,
+    stats: Arc<Stats>,
     limits: QueueLimits,
     policy: OverflowPolicy,
     state: Mutex<State>,
@@ -247,8 +263,21 @@ struct State {
 }
 
 impl Outbox {
+    /// A queue counted nowhere; for tests and tools.
     pub fn new(limits: QueueLimits, policy: OverflowPolicy) -> Outbox {
+        Outbox::metered(limits, policy, Transport::Internal, Arc::default())
+    }
+
+    /// A queue of a connection on `transport`, counted in `stats`.
+    pub fn metered(
+        limits: QueueLimits,
+        policy: OverflowPolicy,
+        transport: Transport,
+        stats: Arc<Stats>,
+    ) -> Outbox {
         Outbox {
+            transport,
+            stats,
             limits,
             policy,
             state: Mutex::new(State {
@@ -272,6 +301,15 @@ impl Outbox {
 
     pub fn limits(&self) -> QueueLimits {
         self.limits
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// How many patterns the connection subscribes to.
+    pub fn pattern_count(&self) -> usize {
+        self.lock().patterns.len()
     }
 
     pub fn policy(&self) -> OverflowPolicy {
@@ -496,6 +534,11 @@ impl Outbox {
         if !held_for_replay && (!state.entries.is_empty() || !state.owed_gaps.is_empty() || state.flush_owed)
         {
             state.flush_owed = false;
+            if state.message_count > 0 {
+                self.stats.queue_depth(state.message_count);
+            }
+            self.stats
+                .gaps(GapReason::QueueFull, state.owed_gaps.len() as u64);
             batch.clear();
             std::mem::swap(&mut state.entries, batch);
             for gap in state.owed_gaps.drain(..).rev() {
@@ -536,6 +579,7 @@ impl Outbox {
                 }))
             })
             .collect();
+        self.stats.gaps(GapReason::Lost, gaps.len() as u64);
         state.entries.extend(gaps);
         let wake = was_empty && !state.subscribing;
         drop(state);
@@ -593,6 +637,7 @@ impl Outbox {
                     *slot = Some(position);
                 }
             }
+            self.stats.gaps(GapReason::Resume, gaps.len() as u64);
             if !gaps.is_empty() || !replay.is_empty() {
                 let ack = match ack_index.and_then(|index| state.entries.remove(index)) {
                     Some(Outbound::Reply(reply)) => Some(*reply),

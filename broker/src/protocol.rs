@@ -134,6 +134,20 @@ impl Command {
         }
     }
 
+    /// The command's `op`, as clients write it.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Command::Subscribe { .. } => "sub",
+            Command::Unsubscribe { .. } => "unsub",
+            Command::Publish { .. } => "pub",
+            Command::Ping { .. } => "ping",
+            Command::History { .. } => "history",
+            Command::Presence { .. } => "presence",
+            Command::Auth { .. } => "auth",
+            Command::Refresh { .. } => "refresh",
+        }
+    }
+
     pub fn id(&self) -> Option<u64> {
         match self {
             Command::Subscribe { id, .. }

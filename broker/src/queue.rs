@@ -23,6 +23,7 @@ use thiserror::Error;
 use crate::message::Message;
 use crate::outbox::{Offer, Outbox, Subscriber};
 use crate::router::{Matches, Router};
+use crate::stats::Transport;
 use crate::subject::Pattern;
 
 /// Longest queue group name, in bytes.
@@ -153,7 +154,8 @@ impl QueueGroups {
 impl GroupHandle {
     /// Offers `message` to the group's next member that is open and is not
     /// `skip`; `None` when there is none.
-    pub(crate) fn offer(&self, message: &Message, skip: Option<&Arc<Outbox>>) -> Option<Offer> {
+    /// The member offered the message, and what became of it.
+    pub(crate) fn offer(&self, message: &Message, skip: Option<&Arc<Outbox>>) -> Option<(Offer, Transport)> {
         let members = self
             .0
             .members
@@ -166,7 +168,7 @@ impl GroupHandle {
             .find(|member| {
                 !member.outbox.is_closed() && skip.is_none_or(|skip| !Arc::ptr_eq(&member.outbox, skip))
             })
-            .map(|member| member.offer(message))
+            .map(|member| (member.offer(message), member.outbox.transport()))
     }
 }
 

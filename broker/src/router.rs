@@ -299,6 +299,42 @@ impl<S: Clone + Eq + Hash> Router<S> {
         found
     }
 
+    /// Every pattern held and how many subscribers it has: for the admin
+    /// API, never on the publish path.
+    pub fn pattern_counts(&self) -> Vec<(String, usize)> {
+        fn walk<S>(node: &TrieNode<S>, path: &mut Vec<String>, found: &mut Vec<(String, usize)>) {
+            if !node.ending_here.is_empty() {
+                found.push((path.join("."), node.ending_here.len()));
+            }
+            if !node.full_wildcard.is_empty() {
+                path.push(FULL_WILDCARD.to_owned());
+                found.push((path.join("."), node.full_wildcard.len()));
+                path.pop();
+            }
+            for (token, child) in &node.literal_children {
+                path.push(token.to_string());
+                walk(child, path, found);
+                path.pop();
+            }
+            if let Some(child) = &node.single_wildcard_child {
+                path.push(SINGLE_WILDCARD.to_owned());
+                walk(child, path, found);
+                path.pop();
+            }
+        }
+        let mut found = Vec::new();
+        for shard in self.exact_shards.iter() {
+            found.extend(
+                read(shard)
+                    .iter()
+                    .filter(|(_, list)| !list.is_empty())
+                    .map(|(subject, list)| (subject.to_string(), list.len())),
+            );
+        }
+        walk(&read(&self.wildcards), &mut Vec::new(), &mut found);
+        found
+    }
+
     /// Number of (pattern, subscriber) pairs held.
     pub fn subscription_count(&self) -> usize {
         let exact: usize = self

@@ -24,7 +24,8 @@ use crate::position::{InvalidToken, Position};
 use crate::presence::Member;
 use crate::protocol::{Command, DecodeError, Gap, Reply};
 use crate::queue::{validate_queue_name, QueueNameError};
-use crate::subject::{validate_subject, Pattern, Subject, SubjectError};
+use crate::stats::Transport;
+use crate::subject::{validate_subject, Pattern, Subject, SubjectError, OPERATOR_PREFIX};
 
 /// Why a session operation failed. Each maps to a stable `err` code.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -146,8 +147,18 @@ pub(crate) fn subscribable_patterns<S: AsRef<str>>(
     let mut patterns: Vec<Pattern> = Vec::with_capacity(subjects.len());
     for subject in subjects {
         let subject = subject.as_ref();
-        let pattern = Pattern::parse(subject, &broker.config().subject_limits)?;
-        if !access.may_subscribe(&pattern) {
+        let limits = &broker.config().subject_limits;
+        let (pattern, allowed) = match subject.starts_with(OPERATOR_PREFIX) {
+            // The operators' namespace: no permission pattern reaches it,
+            // not even `>`; only the admin key.
+            true => (Pattern::parse_operator(subject, limits)?, access.is_operator()),
+            false => {
+                let pattern = Pattern::parse(subject, limits)?;
+                let allowed = access.may_subscribe(&pattern);
+                (pattern, allowed)
+            }
+        };
+        if !allowed {
             return Err(SessionError::Forbidden {
                 operation: "subscribe to",
                 subject: subject.to_owned(),
@@ -224,6 +235,8 @@ struct Membership {
 pub struct Session {
     broker: Arc<Broker>,
     id: u64,
+    /// The label of what it publishes, receives and asks.
+    transport: Transport,
     outbox: Arc<Outbox>,
     access: Arc<dyn Access>,
     /// Patterns held, in subscription order; small, so a Vec.
@@ -247,10 +260,31 @@ impl Session {
     }
 
     pub fn new(broker: &Arc<Broker>, access: Arc<dyn Access>) -> Session {
+        Session::on(Transport::Internal, broker, access)
+    }
+
+    /// Opens a session for a connection (or a request) on `transport`,
+    /// counted under it while open.
+    pub fn on(transport: Transport, broker: &Arc<Broker>, access: Arc<dyn Access>) -> Session {
         let config = broker.config();
-        let outbox = Arc::new(Outbox::new(config.queue, config.overflow_policy));
+        let stats = broker.stats().clone();
+        stats.session_opened(transport);
+        let outbox = Arc::new(Outbox::metered(
+            config.queue,
+            config.overflow_policy,
+            transport,
+            stats,
+        ));
+        let id = broker.next_session_id();
+        if !matches!(transport, Transport::Http | Transport::Internal) {
+            let user = access.user().map(|user| user.id.clone());
+            broker
+                .connections()
+                .open(id, transport, user, broker.now_millis(), &outbox);
+        }
         Session {
-            id: broker.next_session_id(),
+            id,
+            transport,
             broker: broker.clone(),
             outbox,
             publish_budget: PublishBudget::for_access(config.max_client_publishes_per_second, &*access),
@@ -288,6 +322,9 @@ impl Session {
         }
         self.publish_budget =
             PublishBudget::for_access(self.broker.config().max_client_publishes_per_second, &*access);
+        self.broker
+            .connections()
+            .set_user(self.id, access.user().map(|user| user.id.clone()));
         self.access = access;
         Ok(())
     }
@@ -295,6 +332,16 @@ impl Session {
     /// Unique among this broker's sessions; for logs.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// Counts a command this session's gateway answered itself (`auth`,
+    /// `refresh`, an undecodable frame, an HTTP publish).
+    pub fn count_command(&self, op: &str, outcome: Result<(), &'static str>) {
+        self.broker.stats().command(self.transport, op, outcome);
     }
 
     /// The queue a gateway's writer drains.
@@ -316,6 +363,7 @@ impl Session {
     /// command has an id), `pong`, a `history` page or an `err`.
     pub fn handle(&mut self, command: Command) {
         let id = command.id();
+        let op = command.op();
         let result = match command {
             Command::Subscribe {
                 subject,
@@ -399,6 +447,7 @@ impl Session {
                 })
             }),
         };
+        self.count_command(op, result.as_ref().map(drop).map_err(SessionError::code));
         if let Err(error) = result {
             self.reject(id, &error);
         }
@@ -612,7 +661,9 @@ impl Session {
     ) -> Result<Position, SessionError> {
         self.check_publish(subject, payload.len() + envelope.headers_len())?;
         let skip = (!echo).then_some(&self.outbox);
-        Ok(self.broker.publish_checked(subject, payload, envelope, skip)?)
+        let position = self.broker.publish_checked(subject, payload, envelope, skip)?;
+        self.broker.stats().published(self.transport, 1);
+        Ok(position)
     }
 
     /// Publishes like [`Session::publish_with`] on any node, and tells
@@ -630,9 +681,10 @@ impl Session {
     ) -> Result<(), SessionError> {
         self.check_publish(subject, payload.len() + envelope.headers_len())?;
         let skip = (!echo).then_some(&self.outbox);
-        Ok(self
-            .broker
-            .submit_checked(subject, payload, envelope, skip, done)?)
+        self.broker
+            .submit_checked(subject, payload, envelope, skip, done)?;
+        self.broker.stats().published(self.transport, 1);
+        Ok(())
     }
 
     /// A clustered node's `pub`: answered (`ack` with its `id`, or `err`)
@@ -764,12 +816,17 @@ impl Session {
             self.check_publish(subject.as_ref(), payload.len())
                 .map_err(|error| SessionBatchError { index, error })?;
         }
-        self.broker
+        let positions = self
+            .broker
             .publish_batch(batch)
             .map_err(|BatchError { index, error }| SessionBatchError {
                 index,
                 error: error.into(),
-            })
+            })?;
+        self.broker
+            .stats()
+            .published(self.transport, positions.len() as u64);
+        Ok(positions)
     }
 
     /// Everything [`Session::publish`] checks before publishing: the subject,
@@ -863,6 +920,8 @@ fn count_within<'a>(messages: impl Iterator<Item = &'a Message>, max_bytes: usiz
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.broker.stats().session_closed(self.transport);
+        self.broker.connections().close(self.id);
         for pattern in &self.patterns {
             self.broker.unsubscribe(pattern, &self.outbox);
         }

@@ -41,6 +41,9 @@ pub const SYSTEM_PREFIX: char = '$';
 /// Where the join and leave events of subject `s` are published:
 /// `$presence.s`.
 pub const PRESENCE_PREFIX: &str = "$presence.";
+/// Where the server publishes what operators watch (`$sys.stats`): only
+/// operator access (the admin key) may subscribe.
+pub const OPERATOR_PREFIX: &str = "$sys.";
 
 /// Limits applied when parsing subjects and patterns from clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -165,6 +168,22 @@ impl Pattern {
             text: Arc::from(text),
             has_wildcards: shape.first_wildcard.is_some(),
         })
+    }
+
+    /// Parses a pattern under [`OPERATOR_PREFIX`] (`$sys.>`), which
+    /// [`Pattern::parse`] refuses as reserved.
+    pub fn parse_operator(text: &str, limits: &SubjectLimits) -> Result<Pattern, SubjectError> {
+        let rest = text.strip_prefix(OPERATOR_PREFIX).ok_or(SubjectError::Reserved)?;
+        let shape = check_tokens(rest, limits)?;
+        Ok(Pattern {
+            text: Arc::from(text),
+            has_wildcards: shape.first_wildcard.is_some(),
+        })
+    }
+
+    /// Whether this pattern is in the operators' namespace (`$sys.`).
+    pub fn is_operator(&self) -> bool {
+        self.text.starts_with(OPERATOR_PREFIX)
     }
 
     pub fn as_str(&self) -> &str {

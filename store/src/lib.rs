@@ -88,7 +88,12 @@ pub struct DiskJournal {
 
 #[derive(Debug)]
 enum Entry {
-    Message { sequence: u64, value: Vec<u8> },
+    Message {
+        sequence: u64,
+        value: Vec<u8>,
+    },
+    /// Delete these messages: an operator cleared their subject.
+    Forget(Vec<u64>),
     Close,
 }
 
@@ -215,6 +220,12 @@ impl Journal for DiskJournal {
             );
         }
     }
+
+    fn forget(&self, sequences: &[u64]) {
+        if !sequences.is_empty() && self.queue.send(Entry::Forget(sequences.to_vec())).is_err() {
+            tracing::error!("history store is closed: cleared messages not deleted");
+        }
+    }
 }
 
 impl DiskJournal {
@@ -268,7 +279,7 @@ impl Writer {
 
     /// Writes `batch`, deletes what aged out, and records the numbering
     /// (and `clean` when closing), in one durable transaction.
-    fn commit(&mut self, batch: &mut Vec<(u64, Vec<u8>)>, closing: bool) -> Result<(), redb::Error> {
+    fn commit(&mut self, batch: &mut Vec<(u64, Option<Vec<u8>>)>, closing: bool) -> Result<(), redb::Error> {
         if batch.is_empty() && !closing {
             return Ok(());
         }
@@ -278,8 +289,15 @@ impl Writer {
         {
             let mut messages = write.open_table(MESSAGES)?;
             for (sequence, value) in batch.drain(..) {
-                messages.insert(sequence, value.as_slice())?;
-                self.last_sequence = self.last_sequence.max(sequence);
+                match value {
+                    Some(value) => {
+                        messages.insert(sequence, value.as_slice())?;
+                        self.last_sequence = self.last_sequence.max(sequence);
+                    }
+                    None => {
+                        messages.remove(sequence)?;
+                    }
+                }
             }
             // Sequence order is publish order: what aged out is at the front.
             let mut expired = Vec::new();
@@ -308,11 +326,16 @@ impl Writer {
     }
 }
 
-/// Adds a message to `batch`; true for the closing entry.
-fn take(entry: Entry, batch: &mut Vec<(u64, Vec<u8>)>) -> bool {
+/// Adds a message (or a deletion: `None`) to `batch`; true for the
+/// closing entry.
+fn take(entry: Entry, batch: &mut Vec<(u64, Option<Vec<u8>>)>) -> bool {
     match entry {
         Entry::Message { sequence, value } => {
-            batch.push((sequence, value));
+            batch.push((sequence, Some(value)));
+            false
+        }
+        Entry::Forget(sequences) => {
+            batch.extend(sequences.into_iter().map(|sequence| (sequence, None)));
             false
         }
         Entry::Close => true,
@@ -477,6 +500,24 @@ mod tests {
             .collect();
         assert_eq!(restored, [(1, &b"1"[..]), (2, b"2"), (3, b"3")]);
         assert_eq!(again.messages[0].subject, "room.a");
+        journal.close();
+    }
+
+    #[test]
+    fn forgotten_messages_are_not_restored() {
+        let directory = tempfile::tempdir().unwrap();
+        let options = options(directory.path().join("h.redb"), Duration::from_secs(60));
+        let (first, journal) = open(&options).unwrap();
+        let now = now_millis();
+        for sequence in 1..=4 {
+            journal.record(&message(first.epoch, sequence, now, &sequence.to_string()));
+        }
+        journal.forget(&[2, 3]);
+        journal.close();
+        let (again, journal) = open(&options).unwrap();
+        let sequences: Vec<u64> = again.messages.iter().map(|stored| stored.sequence).collect();
+        assert_eq!(sequences, [1, 4]);
+        assert_eq!(again.last_sequence, 4, "numbering goes on after what was cleared");
         journal.close();
     }
 

@@ -34,7 +34,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use herald_broker::{Encoding, Outbound, Payload, Reply, Session, SessionBatchError};
+use herald_broker::{Encoding, Outbound, Payload, Reply, Session, SessionBatchError, Transport};
 use herald_gateway::credentials::bearer;
 use herald_gateway::reads::read_history;
 use herald_gateway::{GatewayContext, HttpError, QueryParams};
@@ -102,7 +102,7 @@ impl Api {
     /// A session with the caller's access; used for one request.
     fn session(&self, headers: &HeaderMap) -> Result<Session, HttpError> {
         let access = self.context.authenticate(headers, &QueryParams::default())?;
-        Ok(Session::new(&self.context.broker, access))
+        Ok(Session::on(Transport::Http, &self.context.broker, access))
     }
 
     /// Publishing without a key, when anonymous publishing is off, is a
@@ -262,6 +262,16 @@ pub fn parse_publish(body: &Bytes, max_batch: usize) -> Result<Publish, HttpErro
 }
 
 async fn publish(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) -> Result<Response, HttpError> {
+    let answer = publish_counted(&api, headers, body).await;
+    let outcome = answer.as_ref().map(drop).map_err(|error| error.code);
+    api.context
+        .broker
+        .stats()
+        .command(Transport::Http, "pub", outcome);
+    answer
+}
+
+async fn publish_counted(api: &Api, headers: HeaderMap, body: Body) -> Result<Response, HttpError> {
     check_json_content_type(&headers)?;
     api.check_may_publish(&headers)?;
     let session = api.session(&headers)?;

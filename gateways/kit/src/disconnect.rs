@@ -29,7 +29,7 @@ pub enum DisconnectReason {
 }
 
 /// Every code a [`DisconnectReason`] can have, in counter order.
-pub const DISCONNECT_CODES: [&str; 16] = [
+pub const DISCONNECT_CODES: [&str; 18] = [
     "slow_consumer",
     "reply_backlog",
     "shutdown",
@@ -40,6 +40,8 @@ pub const DISCONNECT_CODES: [&str; 16] = [
     "invalid_frame",
     "invalid_utf8",
     "token_expired",
+    "server_draining",
+    "removed",
     "client_closed",
     "read_error",
     "write_error",
@@ -127,6 +129,8 @@ mod tests {
             DisconnectReason::Closed(CloseReason::InvalidFrame("reserved bits".into())),
             DisconnectReason::Closed(CloseReason::InvalidUtf8),
             DisconnectReason::Closed(CloseReason::TokenExpired),
+            DisconnectReason::Closed(CloseReason::Draining),
+            DisconnectReason::Closed(CloseReason::Removed),
             DisconnectReason::ClientClosed,
             DisconnectReason::ReadError,
             DisconnectReason::WriteError,

@@ -43,6 +43,7 @@ pub fn decode_frame(
     max_frame_bytes: usize,
 ) -> Option<Command> {
     if frame.len() > max_frame_bytes {
+        session.count_command("invalid", Err("frame_too_large"));
         session.outbox().push_reply(Reply::Error {
             id: None,
             code: "frame_too_large",
@@ -53,7 +54,10 @@ pub fn decode_frame(
     match decode_command(encoding, frame) {
         Ok(command) => Some(command),
         Err(error) => {
-            session.reject(error.id, &SessionError::Decode(error));
+            let id = error.id;
+            let error = SessionError::Decode(error);
+            session.count_command("invalid", Err(error.code()));
+            session.reject(id, &error);
             None
         }
     }
@@ -62,9 +66,8 @@ pub fn decode_frame(
 /// The second half of [`handle_frame`]: carries out a decoded command.
 pub fn handle_command(session: &mut Session, command: Command, auth: &Authenticator) -> Handled {
     match command {
-        Command::Auth { id, token } | Command::Refresh { id, token } => {
-            replace_access(session, id, &token, auth)
-        }
+        Command::Auth { id, token } => replace_access(session, "auth", id, &token, auth),
+        Command::Refresh { id, token } => replace_access(session, "refresh", id, &token, auth),
         command => {
             read_history_in_place(command.reads_wide_history(), || session.handle(command));
             Handled::Done
@@ -74,8 +77,15 @@ pub fn handle_command(session: &mut Session, command: Command, auth: &Authentica
 
 /// Verifies `token` and makes it the session's access, acknowledged; a
 /// refused token is answered with its code and changes nothing.
-fn replace_access(session: &mut Session, id: Option<u64>, token: &str, auth: &Authenticator) -> Handled {
+fn replace_access(
+    session: &mut Session,
+    op: &str,
+    id: Option<u64>,
+    token: &str,
+    auth: &Authenticator,
+) -> Handled {
     let refused = |session: &Session, code, message: String| {
+        session.count_command(op, Err(code));
         session.outbox().push_reply(Reply::Error { id, code, message });
         Handled::Done
     };
@@ -85,6 +95,7 @@ fn replace_access(session: &mut Session, id: Option<u64>, token: &str, auth: &Au
     };
     match session.replace_access(access) {
         Ok(()) => {
+            session.count_command(op, Ok(()));
             if id.is_some() {
                 session.outbox().push_reply(Reply::Ack { id, position: None });
             }

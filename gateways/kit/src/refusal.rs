@@ -45,6 +45,10 @@ pub fn close_code_of(reason: &CloseReason) -> u16 {
         CloseReason::SlowConsumer | CloseReason::ReplyBacklog | CloseReason::ProtocolViolation(_) => 1008,
         // Like every refusal of a credential: 4000 + 401.
         CloseReason::TokenExpired => close_code(StatusCode::UNAUTHORIZED),
+        // Service restart: the client may reconnect at once.
+        CloseReason::Draining => 1012,
+        // 4000 + 403: told to go; reconnecting needs the operator's leave.
+        CloseReason::Removed => close_code(StatusCode::FORBIDDEN),
     }
 }
 

@@ -25,7 +25,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::{BufMut, Bytes, BytesMut};
-use herald_broker::{Encoding, Outbound, Poll, PollPage};
+use herald_broker::stats::GapReason;
+use herald_broker::{Encoding, Outbound, Poll, PollPage, Stats, Transport};
 use herald_gateway::reads::read_history;
 use herald_gateway::{Cookies, GatewayContext, HttpError, QueryParams};
 use serde::Deserialize;
@@ -86,6 +87,8 @@ async fn poll(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let context = &gateway.context;
+    let stats = context.broker.stats().clone();
+    let _open = stats.open_request(Transport::LongPoll);
     let access = context.admit(&headers, &query, Cookies::Read)?;
     let wait = wait_of(&query, &gateway.config)?;
     let poll = Poll::new(
@@ -100,7 +103,7 @@ async fn poll(
     })
     .await;
     if !page.is_empty() || wait.is_zero() {
-        return Ok(answer(&page));
+        return Ok(answer(&page, &stats));
     }
     let mut watch = poll.watch(page.cursor);
     let arrived = tokio::select! {
@@ -109,7 +112,7 @@ async fn poll(
         () = context.shutdown.cancelled() => None,
     };
     let page = arrived.unwrap_or_else(|| watch.settle());
-    Ok(answer(&page))
+    Ok(answer(&page, &stats))
 }
 
 /// The `wait` a request asks for, in seconds (fractions allowed), capped.
@@ -134,7 +137,9 @@ fn wait_of(query: &QueryParams, config: &LongPollConfig) -> Result<Duration, Htt
 
 /// `{"cursor":..,"events":[gaps.., messages..]}`, each event the frame a
 /// WebSocket client would receive (a message's encoded once and shared).
-fn answer(page: &PollPage) -> Response {
+fn answer(page: &PollPage, stats: &Stats) -> Response {
+    stats.delivered(Transport::LongPoll, page.messages.len() as u64);
+    stats.gaps(GapReason::Resume, page.gaps.len() as u64);
     let frames: Vec<Bytes> = page
         .gaps
         .iter()

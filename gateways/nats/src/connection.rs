@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use herald_broker::{
     Acknowledgement, CloseReason, Encoding, Envelope, Headers, Outbound, Outbox, Payload, Reply, Session,
-    SessionError, SubscriptionId,
+    SessionError, SubscriptionId, Transport,
 };
 use herald_gateway::{drive, DisconnectReason, EventWriter, WriterConfig};
 use serde::Deserialize;
@@ -129,7 +129,7 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, gateway: Arc<Gate
             return refuse(&mut write, b"", "Authorization Violation", &gateway).await;
         }
     };
-    let mut session = Session::new(&context.broker, access);
+    let mut session = Session::on(Transport::Nats, &context.broker, access);
     if options.verbose {
         session.outbox().push_reply(Reply::Ack {
             id: None,

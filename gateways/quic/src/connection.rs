@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use bytes::{Bytes, BytesMut};
-use herald_broker::{CloseReason, Encoding, Outbound, Reply, Session};
+use herald_broker::{CloseReason, Encoding, Outbound, Reply, Session, Transport};
 use herald_gateway::credentials::Admission;
 use herald_gateway::expiry::{self, TokenClock};
 use herald_gateway::frames::{decode_frame, handle_command, Handled};
@@ -113,7 +113,7 @@ pub(crate) async fn serve(incoming: IncomingSession, gateway: &Gateway) {
         }
         Admission::Refused(error) => return refuse(&connection, control, &error, encoding, context).await,
     };
-    let mut session = Session::new(&context.broker, access);
+    let mut session = Session::on(Transport::WebTransport, &context.broker, access);
     if auth_id.is_some() {
         session.outbox().push_reply(Reply::Ack {
             id: auth_id,

@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::{Bytes, BytesMut};
-use herald_broker::{Acknowledge, CloseReason, Encoding, Session};
+use herald_broker::{Acknowledge, CloseReason, Encoding, Session, Transport};
 use herald_gateway::reads::read_history;
 use herald_gateway::refusal;
 use herald_gateway::{
@@ -164,7 +164,7 @@ async fn open_stream(
         && subjects
             .iter()
             .any(|subject| herald_broker::names_wildcards(subject));
-    let mut session = Session::new(&context.broker, access);
+    let mut session = Session::on(Transport::Sse, &context.broker, access);
     let session = read_history(wide, move || {
         session.subscribe_with_presence(
             &subjects,

@@ -9,7 +9,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use herald_broker::{Access, CloseReason, Encoding, Outbound, Reply, Session};
+use herald_broker::{Access, CloseReason, Encoding, Outbound, Reply, Session, Transport};
 use herald_gateway::expiry::{self, TokenClock};
 use herald_gateway::frames::{handle_frame, Handled};
 use herald_gateway::{
@@ -51,7 +51,7 @@ pub(crate) async fn serve(
         },
         Admission::Refused(error) => return refuse(socket, &error, encoding, &gateway.context).await,
     };
-    let mut session = Session::new(&gateway.context.broker, access);
+    let mut session = Session::on(Transport::WebSocket, &gateway.context.broker, access);
     if auth_id.is_some() {
         session.outbox().push_reply(Reply::Ack {
             id: auth_id,

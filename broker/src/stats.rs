@@ -1,0 +1,392 @@
+//! What the broker counts for operators: plain atomics on the hot path,
+//! read whole at scrape time by whoever exports them (the server's
+//! `/metrics`). Nothing here allocates or locks per message; a publish
+//! adds to a handful of counters once, not once per recipient.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Which door a session came through: the label of every per-transport
+/// count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Transport {
+    Http,
+    WebSocket,
+    Sse,
+    LongPoll,
+    WebTransport,
+    Nats,
+    /// Messages from other nodes of a cluster.
+    Cluster,
+    /// The broker's own (presence events, tests, embedding code).
+    Internal,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 8] = [
+        Transport::Http,
+        Transport::WebSocket,
+        Transport::Sse,
+        Transport::LongPoll,
+        Transport::WebTransport,
+        Transport::Nats,
+        Transport::Cluster,
+        Transport::Internal,
+    ];
+
+    /// The metrics label and log field.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Http => "http",
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::LongPoll => "longpoll",
+            Transport::WebTransport => "webtransport",
+            Transport::Nats => "nats",
+            Transport::Cluster => "cluster",
+            Transport::Internal => "internal",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The commands counted per op; anything else is `other`.
+pub const OPS: [&str; 10] = [
+    "sub", "unsub", "pub", "history", "presence", "ping", "auth", "refresh", "invalid", "other",
+];
+
+/// Why a message did not reach a subscriber's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Dropped from a full queue under the `drop-oldest` policy.
+    QueueFull,
+    /// Larger than the subscriber's whole byte limit.
+    TooLarge,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 2] = [DropReason::QueueFull, DropReason::TooLarge];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::TooLarge => "too_large",
+        }
+    }
+}
+
+/// Why a client was sent a `gap` notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapReason {
+    /// Its queue overflowed and messages were dropped.
+    QueueFull,
+    /// It resumed from a position history no longer (or only partly) holds.
+    Resume,
+    /// A clustered node lost messages before they reached it.
+    Lost,
+}
+
+impl GapReason {
+    pub const ALL: [GapReason; 3] = [GapReason::QueueFull, GapReason::Resume, GapReason::Lost];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            GapReason::QueueFull => "queue_full",
+            GapReason::Resume => "resume",
+            GapReason::Lost => "lost",
+        }
+    }
+}
+
+/// A histogram with fixed upper bounds, one atomic per bucket.
+#[derive(Debug)]
+pub struct AtomicHistogram {
+    bounds: &'static [f64],
+    /// Per bucket, not cumulative; one more than `bounds` (+Inf).
+    counts: Box<[AtomicU64]>,
+    /// Sum of observations, in the histogram's unit × `scale`.
+    sum: AtomicU64,
+    scale: f64,
+}
+
+/// A histogram read at one moment: cumulative buckets, as exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    pub sum: f64,
+    pub count: u64,
+    /// `(upper bound, observations ≤ it)`, the last one `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl AtomicHistogram {
+    /// `scale`: observations are summed as integers of `1/scale` units.
+    fn new(bounds: &'static [f64], scale: f64) -> AtomicHistogram {
+        AtomicHistogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            scale,
+        }
+    }
+
+    fn observe(&self, value: f64) {
+        let bucket = self.bounds.partition_point(|bound| *bound < value);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum
+            .fetch_add((value * self.scale).round() as u64, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(self.counts.len());
+        for (index, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            buckets.push((
+                self.bounds.get(index).copied().unwrap_or(f64::INFINITY),
+                cumulative,
+            ));
+        }
+        HistogramSnapshot {
+            sum: self.sum.load(Ordering::Relaxed) as f64 / self.scale,
+            count: cumulative,
+            buckets,
+        }
+    }
+}
+
+/// Publish to enqueue, in seconds: 1 µs to 1 s.
+const LATENCY_BOUNDS: &[f64] = &[
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1.0,
+];
+
+/// Messages waiting in a queue when its writer came for them.
+const DEPTH_BOUNDS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+
+/// The broker's counters since start.
+#[derive(Debug)]
+pub struct Stats {
+    sessions: [AtomicI64; 8],
+    published: [AtomicU64; 8],
+    delivered: [AtomicU64; 8],
+    dropped: [AtomicU64; 2],
+    gaps: [AtomicU64; 3],
+    slow_consumers: AtomicU64,
+    /// Successful commands, per transport and op.
+    commands_ok: [[AtomicU64; OPS.len()]; 8],
+    /// Refused commands, per transport, op and error code: rare, so a map.
+    commands_refused: Mutex<BTreeMap<(Transport, &'static str, &'static str), u64>>,
+    publish_latency: AtomicHistogram,
+    queue_depth: AtomicHistogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            sessions: Default::default(),
+            published: Default::default(),
+            delivered: Default::default(),
+            dropped: Default::default(),
+            gaps: Default::default(),
+            slow_consumers: AtomicU64::new(0),
+            commands_ok: Default::default(),
+            commands_refused: Mutex::new(BTreeMap::new()),
+            publish_latency: AtomicHistogram::new(LATENCY_BOUNDS, 1e9),
+            queue_depth: AtomicHistogram::new(DEPTH_BOUNDS, 1.0),
+        }
+    }
+}
+
+/// Every counter of [`Stats`] at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsSnapshot {
+    /// Open sessions (for HTTP and long polling: requests in flight).
+    pub sessions: Vec<(Transport, i64)>,
+    pub published: Vec<(Transport, u64)>,
+    pub delivered: Vec<(Transport, u64)>,
+    pub dropped: Vec<(DropReason, u64)>,
+    pub gaps: Vec<(GapReason, u64)>,
+    pub slow_consumers: u64,
+    /// `(transport, op, outcome)`: outcome `ok` or the error code.
+    pub commands: Vec<(Transport, &'static str, &'static str, u64)>,
+    pub publish_latency: HistogramSnapshot,
+    pub queue_depth: HistogramSnapshot,
+}
+
+/// Counts one open request of a transport without sessions (long
+/// polling) until dropped.
+#[derive(Debug)]
+pub struct OpenRequest {
+    stats: std::sync::Arc<Stats>,
+    transport: Transport,
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.stats.session_closed(self.transport);
+    }
+}
+
+impl Stats {
+    /// Counts an open request on `transport` while the guard lives.
+    pub fn open_request(self: &std::sync::Arc<Self>, transport: Transport) -> OpenRequest {
+        self.session_opened(transport);
+        OpenRequest {
+            stats: self.clone(),
+            transport,
+        }
+    }
+
+    pub(crate) fn session_opened(&self, transport: Transport) {
+        self.sessions[transport.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn session_closed(&self, transport: Transport) {
+        self.sessions[transport.index()].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn published(&self, transport: Transport, count: u64) {
+        self.published[transport.index()].fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Messages handed to clients of `transport` outside any queue (long
+    /// polling reads them from history).
+    pub fn delivered(&self, transport: Transport, count: u64) {
+        if count > 0 {
+            self.delivered[transport.index()].fetch_add(count, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn dropped(&self, reason: DropReason, count: u64) {
+        self.dropped[reason as usize].fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub fn gaps(&self, reason: GapReason, count: u64) {
+        if count > 0 {
+            self.gaps[reason as usize].fetch_add(count, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn slow_consumer(&self, count: u64) {
+        self.slow_consumers.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub(crate) fn publish_latency(&self, elapsed: Duration) {
+        self.publish_latency.observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn queue_depth(&self, messages: usize) {
+        self.queue_depth.observe(messages as f64);
+    }
+
+    /// Counts one command: `Ok` or its error code.
+    pub fn command(&self, transport: Transport, op: &str, outcome: Result<(), &'static str>) {
+        let op = OPS.iter().position(|known| *known == op).unwrap_or(OPS.len() - 1);
+        match outcome {
+            Ok(()) => {
+                self.commands_ok[transport.index()][op].fetch_add(1, Ordering::Relaxed);
+            }
+            Err(code) => {
+                let mut refused = self
+                    .commands_refused
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                *refused.entry((transport, OPS[op], code)).or_insert(0) += 1;
+            }
+        }
+    }
+
+    pub fn slow_consumers(&self) -> u64 {
+        self.slow_consumers.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let per_transport = |counts: &[AtomicU64; 8]| {
+            Transport::ALL
+                .iter()
+                .map(|transport| (*transport, counts[transport.index()].load(Ordering::Relaxed)))
+                .collect()
+        };
+        let mut commands = Vec::new();
+        for transport in Transport::ALL {
+            for (op, count) in OPS.iter().zip(&self.commands_ok[transport.index()]) {
+                let count = count.load(Ordering::Relaxed);
+                if count > 0 {
+                    commands.push((transport, *op, "ok", count));
+                }
+            }
+        }
+        let refused = self
+            .commands_refused
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        commands.extend(
+            refused
+                .iter()
+                .map(|((transport, op, code), count)| (*transport, *op, *code, *count)),
+        );
+        drop(refused);
+        StatsSnapshot {
+            sessions: Transport::ALL
+                .iter()
+                .map(|transport| {
+                    (
+                        *transport,
+                        self.sessions[transport.index()].load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
+            published: per_transport(&self.published),
+            delivered: per_transport(&self.delivered),
+            dropped: DropReason::ALL
+                .iter()
+                .map(|reason| (*reason, self.dropped[*reason as usize].load(Ordering::Relaxed)))
+                .collect(),
+            gaps: GapReason::ALL
+                .iter()
+                .map(|reason| (*reason, self.gaps[*reason as usize].load(Ordering::Relaxed)))
+                .collect(),
+            slow_consumers: self.slow_consumers(),
+            commands,
+            publish_latency: self.publish_latency.snapshot(),
+            queue_depth: self.queue_depth.snapshot(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_an_infinite_last() {
+        let histogram = AtomicHistogram::new(&[1.0, 10.0], 1.0);
+        for value in [0.5, 1.0, 3.0, 10.0, 11.0, 500.0] {
+            histogram.observe(value);
+        }
+        let snapshot = histogram.snapshot();
+        assert_eq!(snapshot.count, 6);
+        assert_eq!(snapshot.sum, 526.0);
+        assert_eq!(snapshot.buckets, vec![(1.0, 2), (10.0, 4), (f64::INFINITY, 6)]);
+    }
+
+    #[test]
+    fn commands_count_per_transport_op_and_outcome() {
+        let stats = Stats::default();
+        stats.command(Transport::WebSocket, "pub", Ok(()));
+        stats.command(Transport::WebSocket, "pub", Ok(()));
+        stats.command(Transport::WebSocket, "pub", Err("forbidden"));
+        stats.command(Transport::Sse, "nonsense", Ok(()));
+        let commands = stats.snapshot().commands;
+        assert!(commands.contains(&(Transport::WebSocket, "pub", "ok", 2)));
+        assert!(commands.contains(&(Transport::WebSocket, "pub", "forbidden", 1)));
+        assert!(commands.contains(&(Transport::Sse, "other", "ok", 1)));
+        assert_eq!(commands.len(), 3);
+    }
+}
