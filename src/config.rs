@@ -28,6 +28,7 @@ const SERVER_DEFAULTS: &str = include_str!("herald.default.toml");
 pub fn default_config_text() -> String {
     let mut text = String::from(SERVER_DEFAULTS);
     let gateway_sections: &[&str] = &[
+        herald_admin::DEFAULT_CONFIG,
         #[cfg(feature = "http")]
         herald_http::DEFAULT_CONFIG,
         #[cfg(feature = "websocket")]
@@ -60,6 +61,8 @@ pub struct Config {
     /// `[[subjects]]`: per-pattern rules (history, presence, who may publish).
     #[serde(default)]
     pub subjects: Vec<SubjectRuleConfig>,
+    pub tls: crate::tls::TlsConfig,
+    pub admin: herald_admin::AdminConfig,
     #[cfg(feature = "http")]
     pub http: herald_http::HttpConfig,
     #[cfg(feature = "websocket")]
@@ -122,6 +125,9 @@ pub struct ServerConfig {
     /// Browser origins allowed to connect (WebSocket, SSE, long polling)
     /// and to call the HTTP API (CORS); `"*"` for any.
     pub allowed_origins: Vec<String>,
+    /// How long a drain spreads the closing of connections over.
+    #[serde(with = "herald_broker::units::duration")]
+    pub drain_window: Duration,
 }
 
 impl ServerConfig {
@@ -181,6 +187,11 @@ impl Config {
         if server.max_connections == 0 || server.max_connections_per_ip == 0 {
             bail!("server.max_connections and server.max_connections_per_ip must be positive");
         }
+        if server.drain_window.is_zero() || server.drain_window > Duration::from_secs(3600) {
+            bail!("server.drain_window must be between 1ms and 1h");
+        }
+        self.admin.validate().map_err(anyhow::Error::msg)?;
+        self.tls.validate()?;
         #[cfg(feature = "websocket")]
         {
             self.websocket.validate().map_err(anyhow::Error::msg)?;
@@ -225,7 +236,8 @@ impl Config {
     /// anonymous access, and user tokens when a token key is configured.
     pub fn authenticator(&self) -> anyhow::Result<Authenticator> {
         let limits = &self.broker.subject_limits;
-        let authenticator = Authenticator::from_config(&self.auth, limits)?;
+        let authenticator =
+            Authenticator::from_config(&self.auth, limits)?.with_operator_key(&self.admin.key.0);
         Ok(match JwtVerifier::from_config(&self.auth, limits)? {
             Some(tokens) => authenticator.with_tokens(std::sync::Arc::new(tokens)),
             None => authenticator,

@@ -18,8 +18,10 @@
 //! All are on by default; a gateway compiled in can still be turned off
 //! with its section's `enabled = false`.
 
+pub mod client;
 pub mod config;
 mod listener;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -71,6 +73,10 @@ pub struct Herald {
     /// The cluster bridge, in cluster mode.
     #[cfg(feature = "cluster")]
     bridge: Option<Arc<herald_cluster::Bridge>>,
+    /// The admin listener, once bound, when `[admin] listen` is set.
+    admin_listener: Option<TcpListener>,
+    /// The certificate of the HTTP listeners, with `[tls]`.
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl Herald {
@@ -78,6 +84,16 @@ impl Herald {
     /// opens the database and restores what it holds.
     pub fn new(mut config: Config) -> anyhow::Result<Herald> {
         config.validate()?;
+        let tls = match config.tls.is_enabled() {
+            true => Some(tls::Tls::new(&config.tls)?),
+            false => None,
+        };
+        // WebTransport presents the listener's certificate unless given its own.
+        #[cfg(feature = "quic")]
+        if tls.is_some() && config.quic.cert_file.is_empty() {
+            config.quic.cert_file = config.tls.cert_file.display().to_string();
+            config.quic.key_file = config.tls.key_file.display().to_string();
+        }
         config.broker.rules = config.subject_rules()?;
         #[cfg(feature = "cluster")]
         let clustered = config.cluster.is_enabled();
@@ -135,6 +151,8 @@ impl Herald {
             quic: None,
             #[cfg(feature = "cluster")]
             bridge,
+            admin_listener: None,
+            tls,
         })
     }
 
@@ -169,9 +187,13 @@ impl Herald {
             return Ok(None);
         }
         if self.quic.is_none() {
-            let gateway = herald_quic::QuicGateway::bind(self.context.clone(), self.config.quic.clone())
+            let mut gateway = herald_quic::QuicGateway::bind(self.context.clone(), self.config.quic.clone())
                 .await
                 .context("set [quic] listen, or enabled = false")?;
+            let same_files = self.config.quic.cert_file == self.config.tls.cert_file.display().to_string();
+            if let Some(tls) = self.tls.as_ref().filter(|_| same_files) {
+                gateway.reload_on(tls.changes());
+            }
             self.quic = Some(gateway);
         }
         Ok(self.quic.as_ref().and_then(|quic| quic.advertised().get()))
@@ -181,12 +203,42 @@ impl Herald {
         &self.context.broker
     }
 
+    /// Cancelling it starts draining: what SIGUSR1, `herald drain` and
+    /// `POST /v1/admin/drain` do.
+    pub fn drain_trigger(&self) -> tokio_util::sync::CancellationToken {
+        self.context.draining.clone()
+    }
+
+    /// Notifying it reloads the TLS certificate files (what SIGHUP does);
+    /// `None` without `[tls]`.
+    pub fn tls_reload_trigger(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.tls.as_ref().map(|tls| tls.reload_trigger())
+    }
+
+    /// Binds the admin listener (`[admin] listen`) when one is configured;
+    /// its address.
+    pub async fn bind_admin(&mut self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        let Some(address) = self.config.admin.listen else {
+            return Ok(None);
+        };
+        if self.admin_listener.is_none() {
+            let listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (admin.listen)"))?;
+            self.admin_listener = Some(listener);
+        }
+        Ok(Some(
+            self.admin_listener.as_ref().expect("bound above").local_addr()?,
+        ))
+    }
+
     /// How many connections ended, per reason.
     pub fn disconnects(&self) -> &Arc<DisconnectCounters> {
         &self.context.disconnects
     }
 
-    /// Every enabled gateway's routes on one router, CORS applied to all.
+    /// Every enabled gateway's routes on one router, CORS applied to all;
+    /// the admin routes too unless they have a listener of their own.
     fn router(&self) -> Router {
         #[allow(unused_mut)] // with no gateway compiled in, nothing is merged
         let mut app = Router::new();
@@ -195,6 +247,12 @@ impl Herald {
             app = app.merge(herald_http::router(
                 self.context.clone(),
                 self.config.http.clone(),
+            ));
+        }
+        if self.config.admin.listen.is_none() {
+            app = app.merge(herald_admin::router(
+                self.context.clone(),
+                self.config.admin.clone(),
             ));
         }
         #[cfg(feature = "websocket")]
@@ -219,26 +277,26 @@ impl Herald {
                 self.config.longpoll.clone(),
             ));
         }
-        // Every answer is the JSON error body, unknown routes and methods too.
-        let app = app
-            .fallback(|method: Method, uri: axum::http::Uri| async move {
-                HttpError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no route {method} {}", uri.path()),
-                )
-            })
-            .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
-                HttpError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    format!("{} does not take {method}", uri.path()),
-                )
-            });
-        match cors_layer(&self.config.server.allowed_origins) {
-            Some(cors) => app.layer(cors),
-            None => app,
+        with_fallbacks(app, &self.config.server.allowed_origins)
+    }
+
+    /// The admin listener's routes: the admin API, `/metrics`, the
+    /// dashboard, health, and `/ws` for the dashboard's feed.
+    fn admin_router(&self) -> Router {
+        #[allow(unused_mut)]
+        let mut app = herald_admin::router(self.context.clone(), self.config.admin.clone());
+        #[cfg(feature = "http")]
+        {
+            app = app.merge(herald_http::health_router(self.context.clone()));
         }
+        #[cfg(feature = "websocket")]
+        if self.config.websocket.enabled {
+            app = app.merge(herald_websocket::router(
+                self.context.clone(),
+                self.config.websocket.clone(),
+            ));
+        }
+        with_fallbacks(app, &[])
     }
 
     /// Serves until `shutdown` completes, then shuts down in stages: stop
@@ -260,7 +318,9 @@ impl Herald {
         let nats_address = self.bind_nats().await?;
         #[cfg(feature = "quic")]
         self.bind_quic().await?;
+        self.bind_admin().await?;
         let app = self.router();
+        let admin_app = self.admin_router();
         let context = self.context;
         let server = self.config.server;
         let sweeper = tokio::spawn({
@@ -280,7 +340,16 @@ impl Herald {
         let address = listener.local_addr().context("listener has no local address")?;
         tracing::info!(%address, "listening");
         let limits = server.listener_limits().fitted_to_open_file_limit();
-        let serve = tokio::spawn(listener::serve(listener, app, limits, context.shutdown.clone()));
+        let serve = tokio::spawn(listener::serve(
+            listener,
+            app,
+            limits,
+            self.tls.clone(),
+            context.shutdown.clone(),
+        ));
+        if let Some(tls) = &self.tls {
+            tokio::spawn(tls.clone().watch(context.shutdown.clone()));
+        }
         // Logged after the HTTP listener's line, which scripts read the
         // address from.
         #[cfg(feature = "nats")]
@@ -310,7 +379,33 @@ impl Herald {
             tracing::info!(node = bridge.node(), %nats, "cluster mode: joining through NATS JetStream");
             tokio::spawn(bridge.run(bridge_stop.clone()))
         });
-        shutdown.await;
+        let admin = self.admin_listener.take().map(|listener| {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, "listening for operators (admin API, /metrics, dashboard)");
+            }
+            tokio::spawn(listener::serve(
+                listener,
+                admin_app,
+                limits,
+                self.tls.clone(),
+                context.shutdown.clone(),
+            ))
+        });
+        let feed = tokio::spawn(herald_admin::feed::publish_stats(
+            context.clone(),
+            self.config.admin.stats_interval,
+        ));
+        // Until a shutdown signal; or a drain, then the shutdown that ends it.
+        tokio::pin!(shutdown);
+        tokio::select! {
+            () = &mut shutdown => {}
+            () = context.draining.cancelled() => {
+                tokio::select! {
+                    _ = herald_gateway::drain::close_spread(&context, server.drain_window) => {}
+                    () = &mut shutdown => tracing::warn!("shutdown signal while draining: closing the rest now"),
+                }
+            }
+        }
         tracing::info!("shutting down: closing connections");
         context.shutdown.cancel();
         context.connections.close();
@@ -326,6 +421,10 @@ impl Herald {
             );
         }
         sweeper.abort();
+        feed.abort();
+        if let Some(admin) = admin {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), admin).await;
+        }
         #[cfg(feature = "cluster")]
         if let Some(bridge) = bridge {
             bridge_stop.cancel();
@@ -351,6 +450,20 @@ impl Herald {
     }
 }
 
+/// Where the admin API of a server with `config` answers: `admin.listen`,
+/// else `server.listen` (an unspecified address asked on loopback).
+pub fn admin_url(config: &Config) -> String {
+    let mut address = config.admin.listen.unwrap_or(config.server.listen);
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let scheme = if config.tls.is_enabled() { "https" } else { "http" };
+    format!("{scheme}://{address}")
+}
+
 /// NATS URLs as they may be logged: `nats://user:pass@host` loses its
 /// `user:pass@`.
 #[cfg(feature = "cluster")]
@@ -368,6 +481,30 @@ fn without_credentials(urls: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Every answer is the JSON error body, unknown routes and methods too;
+/// CORS for `origins`.
+fn with_fallbacks(app: Router, origins: &[String]) -> Router {
+    let app = app
+        .fallback(|method: Method, uri: axum::http::Uri| async move {
+            HttpError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no route {method} {}", uri.path()),
+            )
+        })
+        .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
+            HttpError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} does not take {method}", uri.path()),
+            )
+        });
+    match cors_layer(origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    }
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {

@@ -50,6 +50,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::tls::Tls;
+
 /// At most one refusal warning per interval; the next one says how many
 /// connections were refused meanwhile.
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -107,7 +109,13 @@ impl ListenerLimits {
 /// Accepts and serves connections until `shutdown`, then waits for the
 /// requests in flight (streams end on the same signal) and for every
 /// connection to be closed, and returns.
-pub async fn serve(listener: TcpListener, app: Router, limits: ListenerLimits, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ListenerLimits,
+    tls: Option<Arc<Tls>>,
+    shutdown: CancellationToken,
+) {
     let gate = Arc::new(Gate::new(limits.max_connections, limits.max_connections_per_ip));
     let connections = TaskTracker::new();
     let mut refusals = RefusalLog::default();
@@ -150,36 +158,23 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ListenerLimits, s
             inner: TowerToHyperService::new(app.clone()),
             in_flight: Arc::default(),
         };
-        let in_flight = service.in_flight.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let serving = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(TokioIo::new(connection), service)
-                .with_upgrades();
-            tokio::pin!(serving);
-            let result = tokio::select! {
-                result = serving.as_mut() => result,
-                () = shutdown.cancelled() => {
-                    serving.as_mut().graceful_shutdown();
-                    loop {
-                        tokio::select! {
-                            result = serving.as_mut() => break result,
-                            () = tokio::time::sleep(HEAD_GRACE) => {
-                                // Nothing in flight: the client is still
-                                // sending a head (an idle connection would
-                                // have closed at once).
-                                if in_flight.load(Ordering::Acquire) == 0 {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                }
+            let Some(tls) = tls else {
+                return serve_http(TokioIo::new(connection), service, limits, shutdown, peer).await;
             };
-            if let Err(error) = result {
-                tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+            // The handshake counts against the time allowed for a head: a
+            // client that opens TLS and stalls is closed like one that
+            // stalls before its request line.
+            let handshake = tokio::select! {
+                handshake = tokio::time::timeout(limits.header_read_timeout, tls.acceptor().accept(connection)) => handshake,
+                () = shutdown.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(stream)) => serve_http(TokioIo::new(stream), service, limits, shutdown, peer).await,
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
     }
@@ -190,6 +185,48 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ListenerLimits, s
     // once the last close frame has been delivered, not reset away.
     while gate.open_connections() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Serves HTTP/1.1 (and upgrades) on one connection until it ends; on
+/// shutdown, lets the request in flight finish.
+async fn serve_http<I>(
+    io: I,
+    service: CountRequests<TowerToHyperService<Router>>,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+    peer: SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let in_flight = service.in_flight.clone();
+    let serving = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(serving);
+    let result = tokio::select! {
+        result = serving.as_mut() => result,
+        () = shutdown.cancelled() => {
+            serving.as_mut().graceful_shutdown();
+            loop {
+                tokio::select! {
+                    result = serving.as_mut() => break result,
+                    () = tokio::time::sleep(HEAD_GRACE) => {
+                        // Nothing in flight: the client is still
+                        // sending a head (an idle connection would
+                        // have closed at once).
+                        if in_flight.load(Ordering::Acquire) == 0 {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "HTTP connection ended with an error");
     }
 }
 

@@ -33,6 +33,22 @@ enum Command {
         /// Never use it on a reachable address.
         #[arg(long, env = "HERALD_DEV")]
         dev: bool,
+        /// Log lines as text (for people) or JSON (one object per line, for
+        /// log shippers).
+        #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Drain a running server before a restart (as SIGUSR1 does): it
+    /// answers /readyz with 503, refuses new clients, closes its clients
+    /// with `server_draining` spread over server.drain_window, then exits.
+    /// Asks over the admin API with admin.key.
+    Drain {
+        /// The server's base URL; by default the configured admin.listen,
+        /// else server.listen.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Inspect configuration.
     Config {
@@ -61,6 +77,12 @@ enum Command {
         #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,7 +124,13 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Serve { listen, config, dev } => serve(listen, config, dev),
+        Command::Serve {
+            listen,
+            config,
+            dev,
+            log_format,
+        } => serve(listen, config, dev, log_format),
+        Command::Drain { url, config } => drain(url, config),
         Command::Token {
             sub,
             publish,
@@ -137,18 +165,29 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn serve(listen: Option<SocketAddr>, config_file: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+fn serve(
+    listen: Option<SocketAddr>,
+    config_file: Option<PathBuf>,
+    dev: bool,
+    log_format: LogFormat,
+) -> anyhow::Result<()> {
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // If the log's reader goes away (a closed pipe), drop log lines
         // rather than report the failure with `eprintln!`, which panics.
         .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        );
+    match log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One JSON object per line: the event's fields at the top level,
+        // beside `timestamp`, `level`, `target` and `message`.
+        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
+    }
     let mut config = Config::load(config_file.as_deref(), true)?;
     if let Some(listen) = listen {
         config.server.listen = listen;
@@ -179,11 +218,89 @@ fn serve(listen: Option<SocketAddr>, config_file: Option<PathBuf>, dev: bool) ->
         // Handlers first: a signal that arrives once the server is
         // listening must shut it down gracefully, not kill it.
         let shutdown = shutdown_signal()?;
+        let drain_requested = drain_signal()?;
+        let mut hangups = hangup_signal()?;
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        herald::run(listener, config, shutdown).await
+        let herald = herald::Herald::new(config)?;
+        let drain = herald.drain_trigger();
+        tokio::spawn(async move {
+            drain_requested.await;
+            tracing::warn!("SIGUSR1: draining");
+            drain.cancel();
+        });
+        let reload = herald.tls_reload_trigger();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match &reload {
+                    Some(reload) => reload.notify_one(),
+                    None => tracing::info!("SIGHUP: no [tls] files to reload"),
+                }
+            }
+        });
+        herald.run(listener, shutdown).await
     })
+}
+
+/// `herald drain`: `POST /v1/admin/drain` with the admin key.
+fn drain(url: Option<String>, config_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config_file.as_deref(), true)?;
+    anyhow::ensure!(
+        config.admin.is_enabled(),
+        "admin.key is not set: the server has no admin API to ask (SIGUSR1 drains it too)"
+    );
+    let url = url.unwrap_or_else(|| herald::admin_url(&config));
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let answer = runtime.block_on(herald::client::post(
+        &url,
+        "/v1/admin/drain",
+        &config.admin.key.0,
+        &config,
+    ))?;
+    println!("{url}: {answer}");
+    Ok(())
+}
+
+/// Installs the SIGUSR1 handler now (its default action would end the
+/// process); the future completes on the first one.
+#[cfg(unix)]
+fn drain_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut user1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
+    Ok(async move {
+        user1.recv().await;
+    })
+}
+
+/// Installs the SIGHUP handler now (its default action would end the
+/// process): it reloads the TLS certificate files.
+#[cfg(unix)]
+fn hangup_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup()).context("cannot handle SIGHUP")
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> anyhow::Result<NoSignal> {
+    Ok(NoSignal)
+}
+
+/// Where there is no SIGHUP.
+#[cfg(not(unix))]
+#[derive(Debug)]
+struct NoSignal;
+
+#[cfg(not(unix))]
+impl NoSignal {
+    async fn recv(&mut self) -> Option<()> {
+        std::future::pending().await
+    }
+}
+
+#[cfg(not(unix))]
+fn drain_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(std::future::pending())
 }
 
 /// Installs the SIGINT (Ctrl-C) and SIGTERM handlers now; the future

@@ -774,6 +774,16 @@ impl Dependency for Bridge {
     fn is_ready(&self) -> bool {
         self.state() == State::Connected
     }
+
+    fn states(&self) -> &'static [&'static str] {
+        &[
+            "connecting",
+            "stream_unavailable",
+            "catching_up",
+            "connected",
+            "disconnected",
+        ]
+    }
 }
 
 fn rand_u32() -> u32 {

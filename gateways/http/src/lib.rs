@@ -11,7 +11,7 @@
 //! | `GET /v1/history?subject=&since=&limit=` | retained messages, oldest first |
 //! | `GET /v1/presence?subject=` | who is present: exact count, first members |
 //! | `GET /healthz` | `{"status":"ok"}`, with the cluster bridge's state in cluster mode |
-//! | `GET /readyz` | 200 `{"status":"ready"}`, or 503 while the cluster bridge is not connected |
+//! | `GET /readyz` | 200 `{"status":"ready"}`, or 503 while draining (`draining`) or while the cluster bridge is not connected |
 //!
 //! Credentials: `Authorization: Bearer <api key or user token>`. Without
 //! one, only what anonymous access allows (by default: nothing).
@@ -98,6 +98,17 @@ pub fn router(context: GatewayContext, config: HttpConfig) -> Router {
         .with_state(Arc::new(Api { context, config }))
 }
 
+/// `/healthz` and `/readyz` alone: for the admin listener.
+pub fn health_router(context: GatewayContext) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/readyz", get(ready))
+        .with_state(Arc::new(Api {
+            context,
+            config: HttpConfig::default(),
+        }))
+}
+
 impl Api {
     /// A session with the caller's access; used for one request.
     fn session(&self, headers: &HeaderMap) -> Result<Session, HttpError> {
@@ -173,10 +184,13 @@ async fn health(State(api): State<Arc<Api>>) -> Json<serde_json::Value> {
 }
 
 /// Readiness: 200 once every dependency is ready (in cluster mode: the
-/// bridge is connected and caught up), 503 otherwise, so a load balancer
-/// sends new clients elsewhere.
+/// bridge is connected and caught up), 503 otherwise and while draining,
+/// so a load balancer sends new clients elsewhere.
 async fn ready(State(api): State<Arc<Api>>) -> Response {
     let health = &api.context.health;
+    if api.context.draining.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(health.body("draining"))).into_response();
+    }
     match health.is_ready() {
         true => Json(health.body("ready")).into_response(),
         false => (StatusCode::SERVICE_UNAVAILABLE, Json(health.body("not_ready"))).into_response(),

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use herald_broker::{Authenticator, Broker};
+use herald_broker::{Authenticator, Broker, CloseReason};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,6 +20,10 @@ pub struct GatewayContext {
     /// connections then close with the reason `shutdown`, waiting requests
     /// answer at once.
     pub shutdown: CancellationToken,
+    /// Cancelled when the server starts draining (SIGUSR1, `herald drain`,
+    /// the admin API): `/readyz` answers 503, new streaming connections are
+    /// refused (503 `server_draining`), open ones are closed in turn.
+    pub draining: CancellationToken,
     /// Tracks connection tasks, so shutdown can wait for them to finish.
     pub connections: TaskTracker,
     /// How many connections ended for each reason, across gateways.
@@ -41,6 +45,7 @@ impl GatewayContext {
             broker,
             auth,
             shutdown: CancellationToken::new(),
+            draining: CancellationToken::new(),
             connections: TaskTracker::new(),
             disconnects: Arc::new(DisconnectCounters::default()),
             origins: Arc::new(AllowedOrigins::default()),
@@ -68,6 +73,20 @@ impl GatewayContext {
     /// that served it.
     pub fn disconnected(&self, transport: &'static str, session: u64, reason: &DisconnectReason) {
         self.disconnects.record(reason);
-        tracing::debug!(transport, session, reason = reason.code(), "connection closed");
+        match reason {
+            // Notable: an operator wants to hear of these one by one.
+            DisconnectReason::Closed(CloseReason::SlowConsumer) | DisconnectReason::WriteTimeout => {
+                tracing::warn!(
+                    transport,
+                    session,
+                    reason = reason.code(),
+                    "slow consumer disconnected"
+                )
+            }
+            DisconnectReason::Refused => {
+                tracing::info!(transport, session, reason = reason.code(), "client refused")
+            }
+            _ => tracing::debug!(transport, session, reason = reason.code(), "connection closed"),
+        }
     }
 }

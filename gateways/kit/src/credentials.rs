@@ -90,7 +90,8 @@ impl GatewayContext {
     }
 
     /// What every streaming transport checks before it subscribes anyone:
-    /// the page's origin (403), that the server is not shutting down (503),
+    /// the page's origin (403), that the server is not shutting down or
+    /// draining (503),
     /// then the credential (401).
     pub fn admit(
         &self,
@@ -131,6 +132,9 @@ impl GatewayContext {
         self.origins.check(headers)?;
         if self.shutdown.is_cancelled() {
             return Err(HttpError::shutting_down());
+        }
+        if self.draining.is_cancelled() {
+            return Err(HttpError::draining());
         }
         Ok(())
     }

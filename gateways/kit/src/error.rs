@@ -44,6 +44,14 @@ impl HttpError {
         )
     }
 
+    pub fn draining() -> HttpError {
+        HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_draining",
+            "the server is draining before a restart; connect to another node, or retry shortly",
+        )
+    }
+
     /// Names the message of a batch this error belongs to.
     pub fn at_index(mut self, index: usize) -> HttpError {
         self.index = Some(index);

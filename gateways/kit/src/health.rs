@@ -14,6 +14,10 @@ pub trait Dependency: Send + Sync + fmt::Debug {
     fn report(&self) -> serde_json::Value;
     /// Whether the node should be sent new clients.
     fn is_ready(&self) -> bool;
+    /// Every value `report()["state"]` can take, for a metric per state.
+    fn states(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// The dependencies of one server.
@@ -26,6 +30,10 @@ impl Health {
     pub fn with(mut self, dependency: Arc<dyn Dependency>) -> Health {
         self.dependencies.push(dependency);
         self
+    }
+
+    pub fn dependencies(&self) -> &[Arc<dyn Dependency>] {
+        &self.dependencies
     }
 
     pub fn is_ready(&self) -> bool {

@@ -21,6 +21,7 @@
 //! | [`tokens`] | user tokens (JWT): verification, claims, per-user permissions |
 //! | [`reads`] | wildcard history reads on the blocking pool, off the async workers |
 //! | [`writer`] | the writer driver: outbox → batches → one flush each; heartbeats, write timeouts, the final reason |
+//! | [`drain`] | draining: every connection closed with `server_draining`, spread over a window |
 //! | [`disconnect`] | [`DisconnectReason`]: why every connection ended, counted per reason |
 //!
 //! ## Invariants
@@ -34,6 +35,7 @@
 pub mod context;
 pub mod credentials;
 pub mod disconnect;
+pub mod drain;
 pub mod error;
 pub mod expiry;
 pub mod frames;

@@ -84,6 +84,10 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, gateway: Arc<Gate
     if context.shutdown.is_cancelled() {
         return refuse(&mut write, &info, "Server Shutdown", &gateway).await;
     }
+    if context.draining.is_cancelled() {
+        // nats-server's words for a server in lame duck mode.
+        return refuse(&mut write, &info, "Server Lame Duck Mode", &gateway).await;
+    }
     if timeout(gateway.config.write_timeout, write.write_all(&info))
         .await
         .is_err()

@@ -290,12 +290,29 @@ async fn describe(State(advertised): State<Advertised>) -> axum::response::Respo
     }
 }
 
+/// Completes when `changes` changes; never without one (or once its
+/// sender is gone).
+async fn files_changed(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match changes {
+        Some(receiver) => {
+            if receiver.changed().await.is_err() {
+                *changes = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// A bound WebTransport endpoint, not yet serving.
 pub struct QuicGateway {
     endpoint: Endpoint<Server>,
     gateway: Arc<connection::Gateway>,
     advertised: Advertised,
     identity: certificate::Current,
+    /// Changes whenever the configured certificate files were reloaded
+    /// elsewhere (the HTTP listener's `[tls]` watcher): read them again.
+    file_changes: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl std::fmt::Debug for QuicGateway {
@@ -343,11 +360,19 @@ impl QuicGateway {
             gateway,
             advertised,
             identity,
+            file_changes: None,
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
+    }
+
+    /// Reads `cert_file` and `key_file` again whenever `changes` changes:
+    /// the same files as the HTTP listener's, watched there. Sessions open
+    /// keep their handshake; new ones get the new certificate.
+    pub fn reload_on(&mut self, changes: tokio::sync::watch::Receiver<u64>) {
+        self.file_changes = Some(changes);
     }
 
     /// What `GET /v1/quic` answers, kept current across rotations.
@@ -364,6 +389,10 @@ impl QuicGateway {
                 incoming = self.endpoint.accept() => incoming,
                 () = self.identity.rotation_due() => {
                     self.rotate();
+                    continue;
+                }
+                () = files_changed(&mut self.file_changes) => {
+                    self.reload_files().await;
                     continue;
                 }
                 () = context.shutdown.cancelled() => break,
@@ -393,6 +422,29 @@ impl QuicGateway {
             connection::serve(incoming, &gateway).await;
             gateway.sessions.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+
+    async fn reload_files(&mut self) {
+        let config = &self.gateway.config;
+        let reloaded = match certificate::Current::load(config).await {
+            Ok(identity) => certificate::server_config(config, identity.identity(), None)
+                .and_then(|server_config| {
+                    self.endpoint
+                        .reload_config(server_config, false)
+                        .map_err(|error| QuicError::Certificate(error.to_string()))
+                })
+                .map(|()| identity),
+            Err(error) => Err(error),
+        };
+        match reloaded {
+            Ok(identity) => {
+                self.identity = identity;
+                tracing::info!("WebTransport: certificate reloaded from its files");
+            }
+            Err(error) => {
+                tracing::error!(%error, "WebTransport: certificate not reloaded; keeping the current one")
+            }
+        }
     }
 
     fn rotate(&mut self) {
