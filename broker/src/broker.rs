@@ -1111,16 +1111,17 @@ impl Broker {
         sequences.len()
     }
 
-    /// Publishes `json` on `$sys.<name>` for operators watching, if any
-    /// are: never recorded, and nothing at all when nobody subscribes.
-    pub fn publish_operator(&self, name: &str, json: String) -> bool {
+    /// Publishes the JSON `make` builds on `$sys.<name>` for operators
+    /// watching, if any are: never recorded, and not even built when
+    /// nobody subscribes.
+    pub fn publish_operator(&self, name: &str, make: impl FnOnce() -> String) -> bool {
         let subject = format!("{OPERATOR_PREFIX}{name}");
         if self.router.matches(&subject).is_empty() {
             return false;
         }
         match Subject::parse_system(&subject, &self.config.subject_limits) {
             Ok(subject) => {
-                self.publish_system(subject, json);
+                self.publish_system(subject, make());
                 true
             }
             Err(_) => false,
