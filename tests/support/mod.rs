@@ -136,6 +136,19 @@ impl Server {
         format!("http://{}{path}", self.address)
     }
 
+    /// Waits for `run` to return on its own (after a drain); false if it
+    /// has not within `within`.
+    pub async fn exited_within(&mut self, within: Duration) -> bool {
+        let task = self.task.take().expect("not waited for yet");
+        match tokio::time::timeout(within, task).await {
+            Ok(result) => {
+                result.unwrap().unwrap();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Triggers graceful shutdown and waits for `run` to return.
     pub async fn shutdown(mut self) {
         let _ = self.stop.take().unwrap().send(());

@@ -1,0 +1,529 @@
+//! Operating Herald: `/metrics` after a known workload (exact counts,
+//! parsed by a real Prometheus text parser), the admin API behind the
+//! admin key, `/readyz` and draining with a thousand clients, JSON logs.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use herald::Config;
+use herald_broker::protocol::ServerEvent;
+use herald_broker::Secret;
+use serde_json::{json, Value};
+use support::{publish, Client, Server, SseClient, PATIENCE, PUBLISHER_KEY};
+use tokio_tungstenite::tungstenite::Message;
+
+const ADMIN_KEY: &str = "test-admin-key-0123456789";
+
+fn with_admin(config: &mut Config) {
+    config.admin.key = Secret(ADMIN_KEY.into());
+}
+
+/// `/metrics`, parsed; every sample line must have been understood.
+async fn scrape(server: &Server) -> Metrics {
+    let response = reqwest::Client::new()
+        .get(server.url("/metrics"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    let lines = text.lines().map(|line| Ok(line.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("the Prometheus text format");
+    let sample_lines = text
+        .lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .count();
+    let parsed: usize = scrape
+        .samples
+        .iter()
+        .map(|sample| match &sample.value {
+            prometheus_parse::Value::Histogram(buckets) => buckets.len(),
+            _ => 1,
+        })
+        .sum();
+    assert_eq!(parsed, sample_lines, "every sample line parsed:\n{text}");
+    Metrics { scrape, text }
+}
+
+struct Metrics {
+    scrape: prometheus_parse::Scrape,
+    text: String,
+}
+
+impl Metrics {
+    /// The value of the one sample of `name` with exactly `labels`.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let found: Vec<f64> = self
+            .scrape
+            .samples
+            .iter()
+            .filter(|sample| sample.metric == name)
+            .filter(|sample| {
+                labels.len() == sample.labels.len()
+                    && labels
+                        .iter()
+                        .all(|(key, value)| sample.labels.get(key) == Some(value))
+            })
+            .map(|sample| match sample.value {
+                prometheus_parse::Value::Counter(value)
+                | prometheus_parse::Value::Gauge(value)
+                | prometheus_parse::Value::Untyped(value) => value,
+                _ => panic!("{name} is not a number"),
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "one sample {name}{labels:?} in:\n{}", self.text);
+        found[0]
+    }
+
+    /// The sum over every label of `name`.
+    fn total(&self, name: &str) -> f64 {
+        self.scrape
+            .samples
+            .iter()
+            .filter(|sample| sample.metric == name)
+            .map(|sample| match sample.value {
+                prometheus_parse::Value::Counter(value) | prometheus_parse::Value::Gauge(value) => value,
+                _ => 0.0,
+            })
+            .sum()
+    }
+}
+
+/// Reads events until `count` messages arrived; returns their payloads.
+async fn messages(client: &mut Client, count: usize) -> Vec<Value> {
+    let mut received = Vec::new();
+    while received.len() < count {
+        if let ServerEvent::Msg { data, .. } = client.next_event().await {
+            received.push(data);
+        }
+    }
+    received
+}
+
+#[tokio::test]
+async fn metrics_count_a_known_workload_exactly() {
+    let server = Server::start(with_admin).await;
+    let mut first = Client::connect(&server).await;
+    let mut second = Client::connect(&server).await;
+    first.subscribe("ops.room", None).await;
+    second.subscribe("ops.room", None).await;
+    let mut sse = SseClient::connect(&server, "subject=ops.room", None).await;
+    let mut publisher =
+        Client::connect_with(&server, herald_broker::Encoding::Json, Some(PUBLISHER_KEY)).await;
+
+    // 5 over HTTP, 2 over WebSocket, 1 refused (an anonymous publish).
+    for n in 0..5 {
+        publish(&server, "ops.room", json!(n)).await;
+    }
+    for n in 5..7 {
+        publisher
+            .send(json!({"op": "pub", "id": n, "subject": "ops.room", "data": n}))
+            .await;
+        assert!(matches!(publisher.next_event().await, ServerEvent::Ack { .. }));
+    }
+    first
+        .send(json!({"op": "pub", "id": 9, "subject": "ops.room", "data": "no"}))
+        .await;
+    let (expected, mut first_got) = ((0..7).map(Value::from).collect::<Vec<_>>(), Vec::new());
+    loop {
+        match first.next_event().await {
+            ServerEvent::Msg { data, .. } => first_got.push(data),
+            ServerEvent::Err { code, .. } => assert_eq!(code, "forbidden"),
+            other => panic!("{other:?}"),
+        }
+        if first_got.len() == 7 {
+            break;
+        }
+    }
+    assert_eq!(first_got, expected);
+    assert_eq!(messages(&mut second, 7).await, expected);
+    for _ in 0..7 {
+        sse.next_event().await.expect("a message on SSE");
+    }
+    // One frame that is not JSON, counted as an invalid command.
+    second.send_raw(Message::text("{nope")).await;
+    assert!(matches!(second.next_event().await, ServerEvent::Err { .. }));
+
+    // A resume from before what history keeps: one gap.
+    let early = publish(&server, "ops.short", json!("first")).await;
+    for n in 0..4 {
+        publish(&server, "ops.short", json!(n)).await;
+    }
+    server.broker.clear_history("ops.short");
+    let mut resumer = Client::connect(&server).await;
+    resumer.subscribe("ops.short", Some(&early)).await;
+    assert!(matches!(resumer.next_event().await, ServerEvent::Gap { .. }));
+
+    // One client leaves; a bad token is refused.
+    futures_util::SinkExt::close(&mut resumer.socket).await.unwrap();
+    let mut refused = Client::connect_with(
+        &server,
+        herald_broker::Encoding::Json,
+        Some("not-a-key-0123456789"),
+    )
+    .await;
+    assert_eq!(refused.refusal().await, ("invalid_credential".into(), 4401));
+    // Reading on sends the answer to the server's close.
+    assert!(refused.socket.next().await.is_none());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let metrics = scrape(&server).await;
+    let get = |name: &str, labels: &[(&str, &str)]| metrics.get(name, labels);
+    assert_eq!(
+        get("herald_messages_published_total", &[("transport", "http")]),
+        10.0
+    );
+    assert_eq!(
+        get("herald_messages_published_total", &[("transport", "websocket")]),
+        2.0
+    );
+    assert_eq!(get("herald_messages_routed_total", &[]), 12.0);
+    assert_eq!(
+        get("herald_messages_delivered_total", &[("transport", "websocket")]),
+        14.0,
+        "7 messages × 2 WebSocket subscribers"
+    );
+    assert_eq!(
+        get("herald_messages_delivered_total", &[("transport", "sse")]),
+        7.0
+    );
+    let commands = |op, outcome| {
+        get(
+            "herald_commands_total",
+            &[("transport", "websocket"), ("op", op), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(commands("pub", "ok"), 2.0);
+    assert_eq!(commands("pub", "forbidden"), 1.0);
+    assert_eq!(commands("sub", "ok"), 3.0);
+    assert_eq!(commands("invalid", "malformed_frame"), 1.0);
+    assert_eq!(
+        get(
+            "herald_commands_total",
+            &[("transport", "http"), ("op", "pub"), ("outcome", "ok")]
+        ),
+        10.0
+    );
+    assert_eq!(get("herald_gaps_total", &[("reason", "resume")]), 1.0);
+    assert_eq!(get("herald_gaps_total", &[("reason", "queue_full")]), 0.0);
+    assert_eq!(
+        get("herald_disconnects_total", &[("reason", "client_closed")]),
+        1.0
+    );
+    assert_eq!(get("herald_disconnects_total", &[("reason", "refused")]), 1.0);
+    assert_eq!(metrics.total("herald_disconnects_total"), 2.0);
+    assert_eq!(get("herald_connections", &[("transport", "websocket")]), 3.0);
+    assert_eq!(get("herald_connections", &[("transport", "sse")]), 1.0);
+    assert_eq!(get("herald_subscriptions", &[]), 3.0);
+    assert_eq!(get("herald_history_subjects", &[]), 2.0);
+    assert!(get("herald_history_bytes", &[]) > 0.0);
+    assert_eq!(get("herald_publish_to_enqueue_seconds_count", &[]), 12.0);
+    assert_eq!(get("herald_ready", &[]), 1.0);
+    assert_eq!(get("herald_draining", &[]), 0.0);
+    let latency = metrics
+        .scrape
+        .samples
+        .iter()
+        .find(|sample| sample.metric == "herald_publish_to_enqueue_seconds")
+        .expect("the latency histogram");
+    let prometheus_parse::Value::Histogram(buckets) = &latency.value else {
+        panic!("a histogram")
+    };
+    assert_eq!(buckets.last().unwrap().count, 12.0, "+Inf holds every publish");
+    assert!(get("herald_queue_depth_messages_count", &[]) >= 1.0);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_admin_api_takes_the_admin_key_and_lists_disconnects_and_clears() {
+    let secret = "an-hs256-secret-of-at-least-32-bytes!!";
+    let server = Server::start(|config| {
+        with_admin(config);
+        config.auth.jwt_hs256_secret = Some(Secret(secret.into()));
+    })
+    .await;
+    let http = reqwest::Client::new();
+    // No key, another key, a user's token: refused.
+    for credential in [None, Some(PUBLISHER_KEY)] {
+        let mut request = http.get(server.url("/v1/admin/subjects"));
+        if let Some(credential) = credential {
+            request = request.bearer_auth(credential);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{credential:?}");
+        let body: Value = response.json().await.unwrap();
+        assert!(["unauthorized", "invalid_credential"].contains(&body["code"].as_str().unwrap()));
+    }
+    let metrics = http.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 401, "metrics take the key by default");
+
+    // Alice twice (WebSocket and SSE), Bob once.
+    let token = |user: &str| {
+        support::hs256(
+            &json!({"sub": user, "exp": support::now() + 600, "herald": {"sub": {"allow": ["room.>"]}}}),
+            secret.as_bytes(),
+        )
+    };
+    let (alice, bob) = (token("alice"), token("bob"));
+    let mut alice_ws = Client::connect_with(&server, herald_broker::Encoding::Json, Some(&alice)).await;
+    alice_ws.subscribe("room.a", None).await;
+    let mut alice_sse = SseClient::request_with(
+        &server,
+        "subject=room.a",
+        &[("authorization", &format!("Bearer {alice}"))],
+    )
+    .await;
+    assert_eq!(alice_sse.status(), 200);
+    let mut bob_ws = Client::connect_with(&server, herald_broker::Encoding::Json, Some(&bob)).await;
+    bob_ws.subscribe("room.>", None).await;
+    for n in 0..3 {
+        publish(&server, "room.a", json!(n)).await;
+    }
+    messages(&mut alice_ws, 3).await;
+
+    let admin = |request: reqwest::RequestBuilder| async move {
+        let response = request.bearer_auth(ADMIN_KEY).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    let (status, subjects) = admin(http.get(server.url("/v1/admin/subjects"))).await;
+    assert_eq!(status, 200, "{subjects}");
+    let listed: HashMap<&str, &Value> = subjects["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|info| (info["subject"].as_str().unwrap(), info))
+        .collect();
+    assert_eq!(listed["room.a"]["subscribers"], 2, "{subjects}");
+    assert_eq!(listed["room.a"]["history_messages"], 3);
+    assert!(listed["room.a"]["history_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(listed["room.>"]["subscribers"], 1);
+
+    let (_, all) = admin(http.get(server.url("/v1/admin/connections"))).await;
+    assert_eq!(all["total"], 3, "{all}");
+    let (_, alices) = admin(http.get(server.url("/v1/admin/connections?user=alice"))).await;
+    let transports: Vec<&str> = alices["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|connection| connection["transport"].as_str().unwrap())
+        .collect();
+    assert_eq!(transports, ["websocket", "sse"], "{alices}");
+    assert!(alices["connections"][0]["subscriptions"] == 1);
+
+    let (status, removed) = admin(http.delete(server.url("/v1/admin/users/alice/connections"))).await;
+    assert_eq!((status, &removed["disconnected"]), (200, &json!(2)), "{removed}");
+    assert_eq!(alice_ws.refusal().await, ("removed".into(), 4403));
+    let ended = tokio::time::timeout(PATIENCE, async {
+        while let Some(chunk) = alice_sse.chunk().await.unwrap() {
+            if String::from_utf8_lossy(&chunk).contains("removed") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap();
+    assert!(ended, "the SSE stream ends with the reason");
+    let (_, alices) = admin(http.get(server.url("/v1/admin/connections?user=alice"))).await;
+    assert_eq!(alices["total"], 0);
+    let (_, bobs) = admin(http.get(server.url("/v1/admin/connections?user=bob"))).await;
+    assert_eq!(bobs["total"], 1, "Bob stays");
+
+    let (status, cleared) = admin(http.delete(server.url("/v1/admin/history?subject=room.a"))).await;
+    assert_eq!((status, &cleared["cleared"]), (200, &json!(3)), "{cleared}");
+    let history = support::get_json(&server, "/v1/history?subject=room.a", Some(PUBLISHER_KEY)).await;
+    assert_eq!(history["messages"], json!([]), "{history}");
+    let (status, bad) = admin(http.delete(server.url("/v1/admin/history?subject=room.*"))).await;
+    assert_eq!((status, bad["code"].as_str()), (400, Some("invalid_subject")));
+    let (status, bad) = admin(http.get(server.url("/v1/admin/connections?limit=0"))).await;
+    assert_eq!((status, bad["code"].as_str()), (400, Some("invalid_query")));
+    drop(bob_ws);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_an_admin_key_the_admin_api_is_off_and_sys_subjects_are_closed() {
+    let server = Server::dev().await;
+    let response = reqwest::Client::new()
+        .get(server.url("/v1/admin/subjects"))
+        .bearer_auth("anything-at-all-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "admin_disabled");
+    // Development mode allows every subject: not the operators' ones.
+    let mut client = Client::connect(&server).await;
+    client
+        .send(json!({"op": "sub", "id": 1, "subject": "$sys.stats"}))
+        .await;
+    match client.next_event().await {
+        ServerEvent::Err { code, .. } => assert_eq!(code, "forbidden"),
+        other => panic!("{other:?}"),
+    }
+    client.send(json!({"op": "sub", "id": 2, "subject": ">"})).await;
+    assert!(matches!(client.next_event().await, ServerEvent::Ack { .. }));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_admin_key_watches_sys_stats_over_websocket() {
+    let server = Server::start(|config| {
+        with_admin(config);
+        config.admin.stats_interval = Duration::from_millis(200);
+    })
+    .await;
+    let mut watcher = Client::connect(&server).await;
+    watcher
+        .send(json!({"op": "auth", "id": 1, "token": ADMIN_KEY}))
+        .await;
+    assert!(matches!(
+        watcher.next_event().await,
+        ServerEvent::Ack { id: Some(1), .. }
+    ));
+    watcher.subscribe("$sys.stats", None).await;
+    let mut subscriber = Client::connect(&server).await;
+    subscriber.subscribe("feed.x", None).await;
+    publish(&server, "feed.x", json!(1)).await;
+    // Within a few ticks, a stats message that has seen the publish.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let stats = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stats within the patience"
+        );
+        if let ServerEvent::Msg { subject, data, .. } = watcher.next_event().await {
+            assert_eq!(subject, "$sys.stats");
+            if data["published"] == 1 {
+                break data;
+            }
+        }
+    };
+    assert_eq!(stats["delivered"], 1, "{stats}");
+    assert_eq!(stats["connections"]["websocket"], 2, "{stats}");
+    assert_eq!(stats["top_subjects"][0]["subject"], "feed.x", "{stats}");
+    // The admin key may not publish or read anything else.
+    watcher
+        .send(json!({"op": "pub", "id": 3, "subject": "feed.x", "data": 1}))
+        .await;
+    loop {
+        match watcher.next_event().await {
+            ServerEvent::Err {
+                id: Some(3), code, ..
+            } => break assert_eq!(code, "forbidden"),
+            ServerEvent::Msg { .. } => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+    server.shutdown().await;
+}
+
+/// Drain with a thousand WebSocket clients: `/readyz` answers 503 at once,
+/// new clients are refused, and every client is closed with
+/// `server_draining` (1012), spread evenly over the window; then the server
+/// exits by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_spreads_a_thousand_closes_over_its_window() {
+    const CLIENTS: usize = 1000;
+    const WINDOW: Duration = Duration::from_secs(5);
+    support::raise_open_file_limit();
+    let mut server = Server::start(|config| {
+        with_admin(config);
+        config.server.drain_window = WINDOW;
+        config.server.max_connections_per_ip = 2 * CLIENTS;
+    })
+    .await;
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut sockets = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut client = Client::connect(&server).await;
+        client.subscribe("drain.x", None).await;
+        sockets.push(client);
+    }
+    for mut client in sockets {
+        let closed = closed_tx.clone();
+        tokio::spawn(async move {
+            let mut err = None;
+            while let Some(Ok(frame)) = client.socket.next().await {
+                match frame {
+                    Message::Text(text) => {
+                        let event: Value = serde_json::from_str(&text).unwrap();
+                        err = event["code"].as_str().map(str::to_owned);
+                    }
+                    Message::Close(frame) => {
+                        let code = frame.map(|frame| u16::from(frame.code));
+                        let _ = closed.send((tokio::time::Instant::now(), code, err.take()));
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+            let _ = closed.send((tokio::time::Instant::now(), None, err));
+        });
+    }
+    drop(closed_tx);
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(server.url("/readyz")).send().await.unwrap().status(),
+        200
+    );
+    let started = tokio::time::Instant::now();
+    let answer = http
+        .post(server.url("/v1/admin/drain"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let ready = http.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready at once");
+    assert_eq!(ready.json::<Value>().await.unwrap()["status"], "draining");
+    let mut late = Client::connect(&server).await;
+    assert_eq!(late.refusal().await, ("server_draining".into(), 4503));
+
+    let mut closes = Vec::new();
+    while let Some(close) = tokio::time::timeout(WINDOW + PATIENCE, closed_rx.recv())
+        .await
+        .unwrap()
+    {
+        closes.push(close);
+    }
+    assert_eq!(closes.len(), CLIENTS);
+    assert!(
+        closes
+            .iter()
+            .all(|(_, code, err)| *code == Some(1012) && err.as_deref() == Some("server_draining")),
+        "every client told to reconnect: {:?}",
+        closes.iter().find(|(_, code, _)| *code != Some(1012))
+    );
+    let mut per_tenth = [0usize; 10];
+    for (at, _, _) in &closes {
+        let tenth = ((*at - started).as_secs_f64() / WINDOW.as_secs_f64() * 10.0) as usize;
+        per_tenth[tenth.min(9)] += 1;
+    }
+    eprintln!("closes per tenth of the {WINDOW:?} window: {per_tenth:?}");
+    // Evenly: a tenth of them in each tenth, give or take the time the
+    // request took to arrive and the last closes to travel.
+    assert!(
+        per_tenth
+            .iter()
+            .all(|count| (CLIENTS * 8 / 100..=CLIENTS * 12 / 100).contains(count)),
+        "{per_tenth:?}"
+    );
+    assert!(
+        server.exited_within(PATIENCE).await,
+        "the server exits once drained"
+    );
+    let disconnects = server.disconnects.count("server_draining");
+    assert_eq!(disconnects, CLIENTS as u64);
+}
