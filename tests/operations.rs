@@ -527,3 +527,125 @@ async fn a_drain_spreads_a_thousand_closes_over_its_window() {
     let disconnects = server.disconnects.count("server_draining");
     assert_eq!(disconnects, CLIENTS as u64);
 }
+
+/// The real binary: SIGUSR1 drains it (`/readyz` 503 at once, a client
+/// told `server_draining`), and it exits cleanly after the window.
+#[tokio::test]
+async fn sigusr1_drains_the_real_binary() {
+    let (mut child, address, _) = support::serve(
+        &["--dev"],
+        &[
+            ("HERALD_SERVER__DRAIN_WINDOW", "1s"),
+            ("HERALD_SERVER__SHUTDOWN_GRACE", "2s"),
+        ],
+    );
+    let url = |path: &str| format!("http://{address}{path}");
+    let (mut socket, _) = tokio_tungstenite::connect_async(url("/ws").replace("http", "ws"))
+        .await
+        .unwrap();
+    futures_util::SinkExt::send(
+        &mut socket,
+        Message::text(json!({"op": "sub", "id": 1, "subject": "x"}).to_string()),
+    )
+    .await
+    .unwrap();
+    let ready = reqwest::get(url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let sent = std::process::Command::new("kill")
+        .args(["-USR1", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let status = reqwest::get(url("/readyz")).await.unwrap().status();
+        if status == 503 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "503 within a second of the signal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut told = None;
+    while let Some(Ok(frame)) = tokio::time::timeout(PATIENCE, socket.next()).await.unwrap() {
+        if let Message::Text(text) = frame {
+            let event: Value = serde_json::from_str(&text).unwrap();
+            if event["op"] == "err" {
+                told = event["code"].as_str().map(str::to_owned);
+            }
+        }
+    }
+    assert_eq!(told.as_deref(), Some("server_draining"));
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server exits after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}
+
+/// `--log-format json`: one JSON object per line, a refused client and a
+/// drain among them with their fields.
+#[tokio::test]
+async fn json_logs_carry_each_notable_event_with_its_fields() {
+    use std::io::BufRead;
+    let mut child = support::Running(
+        std::process::Command::new(support::HERALD)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .env("HERALD_NATS__LISTEN", "127.0.0.1:0")
+            .env("HERALD_QUIC__LISTEN", "127.0.0.1:0")
+            .env("HERALD_SERVER__DRAIN_WINDOW", "100ms")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (lines, log) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let parsed = serde_json::from_str(&line).unwrap_or_else(|error| panic!("{error}: {line}"));
+            let _ = lines.send(parsed);
+        }
+    });
+    let next = |wanted: &str| loop {
+        let line = log
+            .recv_timeout(PATIENCE)
+            .expect("the log line within the patience");
+        for key in ["timestamp", "level", "message", "target"] {
+            assert!(line.get(key).is_some(), "{key} in {line}");
+        }
+        if line["message"] == wanted {
+            return line;
+        }
+    };
+    let listening = next("listening");
+    let address = listening["address"].as_str().unwrap().to_owned();
+    // No credential: refused (this server allows no anonymous access).
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{address}/ws?token=nonsense-0123456789"))
+            .await
+            .unwrap();
+    while let Some(Ok(_)) = socket.next().await {}
+    let refused = next("client refused");
+    assert_eq!(refused["transport"], "websocket", "{refused}");
+    assert_eq!(refused["code"], "invalid_credential", "{refused}");
+    assert_eq!(refused["level"], "INFO");
+    let sent = std::process::Command::new("kill")
+        .args(["-USR1", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let draining = next("draining: closing connections with server_draining, spread over the window");
+    assert_eq!(draining["connections"], 0, "{draining}");
+    assert_eq!(draining["level"], "WARN");
+    next("stopped");
+}

@@ -69,6 +69,13 @@ impl GatewayContext {
         self
     }
 
+    /// Records a connection refused once connected, with the refusal's
+    /// code (`invalid_credential`, `origin_not_allowed`, ...) in the log.
+    pub fn refused(&self, transport: &'static str, code: &'static str) {
+        self.disconnects.record(&DisconnectReason::Refused);
+        tracing::info!(transport, code, reason = "refused", "client refused");
+    }
+
     /// Records how a connection ended: once per connection, by the gateway
     /// that served it.
     pub fn disconnected(&self, transport: &'static str, session: u64, reason: &DisconnectReason) {

@@ -202,7 +202,7 @@ async fn refuse(
         VarInt::from_u32(u32::from(refusal::close_code(error.status))),
         error.code.as_bytes(),
     );
-    context.disconnected(TRANSPORT, 0, &DisconnectReason::Refused);
+    context.refused(TRANSPORT, error.code);
 }
 
 /// Frames from the control stream.

@@ -136,7 +136,7 @@ async fn refuse(mut socket: WebSocket, error: &HttpError, encoding: Encoding, co
         Ok::<(), axum::Error>(())
     })
     .await;
-    context.disconnected("websocket", 0, &DisconnectReason::Refused);
+    context.refused("websocket", error.code);
 }
 
 /// Reads frames until the client leaves or the session is closed.
