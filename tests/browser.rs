@@ -183,3 +183,75 @@ async fn a_webtransport_page_resumes_across_a_server_restart_with_nothing_lost()
         result["datagrams"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_refuses_a_wrong_key_and_shows_live_numbers_with_the_right_one() {
+    let Some((scripts, chromium)) = prerequisites_or_skip() else {
+        return;
+    };
+    const ADMIN_KEY: &str = "test-admin-key-0123456789";
+    const SUBJECT: &str = "dash.room";
+    let server = Server::start(|config| {
+        config.admin.key = herald_broker::Secret(ADMIN_KEY.into());
+        config.admin.stats_interval = Duration::from_millis(250);
+    })
+    .await;
+    let mut subscribers = Vec::new();
+    for _ in 0..3 {
+        let mut client = support::Client::connect(&server).await;
+        client.subscribe(SUBJECT, None).await;
+        subscribers.push(client);
+    }
+    let screenshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/images/dashboard.png");
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(scripts.join("dashboard.mjs"))
+        .arg(server.url(""))
+        .arg(ADMIN_KEY)
+        .arg(support::PUBLISHER_KEY)
+        .arg(SUBJECT)
+        .arg(&screenshot);
+    let result = run_script(command, &chromium).await;
+    let number = |value: &Value| -> f64 { value.as_str().unwrap().replace(',', "").parse().unwrap() };
+
+    let refused = &result["refused"];
+    assert_eq!(refused["status"], "refused", "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("invalid_credential"),
+        "{refused}"
+    );
+    assert_eq!(
+        refused["panelsHidden"], true,
+        "no numbers without the key: {refused}"
+    );
+
+    let (before, during) = (&result["before"], &result["during"]);
+    assert_eq!(during["status"], "live", "{during}");
+    // Three subscribers and the dashboard's own connection.
+    assert_eq!(during["connections"], "4", "{during}");
+    let published = result["published"].as_f64().unwrap();
+    assert!(
+        number(&during["published"]) > number(&before["published"]),
+        "the totals moved: {before} → {during}"
+    );
+    assert!(
+        number(&during["published"]) >= published * 0.5,
+        "the page kept up with the workload: {during}"
+    );
+    let highest_rate = result["rates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(number)
+        .fold(0.0, f64::max);
+    assert!(highest_rate >= 10.0, "messages in per second shown: {result}");
+    assert_eq!(during["topSubjects"][0][0], SUBJECT, "{during}");
+    assert_eq!(during["topSubjects"][0][1], "3", "{during}");
+    assert!(screenshot.exists());
+    eprintln!(
+        "Chromium {}: {} published; rates shown {}",
+        result["browser"], published, result["rates"]
+    );
+    drop(subscribers);
+    server.shutdown().await;
+}

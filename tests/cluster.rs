@@ -705,10 +705,21 @@ async fn a_node_started_while_nats_is_down_serves_and_joins_when_it_comes() {
     let node = Server::start(move |config| {
         config.cluster.nats_url = url;
         config.cluster.reconnect_max_delay = Duration::from_millis(200);
+        config.admin.public_metrics = true;
     })
     .await;
     assert_eq!(bridge_state(&node).await, "connecting");
     assert_eq!(reqwest::get(node.url("/readyz")).await.unwrap().status(), 503);
+    let metrics = support::scrape_text(&node).await;
+    assert_eq!(
+        support::sample(&metrics, r#"herald_cluster_state{state="connecting"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        support::sample(&metrics, r#"herald_cluster_state{state="connected"}"#),
+        Some(0.0)
+    );
+    assert_eq!(support::sample(&metrics, "herald_ready"), Some(0.0));
     // Clients are served: they subscribe, and publishing says why it cannot.
     let mut client = Client::connect(&node).await;
     client.subscribe("early.>", None).await;
@@ -723,6 +734,16 @@ async fn a_node_started_while_nats_is_down_serves_and_joins_when_it_comes() {
     wait_ready(&node).await;
     publish(&node, "early.x", json!(2)).await;
     assert_eq!(messages(&mut client, 1).await[0].2, json!(2));
+    let metrics = support::scrape_text(&node).await;
+    assert_eq!(
+        support::sample(&metrics, r#"herald_cluster_state{state="connected"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        support::sample(&metrics, "herald_cluster_lag_messages"),
+        Some(0.0)
+    );
+    assert_eq!(support::sample(&metrics, "herald_ready"), Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -649,3 +649,39 @@ async fn json_logs_carry_each_notable_event_with_its_fields() {
     assert_eq!(draining["level"], "WARN");
     next("stopped");
 }
+
+/// Every metric the Grafana dashboard in `docs/` queries is one `/metrics`
+/// serves (the cluster's appear in cluster mode: `tests/cluster.rs`).
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana/herald-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (start, _) in expr.match_indices("herald_") {
+                let name: String = expr[start..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 15, "{queried:?}");
+    let server = Server::start(with_admin).await;
+    let metrics = scrape(&server).await;
+    for name in &queried {
+        if name.starts_with("herald_cluster_") {
+            continue;
+        }
+        let family = name.strip_suffix("_bucket").unwrap_or(name);
+        let declared = format!("# TYPE {family} ");
+        assert!(
+            metrics.text.lines().any(|line| line.starts_with(&declared)),
+            "{name} is queried by the dashboard but not served"
+        );
+    }
+    server.shutdown().await;
+}

@@ -362,6 +362,20 @@ pub async fn publish_to(address: &str, key: Option<&str>, subject: &str, data: V
     body["pos"].as_str().unwrap().to_owned()
 }
 
+/// `/metrics` as text (for a server with `admin.public_metrics`).
+pub async fn scrape_text(server: &Server) -> String {
+    let response = reqwest::get(server.url("/metrics")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+/// The value of the sample written exactly `name{labels}` in `text`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.parse().unwrap())
+}
+
 /// Lets this process hold many sockets (both ends of each connection).
 pub fn raise_open_file_limit() {
     let _ = rlimit::increase_nofile_limit(65_536);

@@ -41,7 +41,12 @@ pub fn stats_json(context: &GatewayContext) -> Value {
     let connections: Map<String, Value> = stats
         .sessions
         .iter()
-        .filter(|(transport, _)| !matches!(transport, herald_broker::Transport::Internal))
+        .filter(|(transport, _)| {
+            !matches!(
+                transport,
+                herald_broker::Transport::Internal | herald_broker::Transport::Cluster
+            )
+        })
         .map(|(transport, count)| (transport.label().to_owned(), json!(count)))
         .collect();
     let disconnects: Map<String, Value> = DISCONNECT_CODES
