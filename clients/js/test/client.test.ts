@@ -220,11 +220,13 @@ test("reads in flight at a drop are asked again on the next connection", async (
   herald.close();
 });
 
-test("close reasons: 4403 and protocol_violation are final; shutdown reconnects", async () => {
+test("close reasons: 4403, removed and protocol_violation are final; shutdown and server_draining reconnect", async () => {
   for (const [info, final] of [
     [{ code: "origin_not_allowed", message: "pages from x may not connect", closeCode: 4403 }, true],
+    [{ code: "removed", message: "disconnected by an operator", closeCode: 4403 }, true],
     [{ code: "protocol_violation", message: "flooding", closeCode: 1008 }, true],
     [{ code: "shutdown", message: "shutdown", closeCode: 1001 }, false],
+    [{ code: "server_draining", message: "the server is restarting", closeCode: 1012 }, false],
   ] as const) {
     const ws = new FakeTransport("websocket", true);
     const { herald } = client([ws]);
