@@ -685,3 +685,61 @@ async fn the_grafana_dashboard_queries_only_metrics_that_exist() {
     }
     server.shutdown().await;
 }
+
+/// NATS clients count like the others: connections, commands with their
+/// codes, messages published and delivered.
+#[tokio::test]
+async fn nats_clients_are_counted_by_transport() {
+    let server = Server::start(with_admin).await;
+    let url = format!("nats://{}", server.nats_address.unwrap());
+    let connect = |key: &'static str| {
+        let url = url.clone();
+        async move {
+            async_nats::ConnectOptions::new()
+                .token(key.into())
+                .connect(url)
+                .await
+                .unwrap()
+        }
+    };
+    let publisher = connect(PUBLISHER_KEY).await;
+    let news_only = connect(support::NEWS_ONLY_KEY).await;
+    let mut subscriber = publisher.subscribe("nats.room").await.unwrap();
+    publisher.flush().await.unwrap();
+    for n in 0..3 {
+        publisher
+            .publish("nats.room", n.to_string().into())
+            .await
+            .unwrap();
+    }
+    // Refused: this key publishes only under news.>.
+    news_only.publish("nats.room", "no".into()).await.unwrap();
+    news_only.flush().await.unwrap();
+    for _ in 0..3 {
+        tokio::time::timeout(PATIENCE, subscriber.next())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics = scrape(&server).await;
+    let nats = |op, outcome| {
+        metrics.get(
+            "herald_commands_total",
+            &[("transport", "nats"), ("op", op), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(nats("pub", "ok"), 3.0);
+    assert_eq!(nats("pub", "forbidden"), 1.0);
+    assert_eq!(nats("sub", "ok"), 1.0);
+    assert_eq!(
+        metrics.get("herald_messages_published_total", &[("transport", "nats")]),
+        3.0
+    );
+    assert_eq!(
+        metrics.get("herald_messages_delivered_total", &[("transport", "nats")]),
+        3.0
+    );
+    assert_eq!(metrics.get("herald_connections", &[("transport", "nats")]), 2.0);
+    server.shutdown().await;
+}

@@ -3,9 +3,7 @@
 //! `/metrics`). Nothing here allocates or locks per message; a publish
 //! adds to a handful of counters once, not once per recipient.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// Which door a session came through: the label of every per-transport
@@ -59,6 +57,57 @@ impl Transport {
 pub const OPS: [&str; 10] = [
     "sub", "unsub", "pub", "history", "presence", "ping", "auth", "refresh", "invalid", "other",
 ];
+
+/// The error codes a command can be refused with (`docs/protocol.md`);
+/// anything else is counted as `other`. A fixed table, so that counting a
+/// refusal takes no lock: a client flooding bad commands must not make
+/// every connection contend on one.
+pub const REFUSAL_CODES: [&str; 39] = [
+    "malformed_frame",
+    "unknown_op",
+    "missing_field",
+    "invalid_subject",
+    "subject_too_long",
+    "reserved_subject",
+    "invalid_token",
+    "invalid_payload",
+    "payload_too_large",
+    "too_many_subjects",
+    "too_many_subscriptions",
+    "duplicate_subscription",
+    "not_subscribed",
+    "invalid_queue",
+    "pattern_too_broad",
+    "forbidden",
+    "rate_limited",
+    "no_presence",
+    "refresh_refused",
+    "not_caught_up",
+    "cluster_unavailable",
+    "cluster_busy",
+    "cluster_refused",
+    "unauthorized",
+    "invalid_credential",
+    "token_expired",
+    "token_not_yet_valid",
+    "token_rejected",
+    "frame_too_large",
+    "unsupported_media_type",
+    "malformed_body",
+    "body_too_large",
+    "body_timeout",
+    "unreadable_body",
+    "batch_too_large",
+    "invalid_query",
+    "shutting_down",
+    "server_draining",
+    "other",
+];
+
+/// Where one (transport, op, code) counts in `Stats::commands_refused`.
+fn refused_index(transport: Transport, op: usize, code: usize) -> usize {
+    (transport.index() * OPS.len() + op) * REFUSAL_CODES.len() + code
+}
 
 /// Why a message did not reach a subscriber's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,8 +229,9 @@ pub struct Stats {
     slow_consumers: AtomicU64,
     /// Successful commands, per transport and op.
     commands_ok: [[AtomicU64; OPS.len()]; 8],
-    /// Refused commands, per transport, op and error code: rare, so a map.
-    commands_refused: Mutex<BTreeMap<(Transport, &'static str, &'static str), u64>>,
+    /// Refused commands, per transport, op and error code: one flat table
+    /// indexed by [`refused_index`].
+    commands_refused: Box<[AtomicU64]>,
     publish_latency: AtomicHistogram,
     queue_depth: AtomicHistogram,
 }
@@ -196,7 +246,9 @@ impl Default for Stats {
             gaps: Default::default(),
             slow_consumers: AtomicU64::new(0),
             commands_ok: Default::default(),
-            commands_refused: Mutex::new(BTreeMap::new()),
+            commands_refused: (0..Transport::ALL.len() * OPS.len() * REFUSAL_CODES.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             publish_latency: AtomicHistogram::new(LATENCY_BOUNDS, 1e9),
             queue_depth: AtomicHistogram::new(DEPTH_BOUNDS, 1.0),
         }
@@ -293,11 +345,11 @@ impl Stats {
                 self.commands_ok[transport.index()][op].fetch_add(1, Ordering::Relaxed);
             }
             Err(code) => {
-                let mut refused = self
-                    .commands_refused
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                *refused.entry((transport, OPS[op], code)).or_insert(0) += 1;
+                let code = REFUSAL_CODES
+                    .iter()
+                    .position(|known| *known == code)
+                    .unwrap_or(REFUSAL_CODES.len() - 1);
+                self.commands_refused[refused_index(transport, op, code)].fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -315,23 +367,20 @@ impl Stats {
         };
         let mut commands = Vec::new();
         for transport in Transport::ALL {
-            for (op, count) in OPS.iter().zip(&self.commands_ok[transport.index()]) {
-                let count = count.load(Ordering::Relaxed);
-                if count > 0 {
-                    commands.push((transport, *op, "ok", count));
+            for (index, op) in OPS.iter().enumerate() {
+                let ok = self.commands_ok[transport.index()][index].load(Ordering::Relaxed);
+                if ok > 0 {
+                    commands.push((transport, *op, "ok", ok));
+                }
+                for (code_index, code) in REFUSAL_CODES.iter().enumerate() {
+                    let count = self.commands_refused[refused_index(transport, index, code_index)]
+                        .load(Ordering::Relaxed);
+                    if count > 0 {
+                        commands.push((transport, *op, *code, count));
+                    }
                 }
             }
         }
-        let refused = self
-            .commands_refused
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        commands.extend(
-            refused
-                .iter()
-                .map(|((transport, op, code), count)| (*transport, *op, *code, *count)),
-        );
-        drop(refused);
         StatsSnapshot {
             sessions: Transport::ALL
                 .iter()
@@ -383,10 +432,12 @@ mod tests {
         stats.command(Transport::WebSocket, "pub", Ok(()));
         stats.command(Transport::WebSocket, "pub", Err("forbidden"));
         stats.command(Transport::Sse, "nonsense", Ok(()));
+        stats.command(Transport::Http, "pub", Err("a_code_nobody_listed"));
         let commands = stats.snapshot().commands;
         assert!(commands.contains(&(Transport::WebSocket, "pub", "ok", 2)));
         assert!(commands.contains(&(Transport::WebSocket, "pub", "forbidden", 1)));
         assert!(commands.contains(&(Transport::Sse, "other", "ok", 1)));
-        assert_eq!(commands.len(), 3);
+        assert!(commands.contains(&(Transport::Http, "pub", "other", 1)));
+        assert_eq!(commands.len(), 4);
     }
 }

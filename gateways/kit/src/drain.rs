@@ -18,8 +18,10 @@ use crate::GatewayContext;
 const TICK: Duration = Duration::from_millis(10);
 
 /// Closes the connections open now, connection `i` of `n` at
-/// `window × i / n` from the start; returns how many were closed. Ends
-/// early if the server shuts down meanwhile.
+/// `window × i / n` from the start, and returns at the end of the window
+/// (however few there were: until then `/readyz` keeps saying 503, so that
+/// load balancers notice before the server goes); returns how many were
+/// closed. Ends early if the server shuts down meanwhile.
 pub async fn close_spread(context: &GatewayContext, window: Duration) -> usize {
     let mut queues = context.broker.connection_queues();
     // Session ids grow with age: the oldest go first.
@@ -57,6 +59,10 @@ pub async fn close_spread(context: &GatewayContext, window: Duration) -> usize {
         }
     }
     tracing::info!(closed, "draining: every connection was told to reconnect");
+    tokio::select! {
+        () = tokio::time::sleep_until(start + window) => {}
+        () = context.shutdown.cancelled() => {}
+    }
     closed
 }
 

@@ -321,6 +321,13 @@ impl Reader<'_> {
     }
 
     fn handle(&mut self, op: ClientOp) {
+        let name = match &op {
+            ClientOp::Pub { .. } => "pub",
+            ClientOp::Sub { .. } => "sub",
+            ClientOp::Unsub { .. } => "unsub",
+            ClientOp::Connect(_) => "auth",
+            ClientOp::Ping | ClientOp::Pong => "ping",
+        };
         let done = match op {
             ClientOp::Ping => {
                 self.session.outbox().push_reply(Reply::Pong { id: None });
@@ -343,13 +350,15 @@ impl Reader<'_> {
                 Ok(())
             }
         };
+        self.session
+            .count_command(name, done.as_ref().map(drop).map_err(|(code, _)| *code));
         match done {
             Ok(()) if self.verbose => self.session.outbox().push_reply(Reply::Ack {
                 id: None,
                 position: None,
             }),
             Ok(()) => {}
-            Err(text) => self.session.outbox().push_reply(Reply::Error {
+            Err((_, text)) => self.session.outbox().push_reply(Reply::Error {
                 id: None,
                 code: NATS_ERROR,
                 message: text,
@@ -363,8 +372,8 @@ impl Reader<'_> {
         reply: Option<&str>,
         headers: Option<&[u8]>,
         payload: &[u8],
-    ) -> Result<(), String> {
-        let refused = |error: SessionError| nats_error(&error, "Publish to", subject);
+    ) -> Result<(), Refusal> {
+        let refused = |error: SessionError| (error.code(), nats_error(&error, "Publish to", subject));
         let reply = reply
             .map(|reply| self.session.reply_subject(reply))
             .transpose()
@@ -372,7 +381,7 @@ impl Reader<'_> {
         let headers = headers
             .map(|block| Headers::parse(Bytes::copy_from_slice(block)))
             .transpose()
-            .map_err(|error| format!("Invalid Headers: {error}"))?;
+            .map_err(|error| ("malformed_frame", format!("Invalid Headers: {error}")))?;
         let envelope = Envelope { headers, reply };
         // Copied out of the read buffer: a small message must not keep the
         // whole buffer alive for as long as history holds it.
@@ -404,7 +413,7 @@ impl Reader<'_> {
         submitted.map_err(refused)
     }
 
-    fn subscribe(&mut self, subject: &str, queue: Option<&str>, sid: &str) -> Result<(), String> {
+    fn subscribe(&mut self, subject: &str, queue: Option<&str>, sid: &str) -> Result<(), Refusal> {
         if self.ids.contains_key(sid.as_bytes()) {
             // nats-server ignores a repeated sid; so does this.
             return Ok(());
@@ -412,7 +421,7 @@ impl Reader<'_> {
         let id = self.next_id;
         self.session
             .subscribe_member(id, subject, queue)
-            .map_err(|error| nats_error(&error, "Subscription to", subject))?;
+            .map_err(|error| (error.code(), nats_error(&error, "Subscription to", subject)))?;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let sid = Bytes::copy_from_slice(sid.as_bytes());
         self.lock_sids().by_id.insert(
@@ -455,6 +464,10 @@ impl Reader<'_> {
         self.sids.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+/// Why a command was refused: the protocol's code (for the metrics) and
+/// nats-server's words (for the client's `-ERR`).
+type Refusal = (&'static str, String);
 
 /// A session error in nats-server's words.
 fn nats_error(error: &SessionError, operation: &str, subject: &str) -> String {
