@@ -578,17 +578,7 @@ async fn sigusr1_drains_the_real_binary() {
         }
     }
     assert_eq!(told.as_deref(), Some("server_draining"));
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server exits after draining"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = child.exits_within(PATIENCE).await;
     assert!(status.success(), "{status}");
 }
 

@@ -359,17 +359,7 @@ async fn sighup_reloads_the_certificate_and_herald_drain_speaks_https() {
     assert!(String::from_utf8_lossy(&drained.stdout).contains("draining"));
     let close = next_json(&mut old).await;
     assert_eq!(close["code"], "server_draining", "{close}");
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server exits after draining"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = child.exits_within(PATIENCE).await;
     assert!(status.success(), "a drained server exits cleanly: {status}");
 }
 

@@ -585,6 +585,24 @@ pub const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 /// The server process, killed if the test ends before it exits by itself.
 pub struct Running(pub std::process::Child);
 
+impl Running {
+    /// Waits for the process to exit by itself; its status. Fails the test
+    /// if it is still running after `within`.
+    pub async fn exits_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server exits within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if matches!(self.0.try_wait(), Ok(None)) {
