@@ -688,8 +688,7 @@ impl Broker {
         skip: Option<&Arc<Outbox>>,
         numbering: Numbering,
     ) -> Position {
-        // A measurement, not the broker's notion of time (that is `clock`).
-        let started = std::time::Instant::now();
+        let started = self.stats.timer();
         // Only ever written under `publish_order`; atomic so that readers
         // (positions, polls) need not take the lock. SeqCst pairs with the
         // router's wildcard count (see `Router::matches`): a poll's watch,
@@ -734,7 +733,7 @@ impl Broker {
         // in every queue it was offered to.
         self.committed_sequence.store(sequence, Ordering::Release);
         self.routed.fetch_add(1, Ordering::Relaxed);
-        self.stats.publish_latency(started.elapsed());
+        self.stats.publish_latency_since(started);
         position
     }
 
