@@ -733,3 +733,83 @@ async fn nats_clients_are_counted_by_transport() {
     assert_eq!(metrics.get("herald_connections", &[("transport", "nats")]), 2.0);
     server.shutdown().await;
 }
+
+/// `[admin] listen`: the operators' routes on a listener of their own, and
+/// off the main one.
+#[tokio::test]
+async fn the_admin_listener_serves_the_operators_routes_and_the_main_one_does_not() {
+    use std::io::BufRead;
+    let mut child = support::Running(
+        std::process::Command::new(support::HERALD)
+            .args(["serve", "--listen", "127.0.0.1:0", "--dev"])
+            .env("RUST_LOG", "info")
+            .env("HERALD_NATS__LISTEN", "127.0.0.1:0")
+            .env("HERALD_QUIC__LISTEN", "127.0.0.1:0")
+            .env("HERALD_ADMIN__LISTEN", "127.0.0.1:0")
+            .env("HERALD_ADMIN__KEY", ADMIN_KEY)
+            .env("HERALD_ADMIN__PUBLIC_METRICS", "true")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = std::io::BufReader::new(child.0.stderr.take().unwrap());
+    let (mut main, mut admin) = (None, None);
+    for line in stderr.lines().map_while(Result::ok) {
+        let address = line
+            .split("address=")
+            .nth(1)
+            .map(|rest| rest.split_whitespace().next().unwrap().to_owned());
+        if line.contains("listening for operators") {
+            admin = address;
+        } else if line.contains("listening") && main.is_none() {
+            main = address;
+        }
+        if main.is_some() && admin.is_some() {
+            break;
+        }
+    }
+    let (main, admin) = (main.unwrap(), admin.unwrap());
+    let get = |address: &str, path: &str| reqwest::get(format!("http://{address}{path}"));
+    let metrics = get(&admin, "/metrics").await.unwrap();
+    assert_eq!(metrics.status(), 200, "public on the admin listener");
+    assert!(metrics.text().await.unwrap().contains("herald_build_info"));
+    assert_eq!(get(&admin, "/readyz").await.unwrap().status(), 200);
+    assert_eq!(get(&admin, "/dashboard").await.unwrap().status(), 200);
+    let subjects = reqwest::Client::new()
+        .get(format!("http://{admin}/v1/admin/subjects"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(subjects.status(), 200);
+    // The dashboard's feed: /ws on the admin listener, the admin key.
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{admin}/ws"))
+        .await
+        .unwrap();
+    for command in [
+        json!({"op": "auth", "id": 1, "token": ADMIN_KEY}),
+        json!({"op": "sub", "id": 2, "subject": "$sys.stats"}),
+    ] {
+        futures_util::SinkExt::send(&mut socket, Message::text(command.to_string()))
+            .await
+            .unwrap();
+    }
+    let stats = loop {
+        let frame = tokio::time::timeout(PATIENCE, socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let event: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+        if event["op"] == "msg" {
+            break event;
+        }
+        assert_eq!(event["op"], "ack", "{event}");
+    };
+    assert_eq!(stats["subject"], "$sys.stats");
+    // The main listener serves clients, not operators.
+    for path in ["/metrics", "/dashboard", "/v1/admin/subjects"] {
+        assert_eq!(get(&main, path).await.unwrap().status(), 404, "{path}");
+    }
+    assert_eq!(get(&main, "/readyz").await.unwrap().status(), 200);
+}
