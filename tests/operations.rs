@@ -629,6 +629,26 @@ async fn json_logs_carry_each_notable_event_with_its_fields() {
     assert_eq!(refused["transport"], "websocket", "{refused}");
     assert_eq!(refused["code"], "invalid_credential", "{refused}");
     assert_eq!(refused["level"], "INFO");
+    // A flood of refusals is not a flood of lines: ten a second at most,
+    // and the next line counts what was left out.
+    let refuse = || async {
+        let url = format!("ws://{address}/ws?token=nonsense-0123456789");
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        while let Some(Ok(_)) = socket.next().await {}
+    };
+    for _ in 0..40 {
+        refuse().await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    refuse().await;
+    let (mut lines, mut accounted) = (1, 1);
+    while accounted < 42 {
+        let line = next("client refused");
+        lines += 1;
+        accounted += 1 + line["suppressed"].as_u64().unwrap();
+    }
+    assert_eq!(accounted, 42, "every refusal logged or counted once");
+    assert!(lines <= 21, "{lines} lines for 42 refusals in about a second");
     let sent = std::process::Command::new("kill")
         .args(["-USR1", &child.0.id().to_string()])
         .status()

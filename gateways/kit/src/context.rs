@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::disconnect::{DisconnectCounters, DisconnectReason};
 use crate::health::Health;
+use crate::notices::Notices;
 use crate::origins::AllowedOrigins;
 
 /// Shared by every gateway of one server; cheap to clone.
@@ -37,6 +38,8 @@ pub struct GatewayContext {
     pub refresh_grace: std::time::Duration,
     /// The dependencies `/healthz` and `/readyz` report on.
     pub health: Health,
+    /// Bounds on the log lines clients can cause.
+    pub notices: Arc<Notices>,
 }
 
 impl GatewayContext {
@@ -52,6 +55,7 @@ impl GatewayContext {
             token_cookie: Arc::from(""),
             refresh_grace: std::time::Duration::from_secs(30),
             health: Health::default(),
+            notices: Arc::default(),
         }
     }
 
@@ -73,7 +77,9 @@ impl GatewayContext {
     /// code (`invalid_credential`, `origin_not_allowed`, ...) in the log.
     pub fn refused(&self, transport: &'static str, code: &'static str) {
         self.disconnects.record(&DisconnectReason::Refused);
-        tracing::info!(transport, code, reason = "refused", "client refused");
+        if let Some(suppressed) = self.notices.refused.allow() {
+            tracing::info!(transport, code, suppressed, "client refused");
+        }
     }
 
     /// Records how a connection ended: once per connection, by the gateway
@@ -83,15 +89,20 @@ impl GatewayContext {
         match reason {
             // Notable: an operator wants to hear of these one by one.
             DisconnectReason::Closed(CloseReason::SlowConsumer) | DisconnectReason::WriteTimeout => {
-                tracing::warn!(
-                    transport,
-                    session,
-                    reason = reason.code(),
-                    "slow consumer disconnected"
-                )
+                if let Some(suppressed) = self.notices.slow_consumer.allow() {
+                    tracing::warn!(
+                        transport,
+                        session,
+                        reason = reason.code(),
+                        suppressed,
+                        "slow consumer disconnected"
+                    )
+                }
             }
             DisconnectReason::Refused => {
-                tracing::info!(transport, session, reason = reason.code(), "client refused")
+                if let Some(suppressed) = self.notices.refused.allow() {
+                    tracing::info!(transport, session, suppressed, "client refused")
+                }
             }
             _ => tracing::debug!(transport, session, reason = reason.code(), "connection closed"),
         }

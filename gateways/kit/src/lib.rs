@@ -15,6 +15,7 @@
 //! | [`query`] | query strings with repeated keys (`?subject=a&subject=b`) |
 //! | [`health`] | the dependencies `/healthz` and `/readyz` report on |
 //! | [`error`] | [`HttpError`]: status, stable `code`, message, as a JSON body |
+//! | [`notices`] | bounds on the log lines clients can cause (refusals, slow consumers) |
 //! | [`limits`] | the per-connection command rate limit |
 //! | [`frames`] | one command frame in: size check, decode, hand to the session |
 //! | [`expiry`] | a first `auth` command, and a token's expiry on a long connection |
@@ -41,6 +42,7 @@ pub mod expiry;
 pub mod frames;
 pub mod health;
 pub mod limits;
+pub mod notices;
 pub mod origins;
 pub mod query;
 pub mod reads;
