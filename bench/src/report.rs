@@ -78,6 +78,14 @@ fn millis(micros: u64) -> String {
     format!("{:.1} ms", micros as f64 / 1000.0)
 }
 
+/// Deliveries per second of the server's CPU time, when it was measured.
+fn per_server_core_second(record: &Record) -> Option<f64> {
+    record
+        .server_cpu_seconds
+        .filter(|seconds| *seconds > 0.0)
+        .map(|seconds| record.delivered as f64 / seconds)
+}
+
 fn delivered_share(record: &Record) -> String {
     if record.expected == 0 {
         return "—".into();
@@ -93,9 +101,9 @@ pub fn markdown(records: &[Record], environment: &str) -> String {
     let _ = writeln!(out, "{environment}\n");
 
     out.push_str("### Fan-out, as fast as it goes (1 publisher → N subscribers, 128-byte payloads)\n\n");
-    out.push_str("Deliveries per second at the subscribers, over the time from the first publish to the last delivery. The publisher is paced by the server's own confirmations, the same way for every target (at most about a million deliveries unconfirmed). *Delivered*: the share of expected deliveries that arrived within the run (publishing, then a 2 s drain), not a loss rate. *Gap events*: Herald subscribers told that their full queue dropped messages (the other servers do not report drops). Ratio: deliveries/s to nats-tcp's at the same N; *vs WS*: to Herald's own WebSocket gateway (herald-ws-json) at the same N, for Herald's other transports.\n\n");
+    out.push_str("Deliveries per second at the subscribers, over the time from the first publish to the last delivery. The publisher is paced by the server's own confirmations, the same way for every target (at most about a million deliveries unconfirmed). *Delivered*: the share of expected deliveries that arrived within the run (publishing, then a 2 s drain), not a loss rate. *Gap events*: Herald subscribers told that their full queue dropped messages (the other servers do not report drops). Ratio: deliveries/s to nats-tcp's at the same N; *vs WS*: to Herald's own WebSocket gateway (herald-ws-json) at the same N, for Herald's other transports. *Per server core-s*: deliveries per second of the server's CPU time (user + system, from `/proc`), what a deployment pays for; its ratio is to nats-tcp's.\n\n");
     out.push_str(
-        "| N | target | deliveries/s | delivered | gap events | ratio | vs WS |\n|---:|---|---:|---:|---:|---:|---:|\n",
+        "| N | target | deliveries/s | delivered | gap events | ratio | vs WS | per server core-s | ratio |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut sizes: Vec<usize> = records
         .iter()
@@ -108,6 +116,7 @@ pub fn markdown(records: &[Record], environment: &str) -> String {
     let herald_transports = [Target::HeraldSse.name(), Target::HeraldLongPoll.name()];
     for &n in &sizes {
         let peer_rate = find(records, "fanout", peer, Some(n)).map(|r| r.deliveries_per_second);
+        let peer_efficiency = find(records, "fanout", peer, Some(n)).and_then(per_server_core_second);
         let websocket_rate = find(records, "fanout", websocket, Some(n)).map(|r| r.deliveries_per_second);
         for target in &targets {
             if let Some(r) = find(records, "fanout", target, Some(n)) {
@@ -116,13 +125,16 @@ pub fn markdown(records: &[Record], environment: &str) -> String {
                 } else {
                     "".into()
                 };
+                let efficiency = per_server_core_second(r);
                 let _ = writeln!(
                     out,
-                    "| {n} | {target} | {} | {} | {} | {} | {versus_websocket} |",
+                    "| {n} | {target} | {} | {} | {} | {} | {versus_websocket} | {} | {} |",
                     human(r.deliveries_per_second),
                     delivered_share(r),
                     r.gap_events,
-                    ratio(r.deliveries_per_second, peer_rate)
+                    ratio(r.deliveries_per_second, peer_rate),
+                    efficiency.map_or_else(|| "—".into(), human),
+                    efficiency.map_or_else(String::new, |value| ratio(value, peer_efficiency)),
                 );
             }
         }
@@ -401,6 +413,45 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fan_out_rows_show_deliveries_per_server_core_second_and_its_ratio() {
+        let record = |target: &str, cpu: Option<f64>| Record {
+            scenario: "fanout".into(),
+            target: target.into(),
+            subscribers: 1000,
+            delivered: 4_000_000,
+            expected: 4_000_000,
+            deliveries_per_second: 2_000_000.0,
+            server_cpu_seconds: cpu,
+            ..Record::default()
+        };
+        let records = [
+            record("nats-tcp", Some(4.0)),
+            record(Target::HeraldJson.name(), Some(2.0)),
+            record(Target::HeraldSse.name(), None),
+        ];
+        let table = markdown(&records, "test");
+        let row = |target: &str| {
+            table
+                .lines()
+                .find(|line| line.starts_with(&format!("| 1000 | {target} |")))
+                .unwrap_or_else(|| panic!("{target} in {table}"))
+                .to_owned()
+        };
+        let herald = row(Target::HeraldJson.name());
+        assert!(herald.ends_with("| 2.00 M | 2.00× |"), "{herald}");
+        assert!(
+            row("nats-tcp").ends_with("| 1.00 M | 1.00× |"),
+            "{}",
+            row("nats-tcp")
+        );
+        assert!(
+            row(Target::HeraldSse.name()).ends_with("| — |  |"),
+            "{}",
+            row(Target::HeraldSse.name())
+        );
+    }
 
     #[test]
     fn the_generated_block_is_replaced_in_place() {
