@@ -284,6 +284,16 @@ mod tests {
             ("[sse]\nretry = \"soon\"\n", "retry"),
             ("[longpoll]\ndefault_wait = \"2m\"\n", "default_wait"),
             ("[[auth.api_keys]]\nkey = \"short\"\n", "shorter than 16"),
+            (
+                "[[auth.api_keys]]\nkey = \"0123456789abcdef\"\nmax_commands_per_second = 0\n",
+                "max_commands_per_second must be positive",
+            ),
+            ("[admin]\nkey = \"short\"\n", "admin.key is shorter"),
+            (
+                "[tls]\ncert_file = \"/x.pem\"\n",
+                "tls.cert_file and tls.key_file go together",
+            ),
+            ("[server]\ndrain_window = \"0s\"\n", "server.drain_window"),
             ("[auth]\nanonymous = \"publish\"\n", "anonymous"),
             (
                 "[auth]\nanonymous_subscribe = [\"a.>.b\"]\n",

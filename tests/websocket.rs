@@ -414,6 +414,72 @@ async fn a_flood_is_closed_with_a_reason() {
     server.shutdown().await;
 }
 
+/// Reads until `count` pongs arrived, or the connection closed: the close
+/// code then.
+async fn pongs_or_close(client: &mut Client, count: usize) -> Result<(), u16> {
+    let mut pongs = 0;
+    while pongs < count {
+        match tokio::time::timeout(support::PATIENCE, client.socket.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Text(text))) => pongs += usize::from(text.contains(r#""op":"pong""#)),
+            Some(Ok(Message::Close(Some(frame)))) => return Err(u16::from(frame.code)),
+            Some(Ok(_)) => {}
+            other => panic!("expected a pong or a close frame, got {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_api_key_may_carry_a_command_rate_of_its_own() {
+    const BACKEND_KEY: &str = "test-backend-key-with-a-rate-0123";
+    let server = Server::start(|config| {
+        config.websocket.max_commands_per_second = 50;
+        config.auth.api_keys.push(herald_broker::ApiKeyConfig {
+            key: BACKEND_KEY.into(),
+            publish: vec![">".into()],
+            subscribe: vec![">".into()],
+            max_commands_per_second: Some(100_000),
+        });
+    })
+    .await;
+    let ping = || Message::text(r#"{"op":"ping"}"#);
+    // Four times the transport's limit, at once.
+    let mut backend = Client::connect_with(&server, Encoding::Json, Some(BACKEND_KEY)).await;
+    let mut later = Client::connect(&server).await;
+    later
+        .send(json!({"op": "auth", "id": 1, "token": BACKEND_KEY}))
+        .await;
+    assert!(matches!(
+        later.next_event().await,
+        ServerEvent::Ack { id: Some(1), .. }
+    ));
+    let mut other_key = Client::connect_with(&server, Encoding::Json, Some(support::PUBLISHER_KEY)).await;
+    for client in [&mut backend, &mut later, &mut other_key] {
+        for _ in 0..200 {
+            client.send_raw(ping()).await;
+        }
+    }
+    assert_eq!(
+        pongs_or_close(&mut backend, 200).await,
+        Ok(()),
+        "the key's own rate"
+    );
+    assert_eq!(
+        pongs_or_close(&mut later, 200).await,
+        Ok(()),
+        "the rate of the key given by auth"
+    );
+    assert_eq!(
+        pongs_or_close(&mut other_key, 200).await,
+        Err(1008),
+        "a key without a rate of its own gets the transport's"
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn publishing_needs_permission() {
     let server = Server::start(|_| {}).await;

@@ -49,6 +49,12 @@ pub trait Access: Send + Sync + fmt::Debug {
     fn is_operator(&self) -> bool {
         false
     }
+    /// Commands per second this access's connections may send, when it
+    /// has a rate of its own (an API key's `max_commands_per_second`); the
+    /// transport's limit otherwise.
+    fn max_commands_per_second(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// The admin key's access on client transports: `$sys.` subjects (what
@@ -133,19 +139,26 @@ impl Access for Permissions {
 
 /// What an API key may do: its permissions, as a backend.
 #[derive(Debug)]
-struct KeyAccess(Permissions);
+struct KeyAccess {
+    permissions: Permissions,
+    max_commands_per_second: Option<u32>,
+}
 
 impl Access for KeyAccess {
     fn may_publish(&self, subject: &str) -> bool {
-        self.0.may_publish(subject)
+        self.permissions.may_publish(subject)
     }
 
     fn may_subscribe(&self, pattern: &Pattern) -> bool {
-        self.0.may_subscribe(pattern)
+        self.permissions.may_subscribe(pattern)
     }
 
     fn is_backend(&self) -> bool {
         true
+    }
+
+    fn max_commands_per_second(&self) -> Option<u32> {
+        self.max_commands_per_second
     }
 }
 
@@ -198,6 +211,9 @@ pub fn covers(allowed: &Pattern, requested: &Pattern) -> bool {
 pub struct ApiKey {
     pub key: String,
     pub permissions: Permissions,
+    /// Commands per second a connection with this key may send, instead
+    /// of the transport's limit for clients.
+    pub max_commands_per_second: Option<u32>,
 }
 
 impl fmt::Debug for ApiKey {
@@ -313,6 +329,12 @@ pub struct ApiKeyConfig {
     pub publish: Vec<String>,
     #[serde(default)]
     pub subscribe: Vec<String>,
+    /// Commands per second one connection with this key may send over
+    /// WebSocket or WebTransport (a backend publishing pipelined), instead
+    /// of the transport's `max_commands_per_second`, which is meant for
+    /// browsers.
+    #[serde(default)]
+    pub max_commands_per_second: Option<u32>,
 }
 
 impl fmt::Debug for ApiKeyConfig {
@@ -321,6 +343,7 @@ impl fmt::Debug for ApiKeyConfig {
             .field("key", &"<redacted>")
             .field("publish", &self.publish)
             .field("subscribe", &self.subscribe)
+            .field("max_commands_per_second", &self.max_commands_per_second)
             .finish()
     }
 }
@@ -328,6 +351,8 @@ impl fmt::Debug for ApiKeyConfig {
 /// Why an `[auth]` section was refused at start-up.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AuthConfigError {
+    #[error("auth.api_keys[{index}].max_commands_per_second must be positive (leave it out for the transport's limit)")]
+    ZeroCommandRate { index: usize },
     #[error("auth.api_keys[{index}].key is shorter than {MIN_KEY_LENGTH} characters; use a long random key")]
     KeyTooShort { index: usize },
     #[error("auth.{field}: {pattern:?}: {error}")]
@@ -368,7 +393,13 @@ impl Authenticator {
             };
         let keys = keys
             .into_iter()
-            .map(|key| (key.key, Arc::new(KeyAccess(key.permissions)) as Arc<dyn Access>))
+            .map(|key| {
+                let access = KeyAccess {
+                    permissions: key.permissions,
+                    max_commands_per_second: key.max_commands_per_second,
+                };
+                (key.key, Arc::new(access) as Arc<dyn Access>)
+            })
             .collect();
         Authenticator {
             keys,
@@ -409,6 +440,9 @@ impl Authenticator {
             if key.key.len() < MIN_KEY_LENGTH {
                 return Err(AuthConfigError::KeyTooShort { index });
             }
+            if key.max_commands_per_second == Some(0) {
+                return Err(AuthConfigError::ZeroCommandRate { index });
+            }
             let patterns = |field: &'static str, texts: &[String]| {
                 parse_patterns(texts, limits, |pattern, error| AuthConfigError::InvalidPattern {
                     index,
@@ -424,6 +458,7 @@ impl Authenticator {
                     subscribe: patterns("subscribe", &key.subscribe)?,
                     ..Permissions::default()
                 },
+                max_commands_per_second: key.max_commands_per_second,
             });
         }
         let anonymous = |field: &'static str, texts: &[String]| {
@@ -574,6 +609,7 @@ mod tests {
                 subscribe: vec![pattern(">")],
                 ..Permissions::default()
             },
+            max_commands_per_second: None,
         };
         let read_news = Permissions {
             subscribe: vec![pattern("news.>")],

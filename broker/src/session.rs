@@ -338,6 +338,12 @@ impl Session {
         self.transport
     }
 
+    /// The command rate this connection's access carries, if its own (an
+    /// API key's); the transport applies its limit otherwise.
+    pub fn max_commands_per_second(&self) -> Option<u32> {
+        self.access.max_commands_per_second()
+    }
+
     /// Counts a command this session's gateway answered itself (`auth`,
     /// `refresh`, an undecodable frame, an HTTP publish).
     pub fn count_command(&self, op: &str, outcome: Result<(), &'static str>) {

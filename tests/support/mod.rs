@@ -97,11 +97,13 @@ impl Server {
                 key: PUBLISHER_KEY.into(),
                 publish: vec![">".into()],
                 subscribe: vec![">".into()],
+                max_commands_per_second: None,
             },
             ApiKeyConfig {
                 key: NEWS_ONLY_KEY.into(),
                 publish: vec!["news.>".into()],
                 subscribe: vec!["news.>".into()],
+                max_commands_per_second: None,
             },
         ];
         config.nats.listen = "127.0.0.1:0".parse().unwrap();

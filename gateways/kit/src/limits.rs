@@ -23,6 +23,18 @@ impl CommandRateLimiter {
         }
     }
 
+    /// The limit for a connection whose access may carry its own rate (an
+    /// API key's `max_commands_per_second`), else `transport_limit`.
+    pub fn for_access(own: Option<u32>, transport_limit: u32) -> CommandRateLimiter {
+        CommandRateLimiter::new(own.unwrap_or(transport_limit))
+    }
+
+    /// Changes the limit (the connection's access changed), keeping the
+    /// window's count.
+    pub fn set_limit(&mut self, max_per_second: u32) {
+        self.max_per_second = max_per_second;
+    }
+
     /// Counts one command; past the limit, the reason to close with.
     pub fn admit(&mut self) -> Result<(), CloseReason> {
         if self.window_start.elapsed() >= Duration::from_secs(1) {
