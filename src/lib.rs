@@ -320,7 +320,7 @@ impl Herald {
         self.bind_quic().await?;
         self.bind_admin().await?;
         let app = self.router();
-        let admin_app = self.admin_router();
+        let admin_app = self.admin_listener.is_some().then(|| self.admin_router());
         let context = self.context;
         let server = self.config.server;
         let sweeper = tokio::spawn({
@@ -379,22 +379,29 @@ impl Herald {
             tracing::info!(node = bridge.node(), %nats, "cluster mode: joining through NATS JetStream");
             tokio::spawn(bridge.run(bridge_stop.clone()))
         });
-        let admin = self.admin_listener.take().map(|listener| {
-            if let Ok(address) = listener.local_addr() {
-                tracing::info!(%address, "listening for operators (admin API, /metrics, dashboard)");
-            }
-            tokio::spawn(listener::serve(
-                listener,
-                admin_app,
-                limits,
-                self.tls.clone(),
-                context.shutdown.clone(),
+        let admin = self
+            .admin_listener
+            .take()
+            .zip(admin_app)
+            .map(|(listener, admin_app)| {
+                if let Ok(address) = listener.local_addr() {
+                    tracing::info!(%address, "listening for operators (admin API, /metrics, dashboard)");
+                }
+                tokio::spawn(listener::serve(
+                    listener,
+                    admin_app,
+                    limits,
+                    self.tls.clone(),
+                    context.shutdown.clone(),
+                ))
+            });
+        // Only the admin key may watch `$sys.stats`: without one, no feed.
+        let feed = self.config.admin.is_enabled().then(|| {
+            tokio::spawn(herald_admin::feed::publish_stats(
+                context.clone(),
+                self.config.admin.stats_interval,
             ))
         });
-        let feed = tokio::spawn(herald_admin::feed::publish_stats(
-            context.clone(),
-            self.config.admin.stats_interval,
-        ));
         // Until a shutdown signal; or a drain, then the shutdown that ends it.
         tokio::pin!(shutdown);
         tokio::select! {
@@ -421,7 +428,9 @@ impl Herald {
             );
         }
         sweeper.abort();
-        feed.abort();
+        if let Some(feed) = feed {
+            feed.abort();
+        }
         if let Some(admin) = admin {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), admin).await;
         }

@@ -833,3 +833,37 @@ async fn the_admin_listener_serves_the_operators_routes_and_the_main_one_does_no
     }
     assert_eq!(get(&main, "/readyz").await.unwrap().status(), 200);
 }
+
+/// A waiting long poll's delivery counts once, under `longpoll`: the
+/// queue it waits on is not counted again under another transport.
+#[tokio::test]
+async fn a_long_poll_delivery_is_counted_once() {
+    let server = Server::start(with_admin).await;
+    let now: Value = reqwest::get(server.url("/poll?subject=lp.x&wait=0"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = server.url(&format!(
+        "/poll?subject=lp.x&wait=5&cursor={}",
+        now["cursor"].as_str().unwrap()
+    ));
+    let waiting =
+        tokio::spawn(async move { reqwest::get(url).await.unwrap().json::<Value>().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish(&server, "lp.x", json!("one")).await;
+    let answer = waiting.await.unwrap();
+    assert_eq!(answer["events"].as_array().unwrap().len(), 1, "{answer}");
+    let metrics = scrape(&server).await;
+    assert_eq!(
+        metrics.get("herald_messages_delivered_total", &[("transport", "longpoll")]),
+        1.0
+    );
+    assert_eq!(
+        metrics.total("herald_messages_delivered_total"),
+        1.0,
+        "counted once"
+    );
+    server.shutdown().await;
+}

@@ -1058,10 +1058,6 @@ impl Broker {
             .list(|owner| user.is_none_or(|user| owner == Some(user)))
     }
 
-    pub fn connection_count(&self) -> usize {
-        self.connections.count()
-    }
-
     /// Closes every open connection of `user` with `reason`; how many.
     pub fn disconnect_user(&self, user: &str, reason: &CloseReason) -> usize {
         let outboxes = self.connections.outboxes(|owner| owner == Some(user));
@@ -1157,7 +1153,12 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, offer: Offer, transport: Transport) {
+    /// Counts one offer to a queue counted under `transport` (`None`: a
+    /// queue whose deliveries are counted elsewhere, or not at all).
+    fn add(&mut self, offer: Offer, transport: Option<Transport>) {
+        let Some(transport) = transport else {
+            return;
+        };
         match offer {
             Offer::Queued => self.delivered[transport as usize] += 1,
             Offer::QueuedAfterDropping(dropped) => {

@@ -70,10 +70,6 @@ impl Connections {
         self.lock().remove(&id);
     }
 
-    pub(crate) fn count(&self) -> usize {
-        self.lock().len()
-    }
-
     /// The open connections `filter` keeps, oldest first.
     pub(crate) fn list(&self, filter: impl Fn(Option<&str>) -> bool) -> Vec<ConnectionInfo> {
         let entries = self.lock();

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
@@ -221,8 +221,9 @@ pub enum Offer {
 #[repr(align(64))]
 pub struct Outbox {
     /// The door its connection came through: the label of what it is
-    /// delivered.
-    transport: Transport,
+    /// delivered. `None`: not counted (a waiting poll's queue, whose
+    /// answer its gateway counts; a queue of a test).
+    transport: Option<Transport>,
     stats: Arc<Stats>,
     limits: QueueLimits,
     policy: OverflowPolicy,
@@ -263,9 +264,12 @@ struct State {
 }
 
 impl Outbox {
-    /// A queue counted nowhere; for tests and tools.
+    /// A queue counted nowhere: a waiting poll's, a test's.
     pub fn new(limits: QueueLimits, policy: OverflowPolicy) -> Outbox {
-        Outbox::metered(limits, policy, Transport::Internal, Arc::default())
+        /// What uncounted queues count into: never read, shared, so that a
+        /// queue made per request allocates no counters of its own.
+        static UNCOUNTED: LazyLock<Arc<Stats>> = LazyLock::new(Arc::default);
+        Outbox::build(limits, policy, None, UNCOUNTED.clone())
     }
 
     /// A queue of a connection on `transport`, counted in `stats`.
@@ -273,6 +277,15 @@ impl Outbox {
         limits: QueueLimits,
         policy: OverflowPolicy,
         transport: Transport,
+        stats: Arc<Stats>,
+    ) -> Outbox {
+        Outbox::build(limits, policy, Some(transport), stats)
+    }
+
+    fn build(
+        limits: QueueLimits,
+        policy: OverflowPolicy,
+        transport: Option<Transport>,
         stats: Arc<Stats>,
     ) -> Outbox {
         Outbox {
@@ -303,7 +316,8 @@ impl Outbox {
         self.limits
     }
 
-    pub fn transport(&self) -> Transport {
+    /// The transport its deliveries are counted under; `None`: uncounted.
+    pub fn transport(&self) -> Option<Transport> {
         self.transport
     }
 

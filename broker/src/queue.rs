@@ -155,7 +155,11 @@ impl GroupHandle {
     /// Offers `message` to the group's next member that is open and is not
     /// `skip`; `None` when there is none.
     /// The member offered the message, and what became of it.
-    pub(crate) fn offer(&self, message: &Message, skip: Option<&Arc<Outbox>>) -> Option<(Offer, Transport)> {
+    pub(crate) fn offer(
+        &self,
+        message: &Message,
+        skip: Option<&Arc<Outbox>>,
+    ) -> Option<(Offer, Option<Transport>)> {
         let members = self
             .0
             .members

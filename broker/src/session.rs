@@ -334,10 +334,6 @@ impl Session {
         self.id
     }
 
-    pub fn transport(&self) -> Transport {
-        self.transport
-    }
-
     /// The command rate this connection's access carries, if its own (an
     /// API key's); the transport applies its limit otherwise.
     pub fn max_commands_per_second(&self) -> Option<u32> {

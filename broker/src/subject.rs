@@ -181,11 +181,6 @@ impl Pattern {
         })
     }
 
-    /// Whether this pattern is in the operators' namespace (`$sys.`).
-    pub fn is_operator(&self) -> bool {
-        self.text.starts_with(OPERATOR_PREFIX)
-    }
-
     pub fn as_str(&self) -> &str {
         &self.text
     }

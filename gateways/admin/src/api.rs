@@ -42,11 +42,7 @@ impl Admin {
     /// without the key or with another.
     fn check_key(&self, headers: &HeaderMap) -> Result<(), HttpError> {
         if !self.config.is_enabled() {
-            return Err(HttpError::new(
-                StatusCode::NOT_FOUND,
-                "admin_disabled",
-                "the admin API is off: set admin.key",
-            ));
+            return Err(admin_disabled());
         }
         match bearer(headers)? {
             Some(key) if self.context.auth.is_operator_key(key) => Ok(()),
@@ -62,6 +58,14 @@ impl Admin {
             )),
         }
     }
+}
+
+fn admin_disabled() -> HttpError {
+    HttpError::new(
+        StatusCode::NOT_FOUND,
+        "admin_disabled",
+        "the admin API and the dashboard are off: set admin.key",
+    )
 }
 
 fn limit_of(query: &QueryParams) -> Result<usize, HttpError> {
@@ -176,11 +180,7 @@ async fn drain(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<Re
 /// through the key-checked feed.
 async fn dashboard(State(admin): State<Arc<Admin>>) -> Result<Response, HttpError> {
     if !admin.config.is_enabled() {
-        return Err(HttpError::new(
-            StatusCode::NOT_FOUND,
-            "admin_disabled",
-            "the dashboard is off: set admin.key",
-        ));
+        return Err(admin_disabled());
     }
     let headers = [
         (header::CONTENT_TYPE, "text/html; charset=utf-8"),

@@ -85,6 +85,9 @@ impl GatewayContext {
     /// Records how a connection ended: once per connection, by the gateway
     /// that served it.
     pub fn disconnected(&self, transport: &'static str, session: u64, reason: &DisconnectReason) {
+        if *reason == DisconnectReason::Refused {
+            return self.refused(transport, reason.code());
+        }
         self.disconnects.record(reason);
         match reason {
             // Notable: an operator wants to hear of these one by one.
@@ -97,11 +100,6 @@ impl GatewayContext {
                         suppressed,
                         "slow consumer disconnected"
                     )
-                }
-            }
-            DisconnectReason::Refused => {
-                if let Some(suppressed) = self.notices.refused.allow() {
-                    tracing::info!(transport, session, suppressed, "client refused")
                 }
             }
             _ => tracing::debug!(transport, session, reason = reason.code(), "connection closed"),

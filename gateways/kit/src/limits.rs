@@ -9,6 +9,8 @@ use tokio::time::Instant;
 /// one-second windows. Cheap enough to call on every frame.
 #[derive(Debug)]
 pub struct CommandRateLimiter {
+    /// The transport's limit, for connections without a rate of their own.
+    transport_limit: u32,
     max_per_second: u32,
     window_start: Instant,
     in_window: u32,
@@ -17,22 +19,19 @@ pub struct CommandRateLimiter {
 impl CommandRateLimiter {
     pub fn new(max_per_second: u32) -> CommandRateLimiter {
         CommandRateLimiter {
+            transport_limit: max_per_second,
             max_per_second,
             window_start: Instant::now(),
             in_window: 0,
         }
     }
 
-    /// The limit for a connection whose access may carry its own rate (an
-    /// API key's `max_commands_per_second`), else `transport_limit`.
-    pub fn for_access(own: Option<u32>, transport_limit: u32) -> CommandRateLimiter {
-        CommandRateLimiter::new(own.unwrap_or(transport_limit))
-    }
-
-    /// Changes the limit (the connection's access changed), keeping the
-    /// window's count.
-    pub fn set_limit(&mut self, max_per_second: u32) {
-        self.max_per_second = max_per_second;
+    /// Fits the limit to the connection's access: its own rate (an API
+    /// key's `max_commands_per_second`, `Session::max_commands_per_second`)
+    /// or the transport's. Called when the access is set or replaced; the
+    /// window's count is kept.
+    pub fn fit(&mut self, own: Option<u32>) {
+        self.max_per_second = own.unwrap_or(self.transport_limit);
     }
 
     /// Counts one command; past the limit, the reason to close with.

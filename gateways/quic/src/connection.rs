@@ -259,8 +259,8 @@ async fn read_commands(
     config: &QuicConfig,
     context: &GatewayContext,
 ) -> ReadEnd {
-    let mut limiter =
-        CommandRateLimiter::for_access(session.max_commands_per_second(), config.max_commands_per_second);
+    let mut limiter = CommandRateLimiter::new(config.max_commands_per_second);
+    limiter.fit(session.max_commands_per_second());
     let mut token = TokenClock::new(session, context.refresh_grace);
     loop {
         // Backpressure: a client pipelining commands waits while its
@@ -318,11 +318,7 @@ async fn read_commands(
         let route = RouteChange::of(&command);
         if handle_command(session, command, &context.auth) == Handled::AccessReplaced {
             token = TokenClock::new(session, context.refresh_grace);
-            limiter.set_limit(
-                session
-                    .max_commands_per_second()
-                    .unwrap_or(config.max_commands_per_second),
-            );
+            limiter.fit(session.max_commands_per_second());
         }
         if let Some(change) = route {
             routes.apply(change, session);

@@ -146,8 +146,8 @@ async fn read_frames(
     config: &crate::WebSocketConfig,
     context: &GatewayContext,
 ) -> ReadEnd {
-    let mut limiter =
-        CommandRateLimiter::for_access(session.max_commands_per_second(), config.max_commands_per_second);
+    let mut limiter = CommandRateLimiter::new(config.max_commands_per_second);
+    limiter.fit(session.max_commands_per_second());
     let mut token = TokenClock::new(session, context.refresh_grace);
     loop {
         // Backpressure: a client pipelining commands waits while its answers
@@ -208,11 +208,7 @@ async fn read_frames(
         );
         if handled == Handled::AccessReplaced {
             token = TokenClock::new(session, context.refresh_grace);
-            limiter.set_limit(
-                session
-                    .max_commands_per_second()
-                    .unwrap_or(config.max_commands_per_second),
-            );
+            limiter.fit(session.max_commands_per_second());
         }
         if session.outbox().is_closed() {
             // The session closed itself (a reply backlog): let the writer
