@@ -128,6 +128,10 @@ pub struct ServerConfig {
     /// How long a drain spreads the closing of connections over.
     #[serde(with = "herald_broker::units::duration")]
     pub drain_window: Duration,
+    /// How long a streaming connection's writer gathers events before it
+    /// writes them.
+    #[serde(with = "herald_broker::units::duration")]
+    pub write_delay: Duration,
 }
 
 impl ServerConfig {
@@ -189,6 +193,9 @@ impl Config {
         }
         if server.drain_window.is_zero() || server.drain_window > Duration::from_secs(3600) {
             bail!("server.drain_window must be between 1ms and 1h");
+        }
+        if server.write_delay > Duration::from_secs(1) {
+            bail!("server.write_delay must be at most 1s (it delays every delivery)");
         }
         self.admin.validate().map_err(anyhow::Error::msg)?;
         self.tls.validate()?;
@@ -294,6 +301,7 @@ mod tests {
                 "tls.cert_file and tls.key_file go together",
             ),
             ("[server]\ndrain_window = \"0s\"\n", "server.drain_window"),
+            ("[server]\nwrite_delay = \"2s\"\n", "server.write_delay"),
             ("[auth]\nanonymous = \"publish\"\n", "anonymous"),
             (
                 "[auth]\nanonymous_subscribe = [\"a.>.b\"]\n",

@@ -131,12 +131,12 @@ impl Herald {
             herald_cluster::Bridge::new(broker.clone(), config.cluster.clone(), limits)
         });
         let auth = Arc::new(config.authenticator()?);
-        #[allow(unused_mut)]
         let mut context = GatewayContext::new(broker, auth).with_admission(
             AllowedOrigins::new(&config.server.allowed_origins),
             &config.auth.token_cookie,
             config.auth.refresh_grace,
         );
+        context.write_delay = config.server.write_delay;
         #[cfg(feature = "cluster")]
         if let Some(bridge) = &bridge {
             context.health = context.health.clone().with(bridge.clone());

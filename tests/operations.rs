@@ -867,3 +867,59 @@ async fn a_long_poll_delivery_is_counted_once() {
     );
     server.shutdown().await;
 }
+
+/// `server.write_delay`: a writer gathers what arrives within the delay
+/// into one write. 60 messages published a few milliseconds apart reach a
+/// WebSocket and an SSE subscriber, in order, in a handful of writes with a
+/// 50 ms delay, and in about one write each without one.
+#[tokio::test]
+async fn a_write_delay_gathers_deliveries_into_fewer_writes() {
+    const MESSAGES: usize = 60;
+    let mut writes = Vec::new();
+    for delay in [Duration::from_millis(50), Duration::ZERO] {
+        let server = Server::start(|config| {
+            with_admin(config);
+            config.server.write_delay = delay;
+        })
+        .await;
+        let mut subscriber = Client::connect(&server).await;
+        subscriber.subscribe("gather.s", None).await;
+        let mut stream = SseClient::connect(&server, "subject=gather.s", None).await;
+        let before = scrape(&server).await;
+        for n in 0..MESSAGES {
+            publish(&server, "gather.s", json!(n)).await;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        let expected: Vec<Value> = (0..MESSAGES).map(|n| json!(n)).collect();
+        assert_eq!(messages(&mut subscriber, MESSAGES).await, expected);
+        let mut over_sse = Vec::new();
+        while over_sse.len() < MESSAGES {
+            let event = tokio::time::timeout(PATIENCE, stream.next_event())
+                .await
+                .unwrap()
+                .unwrap();
+            if event.event == "msg" {
+                over_sse.push(event.json()["data"].clone());
+            }
+        }
+        assert_eq!(over_sse, expected);
+        let after = scrape(&server).await;
+        let wrote = |transport| {
+            after.get("herald_writes_total", &[("transport", transport)])
+                - before.get("herald_writes_total", &[("transport", transport)])
+        };
+        writes.push((delay, wrote("websocket"), wrote("sse")));
+        server.shutdown().await;
+    }
+    println!("writes for {MESSAGES} messages (delay, websocket, sse): {writes:?}");
+    let (_, websocket, sse) = writes[0];
+    assert!(
+        websocket * 4.0 <= MESSAGES as f64 && sse * 4.0 <= MESSAGES as f64,
+        "with a 50 ms delay, at least four messages a write: {writes:?}"
+    );
+    let (_, websocket, sse) = writes[1];
+    assert!(
+        websocket * 2.0 >= MESSAGES as f64 && sse * 2.0 >= MESSAGES as f64,
+        "without a delay, about one write per message: {writes:?}"
+    );
+}

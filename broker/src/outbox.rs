@@ -383,7 +383,13 @@ impl Outbox {
         });
         state.message_count += 1;
         state.message_bytes += size;
-        let wake = was_empty && !state.subscribing;
+        // Wake the writer when the queue stops being empty, and once more
+        // when it reaches half its limits: a writer gathering a batch
+        // (`write_delay`) then writes before anything is dropped.
+        let half_full = state.message_count == self.limits.max_messages.div_ceil(2)
+            || (state.message_bytes >= self.limits.max_bytes.div_ceil(2)
+                && state.message_bytes - size < self.limits.max_bytes.div_ceil(2));
+        let wake = (was_empty || half_full) && !state.subscribing;
         drop(state);
         if wake {
             self.ready.notify_one();
@@ -539,6 +545,55 @@ impl Outbox {
             }
             self.ready.notified().await;
         }
+    }
+
+    /// Counts one batch written out to the connection (one flush), under
+    /// its transport: deliveries per write is what gathering saves.
+    pub fn count_write(&self) {
+        if let Some(transport) = self.transport {
+            self.stats.wrote(transport);
+        }
+    }
+
+    /// Waits until [`Outbox::try_take_batch`] would take something (or
+    /// report the close), without taking it: a writer that gathers for a
+    /// moment before writing waits here first.
+    pub async fn ready(&self) {
+        loop {
+            if self.has_work() {
+                return;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Waits for the queue's next wake-up. Once it holds something, a queue
+    /// wakes its writer again only for what should not wait: a reply, the
+    /// close, or filling up to half its limits ([`Outbox::is_urgent`]).
+    pub async fn nudged(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Whether what is queued should be written now rather than gathered
+    /// further: a reply (a client may be waiting on it), the close, or half
+    /// the queue's message or byte limit reached (waiting longer would risk
+    /// dropping messages).
+    pub fn is_urgent(&self) -> bool {
+        let state = self.lock();
+        state.close_reason.is_some()
+            || state.reply_count > 0
+            || state.flush_owed
+            || !state.owed_gaps.is_empty()
+            || state.message_count >= self.limits.max_messages.div_ceil(2)
+            || state.message_bytes >= self.limits.max_bytes.div_ceil(2)
+    }
+
+    fn has_work(&self) -> bool {
+        let state = self.lock();
+        if state.close_reason.is_some() {
+            return true;
+        }
+        !state.subscribing && (!state.entries.is_empty() || !state.owed_gaps.is_empty() || state.flush_owed)
     }
 
     /// Takes what is ready without waiting; `None` when there is nothing.

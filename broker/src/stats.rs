@@ -237,6 +237,8 @@ pub struct Stats {
     sessions: [AtomicI64; 8],
     published: [AtomicU64; 8],
     delivered: [AtomicU64; 8],
+    /// Batches written out by connections' writers (one flush each).
+    writes: [AtomicU64; 8],
     dropped: [AtomicU64; 2],
     gaps: [AtomicU64; 3],
     slow_consumers: AtomicU64,
@@ -258,6 +260,7 @@ impl Default for Stats {
             sessions: Default::default(),
             published: Default::default(),
             delivered: Default::default(),
+            writes: Default::default(),
             dropped: Default::default(),
             gaps: Default::default(),
             slow_consumers: AtomicU64::new(0),
@@ -279,6 +282,8 @@ pub struct StatsSnapshot {
     pub sessions: Vec<(Transport, i64)>,
     pub published: Vec<(Transport, u64)>,
     pub delivered: Vec<(Transport, u64)>,
+    /// Batches written (flushed) to connections, per transport.
+    pub writes: Vec<(Transport, u64)>,
     pub dropped: Vec<(DropReason, u64)>,
     pub gaps: Vec<(GapReason, u64)>,
     pub slow_consumers: u64,
@@ -330,6 +335,10 @@ impl Stats {
         if count > 0 {
             self.delivered[transport.index()].fetch_add(count, Ordering::Relaxed);
         }
+    }
+
+    pub(crate) fn wrote(&self, transport: Transport) {
+        self.writes[transport.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn dropped(&self, reason: DropReason, count: u64) {
@@ -417,6 +426,7 @@ impl Stats {
                 .collect(),
             published: per_transport(&self.published),
             delivered: per_transport(&self.delivered),
+            writes: per_transport(&self.writes),
             dropped: DropReason::ALL
                 .iter()
                 .map(|reason| (*reason, self.dropped[*reason as usize].load(Ordering::Relaxed)))

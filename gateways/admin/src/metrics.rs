@@ -150,6 +150,16 @@ impl Collector for Snapshot {
         )?;
         family(
             e,
+            "herald_writes",
+            "Batches connections' writers wrote out, one flush each, by transport: deliveries per write is what server.write_delay gathers.",
+            MetricType::Counter,
+            stats
+                .writes
+                .iter()
+                .map(|(transport, count)| ([("transport", transport.label())], *count as f64)),
+        )?;
+        family(
+            e,
             "herald_messages_dropped",
             "Messages a subscriber did not get, by reason (each reported to it as a gap).",
             MetricType::Counter,

@@ -40,6 +40,9 @@ pub struct GatewayContext {
     pub health: Health,
     /// Bounds on the log lines clients can cause.
     pub notices: Arc<Notices>,
+    /// How long a streaming connection's writer gathers events before it
+    /// writes them (`server.write_delay`; see [`crate::WriterConfig`]).
+    pub write_delay: std::time::Duration,
 }
 
 impl GatewayContext {
@@ -56,6 +59,7 @@ impl GatewayContext {
             refresh_grace: std::time::Duration::from_secs(30),
             health: Health::default(),
             notices: Arc::default(),
+            write_delay: std::time::Duration::ZERO,
         }
     }
 

@@ -34,6 +34,11 @@ pub struct WriterConfig {
     /// Close the connection, with `token_expired`, at this time
     /// (milliseconds since the Unix epoch): when its token expires.
     pub access_expires_at_millis: Option<u64>,
+    /// How long the writer gathers after the first event arrives before it
+    /// writes (`server.write_delay`): under load, one write carries many
+    /// events instead of one each. Replies, the close and a queue half full
+    /// are written at once. Zero: write as soon as anything is queued.
+    pub write_delay: Duration,
 }
 
 /// How one transport writes: the only part of the writer that differs
@@ -83,7 +88,7 @@ pub async fn drive<W: EventWriter>(
     let mut closing = false;
     loop {
         let next = tokio::select! {
-            next = outbox.next_batch(&mut batch) => next,
+            next = gather(outbox, &mut batch, config.write_delay) => next,
             () = context.shutdown.cancelled(), if !closing => {
                 closing = true;
                 outbox.close(CloseReason::Shutdown);
@@ -124,9 +129,25 @@ pub async fn drive<W: EventWriter>(
             (Err(_elapsed), _) => return slow_consumer(outbox, context),
             (Ok(Err(_)), _) => return DisconnectReason::WriteError,
             (Ok(Ok(())), Some(reason)) => return DisconnectReason::Closed(reason),
-            (Ok(Ok(())), None) => {}
+            (Ok(Ok(())), None) => outbox.count_write(),
         }
     }
+}
+
+/// Takes the next batch: once something is queued, waits up to `delay`
+/// for more unless the queue says it should go now. Cancel-safe: nothing is
+/// taken until the end.
+async fn gather(outbox: &Outbox, batch: &mut VecDeque<Outbound>, delay: Duration) -> Result<(), CloseReason> {
+    if !delay.is_zero() {
+        outbox.ready().await;
+        let deadline = Instant::now() + delay;
+        while !outbox.is_urgent() {
+            if tokio::time::timeout_at(deadline, outbox.nudged()).await.is_err() {
+                break;
+            }
+        }
+    }
+    outbox.next_batch(batch).await
 }
 
 fn slow_consumer(outbox: &Outbox, context: &GatewayContext) -> DisconnectReason {
@@ -169,6 +190,8 @@ mod tests {
     struct Recorder {
         fed: Vec<String>,
         flushes: usize,
+        /// When each flush happened, and how many events it wrote.
+        flushed: Vec<(Instant, usize)>,
         heartbeats: usize,
         closed_with: Option<&'static str>,
         stall: bool,
@@ -185,6 +208,8 @@ mod tests {
                 std::future::pending::<()>().await;
             }
             self.flushes += 1;
+            let before: usize = self.flushed.iter().map(|(_, events)| events).sum();
+            self.flushed.push((Instant::now(), self.fed.len() - before));
             Ok(())
         }
 
@@ -217,6 +242,7 @@ mod tests {
         write_timeout: Duration::from_secs(2),
         max_duration: None,
         access_expires_at_millis: None,
+        write_delay: Duration::ZERO,
     };
 
     #[tokio::test(start_paused = true)]
@@ -246,6 +272,82 @@ mod tests {
         );
         assert_eq!(writer.heartbeats, 2, "at 10 s and 20 s");
         assert_eq!(writer.closed_with, Some("shutdown"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_delay_gathers_what_arrives_within_it_into_one_write() {
+        let (context, session) = setup();
+        let mut writer = Recorder::default();
+        let config = WriterConfig {
+            write_delay: Duration::from_millis(20),
+            ..CONFIG
+        };
+        let start = Instant::now();
+        let driving = drive(&mut writer, session.outbox(), Encoding::Json, &config, &context);
+        let publishing = async {
+            for at in [0, 5, 10, 50] {
+                tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+                publish(&context, at as u32);
+            }
+            tokio::time::sleep_until(start + Duration::from_millis(200)).await;
+            context.shutdown.cancel();
+        };
+        let (reason, ()) = tokio::join!(driving, publishing);
+        assert_eq!(reason, DisconnectReason::Closed(CloseReason::Shutdown));
+        let flushes: Vec<(u128, usize)> = writer
+            .flushed
+            .iter()
+            .map(|(at, events)| ((*at - start).as_millis(), *events))
+            .collect();
+        assert_eq!(
+            &flushes[..2],
+            &[(20, 3), (70, 1)],
+            "three messages within 20 ms of the first in one write, the fourth 20 ms after it arrived"
+        );
+        for (event, data) in writer.fed.iter().zip([0, 5, 10, 50]) {
+            assert!(event.ends_with(&format!(r#""data":{data}}}"#)), "{event}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replies_and_a_half_full_queue_are_written_without_the_delay() {
+        let (context, session) = setup();
+        let mut writer = Recorder::default();
+        let config = WriterConfig {
+            write_delay: Duration::from_secs(1),
+            ..CONFIG
+        };
+        let start = Instant::now();
+        let half = session.outbox().limits().max_messages.div_ceil(2);
+        let driving = drive(&mut writer, session.outbox(), Encoding::Json, &config, &context);
+        let publishing = async {
+            session
+                .outbox()
+                .push_reply(herald_broker::Reply::Pong { id: Some(1) });
+            tokio::time::sleep_until(start + Duration::from_millis(10)).await;
+            publish(&context, 0);
+            // The writer is now gathering: the rest must wake it.
+            tokio::time::sleep_until(start + Duration::from_millis(15)).await;
+            for n in 1..half {
+                publish(&context, n as u32);
+            }
+            tokio::time::sleep_until(start + Duration::from_millis(20)).await;
+            publish(&context, 0);
+            tokio::time::sleep_until(start + Duration::from_secs(3)).await;
+            context.shutdown.cancel();
+        };
+        let (reason, ()) = tokio::join!(driving, publishing);
+        assert_eq!(reason, DisconnectReason::Closed(CloseReason::Shutdown));
+        let flushes: Vec<(u128, usize)> = writer
+            .flushed
+            .iter()
+            .map(|(at, events)| ((*at - start).as_millis(), *events))
+            .collect();
+        assert_eq!(
+            &flushes[..3],
+            &[(0, 1), (15, half), (1020, 1)],
+            "the pong at once, half a queue at once, a lone message after the delay"
+        );
     }
 
     #[tokio::test(start_paused = true)]

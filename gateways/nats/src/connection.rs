@@ -159,6 +159,7 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, gateway: Arc<Gate
         write_timeout: gateway.config.write_timeout,
         max_duration: None,
         access_expires_at_millis: session.access_expires_at_millis(),
+        write_delay: gateway.context.write_delay,
     };
     let session_id = session.id();
     let mut reader = Reader {

@@ -130,6 +130,7 @@ pub(crate) async fn serve(incoming: IncomingSession, gateway: &Gateway) {
         max_duration: None,
         // The reader watches the token: it can take a `refresh`.
         access_expires_at_millis: None,
+        write_delay: context.write_delay,
     };
     let session_id = session.id();
     let reading = read_commands(

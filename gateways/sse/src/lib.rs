@@ -192,6 +192,7 @@ async fn open_stream(
         write_timeout: gateway.config.write_timeout,
         max_duration: Some(gateway.config.max_stream_duration).filter(|duration| !duration.is_zero()),
         access_expires_at_millis: session.access_expires_at_millis(),
+        write_delay: gateway.context.write_delay,
     };
     let task_gateway = gateway.clone();
     context.connections.spawn(async move {

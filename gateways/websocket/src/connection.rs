@@ -68,6 +68,7 @@ pub(crate) async fn serve(
         max_duration: None,
         // The reader watches the token: it can take a `refresh`.
         access_expires_at_millis: None,
+        write_delay: gateway.context.write_delay,
     };
     let session_id = session.id();
     let reader = read_frames(stream, &mut session, config, &gateway.context);
