@@ -10,6 +10,7 @@
 //! thousand subscribers encodes once. This module knows nothing of the
 //! encodings themselves.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -481,6 +482,9 @@ struct MessageInner {
     size: usize,
     /// Encoded frames, one slot per wire encoding, filled on demand.
     frames: [OnceLock<Bytes>; FRAME_SLOTS],
+    /// A transport's own form of a frame, filled on demand
+    /// ([`Message::transport_frame`]).
+    transport_frame: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 impl Message {
@@ -510,6 +514,7 @@ impl Message {
             envelope,
             size,
             frames: Default::default(),
+            transport_frame: OnceLock::new(),
         }))
     }
 
@@ -551,6 +556,28 @@ impl Message {
     /// headers and reply subject.
     pub fn size(&self) -> usize {
         self.0.size
+    }
+
+    /// A frame in a transport's own type (a WebSocket text message, whose
+    /// UTF-8 is checked when it is made), made by `make` for the first
+    /// recipient and cloned for every other, so that no per-recipient work
+    /// is repeated. One type per message is kept: the broker does not know
+    /// transports' types, and a message reaches one kind of these in
+    /// practice; a second type is made anew for each recipient.
+    pub fn transport_frame<T>(&self, make: impl FnOnce(&Message) -> T) -> T
+    where
+        T: Any + Clone + Send + Sync,
+    {
+        let kept = self.0.transport_frame.get();
+        if let Some(frame) = kept.and_then(|kept| kept.downcast_ref::<T>()) {
+            return frame.clone();
+        }
+        let frame = make(self);
+        if kept.is_none() {
+            // Two first recipients at once: either frame is right to keep.
+            let _ = self.0.transport_frame.set(Box::new(frame.clone()));
+        }
+        frame
     }
 
     /// The frame cached in `slot`, encoded by `encode` the first time.

@@ -390,3 +390,41 @@ fn event_stream_frames_carry_ids_and_survive_line_breaks_in_payloads() {
     // Shared by every recipient, like the other encodings.
     assert_eq!(batch[1].encode(Encoding::EventStream).as_ptr(), frame.as_ptr());
 }
+
+/// A transport's own frame (the WebSocket gateway's checked text message)
+/// is made by the first recipient and shared with every other.
+#[test]
+fn a_transport_frame_is_made_once_per_message() {
+    let (broker, _clock) = common::broker(Default::default());
+    let mut sessions: Vec<_> = (0..3).map(|_| common::session(&broker)).collect();
+    for session in &mut sessions {
+        session.handle(decode_json(r#"{"op":"sub","subject":"t.s"}"#).unwrap());
+    }
+    broker.publish("t.s", common::json("[1]")).unwrap();
+    let made = std::cell::Cell::new(0);
+    let mut frames = Vec::new();
+    for session in &sessions {
+        let mut batch = std::collections::VecDeque::new();
+        session.outbox().try_take_batch(&mut batch).unwrap().unwrap();
+        let message = batch
+            .iter()
+            .find_map(|event| event.message())
+            .expect("the message");
+        frames.push(message.transport_frame(|message| {
+            made.set(made.get() + 1);
+            format!("text of {}", message.position().token().as_str())
+        }));
+        // Another transport type is not kept: made anew each time.
+        let other: u64 = message.transport_frame(|_| {
+            made.set(made.get() + 100);
+            7
+        });
+        assert_eq!(other, 7);
+    }
+    assert_eq!(
+        made.get(),
+        1 + 300,
+        "the String once, the other type per recipient"
+    );
+    assert!(frames.iter().all(|frame| *frame == frames[0]), "{frames:?}");
+}

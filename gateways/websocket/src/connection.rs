@@ -235,6 +235,16 @@ fn close_reason_for(error: axum::Error, config: &crate::WebSocketConfig) -> Opti
     }
 }
 
+/// A JSON frame as a text message. JSON from the encoder is always UTF-8;
+/// if that ever broke, the client gets the bytes as a binary frame rather
+/// than nothing.
+fn text_or_binary(frame: Bytes) -> Message {
+    match Utf8Bytes::try_from(frame.clone()) {
+        Ok(text) => Message::Text(text),
+        Err(_) => Message::Binary(frame),
+    }
+}
+
 /// Writes events as WebSocket frames: text for JSON, binary for MessagePack.
 struct WebSocketWriter {
     sink: SplitSink<WebSocket, Message>,
@@ -245,12 +255,21 @@ impl EventWriter for WebSocketWriter {
     async fn feed(&mut self, frame: Bytes) -> io::Result<()> {
         let message = match self.encoding {
             Encoding::MsgPack => Message::Binary(frame),
-            // JSON from the encoder is always UTF-8; if that ever broke, the
-            // client gets the bytes as a binary frame rather than nothing.
-            _ => match Utf8Bytes::try_from(frame.clone()) {
-                Ok(text) => Message::Text(text),
-                Err(_) => Message::Binary(frame),
-            },
+            _ => text_or_binary(frame),
+        };
+        self.sink.feed(message).await.map_err(io::Error::other)
+    }
+
+    async fn write_event(&mut self, event: &Outbound, encoding: Encoding) -> io::Result<()> {
+        let message = match (event.message(), encoding) {
+            // The text message is made (its UTF-8 checked) by the first
+            // recipient and shared by every other: cloning it is a
+            // reference count.
+            (Some(message), Encoding::Json) => {
+                message.transport_frame(|message| text_or_binary(message.frame(Encoding::Json)))
+            }
+            (_, Encoding::MsgPack) => Message::Binary(event.encode(encoding)),
+            _ => text_or_binary(event.encode(encoding)),
         };
         self.sink.feed(message).await.map_err(io::Error::other)
     }
