@@ -629,15 +629,37 @@ impl Broker {
         &self,
         batch: impl IntoIterator<Item = (S, Payload)>,
     ) -> Result<Vec<Position>, BatchError> {
+        self.publish_batch_with(batch, true)
+    }
+
+    /// [`Broker::publish_batch`] for a batch whose subjects and sizes the
+    /// caller has checked ([`Publisher::check`](crate::Publisher::check)):
+    /// each subject is validated once per message, not again here.
+    pub(crate) fn publish_batch_checked<S: AsRef<str>>(
+        &self,
+        batch: impl IntoIterator<Item = (S, Payload)>,
+    ) -> Result<Vec<Position>, BatchError> {
+        self.publish_batch_with(batch, false)
+    }
+
+    fn publish_batch_with<S: AsRef<str>>(
+        &self,
+        batch: impl IntoIterator<Item = (S, Payload)>,
+        check: bool,
+    ) -> Result<Vec<Position>, BatchError> {
         self.refuse_if_clustered()
             .map_err(|error| BatchError { index: 0, error })?;
-        let mut checked = Vec::new();
-        for (index, (subject, payload)) in batch.into_iter().enumerate() {
+        let batch = batch.into_iter();
+        let mut checked = Vec::with_capacity(batch.size_hint().0);
+        for (index, (subject, payload)) in batch.enumerate() {
             let subject = subject.as_ref();
-            let channel = self
-                .check(subject, payload.len())
-                .and_then(|()| self.channel_for(subject))
-                .map_err(|error| BatchError { index, error })?;
+            let channel = if check {
+                self.check(subject, payload.len())
+            } else {
+                Ok(())
+            }
+            .and_then(|()| self.channel_for(subject))
+            .map_err(|error| BatchError { index, error })?;
             checked.push((channel, payload));
         }
         let mut order = self.lock_publish_order();

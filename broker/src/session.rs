@@ -15,17 +15,18 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use crate::auth::Access;
-use crate::broker::{BatchError, Broker, PublishError, Replay};
+use crate::broker::{Broker, PublishError, Replay};
 use crate::cluster::Acknowledgement;
 use crate::history::PatternTooBroad;
-use crate::message::{Envelope, Message, Payload, PayloadError};
+use crate::message::{Envelope, Message, Payload};
 use crate::outbox::{Outbox, SubscriptionId, WHOLE_CONNECTION};
 use crate::position::{InvalidToken, Position};
 use crate::presence::Member;
 use crate::protocol::{Command, DecodeError, Gap, Reply};
+use crate::publisher::Publisher;
 use crate::queue::{validate_queue_name, QueueNameError};
 use crate::stats::Transport;
-use crate::subject::{validate_subject, Pattern, Subject, SubjectError, OPERATOR_PREFIX};
+use crate::subject::{Pattern, Subject, SubjectError, OPERATOR_PREFIX};
 
 /// Why a session operation failed. Each maps to a stable `err` code.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -184,7 +185,10 @@ impl PublishBudget {
     /// The budget of an anonymous client connection; none for a backend,
     /// for a user (whose budget the broker keeps, shared by all their
     /// connections and requests), or with no limit set.
-    fn for_access(per_second: u32, access: &dyn Access) -> Option<std::sync::Mutex<PublishBudget>> {
+    pub(crate) fn for_access(
+        per_second: u32,
+        access: &dyn Access,
+    ) -> Option<std::sync::Mutex<PublishBudget>> {
         (per_second > 0 && !access.is_backend() && access.user().is_none())
             .then(|| std::sync::Mutex::new(PublishBudget::new(per_second)))
     }
@@ -238,7 +242,8 @@ pub struct Session {
     /// The label of what it publishes, receives and asks.
     transport: Transport,
     outbox: Arc<Outbox>,
-    access: Arc<dyn Access>,
+    /// Its access, its publish budget: what its publishes are checked by.
+    publisher: Publisher,
     /// Patterns held, in subscription order; small, so a Vec.
     patterns: Vec<Pattern>,
     /// Subscriptions under their own id, or in a queue group.
@@ -246,9 +251,6 @@ pub struct Session {
     /// Rooms this connection is present in (as its access's user), and
     /// whether each announces joins and leaves.
     rooms: Vec<(Subject, bool)>,
-    /// An anonymous connection's publishes per second (a user's budget is
-    /// the broker's; backends are not limited).
-    publish_budget: Option<std::sync::Mutex<PublishBudget>>,
 }
 
 impl Session {
@@ -256,7 +258,7 @@ impl Session {
     /// When the connection's access ends, in milliseconds since the Unix
     /// epoch (a token's expiry), if it does.
     pub fn access_expires_at_millis(&self) -> Option<u64> {
-        self.access.expires_at_millis()
+        self.publisher.access.expires_at_millis()
     }
 
     pub fn new(broker: &Arc<Broker>, access: Arc<dyn Access>) -> Session {
@@ -287,8 +289,7 @@ impl Session {
             transport,
             broker: broker.clone(),
             outbox,
-            publish_budget: PublishBudget::for_access(config.max_client_publishes_per_second, &*access),
-            access,
+            publisher: Publisher::new(transport, broker, access),
             patterns: Vec::new(),
             memberships: Vec::new(),
             rooms: Vec::new(),
@@ -300,7 +301,7 @@ impl Session {
     /// still allow every subscription held.
     pub fn replace_access(&mut self, access: Arc<dyn Access>) -> Result<(), SessionError> {
         if !self.patterns.is_empty() || !self.memberships.is_empty() || !self.rooms.is_empty() {
-            let same_user = match (self.access.user(), access.user()) {
+            let same_user = match (self.publisher.access.user(), access.user()) {
                 (Some(old), Some(new)) => old.id == new.id,
                 (None, None) => true,
                 _ => false,
@@ -320,12 +321,10 @@ impl Session {
                 ));
             }
         }
-        self.publish_budget =
-            PublishBudget::for_access(self.broker.config().max_client_publishes_per_second, &*access);
         self.broker
             .connections()
             .set_user(self.id, access.user().map(|user| user.id.clone()));
-        self.access = access;
+        self.publisher = Publisher::new(self.transport, &self.broker, access);
         Ok(())
     }
 
@@ -337,7 +336,7 @@ impl Session {
     /// The command rate this connection's access carries, if its own (an
     /// API key's); the transport applies its limit otherwise.
     pub fn max_commands_per_second(&self) -> Option<u32> {
-        self.access.max_commands_per_second()
+        self.publisher.access.max_commands_per_second()
     }
 
     /// Counts a command this session's gateway answered itself (`auth`,
@@ -496,7 +495,7 @@ impl Session {
         ack: Acknowledge,
         presence_events: bool,
     ) -> Result<Position, SessionError> {
-        let mut patterns = subscribable_patterns(&self.broker, &*self.access, subjects)?;
+        let mut patterns = subscribable_patterns(&self.broker, &*self.publisher.access, subjects)?;
         if presence_events {
             let events: Vec<Pattern> = patterns.iter().map(Pattern::presence_events).collect();
             patterns.extend(events);
@@ -532,7 +531,7 @@ impl Session {
     /// Joins the room of each exact subject whose rule turns presence on,
     /// when this connection is a user's.
     fn join_rooms(&mut self, patterns: &[Pattern]) {
-        let Some(user) = self.access.user() else {
+        let Some(user) = self.publisher.access.user() else {
             return;
         };
         for pattern in patterns
@@ -553,7 +552,7 @@ impl Session {
             return;
         };
         let (room, announce) = self.rooms.swap_remove(index);
-        if let Some(user) = self.access.user() {
+        if let Some(user) = self.publisher.access.user() {
             self.broker.leave_presence(&room, &user.id, announce);
         }
     }
@@ -563,7 +562,7 @@ impl Session {
     pub fn presence(&self, subject: &str) -> Result<(usize, Vec<Member>), SessionError> {
         let room = Subject::parse(subject, &self.broker.config().subject_limits)?;
         let pattern = Pattern::parse(subject, &self.broker.config().subject_limits)?;
-        if !self.access.may_subscribe(&pattern) {
+        if !self.publisher.access.may_subscribe(&pattern) {
             return Err(SessionError::Forbidden {
                 operation: "read the presence of",
                 subject: subject.to_owned(),
@@ -661,11 +660,8 @@ impl Session {
         envelope: Envelope,
         echo: bool,
     ) -> Result<Position, SessionError> {
-        self.check_publish(subject, payload.len() + envelope.headers_len())?;
         let skip = (!echo).then_some(&self.outbox);
-        let position = self.broker.publish_checked(subject, payload, envelope, skip)?;
-        self.broker.stats().published(self.transport, 1);
-        Ok(position)
+        self.publisher.publish(subject, payload, envelope, skip)
     }
 
     /// Publishes like [`Session::publish_with`] on any node, and tells
@@ -681,12 +677,8 @@ impl Session {
         echo: bool,
         done: Acknowledgement,
     ) -> Result<(), SessionError> {
-        self.check_publish(subject, payload.len() + envelope.headers_len())?;
         let skip = (!echo).then_some(&self.outbox);
-        self.broker
-            .submit_checked(subject, payload, envelope, skip, done)?;
-        self.broker.stats().published(self.transport, 1);
-        Ok(())
+        self.publisher.submit(subject, payload, envelope, skip, done)
     }
 
     /// A clustered node's `pub`: answered (`ack` with its `id`, or `err`)
@@ -738,7 +730,7 @@ impl Session {
         subject: &str,
         queue: Option<&str>,
     ) -> Result<Pattern, SessionError> {
-        let pattern = subscribable_patterns(&self.broker, &*self.access, &[subject])?.remove(0);
+        let pattern = subscribable_patterns(&self.broker, &*self.publisher.access, &[subject])?.remove(0);
         if let Some(queue) = queue {
             validate_queue_name(queue)?;
         }
@@ -814,51 +806,13 @@ impl Session {
         &self,
         batch: Vec<(S, Payload)>,
     ) -> Result<Vec<Position>, SessionBatchError> {
-        for (index, (subject, payload)) in batch.iter().enumerate() {
-            self.check_publish(subject.as_ref(), payload.len())
-                .map_err(|error| SessionBatchError { index, error })?;
-        }
-        let positions = self
-            .broker
-            .publish_batch(batch)
-            .map_err(|BatchError { index, error }| SessionBatchError {
-                index,
-                error: error.into(),
-            })?;
-        self.broker
-            .stats()
-            .published(self.transport, positions.len() as u64);
-        Ok(positions)
+        self.publisher.publish_batch(batch)
     }
 
     /// Everything [`Session::publish`] checks before publishing: the subject,
     /// the permission and the payload size.
     pub fn check_publish(&self, subject: &str, payload_len: usize) -> Result<(), SessionError> {
-        validate_subject(subject, &self.broker.config().subject_limits)?;
-        let client_refused = || !self.access.is_backend() && !self.broker.policy(subject).client_publish;
-        if !self.access.may_publish(subject) || client_refused() {
-            return Err(SessionError::Forbidden {
-                operation: "publish to",
-                subject: subject.to_owned(),
-            });
-        }
-        if let Some(budget) = &self.publish_budget {
-            budget
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .take()?;
-        } else if let Some(user) = self.access.user().filter(|_| !self.access.is_backend()) {
-            self.broker.spend_publish_budget(&user.id)?;
-        }
-        let max = self.broker.config().max_payload_bytes;
-        if payload_len > max {
-            return Err(PublishError::from(PayloadError::TooLarge {
-                size: payload_len,
-                max,
-            })
-            .into());
-        }
-        Ok(())
+        self.publisher.check(subject, payload_len)
     }
 
     /// Reads history for `subject` (a pattern). With `since`: the first
@@ -871,7 +825,7 @@ impl Session {
         limit: Option<usize>,
     ) -> Result<HistoryPage, SessionError> {
         let pattern = Pattern::parse(subject, &self.broker.config().subject_limits)?;
-        if !self.access.may_subscribe(&pattern) {
+        if !self.publisher.access.may_subscribe(&pattern) {
             return Err(SessionError::Forbidden {
                 operation: "read the history of",
                 subject: subject.to_owned(),
@@ -935,7 +889,7 @@ impl Drop for Session {
                 membership.queue.as_deref(),
             );
         }
-        if let Some(user) = self.access.user() {
+        if let Some(user) = self.publisher.access.user() {
             for (room, announce) in &self.rooms {
                 self.broker.leave_presence(room, &user.id, *announce);
             }

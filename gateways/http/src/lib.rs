@@ -34,7 +34,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use herald_broker::{Encoding, Outbound, Payload, Reply, Session, SessionBatchError, Transport};
+use herald_broker::{Encoding, Envelope, Outbound, Payload, Publisher, Reply, Session, Transport};
 use herald_gateway::credentials::bearer;
 use herald_gateway::reads::read_history;
 use herald_gateway::{GatewayContext, HttpError, QueryParams};
@@ -114,6 +114,12 @@ impl Api {
     fn session(&self, headers: &HeaderMap) -> Result<Session, HttpError> {
         let access = self.context.authenticate(headers, &QueryParams::default())?;
         Ok(Session::on(Transport::Http, &self.context.broker, access))
+    }
+
+    /// The caller's publisher: its access and publish budget, no session.
+    fn publisher(&self, headers: &HeaderMap) -> Result<Publisher, HttpError> {
+        let access = self.context.authenticate(headers, &QueryParams::default())?;
+        Ok(Publisher::new(Transport::Http, &self.context.broker, access))
     }
 
     /// Publishing without a key, when anonymous publishing is off, is a
@@ -288,15 +294,18 @@ async fn publish(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) ->
 async fn publish_counted(api: &Api, headers: HeaderMap, body: Body) -> Result<Response, HttpError> {
     check_json_content_type(&headers)?;
     api.check_may_publish(&headers)?;
-    let session = api.session(&headers)?;
+    let _in_flight = api.context.broker.stats().open_request(Transport::Http);
+    let publisher = api.publisher(&headers)?;
     let body = api.read_body(&headers, body).await?;
     match parse_publish(&body, api.config.max_batch)? {
         Publish::One(subject, payload) => {
-            let position = submit(&session, &subject, payload)?.await?;
+            let (done, position) = acknowledgement();
+            publisher.submit(&subject, payload, Envelope::default(), None, done)?;
+            let position = position.await?;
             Ok(Json(serde_json::json!({ "pos": token(position) })).into_response())
         }
         Publish::Batch(batch) if !api.context.broker.is_clustered() => {
-            let positions: Vec<_> = session.publish_batch(batch)?.into_iter().map(Some).collect();
+            let positions: Vec<_> = publisher.publish_batch(batch)?.into_iter().map(Some).collect();
             Ok(
                 Json(
                     serde_json::json!({ "positions": positions.into_iter().map(token).collect::<Vec<_>>() }),
@@ -308,18 +317,15 @@ async fn publish_counted(api: &Api, headers: HeaderMap, body: Body) -> Result<Re
         // whole, then sent in order; positions are consecutive only when no
         // other node published in between.
         Publish::Batch(batch) => {
-            for (index, (subject, payload)) in batch.iter().enumerate() {
-                session
-                    .check_publish(subject, payload.len())
-                    .map_err(|error| SessionBatchError { index, error })?;
-            }
             let mut pending = Vec::with_capacity(batch.len());
-            for (subject, payload) in batch {
-                pending.push(submit(&session, &subject, payload)?);
-            }
+            publisher.submit_batch(batch, |_| {
+                let (done, position) = acknowledgement();
+                pending.push(position);
+                done
+            })?;
             let mut positions = Vec::with_capacity(pending.len());
-            for acknowledgement in pending {
-                positions.push(token(acknowledgement.await?));
+            for position in pending {
+                positions.push(token(position.await?));
             }
             Ok(Json(serde_json::json!({ "positions": positions })).into_response())
         }
@@ -334,32 +340,25 @@ fn token(position: Option<herald_broker::Position>) -> serde_json::Value {
     })
 }
 
-/// Publishes one message and returns the wait for its acknowledgement:
+/// An acknowledgement to submit with a message, and the wait for it:
 /// immediate on a single node, the cluster's answer on a clustered one.
-fn submit(
-    session: &Session,
-    subject: &str,
-    payload: Payload,
-) -> Result<impl std::future::Future<Output = Result<Option<herald_broker::Position>, HttpError>>, HttpError>
-{
+fn acknowledgement() -> (
+    herald_broker::Acknowledgement,
+    impl std::future::Future<Output = Result<Option<herald_broker::Position>, HttpError>>,
+) {
     let (sender, receiver) = tokio::sync::oneshot::channel();
-    session.submit(
-        subject,
-        payload,
-        herald_broker::Envelope::default(),
-        true,
-        Box::new(move |result| {
-            let _ = sender.send(result);
-        }),
-    )?;
-    Ok(async move {
+    let done: herald_broker::Acknowledgement = Box::new(move |result| {
+        let _ = sender.send(result);
+    });
+    let position = async move {
         match receiver.await {
             Ok(result) => result.map_err(HttpError::from),
             Err(_) => Err(HttpError::from(herald_broker::ClusterError::Unavailable {
                 state: "stopped",
             })),
         }
-    })
+    };
+    (done, position)
 }
 
 #[derive(Deserialize)]
