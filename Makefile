@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test test-clients client-deps test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth bench-nats bench-cluster bench-quic doc clean
+.PHONY: test test-clients client-deps test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth bench-nats bench-publish bench-cluster bench-quic doc clean
 
 ## Run every test in the workspace (unit, integration, property, doc tests).
 test:
@@ -139,6 +139,14 @@ bench-abuse:
 bench-nats: bench-peers
 	$(CARGO) build --release -p herald -p herald-bench
 	./target/release/herald-bench nats
+
+## The ways a backend publishes (HTTP one message per request on 8
+## keep-alive connections, HTTP batches of 100, pipelined WebSocket `pub`,
+## Herald's NATS listener) and nats-server, no subscriber, three rounds
+## alternating the order: messages/s and server CPU per message.
+bench-publish: bench-peers
+	$(CARGO) build --release -p herald -p herald-bench
+	./target/release/herald-bench publish
 
 ## What cluster mode costs: one Herald node vs two bridged through
 ## nats-server with JetStream (subscribers split, or all on the other node),

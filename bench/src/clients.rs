@@ -63,6 +63,17 @@ pub enum Target {
 /// signed with.
 pub const BENCH_JWT_SECRET: &str = "herald-bench-shared-secret-0123456789";
 
+/// The API key of the load generator's publishers (and its churn client):
+/// a backend's key carrying its own command rate, so that a publisher
+/// sending flat out is not closed for flooding while every other client
+/// keeps the WebSocket gateway's default limit.
+pub const BENCH_API_KEY: &str = "herald-bench-publisher-key-0123456789";
+
+/// The `auth.api_keys` every Herald the load generator starts accepts, as
+/// an environment value: [`BENCH_API_KEY`], allowed everything, with a
+/// command rate no publisher here reaches.
+pub const BENCH_API_KEYS_ENV: &str = r#"[{key="herald-bench-publisher-key-0123456789", publish=[">"], subscribe=[">"], max_commands_per_second=100000000}]"#;
+
 /// A day-long user token allowing everything, signed with
 /// [`BENCH_JWT_SECRET`].
 static BENCH_TOKEN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -264,6 +275,17 @@ impl Connection {
         server: SocketAddr,
         source: Option<IpAddr>,
     ) -> anyhow::Result<Connection> {
+        Connection::open_as(target, server, source, false).await
+    }
+
+    /// Like [`Connection::open`]; a Herald WebSocket connection `as_backend`
+    /// presents [`BENCH_API_KEY`] (a publisher, the churn client).
+    pub async fn open_as(
+        target: Target,
+        server: SocketAddr,
+        source: Option<IpAddr>,
+        as_backend: bool,
+    ) -> anyhow::Result<Connection> {
         if target == Target::HeraldWebTransport {
             let endpoint = quic_endpoint(server).await?;
             let client = QuicClient::connect(&endpoint.url, &endpoint.certificate_hashes).await?;
@@ -275,6 +297,7 @@ impl Connection {
             Target::HeraldJson | Target::HeraldMsgPack | Target::HeraldJsonToken => {
                 let msgpack = target == Target::HeraldMsgPack;
                 let url = match target {
+                    _ if as_backend => format!("ws://{server}/ws?token={BENCH_API_KEY}"),
                     Target::HeraldJsonToken => format!("ws://{server}/ws?token={}", *BENCH_TOKEN),
                     _ => format!("ws://{server}/ws"),
                 };
@@ -345,9 +368,9 @@ impl Connection {
             // One-way transports, and WebTransport: the publisher speaks
             // WebSocket JSON, so that only the delivery side differs.
             (Target::HeraldSse | Target::HeraldLongPoll | Target::HeraldWebTransport, _) => {
-                Connection::open(Target::HeraldJson, server.address, None).await
+                Connection::open_as(Target::HeraldJson, server.address, None, true).await
             }
-            _ => Connection::open(target, server.address, None).await,
+            _ => Connection::open_as(target, server.address, None, true).await,
         }
     }
 

@@ -29,6 +29,7 @@ pub mod clients;
 pub mod cluster;
 pub mod http_subscriber;
 pub mod nats;
+pub mod publish;
 pub mod quic;
 pub mod report;
 pub mod rounds;

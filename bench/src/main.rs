@@ -84,6 +84,16 @@ enum Command {
         #[arg(long)]
         smoke: bool,
     },
+    /// The ways a backend publishes (HTTP one per request, HTTP batches,
+    /// pipelined WebSocket, Herald's NATS listener) and nats-server, with
+    /// no subscriber, fresh servers each, rounds alternating the order:
+    /// JSON lines on stdout, then the table of medians.
+    Publish {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
     /// One node vs two nodes bridged through nats-server with JetStream
     /// (subscribers split, or all on the other node), fresh servers each
     /// round, alternating: JSON lines on stdout, then the table of medians.
@@ -190,6 +200,11 @@ async fn main() -> anyhow::Result<()> {
             };
             let records = herald_bench::nats::run(&binaries, size, print_json_line).await?;
             print!("{}", herald_bench::nats::markdown(&records));
+            Ok(())
+        }
+        Command::Publish { rounds, seconds } => {
+            let records = herald_bench::publish::run(&binaries, rounds, seconds, print_json_line).await?;
+            print!("{}", herald_bench::publish::markdown(&records));
             Ok(())
         }
         Command::Cluster { smoke, subscribers } => {

@@ -451,7 +451,7 @@ pub async fn churn(
     let baseline = fanout(target, server, subscriber_count, None, seconds, 128).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicU64::new(0));
-    let mut churner = Connection::open(target, server.address, None).await?;
+    let mut churner = Connection::open_as(target, server.address, None, true).await?;
     let storm = tokio::spawn({
         let (stop, rounds) = (stop.clone(), rounds.clone());
         async move {

@@ -291,9 +291,11 @@ fn herald_command(binary: &Path) -> anyhow::Result<Command> {
         .env("HERALD_NATS__LISTEN", "127.0.0.1:0")
         .env("HERALD_QUIC__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn,herald=info")
-        // Publishers here send far more than the default flood limit, and
-        // every client comes from a handful of loopback addresses.
-        .env("HERALD_WEBSOCKET__MAX_COMMANDS_PER_SECOND", "100000000")
+        // Publishers here send far more than the default flood limit: they
+        // present an API key with a command rate of its own (every other
+        // client keeps the default). Every client comes from a handful of
+        // loopback addresses.
+        .env("HERALD_AUTH__API_KEYS", crate::clients::BENCH_API_KEYS_ENV)
         .env("HERALD_SERVER__MAX_CONNECTIONS", "200000")
         .env("HERALD_SERVER__MAX_CONNECTIONS_PER_IP", "200000")
         .env("HERALD_QUIC__MAX_CONNECTIONS", "200000")
