@@ -112,7 +112,10 @@ impl Tls {
 
     /// Reloads when the files change or on SIGHUP, until `stop`.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.config.watch_interval);
+        // The files were read at start: the first check is one interval
+        // later (an immediate one would race a change made after start).
+        let every = self.config.watch_interval;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let asked = tokio::select! {
