@@ -482,9 +482,9 @@ struct MessageInner {
     size: usize,
     /// Encoded frames, one slot per wire encoding, filled on demand.
     frames: [OnceLock<Bytes>; FRAME_SLOTS],
-    /// A transport's own form of a frame, filled on demand
-    /// ([`Message::transport_frame`]).
-    transport_frame: OnceLock<Box<dyn Any + Send + Sync>>,
+    /// A transport's own form of the frame, one slot per wire encoding,
+    /// filled on demand ([`Message::with_transport_frame`]).
+    transport_frames: [OnceLock<Box<dyn Any + Send + Sync>>; FRAME_SLOTS],
 }
 
 impl Message {
@@ -514,7 +514,7 @@ impl Message {
             envelope,
             size,
             frames: Default::default(),
-            transport_frame: OnceLock::new(),
+            transport_frames: Default::default(),
         }))
     }
 
@@ -558,26 +558,36 @@ impl Message {
         self.0.size
     }
 
-    /// A frame in a transport's own type (a WebSocket text message, whose
-    /// UTF-8 is checked when it is made), made by `make` for the first
-    /// recipient and cloned for every other, so that no per-recipient work
-    /// is repeated. One type per message is kept: the broker does not know
-    /// transports' types, and a message reaches one kind of these in
-    /// practice; a second type is made anew for each recipient.
-    pub fn transport_frame<T>(&self, make: impl FnOnce(&Message) -> T) -> T
+    /// Calls `use_frame` with the message's frame for `encoding` in a
+    /// transport's own form (a complete WebSocket frame), made by `make`
+    /// for the first recipient and kept: every other recipient borrows it,
+    /// so no per-recipient work is repeated, not even a reference count.
+    /// One type per encoding is kept (the broker does not know transports'
+    /// types; one transport per encoding asks in practice); another type is
+    /// made anew for each recipient.
+    pub fn with_transport_frame<T, R>(
+        &self,
+        encoding: crate::protocol::Encoding,
+        make: impl FnOnce(&Message) -> T,
+        use_frame: impl FnOnce(&T) -> R,
+    ) -> R
     where
-        T: Any + Clone + Send + Sync,
+        T: Any + Send + Sync,
     {
-        let kept = self.0.transport_frame.get();
-        if let Some(frame) = kept.and_then(|kept| kept.downcast_ref::<T>()) {
-            return frame.clone();
+        let slot = &self.0.transport_frames[encoding.index()];
+        let mut make = Some(make);
+        // Two first recipients at once: either frame is right to keep.
+        let kept = slot.get_or_init(|| {
+            let make = make.take().expect("the slot is filled once");
+            Box::new(make(self))
+        });
+        match kept.downcast_ref::<T>() {
+            Some(frame) => use_frame(frame),
+            None => {
+                let make = make.expect("unused: the slot holds another type");
+                use_frame(&make(self))
+            }
         }
-        let frame = make(self);
-        if kept.is_none() {
-            // Two first recipients at once: either frame is right to keep.
-            let _ = self.0.transport_frame.set(Box::new(frame.clone()));
-        }
-        frame
     }
 
     /// The frame cached in `slot`, encoded by `encode` the first time.

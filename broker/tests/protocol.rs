@@ -391,10 +391,10 @@ fn event_stream_frames_carry_ids_and_survive_line_breaks_in_payloads() {
     assert_eq!(batch[1].encode(Encoding::EventStream).as_ptr(), frame.as_ptr());
 }
 
-/// A transport's own frame (the WebSocket gateway's checked text message)
-/// is made by the first recipient and shared with every other.
+/// A transport's own frame (the WebSocket gateway's complete frame) is
+/// made by the first recipient and borrowed by every other, per encoding.
 #[test]
-fn a_transport_frame_is_made_once_per_message() {
+fn a_transport_frame_is_made_once_per_message_and_encoding() {
     let (broker, _clock) = common::broker(Default::default());
     let mut sessions: Vec<_> = (0..3).map(|_| common::session(&broker)).collect();
     for session in &mut sessions {
@@ -410,21 +410,39 @@ fn a_transport_frame_is_made_once_per_message() {
             .iter()
             .find_map(|event| event.message())
             .expect("the message");
-        frames.push(message.transport_frame(|message| {
-            made.set(made.get() + 1);
-            format!("text of {}", message.position().token().as_str())
-        }));
-        // Another transport type is not kept: made anew each time.
-        let other: u64 = message.transport_frame(|_| {
-            made.set(made.get() + 100);
-            7
-        });
+        for encoding in [Encoding::Json, Encoding::MsgPack] {
+            frames.push(message.with_transport_frame(
+                encoding,
+                |message| {
+                    made.set(made.get() + 1);
+                    format!("{encoding:?} frame of {}", message.position().token().as_str())
+                },
+                |frame| frame.clone(),
+            ));
+        }
+        // Another type in a kept slot is not kept: made anew each time.
+        let other: u64 = message.with_transport_frame(
+            Encoding::Json,
+            |_| {
+                made.set(made.get() + 100);
+                7
+            },
+            |frame| *frame,
+        );
         assert_eq!(other, 7);
     }
     assert_eq!(
         made.get(),
-        1 + 300,
-        "the String once, the other type per recipient"
+        2 + 300,
+        "one String per encoding, the other type per recipient"
     );
-    assert!(frames.iter().all(|frame| *frame == frames[0]), "{frames:?}");
+    assert!(
+        frames.iter().step_by(2).all(|frame| *frame == frames[0]),
+        "{frames:?}"
+    );
+    assert!(
+        frames.iter().skip(1).step_by(2).all(|frame| *frame == frames[1]),
+        "{frames:?}"
+    );
+    assert_ne!(frames[0], frames[1]);
 }

@@ -5,9 +5,10 @@
 //! `server.write_delay` buys under load. Each size prints its frames per
 //! flush, bytes per write system call and writes per delivery.
 //!
-//! Also the one per-recipient step the WebSocket writer had: checking the
-//! shared JSON frame's UTF-8 again for every recipient, against the text
-//! message made once per message and cloned (`Message::transport_frame`).
+//! Also the per-recipient steps the WebSocket writer had (checking the
+//! shared JSON frame's UTF-8 for a text message, then framing it into the
+//! write buffer) against the complete frame made once per message and
+//! copied (`Message::with_transport_frame`, what the gateway does now).
 //!
 //! Run: `cargo bench -p herald-gateway --bench writer`
 
@@ -159,13 +160,24 @@ fn frames_per_flush(c: &mut Criterion) {
     group.finish();
 }
 
+/// A final text frame's header, unmasked, for a payload under 64 KiB.
+fn put_header(out: &mut Vec<u8>, length: usize) {
+    out.push(0x81);
+    if length < 126 {
+        out.push(length as u8);
+    } else {
+        out.push(126);
+        out.extend_from_slice(&(length as u16).to_be_bytes());
+    }
+}
+
 fn websocket_text(c: &mut Criterion) {
     const RECIPIENTS: usize = 1000;
     let broker = Broker::new(BrokerConfig::default());
     let mut session = Session::new(&broker, Arc::new(AllowAll));
     session.subscribe(&["bench.s"], None, Acknowledge::Never).unwrap();
     let payload = payload();
-    let mut group = c.benchmark_group("websocket_text");
+    let mut group = c.benchmark_group("websocket_frame");
     group.throughput(Throughput::Elements(RECIPIENTS as u64));
     let mut batch = VecDeque::new();
     let mut next_message = || {
@@ -176,26 +188,45 @@ fn websocket_text(c: &mut Criterion) {
             .and_then(|event| event.message().cloned())
             .unwrap()
     };
-    group.bench_function(BenchmarkId::new("checked_per_recipient", RECIPIENTS), |b| {
+    // Before: per recipient, the shared JSON frame's UTF-8 checked for a
+    // text message, then framed into the connection's write buffer.
+    group.bench_function(BenchmarkId::new("framed_per_recipient", RECIPIENTS), |b| {
+        let mut out = Vec::with_capacity(1 << 16);
         b.iter_batched(
             &mut next_message,
             |message| {
+                out.clear();
                 for _ in 0..RECIPIENTS {
-                    black_box(Utf8Bytes::try_from(message.frame(Encoding::Json)).unwrap());
+                    let text = Utf8Bytes::try_from(message.frame(Encoding::Json)).unwrap();
+                    put_header(&mut out, text.len());
+                    out.extend_from_slice(text.as_bytes());
                 }
+                black_box(&out);
             },
             criterion::BatchSize::SmallInput,
         )
     });
-    group.bench_function(BenchmarkId::new("made_once_shared", RECIPIENTS), |b| {
+    // Now: the complete frame made once per message, each recipient copies it.
+    group.bench_function(BenchmarkId::new("made_once_copied", RECIPIENTS), |b| {
+        let mut out = Vec::with_capacity(1 << 16);
         b.iter_batched(
             &mut next_message,
             |message| {
+                out.clear();
                 for _ in 0..RECIPIENTS {
-                    black_box(message.transport_frame(|message| {
-                        Utf8Bytes::try_from(message.frame(Encoding::Json)).unwrap()
-                    }));
+                    message.with_transport_frame(
+                        Encoding::Json,
+                        |message| {
+                            let json = message.frame(Encoding::Json);
+                            let mut frame = Vec::with_capacity(json.len() + 4);
+                            put_header(&mut frame, json.len());
+                            frame.extend_from_slice(&json);
+                            frame
+                        },
+                        |frame| out.extend_from_slice(frame),
+                    );
                 }
+                black_box(&out);
             },
             criterion::BatchSize::SmallInput,
         )

@@ -5,9 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use herald_broker::{Access, CloseReason, Encoding, Outbound, Reply, Session, Transport};
 use herald_gateway::expiry::{self, TokenClock};
@@ -17,9 +15,12 @@ use herald_gateway::{
     WriterConfig,
 };
 use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 use herald_gateway::credentials::Admission;
 
+use crate::socket::{self, FrameWriter, ReadSide, Socket};
 use crate::Gateway;
 
 /// How a connection's reading side ended.
@@ -38,14 +39,14 @@ enum ReadEnd {
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 pub(crate) async fn serve(
-    mut socket: WebSocket,
+    mut socket: Socket,
     admission: Admission,
     encoding: Encoding,
     gateway: Arc<Gateway>,
 ) {
     let (access, auth_id) = match admission {
         Admission::Admitted(access) => (access, None),
-        Admission::AwaitingAuth => match first_auth(&mut socket, &gateway).await {
+        Admission::AwaitingAuth => match first_auth(&mut socket.reader, &gateway).await {
             Ok(admitted) => admitted,
             Err(error) => return refuse(socket, &error, encoding, &gateway.context).await,
         },
@@ -59,8 +60,11 @@ pub(crate) async fn serve(
         });
     }
     let outbox = session.outbox().clone();
-    let (sink, stream) = socket.split();
-    let mut writer = WebSocketWriter { sink, encoding };
+    let Socket {
+        reader: stream,
+        writer,
+    } = socket;
+    let mut writer = WebSocketWriter { writer, encoding };
     let config = &gateway.config;
     let writer_config = WriterConfig {
         heartbeat_interval: config.heartbeat_interval,
@@ -71,16 +75,23 @@ pub(crate) async fn serve(
         write_delay: gateway.context.write_delay,
     };
     let session_id = session.id();
-    let reader = read_frames(stream, &mut session, config, &gateway.context);
-    let writing = drive(&mut writer, &outbox, encoding, &writer_config, &gateway.context);
-    tokio::pin!(reader, writing);
-    let reason = tokio::select! {
-        reason = &mut writing => reason,
-        read = &mut reader => match read {
-            ReadEnd::Gone(reason) => reason,
-            ReadEnd::Closing => timeout(CLOSE_GRACE, writing).await.unwrap_or(DisconnectReason::CloseTimeout),
-        },
+    let mut stream = stream;
+    let reason = {
+        let reader = read_frames(&mut stream, &mut session, config, &gateway.context);
+        let writing = drive(&mut writer, &outbox, encoding, &writer_config, &gateway.context);
+        tokio::pin!(reader, writing);
+        tokio::select! {
+            reason = &mut writing => reason,
+            read = &mut reader => match read {
+                ReadEnd::Gone(reason) => reason,
+                ReadEnd::Closing => timeout(CLOSE_GRACE, writing).await.unwrap_or(DisconnectReason::CloseTimeout),
+            },
+        }
     };
+    if reason == DisconnectReason::ClientClosed {
+        // The client's close gets its reply (tungstenite made it).
+        let _ = timeout(CLOSE_GRACE, writer.writer.flush()).await;
+    }
     gateway.context.disconnected("websocket", session_id, &reason);
 }
 
@@ -88,12 +99,12 @@ pub(crate) async fn serve(
 /// `auth` with a token the server accepts, within `auth_timeout`. Returns
 /// the access and the command's id, or why the connection is refused.
 async fn first_auth(
-    socket: &mut WebSocket,
+    stream: &mut WebSocketStream<ReadSide>,
     gateway: &Gateway,
 ) -> Result<(Arc<dyn Access>, Option<u64>), HttpError> {
     let deadline = Instant::now() + gateway.config.auth_timeout;
     loop {
-        let frame = match tokio::time::timeout_at(deadline, socket.recv()).await {
+        let frame = match tokio::time::timeout_at(deadline, stream.next()).await {
             Err(_elapsed) => return Err(expiry::auth_timed_out()),
             Ok(Some(Ok(frame))) => frame,
             Ok(_) => return Err(expiry::ended_before_auth()),
@@ -101,7 +112,7 @@ async fn first_auth(
         let (data, encoding) = match frame {
             Message::Text(text) => (Bytes::from(text), Encoding::Json),
             Message::Binary(binary) => (binary, Encoding::MsgPack),
-            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             Message::Close(_) => return Err(expiry::ended_before_auth()),
         };
         return expiry::first_auth(&gateway.context, encoding, &data, gateway.config.max_frame_bytes);
@@ -110,39 +121,49 @@ async fn first_auth(
 
 /// Tells a connected client why it is refused, in an `err` event, and
 /// closes with the refusal's application code (herald_gateway::refusal).
-async fn refuse(mut socket: WebSocket, error: &HttpError, encoding: Encoding, context: &GatewayContext) {
+async fn refuse(socket: Socket, error: &HttpError, encoding: Encoding, context: &GatewayContext) {
+    let Socket {
+        reader: mut stream,
+        mut writer,
+    } = socket;
     let event = Outbound::Reply(Box::new(Reply::Error {
         id: None,
         code: error.code,
         message: error.message.clone(),
     }))
     .encode(encoding);
-    let frame = match encoding {
-        Encoding::MsgPack => Message::Binary(event),
-        _ => Message::Text(Utf8Bytes::try_from(event).expect("JSON events are UTF-8")),
-    };
-    let close = Message::Close(Some(CloseFrame {
-        code: refusal::close_code(error.status),
-        reason: Utf8Bytes::from(error.code),
-    }));
     let _ = timeout(CLOSE_GRACE, async {
-        socket.feed(frame).await?;
-        socket.send(close).await?;
+        writer.push(opcode_for(encoding, &event), &event).await?;
+        writer
+            .push_close(refusal::close_code(error.status), error.code)
+            .await?;
+        writer.flush().await?;
         // Wait for the client's close, so the close frame is not lost to a reset.
-        while let Some(Ok(frame)) = socket.recv().await {
+        while let Some(Ok(frame)) = stream.next().await {
             if let Message::Close(_) = frame {
                 break;
             }
         }
-        Ok::<(), axum::Error>(())
+        io::Result::Ok(())
     })
     .await;
     context.refused("websocket", error.code);
 }
 
+/// The frame type of an event: binary for MessagePack; text for JSON,
+/// which the encoder always writes as UTF-8 (if that ever broke, the client
+/// gets the bytes as a binary frame rather than invalid text).
+fn opcode_for(encoding: Encoding, event: &[u8]) -> u8 {
+    match encoding {
+        Encoding::MsgPack => socket::OPCODE_BINARY,
+        _ if std::str::from_utf8(event).is_ok() => socket::OPCODE_TEXT,
+        _ => socket::OPCODE_BINARY,
+    }
+}
+
 /// Reads frames until the client leaves or the session is closed.
 async fn read_frames(
-    mut stream: SplitStream<WebSocket>,
+    stream: &mut WebSocketStream<ReadSide>,
     session: &mut Session,
     config: &crate::WebSocketConfig,
     context: &GatewayContext,
@@ -179,6 +200,9 @@ async fn read_frames(
             Ok(Some(Ok(frame))) => frame,
         };
         if let Message::Close(_) = frame {
+            // tungstenite queued its reply; have it written to the buffer
+            // the writer sends.
+            let _ = stream.flush().await;
             return ReadEnd::Gone(DisconnectReason::ClientClosed);
         }
         // Control frames count too: each ping costs the server a pong.
@@ -192,13 +216,16 @@ async fn read_frames(
             Message::Text(text) => (Bytes::from(text), Encoding::Json),
             Message::Binary(binary) => (binary, Encoding::MsgPack),
             Message::Ping(_) => {
-                // The WebSocket library queued the pong in its own buffer;
-                // counting it as a reply bounds that buffer (backpressure
-                // above) and has the writer flush it.
+                // tungstenite queued the pong: have it written to the
+                // buffer the writer sends. Counting it as a reply bounds
+                // that buffer (backpressure above) and has the writer flush.
+                if stream.flush().await.is_err() {
+                    return ReadEnd::Gone(DisconnectReason::ReadError);
+                }
                 session.outbox().push_transport_reply();
                 continue;
             }
-            Message::Pong(_) | Message::Close(_) => continue,
+            Message::Pong(_) | Message::Close(_) | Message::Frame(_) => continue,
         };
         let handled = handle_frame(
             session,
@@ -221,10 +248,13 @@ async fn read_frames(
 
 /// The close reason owed to a client whose frame could not be read; `None`
 /// when the connection itself failed and nobody is left to tell.
-fn close_reason_for(error: axum::Error, config: &crate::WebSocketConfig) -> Option<CloseReason> {
+fn close_reason_for(
+    error: tokio_tungstenite::tungstenite::Error,
+    config: &crate::WebSocketConfig,
+) -> Option<CloseReason> {
     use tokio_tungstenite::tungstenite::error::ProtocolError;
     use tokio_tungstenite::tungstenite::Error;
-    match error.into_inner().downcast_ref::<Error>()? {
+    match error {
         Error::Capacity(_) => Some(CloseReason::FrameTooLarge {
             max: config.hard_frame_limit_bytes,
         }),
@@ -235,64 +265,49 @@ fn close_reason_for(error: axum::Error, config: &crate::WebSocketConfig) -> Opti
     }
 }
 
-/// A JSON frame as a text message. JSON from the encoder is always UTF-8;
-/// if that ever broke, the client gets the bytes as a binary frame rather
-/// than nothing.
-fn text_or_binary(frame: Bytes) -> Message {
-    match Utf8Bytes::try_from(frame.clone()) {
-        Ok(text) => Message::Text(text),
-        Err(_) => Message::Binary(frame),
-    }
-}
-
-/// Writes events as WebSocket frames: text for JSON, binary for MessagePack.
+/// Writes events as WebSocket frames: text for JSON, binary for
+/// MessagePack. A message's frame is made once and copied to every
+/// recipient's buffer.
 struct WebSocketWriter {
-    sink: SplitSink<WebSocket, Message>,
+    writer: FrameWriter,
     encoding: Encoding,
 }
 
+/// A message's complete WebSocket frame, kept with the message.
+struct EncodedFrame(Vec<u8>);
+
 impl EventWriter for WebSocketWriter {
     async fn feed(&mut self, frame: Bytes) -> io::Result<()> {
-        let message = match self.encoding {
-            Encoding::MsgPack => Message::Binary(frame),
-            _ => text_or_binary(frame),
-        };
-        self.sink.feed(message).await.map_err(io::Error::other)
+        self.writer.push(opcode_for(self.encoding, &frame), &frame).await
     }
 
     async fn write_event(&mut self, event: &Outbound, encoding: Encoding) -> io::Result<()> {
-        let message = match (event.message(), encoding) {
-            // The text message is made (its UTF-8 checked) by the first
-            // recipient and shared by every other: cloning it is a
-            // reference count.
-            (Some(message), Encoding::Json) => {
-                message.transport_frame(|message| text_or_binary(message.frame(Encoding::Json)))
-            }
-            (_, Encoding::MsgPack) => Message::Binary(event.encode(encoding)),
-            _ => text_or_binary(event.encode(encoding)),
+        let Some(message) = event.message() else {
+            return self.feed(event.encode(encoding)).await;
         };
-        self.sink.feed(message).await.map_err(io::Error::other)
+        message.with_transport_frame(
+            encoding,
+            |message| {
+                let payload = message.frame(encoding);
+                EncodedFrame(socket::encode_frame(opcode_for(encoding, &payload), &payload))
+            },
+            |frame| self.writer.append_encoded(&frame.0),
+        );
+        self.writer.write_if_full().await
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        self.sink.flush().await.map_err(io::Error::other)
+        self.writer.flush().await
     }
 
     async fn heartbeat(&mut self) -> io::Result<()> {
-        self.sink
-            .send(Message::Ping(Bytes::new()))
-            .await
-            .map_err(io::Error::other)
+        self.writer.push(socket::OPCODE_PING, &[]).await?;
+        self.writer.flush().await
     }
 
     async fn close(&mut self, reason: &CloseReason) -> io::Result<()> {
-        let frame = CloseFrame {
-            code: refusal::close_code_of(reason),
-            reason: Utf8Bytes::from(reason.code()),
-        };
-        self.sink
-            .feed(Message::Close(Some(frame)))
+        self.writer
+            .push_close(refusal::close_code_of(reason), reason.code())
             .await
-            .map_err(io::Error::other)
     }
 }

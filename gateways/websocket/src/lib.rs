@@ -14,19 +14,19 @@
 //! socket and flushes once per batch.
 
 mod connection;
+mod socket;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use herald_broker::Encoding;
 use herald_gateway::{GatewayContext, QueryParams};
 use serde::Deserialize;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as FrameLimits;
 
 /// Subprotocol selecting MessagePack binary frames.
 pub const MSGPACK_PROTOCOL: &str = "herald.msgpack";
@@ -127,27 +127,24 @@ async fn upgrade(
     State(gateway): State<Arc<Gateway>>,
     query: QueryParams,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: socket::Upgrade,
 ) -> Response {
     let admission = gateway.context.admission(&headers, &query);
     let limit = gateway.config.hard_frame_limit_bytes;
-    let upgrade = upgrade
-        .protocols([MSGPACK_PROTOCOL, JSON_PROTOCOL])
-        .max_message_size(limit)
-        .max_frame_size(limit)
+    let limits = FrameLimits::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
         // tungstenite allocates its read buffer up front: 128 KiB by default,
         // which would dominate an idle connection's memory. Commands are
         // small, and a larger frame grows the buffer as it needs to
         // (docs/benchmarks.md: 7.9 KB per idle connection at 4 KiB, 4.8 KB
         // at 1 KiB, same fan-out throughput).
         .read_buffer_size(1024)
-        .write_buffer_size(16 * 1024);
-    let encoding = match upgrade.selected_protocol() {
-        Some(protocol) if protocol == MSGPACK_PROTOCOL => Encoding::MsgPack,
-        _ => Encoding::Json,
-    };
+        // It writes only pongs and close replies, into a buffer of ours.
+        .write_buffer_size(0);
+    let encoding = upgrade.encoding();
     let connections = gateway.context.connections.clone();
-    upgrade.on_upgrade(move |socket| {
+    upgrade.on_upgrade(limits, move |socket| {
         connections.track_future(connection::serve(socket, admission, encoding, gateway))
     })
 }

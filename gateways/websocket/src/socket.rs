@@ -1,0 +1,346 @@
+//! The WebSocket itself: the opening handshake, and the two sides of an
+//! upgraded connection.
+//!
+//! Reading is tungstenite's: it parses and unmasks client frames, enforces
+//! the size limits and UTF-8, and answers pings and closes. Writing is
+//! Herald's own: a server's frames are not masked, so a message's frame
+//! (header and payload) is the same bytes for every recipient. It is made
+//! once per message ([`Message::with_transport_frame`]) and copied into
+//! each connection's write buffer; one flush writes the buffer with one
+//! system call. Per recipient that is a copy, and nothing else: no frame
+//! encoding, no reference counting, no lock shared with the reader.
+//!
+//! What tungstenite writes (pongs, the reply to a client's close) goes to
+//! a small buffer the writer sends ahead of its own frames at its next
+//! flush.
+//!
+//! [`Message::with_transport_frame`]: herald_broker::Message::with_transport_frame
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use axum::extract::FromRequestParts;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, Version};
+use axum::response::{IntoResponse, Response};
+use herald_broker::Encoding;
+use herald_gateway::HttpError;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::{JSON_PROTOCOL, MSGPACK_PROTOCOL};
+
+type Io = TokioIo<Upgraded>;
+
+/// A valid WebSocket opening request (RFC 6455 §4.2.1, HTTP/1.1): what is
+/// needed to answer it and take the connection over.
+#[derive(Debug)]
+pub(crate) struct Upgrade {
+    accept: HeaderValue,
+    protocol: Option<&'static str>,
+    on_upgrade: OnUpgrade,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let bad = |message: &str| HttpError::bad_request("invalid_upgrade", message.to_owned());
+        if parts.version != Version::HTTP_11 || parts.method != Method::GET {
+            return Err(bad("a WebSocket opens with an HTTP/1.1 GET"));
+        }
+        if !header_has_token(&parts.headers, header::CONNECTION, "upgrade")
+            || !header_has_token(&parts.headers, header::UPGRADE, "websocket")
+        {
+            return Err(bad("expected Connection: upgrade and Upgrade: websocket"));
+        }
+        if parts
+            .headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(HeaderValue::as_bytes)
+            != Some(b"13")
+        {
+            return Err(HttpError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "invalid_upgrade",
+                "Sec-WebSocket-Version must be 13",
+            ));
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .ok_or_else(|| bad("Sec-WebSocket-Key is missing"))?;
+        let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+            .expect("base64 is a valid header value");
+        let offered = |wanted: &str| header_has_token(&parts.headers, header::SEC_WEBSOCKET_PROTOCOL, wanted);
+        let protocol = [MSGPACK_PROTOCOL, JSON_PROTOCOL]
+            .into_iter()
+            .find(|protocol| offered(protocol));
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or_else(|| bad("this connection cannot be upgraded"))?;
+        Ok(Upgrade {
+            accept,
+            protocol,
+            on_upgrade,
+        })
+    }
+}
+
+impl Upgrade {
+    /// The encoding the client chose by subprotocol (JSON without one).
+    pub(crate) fn encoding(&self) -> Encoding {
+        match self.protocol {
+            Some(MSGPACK_PROTOCOL) => Encoding::MsgPack,
+            _ => Encoding::Json,
+        }
+    }
+
+    /// Answers 101 and runs `serve` with the connection once hyper hands
+    /// it over.
+    pub(crate) fn on_upgrade<F>(
+        self,
+        config: WebSocketConfig,
+        serve: impl FnOnce(Socket) -> F + Send + 'static,
+    ) -> Response
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let Upgrade {
+            accept,
+            protocol,
+            on_upgrade,
+        } = self;
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            serve(Socket::new(TokioIo::new(upgraded), config).await).await;
+        });
+        let mut response = (
+            StatusCode::SWITCHING_PROTOCOLS,
+            [
+                (header::CONNECTION, HeaderValue::from_static("upgrade")),
+                (header::UPGRADE, HeaderValue::from_static("websocket")),
+                (header::SEC_WEBSOCKET_ACCEPT, accept),
+            ],
+        )
+            .into_response();
+        if let Some(protocol) = protocol {
+            response
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
+        }
+        response
+    }
+}
+
+/// Whether `name`'s comma-separated values include `token`, ignoring case.
+fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|byte| *byte == b',')
+            .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// An upgraded connection: tungstenite reads, [`FrameWriter`] writes.
+pub(crate) struct Socket {
+    pub(crate) reader: WebSocketStream<ReadSide>,
+    pub(crate) writer: FrameWriter,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket").finish_non_exhaustive()
+    }
+}
+
+impl Socket {
+    async fn new(io: Io, config: WebSocketConfig) -> Socket {
+        let (read, write) = tokio::io::split(io);
+        let control = Arc::new(Mutex::new(Vec::new()));
+        let reader = WebSocketStream::from_raw_socket(
+            ReadSide {
+                read,
+                control: control.clone(),
+            },
+            Role::Server,
+            Some(config),
+        )
+        .await;
+        Socket {
+            reader,
+            writer: FrameWriter {
+                write,
+                out: Vec::new(),
+                control,
+            },
+        }
+    }
+}
+
+/// What tungstenite sees: the connection's read half, and for its writes
+/// (pongs, close replies) the control buffer.
+pub(crate) struct ReadSide {
+    read: ReadHalf<Io>,
+    control: Arc<Mutex<Vec<u8>>>,
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadSide {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        // Bounded by the replies a connection may have unread: each ping
+        // counts as one (Outbox::push_transport_reply).
+        lock(&self.control).extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn lock(control: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
+    // Appending bytes cannot leave the buffer half-changed.
+    control.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A write buffer larger than this is written out before more is added,
+/// and not kept once flushed: an idle connection holds none.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Herald's side of the connection: frames gathered in a buffer, written
+/// out on flush.
+pub(crate) struct FrameWriter {
+    write: WriteHalf<Io>,
+    out: Vec<u8>,
+    control: Arc<Mutex<Vec<u8>>>,
+}
+
+impl FrameWriter {
+    /// Adds a complete frame; [`FrameWriter::write_if_full`] next.
+    pub(crate) fn append_encoded(&mut self, frame: &[u8]) {
+        self.out.extend_from_slice(frame);
+    }
+
+    /// Adds a frame of `opcode` around `payload`.
+    pub(crate) async fn push(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
+        put_header(&mut self.out, opcode, payload.len());
+        self.out.extend_from_slice(payload);
+        self.write_if_full().await
+    }
+
+    /// Writes the buffer out once it holds `WRITE_CHUNK` bytes.
+    pub(crate) async fn write_if_full(&mut self) -> io::Result<()> {
+        if self.out.len() >= WRITE_CHUNK {
+            self.write.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes out tungstenite's answers, then every frame added.
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        let control = std::mem::take(&mut *lock(&self.control));
+        if !control.is_empty() {
+            self.write.write_all(&control).await?;
+        }
+        if !self.out.is_empty() {
+            self.write.write_all(&self.out).await?;
+            if self.out.capacity() > WRITE_CHUNK {
+                self.out = Vec::new();
+            } else {
+                self.out.clear();
+            }
+        }
+        self.write.flush().await
+    }
+
+    /// Adds a close frame with `code` and `reason` (at most 123 bytes).
+    pub(crate) async fn push_close(&mut self, code: u16, reason: &str) -> io::Result<()> {
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut payload = Vec::with_capacity(2 + end);
+        payload.extend_from_slice(&code.to_be_bytes());
+        payload.extend_from_slice(&reason.as_bytes()[..end]);
+        self.push(OPCODE_CLOSE, &payload).await
+    }
+}
+
+pub(crate) const OPCODE_TEXT: u8 = 0x1;
+pub(crate) const OPCODE_BINARY: u8 = 0x2;
+pub(crate) const OPCODE_CLOSE: u8 = 0x8;
+pub(crate) const OPCODE_PING: u8 = 0x9;
+
+/// A final, unmasked frame's header (RFC 6455 §5.2).
+fn put_header(out: &mut Vec<u8>, opcode: u8, length: usize) {
+    out.push(0x80 | opcode);
+    match length {
+        0..=125 => out.push(length as u8),
+        126..=0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(length as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(127);
+            out.extend_from_slice(&(length as u64).to_be_bytes());
+        }
+    }
+}
+
+/// A complete frame of `opcode` around `payload`.
+pub(crate) fn encode_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 10);
+    put_header(&mut frame, opcode, payload.len());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+    use super::*;
+
+    /// Our headers are what tungstenite parses, at each length boundary.
+    #[test]
+    fn frames_parse_as_tungstenite_reads_them() {
+        for length in [0, 1, 125, 126, 127, 0xffff, 0x1_0000, 300_000] {
+            let payload = vec![b'x'; length];
+            let frame = encode_frame(OPCODE_TEXT, &payload);
+            let mut cursor = std::io::Cursor::new(&frame[..]);
+            let (header, parsed_length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert!(header.is_final);
+            assert_eq!(header.opcode, OpCode::Data(Data::Text));
+            assert_eq!(header.mask, None, "servers do not mask");
+            assert_eq!(parsed_length, length as u64);
+            assert_eq!(cursor.position() as usize + length, frame.len());
+        }
+    }
+}
