@@ -605,3 +605,76 @@ async fn a_publisher_can_ask_not_to_receive_its_own_message() {
         }
     }
 }
+
+/// The opening handshake is the gateway's own: a request that is not a
+/// WebSocket upgrade gets a clear error, a good one the RFC's accept key
+/// and the chosen subprotocol; pings are answered with their payload, and a
+/// client's close gets the server's close in reply.
+#[tokio::test]
+async fn the_handshake_pings_and_a_client_close_follow_the_rfc() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::dev().await;
+    let request = |headers: &str| format!("GET /ws HTTP/1.1\r\nHost: herald\r\n{headers}\r\n");
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for (headers, status) in [
+        (String::new(), 400),
+        (format!("Connection: upgrade\r\nUpgrade: websocket\r\n{key}"), 426),
+        (
+            format!("Connection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\n{key}"),
+            426,
+        ),
+        (
+            "Connection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n".to_owned(),
+            400,
+        ),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(server.address).await.unwrap();
+        tcp.write_all(request(&headers).as_bytes()).await.unwrap();
+        let (answered, body) = support::read_raw_response(&mut tcp).await;
+        assert_eq!(answered, status, "{headers}");
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "invalid_upgrade", "{headers}");
+    }
+    // RFC 6455 §1.3's example key and accept value; the subprotocol chosen.
+    let mut tcp = tokio::net::TcpStream::connect(server.address).await.unwrap();
+    let headers = format!(
+        "Connection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\nSec-WebSocket-Version: 13\r\n{key}Sec-WebSocket-Protocol: chat, herald.json\r\n"
+    );
+    tcp.write_all(request(&headers).as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut byte)
+            .await
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    assert!(head.contains("sec-websocket-protocol: herald.json"), "{head}");
+
+    let mut client = Client::connect(&server).await;
+    client
+        .send_raw(Message::Ping(b"are you there".to_vec().into()))
+        .await;
+    let pong = tokio::time::timeout(support::PATIENCE, client.socket.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&pong, Some(Ok(Message::Pong(payload))) if &payload[..] == b"are you there"),
+        "{pong:?}"
+    );
+    client.socket.close(None).await.unwrap();
+    let reply = tokio::time::timeout(support::PATIENCE, client.socket.next())
+        .await
+        .unwrap();
+    assert!(matches!(reply, Some(Ok(Message::Close(_))) | None), "{reply:?}");
+    assert!(
+        matches!(reply, Some(Ok(Message::Close(_)))),
+        "the server answers a close with a close: {reply:?}"
+    );
+}
