@@ -81,10 +81,19 @@ pub async fn drive<W: EventWriter>(
         config.heartbeat_interval,
     );
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let expiry = config.max_duration.map(|duration| Instant::now() + duration);
-    let access_expiry = config
+    // The stream's longest duration or its token's expiry, whichever
+    // comes first: one timer.
+    let stream_end = config
+        .max_duration
+        .map(|duration| (Instant::now() + duration, CloseReason::StreamExpired));
+    let token_end = config
         .access_expires_at_millis
-        .map(|at| Instant::now() + until_unix_millis(at));
+        .map(|at| (Instant::now() + until_unix_millis(at), CloseReason::TokenExpired));
+    let (end, end_reason) = match (stream_end, token_end) {
+        (Some(stream), Some(token)) if token.0 < stream.0 => (Some(token.0), token.1),
+        (Some((at, reason)), _) | (None, Some((at, reason))) => (Some(at), reason),
+        (None, None) => (None, CloseReason::StreamExpired),
+    };
     let mut closing = false;
     loop {
         let next = tokio::select! {
@@ -94,14 +103,9 @@ pub async fn drive<W: EventWriter>(
                 outbox.close(CloseReason::Shutdown);
                 continue;
             }
-            () = sleep_until(expiry), if !closing => {
+            () = sleep_until(end), if !closing => {
                 closing = true;
-                outbox.close(CloseReason::StreamExpired);
-                continue;
-            }
-            () = sleep_until(access_expiry), if !closing => {
-                closing = true;
-                outbox.close(CloseReason::TokenExpired);
+                outbox.close(end_reason.clone());
                 continue;
             }
             // Once closed, nothing may come between the final `err` and

@@ -39,18 +39,20 @@ enum ReadEnd {
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 pub(crate) async fn serve(
-    mut socket: Socket,
+    mut socket: Box<Socket>,
     admission: Admission,
     encoding: Encoding,
     gateway: Arc<Gateway>,
 ) {
     let (access, auth_id) = match admission {
         Admission::Admitted(access) => (access, None),
-        Admission::AwaitingAuth => match first_auth(&mut socket.reader, &gateway).await {
+        Admission::AwaitingAuth => match Box::pin(first_auth(&mut socket.reader, &gateway)).await {
             Ok(admitted) => admitted,
-            Err(error) => return refuse(socket, &error, encoding, &gateway.context).await,
+            Err(error) => return Box::pin(refuse(socket, &error, encoding, &gateway.context)).await,
         },
-        Admission::Refused(error) => return refuse(socket, &error, encoding, &gateway.context).await,
+        Admission::Refused(error) => {
+            return Box::pin(refuse(socket, &error, encoding, &gateway.context)).await
+        }
     };
     let mut session = Session::on(Transport::WebSocket, &gateway.context.broker, access);
     if auth_id.is_some() {
@@ -60,10 +62,7 @@ pub(crate) async fn serve(
         });
     }
     let outbox = session.outbox().clone();
-    let Socket {
-        reader: stream,
-        writer,
-    } = socket;
+    let Socket { reader, writer } = &mut *socket;
     let mut writer = WebSocketWriter { writer, encoding };
     let config = &gateway.config;
     let writer_config = WriterConfig {
@@ -75,11 +74,15 @@ pub(crate) async fn serve(
         write_delay: gateway.context.write_delay,
     };
     let session_id = session.id();
-    let mut stream = stream;
     let reason = {
-        let reader = read_frames(&mut stream, &mut session, config, &gateway.context);
-        let writing = drive(&mut writer, &outbox, encoding, &writer_config, &gateway.context);
-        tokio::pin!(reader, writing);
+        let mut reader = Box::pin(read_frames(reader, &mut session, config, &gateway.context));
+        let mut writing = Box::pin(drive(
+            &mut writer,
+            &outbox,
+            encoding,
+            &writer_config,
+            &gateway.context,
+        ));
         tokio::select! {
             reason = &mut writing => reason,
             read = &mut reader => match read {
@@ -121,11 +124,11 @@ async fn first_auth(
 
 /// Tells a connected client why it is refused, in an `err` event, and
 /// closes with the refusal's application code (herald_gateway::refusal).
-async fn refuse(socket: Socket, error: &HttpError, encoding: Encoding, context: &GatewayContext) {
+async fn refuse(mut socket: Box<Socket>, error: &HttpError, encoding: Encoding, context: &GatewayContext) {
     let Socket {
-        reader: mut stream,
-        mut writer,
-    } = socket;
+        reader: stream,
+        writer,
+    } = &mut *socket;
     let event = Outbound::Reply(Box::new(Reply::Error {
         id: None,
         code: error.code,
@@ -268,15 +271,15 @@ fn close_reason_for(
 /// Writes events as WebSocket frames: text for JSON, binary for
 /// MessagePack. A message's frame is made once and copied to every
 /// recipient's buffer.
-struct WebSocketWriter {
-    writer: FrameWriter,
+struct WebSocketWriter<'a> {
+    writer: &'a mut FrameWriter,
     encoding: Encoding,
 }
 
 /// A message's complete WebSocket frame, kept with the message.
 struct EncodedFrame(Vec<u8>);
 
-impl EventWriter for WebSocketWriter {
+impl EventWriter for WebSocketWriter<'_> {
     async fn feed(&mut self, frame: Bytes) -> io::Result<()> {
         self.writer.push(opcode_for(self.encoding, &frame), &frame).await
     }
@@ -309,5 +312,35 @@ impl EventWriter for WebSocketWriter {
         self.writer
             .push_close(refusal::close_code_of(reason), reason.code())
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size of the future an async fn of four or five arguments returns.
+    fn future_size<A, B, C, D, F>(_: impl Fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn future_size5<A, B, C, D, E, F>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle connection's memory is mostly its task: the connection's
+    /// future, its reader's and its writer's (boxed apart, so that none is
+    /// sized by another's largest state), and the socket. Together they
+    /// stay under 3 KB of the 6 KB an idle connection may cost
+    /// (docs/benchmarks.md, memory per idle connection).
+    #[test]
+    fn an_idle_connection_s_futures_stay_small() {
+        let serve = future_size(super::serve);
+        let writer = future_size5(herald_gateway::drive::<super::WebSocketWriter<'static>>);
+        let reader = future_size(super::read_frames);
+        let socket = std::mem::size_of::<crate::socket::Socket>();
+        let total = serve + writer + reader + socket;
+        assert!(
+            total <= 3 * 1024,
+            "serve {serve} + writer {writer} + reader {reader} + socket {socket} = {total} bytes"
+        );
     }
 }

@@ -134,12 +134,11 @@ async fn upgrade(
     let limits = FrameLimits::default()
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit))
-        // tungstenite allocates its read buffer up front: 128 KiB by default,
-        // which would dominate an idle connection's memory. Commands are
-        // small, and a larger frame grows the buffer as it needs to
-        // (docs/benchmarks.md: 7.9 KB per idle connection at 4 KiB, 4.8 KB
-        // at 1 KiB, same fan-out throughput).
-        .read_buffer_size(1024)
+        // tungstenite allocates its read buffer up front (128 KiB by
+        // default) and keeps it: a small one keeps an idle connection small,
+        // a larger frame grows it as needed, and a busy client is read in
+        // bulk by the socket (docs/benchmarks.md, memory per connection).
+        .read_buffer_size(socket::READ_BUFFER)
         // It writes only pongs and close replies, into a buffer of ours.
         .write_buffer_size(0);
     let encoding = upgrade.encoding();

@@ -19,13 +19,14 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use axum::extract::FromRequestParts;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
 use herald_broker::Encoding;
 use herald_gateway::HttpError;
 use hyper::upgrade::{OnUpgrade, Upgraded};
@@ -34,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHa
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::io::poll_read_buf;
 
 use crate::{JSON_PROTOCOL, MSGPACK_PROTOCOL};
 
@@ -109,7 +111,7 @@ impl Upgrade {
     pub(crate) fn on_upgrade<F>(
         self,
         config: WebSocketConfig,
-        serve: impl FnOnce(Socket) -> F + Send + 'static,
+        serve: impl FnOnce(Box<Socket>) -> F + Send + 'static,
     ) -> Response
     where
         F: std::future::Future<Output = ()> + Send + 'static,
@@ -123,7 +125,7 @@ impl Upgrade {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
-            serve(Socket::new(TokioIo::new(upgraded), config).await).await;
+            serve(Box::new(Socket::new(TokioIo::new(upgraded), config).await)).await;
         });
         let mut response = (
             StatusCode::SWITCHING_PROTOCOLS,
@@ -173,6 +175,8 @@ impl Socket {
             ReadSide {
                 read,
                 control: control.clone(),
+                bulk: BytesMut::new(),
+                busy: false,
             },
             Role::Server,
             Some(config),
@@ -191,18 +195,46 @@ impl Socket {
 
 /// What tungstenite sees: the connection's read half, and for its writes
 /// (pongs, close replies) the control buffer.
+///
+/// tungstenite reads at most its read buffer's size per call, and keeps
+/// that buffer for the connection's life: small (`READ_BUFFER`), so an
+/// idle connection holds little. A client sending more than that at once
+/// (a pipelining publisher) is read in bulk here instead, `BULK_READ` bytes
+/// per system call, into a buffer freed once tungstenite has taken it all.
 pub(crate) struct ReadSide {
     read: ReadHalf<Io>,
     control: Arc<Mutex<Vec<u8>>>,
+    bulk: BytesMut,
+    /// The last read filled what was asked: more is probably waiting.
+    busy: bool,
 }
 
+/// tungstenite's read buffer: a command fits.
+pub(crate) const READ_BUFFER: usize = 256;
+/// What one system call reads from a busy connection.
+const BULK_READ: usize = 16 * 1024;
+
 impl AsyncRead for ReadSide {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.bulk.is_empty() && this.busy {
+            this.bulk.reserve(BULK_READ);
+            let read = ready!(poll_read_buf(Pin::new(&mut this.read), cx, &mut this.bulk))?;
+            this.busy = read == BULK_READ;
+        }
+        if !this.bulk.is_empty() {
+            let taken = buf.remaining().min(this.bulk.len());
+            buf.put_slice(&this.bulk.split_to(taken));
+            if this.bulk.is_empty() {
+                this.bulk = BytesMut::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let wanted = buf.remaining();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.read).poll_read(cx, buf))?;
+        this.busy = wanted > 0 && buf.filled().len() - before == wanted;
+        Poll::Ready(Ok(()))
     }
 }
 
