@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test test-clients client-deps test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth bench-nats bench-publish bench-cluster bench-quic doc clean
+.PHONY: test test-clients client-deps test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth bench-nats bench-publish bench-cluster bench-quic flamegraph doc clean
 
 ## Run every test in the workspace (unit, integration, property, doc tests).
 test:
@@ -155,6 +155,17 @@ bench-publish: bench-peers
 bench-cluster: bench-peers
 	$(CARGO) build --release -p herald -p herald-bench
 	./target/release/herald-bench cluster
+
+## Flame graphs of the server during a fan-out to 1 000 WebSocket
+## subscribers: the server built with frame pointers and line tables into
+## target/profiling, sampled by perf (Debian: linux-perf), drawn by inferno
+## (`cargo install inferno`). Writes FLAME (an SVG).
+FLAME ?= docs/benchmarks/flame-fanout-1000.svg
+flamegraph:
+	$(CARGO) build --release -p herald-bench
+	CARGO_TARGET_DIR=target/profiling CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+	  RUSTFLAGS="-C force-frame-pointers=yes" $(CARGO) build --release -p herald
+	bench/scripts/flamegraph.sh $(FLAME) target/profiling/release/herald 1000
 
 ## WebSocket vs WebTransport: the same fan-out to 1 000 subscribers on each
 ## gateway (publisher on WebSocket), three rounds alternating the order:

@@ -6,6 +6,9 @@
 # inferno (`cargo install inferno`).
 #
 #   bench/scripts/flamegraph.sh OUT.svg [HERALD_BINARY] [SUBSCRIBERS]
+#
+# LABEL names the build in the title (default: git describe of this
+# checkout); FOLDED=path keeps the folded stacks.
 set -euo pipefail
 
 out=${1:?usage: flamegraph.sh OUT.svg [HERALD_BINARY] [SUBSCRIBERS]}
@@ -36,7 +39,7 @@ wait "$perf_pid" || true
 perf script -i "$scratch/perf.data" 2>/dev/null | inferno-collapse-perf >"$scratch/folded"
 # FOLDED=path keeps the folded stacks (for inferno-diff-folded, or grep).
 [ -z "${FOLDED:-}" ] || cp "$scratch/folded" "$FOLDED"
-inferno-flamegraph <"$scratch/folded" --title "herald serve: fan-out to $subscribers WebSocket subscribers ($(git describe --always --dirty))" \
+inferno-flamegraph <"$scratch/folded" --title "herald serve: fan-out to $subscribers WebSocket subscribers (${LABEL:-$(git describe --always --dirty)})" \
     --width 1400 >"$out"
 python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("deliveries/s %.0f, server CPU %ss, delivered %d of %d" % (r["deliveries_per_second"], r.get("server_cpu_seconds"), r["delivered"], r["expected"]))' "$scratch/record.json"
 echo "wrote $out"
