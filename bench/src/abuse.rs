@@ -338,14 +338,7 @@ async fn read_response(tcp: &mut TcpStream) -> anyhow::Result<u16> {
     }
     let head = String::from_utf8_lossy(&head);
     let status = head.get(9..12).context("a status line")?.parse()?;
-    let length: usize = head
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or(0);
+    let length = crate::clients::content_length(&head).unwrap_or(0);
     let mut body = vec![0; length];
     tcp.read_exact(&mut body).await?;
     Ok(status)

@@ -205,6 +205,15 @@ fn number_after(frame: &[u8], key: &[u8]) -> Option<u64> {
         .ok()
 }
 
+/// The `Content-Length` of an HTTP response head, if it has one.
+pub(crate) fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
 /// What a subscriber receives.
 #[derive(Debug)]
 pub enum Received {

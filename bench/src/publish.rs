@@ -159,14 +159,7 @@ async fn read_response(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> anyhow::
             if !head.starts_with("HTTP/1.1 200") {
                 bail!("the server answered {}", head.lines().next().unwrap_or_default());
             }
-            let length: usize = head
-                .lines()
-                .find_map(|line| {
-                    let (name, value) = line.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse().ok())?
-                })
-                .context("a response without Content-Length")?;
+            let length = crate::clients::content_length(head).context("a response without Content-Length")?;
             while buffer.len() < end + 4 + length {
                 read_more(stream, buffer).await?;
             }

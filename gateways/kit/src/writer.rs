@@ -201,6 +201,16 @@ mod tests {
         stall: bool,
     }
 
+    impl Recorder {
+        /// Each flush as (milliseconds after `start`, events written).
+        fn flushes_since(&self, start: Instant) -> Vec<(u128, usize)> {
+            self.flushed
+                .iter()
+                .map(|(at, events)| ((*at - start).as_millis(), *events))
+                .collect()
+        }
+    }
+
     impl EventWriter for Recorder {
         async fn feed(&mut self, frame: Bytes) -> io::Result<()> {
             self.fed.push(String::from_utf8(frame.to_vec()).unwrap());
@@ -298,11 +308,7 @@ mod tests {
         };
         let (reason, ()) = tokio::join!(driving, publishing);
         assert_eq!(reason, DisconnectReason::Closed(CloseReason::Shutdown));
-        let flushes: Vec<(u128, usize)> = writer
-            .flushed
-            .iter()
-            .map(|(at, events)| ((*at - start).as_millis(), *events))
-            .collect();
+        let flushes = writer.flushes_since(start);
         assert_eq!(
             &flushes[..2],
             &[(20, 3), (70, 1)],
@@ -342,11 +348,7 @@ mod tests {
         };
         let (reason, ()) = tokio::join!(driving, publishing);
         assert_eq!(reason, DisconnectReason::Closed(CloseReason::Shutdown));
-        let flushes: Vec<(u128, usize)> = writer
-            .flushed
-            .iter()
-            .map(|(at, events)| ((*at - start).as_millis(), *events))
-            .collect();
+        let flushes = writer.flushes_since(start);
         assert_eq!(
             &flushes[..3],
             &[(0, 1), (15, half), (1020, 1)],
