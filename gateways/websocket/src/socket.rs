@@ -201,8 +201,8 @@ impl Socket {
 /// idle connection holds little. A client sending more than that at once
 /// (a pipelining publisher) is read in bulk here instead, `BULK_READ` bytes
 /// per system call, into a buffer freed once tungstenite has taken it all.
-pub(crate) struct ReadSide {
-    read: ReadHalf<Io>,
+pub(crate) struct ReadSide<R = ReadHalf<Io>> {
+    read: R,
     control: Arc<Mutex<Vec<u8>>>,
     bulk: BytesMut,
     /// The last read filled what was asked: more is probably waiting.
@@ -214,13 +214,20 @@ pub(crate) const READ_BUFFER: usize = 256;
 /// What one system call reads from a busy connection.
 const BULK_READ: usize = 16 * 1024;
 
-impl AsyncRead for ReadSide {
+impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<R> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.bulk.is_empty() && this.busy {
             this.bulk.reserve(BULK_READ);
-            let read = ready!(poll_read_buf(Pin::new(&mut this.read), cx, &mut this.bulk))?;
-            this.busy = read == BULK_READ;
+            match poll_read_buf(Pin::new(&mut this.read), cx, &mut this.bulk) {
+                Poll::Ready(read) => this.busy = read? == BULK_READ,
+                Poll::Pending => {
+                    // Nothing more after all: wait without the buffer.
+                    this.bulk = BytesMut::new();
+                    this.busy = false;
+                    return Poll::Pending;
+                }
+            }
         }
         if !this.bulk.is_empty() {
             let taken = buf.remaining().min(this.bulk.len());
@@ -238,7 +245,7 @@ impl AsyncRead for ReadSide {
     }
 }
 
-impl AsyncWrite for ReadSide {
+impl<R: Unpin> AsyncWrite for ReadSide<R> {
     fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         // Bounded by the replies a connection may have unread: each ping
         // counts as one (Outbox::push_transport_reply).
@@ -359,6 +366,36 @@ mod tests {
     use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
     use super::*;
+
+    /// A client that filled the small read is read in bulk, and a bulk
+    /// read that finds nothing waits without holding its buffer.
+    #[tokio::test]
+    async fn a_busy_client_is_read_in_bulk_and_an_idle_one_holds_no_buffer() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut side = ReadSide {
+            read: server,
+            control: Arc::default(),
+            bulk: BytesMut::new(),
+            busy: false,
+        };
+        client.write_all(&[7u8; 1000]).await.unwrap();
+        let mut small = [0u8; READ_BUFFER];
+        assert_eq!(side.read(&mut small).await.unwrap(), READ_BUFFER);
+        assert!(side.busy, "a full small read means more is waiting");
+        // The next read takes everything left in one go, then hands it out.
+        assert_eq!(side.read(&mut small).await.unwrap(), READ_BUFFER);
+        assert_eq!(side.bulk.len(), 1000 - 2 * READ_BUFFER);
+        let mut rest = vec![0u8; 4096];
+        assert_eq!(side.read(&mut rest).await.unwrap(), 1000 - 2 * READ_BUFFER);
+        assert_eq!(side.bulk.capacity(), 0, "a drained bulk buffer is freed");
+        // Busy again, then nothing comes: the wait holds no buffer.
+        side.busy = true;
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), side.read(&mut small)).await;
+        assert!(waiting.is_err(), "nothing to read");
+        assert_eq!(side.bulk.capacity(), 0, "an idle connection holds no bulk buffer");
+        assert!(!side.busy);
+    }
 
     /// Our headers are what tungstenite parses, at each length boundary.
     #[test]
