@@ -591,8 +591,8 @@ impl Message {
     }
 
     /// The frame cached in `slot`, encoded by `encode` the first time.
-    pub(crate) fn cached_frame(&self, slot: usize, encode: impl FnOnce(&Message) -> Bytes) -> Bytes {
-        self.0.frames[slot].get_or_init(|| encode(self)).clone()
+    pub(crate) fn cached_frame(&self, slot: usize, encode: impl FnOnce(&Message) -> Bytes) -> &Bytes {
+        self.0.frames[slot].get_or_init(|| encode(self))
     }
 }
 

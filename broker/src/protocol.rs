@@ -487,6 +487,14 @@ impl Message {
     /// needs it, then shared by every other.
     pub fn frame(&self, encoding: Encoding) -> Bytes {
         self.cached_frame(encoding.index(), |message| encode_message(message, encoding))
+            .clone()
+    }
+
+    /// Calls `read` with the `msg` event for `encoding`, borrowed: a writer
+    /// that copies it into its own buffer takes no reference count on the
+    /// shared frame per recipient.
+    pub fn with_frame<R>(&self, encoding: Encoding, read: impl FnOnce(&[u8]) -> R) -> R {
+        read(self.cached_frame(encoding.index(), |message| encode_message(message, encoding)))
     }
 }
 

@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::{Bytes, BytesMut};
-use herald_broker::{Acknowledge, CloseReason, Encoding, Session, Transport};
+use herald_broker::{Acknowledge, CloseReason, Encoding, Outbound, Session, Transport};
 use herald_gateway::reads::read_history;
 use herald_gateway::refusal;
 use herald_gateway::{
@@ -180,13 +180,12 @@ async fn open_stream(
     // back within one batch, and the write timeout sees it.
     let (sender, mut receiver) = mpsc::channel::<Bytes>(1);
     let mut writer = StreamWriter {
-        pending: Vec::new(),
+        buffer: BytesMut::new(),
         sender,
     };
-    writer.pending.push(Bytes::from(format!(
-        "retry: {}\n\n",
-        gateway.config.retry.as_millis()
-    )));
+    writer
+        .buffer
+        .extend_from_slice(format!("retry: {}\n\n", gateway.config.retry.as_millis()).as_bytes());
     let writer_config = WriterConfig {
         heartbeat_interval: gateway.config.heartbeat_interval,
         write_timeout: gateway.config.write_timeout,
@@ -214,9 +213,11 @@ async fn open_stream(
     Ok(response)
 }
 
-/// Writes events into the response body: each batch one chunk.
+/// Writes events into the response body: each batch one chunk, the
+/// events copied into it (a message's frame borrowed from the message, so
+/// a recipient takes no reference count on it).
 struct StreamWriter {
-    pending: Vec<Bytes>,
+    buffer: BytesMut,
     sender: mpsc::Sender<Bytes>,
 }
 
@@ -231,23 +232,23 @@ impl StreamWriter {
 
 impl EventWriter for StreamWriter {
     async fn feed(&mut self, frame: Bytes) -> io::Result<()> {
-        self.pending.push(frame);
+        self.buffer.extend_from_slice(&frame);
+        Ok(())
+    }
+
+    async fn write_event(&mut self, event: &Outbound, encoding: Encoding) -> io::Result<()> {
+        match event.message() {
+            Some(message) => message.with_frame(encoding, |frame| self.buffer.extend_from_slice(frame)),
+            None => self.buffer.extend_from_slice(&event.encode(encoding)),
+        }
         Ok(())
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        let chunk = match self.pending.len() {
-            0 => return Ok(()),
-            // A lone event goes out as the shared frame itself, uncopied.
-            1 => self.pending.pop().expect("one pending"),
-            _ => {
-                let mut chunk = BytesMut::with_capacity(self.pending.iter().map(Bytes::len).sum());
-                self.pending
-                    .drain(..)
-                    .for_each(|frame| chunk.extend_from_slice(&frame));
-                chunk.freeze()
-            }
-        };
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buffer.split().freeze();
         self.send(chunk).await
     }
 
