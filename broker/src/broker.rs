@@ -440,7 +440,7 @@ impl Broker {
     }
 
     /// Publishes what the caller has checked (the subject, and the size
-    /// with headers: [`Session::check_publish`](crate::Session::check_publish)
+    /// with headers: [`Publisher::check`](crate::Publisher::check)
     /// does), delivering to every matching subscriber but `skip` (the
     /// publisher's own connection, when it asked not to be echoed).
     pub(crate) fn publish_checked(

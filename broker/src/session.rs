@@ -809,12 +809,6 @@ impl Session {
         self.publisher.publish_batch(batch)
     }
 
-    /// Everything [`Session::publish`] checks before publishing: the subject,
-    /// the permission and the payload size.
-    pub fn check_publish(&self, subject: &str, payload_len: usize) -> Result<(), SessionError> {
-        self.publisher.check(subject, payload_len)
-    }
-
     /// Reads history for `subject` (a pattern). With `since`: the first
     /// `limit` messages after it, oldest first, so a client can page forward.
     /// Without: the newest `limit` messages.
