@@ -309,6 +309,129 @@ async fn msgpack_and_json_clients_receive_the_same_messages() {
     server.shutdown().await;
 }
 
+/// The events of every frame until `count` events arrived: a JSON text
+/// frame split into lines, a MessagePack binary frame into its values.
+async fn events_by_frame(client: &mut Client, count: usize) -> Vec<Vec<ServerEvent>> {
+    let mut frames = Vec::new();
+    let mut received = 0;
+    while received < count {
+        let frame = tokio::time::timeout(support::PATIENCE, client.socket.next())
+            .await
+            .expect("events within the test's patience")
+            .expect("socket open")
+            .expect("socket healthy");
+        let events: Vec<ServerEvent> = match frame {
+            Message::Text(text) => text
+                .as_str()
+                .split('\n')
+                .map(|line| {
+                    herald_broker::protocol::decode_event(Encoding::Json, line.as_bytes())
+                        .expect("one event per line")
+                })
+                .collect(),
+            Message::Binary(binary) => {
+                let mut rest = &binary[..];
+                let mut values = Vec::new();
+                while !rest.is_empty() {
+                    let mut decoder = rmp_serde::Deserializer::new(rest);
+                    let value: ServerEvent =
+                        serde::Deserialize::deserialize(&mut decoder).expect("one value");
+                    rest = decoder.get_ref();
+                    values.push(value);
+                }
+                values
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected events, got {other:?}"),
+        };
+        received += events.len();
+        frames.push(events);
+    }
+    assert_eq!(received, count, "no more events than published");
+    frames
+}
+
+/// The `.batch` subprotocols pack what one write holds into as few frames
+/// as fit: JSON events one per line (payloads published with line breaks
+/// included), MessagePack values back to back. Without one, every frame
+/// is one event. The server prefers a batching subprotocol when offered
+/// with the plain one, as the JavaScript client offers them.
+#[tokio::test]
+async fn a_batching_client_gets_several_events_per_frame() {
+    const MESSAGES: usize = 40;
+    let server = Server::start(|config| {
+        herald::open_for_development(config);
+        // Long enough that the whole batch lands within one gathering.
+        config.server.write_delay = Duration::from_millis(100);
+    })
+    .await;
+    let mut json_lines =
+        Client::connect_offering(&server, "herald.json.batch, herald.json", "herald.json.batch").await;
+    let mut msgpack_values =
+        Client::connect_offering(&server, "herald.msgpack.batch", "herald.msgpack.batch").await;
+    let mut one_per_frame = Client::connect_offering(&server, "herald.json", "herald.json").await;
+    for client in [&mut json_lines, &mut msgpack_values, &mut one_per_frame] {
+        client.subscribe("packed.*", None).await;
+    }
+    // Pretty-printed: every payload arrives with raw line breaks in it.
+    let messages: Vec<Value> = (0..MESSAGES)
+        .map(|n| json!({"subject": "packed.a", "data": {"n": n, "text": "two\nlines"}}))
+        .collect();
+    let body = serde_json::to_string_pretty(&json!({ "messages": messages })).unwrap();
+    assert!(body.contains("\"data\": {\n"), "{body}");
+    let response = reqwest::Client::new()
+        .post(server.url("/v1/publish"))
+        .bearer_auth(support::PUBLISHER_KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let expected: Vec<Value> = (0..MESSAGES)
+        .map(|n| json!({"n": n, "text": "two\nlines"}))
+        .collect();
+    let data = |frames: &[Vec<ServerEvent>]| -> Vec<Value> {
+        frames
+            .iter()
+            .flatten()
+            .map(|event| match event {
+                ServerEvent::Msg { data, .. } => data.clone(),
+                other => panic!("a message, got {other:?}"),
+            })
+            .collect()
+    };
+    for client in [&mut json_lines, &mut msgpack_values] {
+        let frames = events_by_frame(client, MESSAGES).await;
+        assert_eq!(data(&frames), expected, "in order, none lost, payloads intact");
+        assert!(frames.len() <= 3, "{} frames for {MESSAGES} events", frames.len());
+    }
+    let frames = events_by_frame(&mut one_per_frame, MESSAGES).await;
+    assert_eq!(data(&frames), expected);
+    assert!(
+        frames.iter().all(|events| events.len() == 1),
+        "one event per frame"
+    );
+    // Replies are packed too, and still answer in order.
+    for id in 1..=3 {
+        json_lines.send(json!({"op": "ping", "id": id})).await;
+    }
+    let pongs: Vec<ServerEvent> = events_by_frame(&mut json_lines, 3)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let ids: Vec<Option<u64>> = pongs
+        .iter()
+        .map(|event| match event {
+            ServerEvent::Pong { id } => *id,
+            other => panic!("a pong, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, [Some(1), Some(2), Some(3)]);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn bad_input_gets_documented_errors_and_the_connection_keeps_working() {
     let server = Server::dev().await;

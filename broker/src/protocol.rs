@@ -530,7 +530,7 @@ fn encode_message(message: &Message, encoding: Encoding) -> Bytes {
             }
             if payload.is_json() {
                 out.extend_from_slice(br#","data":"#);
-                out.extend_from_slice(payload.body());
+                put_one_line(&mut out, payload.body());
             } else {
                 use base64::Engine as _;
                 out.extend_from_slice(br#","data_base64":""#);
@@ -599,6 +599,23 @@ impl Serialize for HeaderMap<'_> {
 /// JSON as `data:`. A payload may hold line breaks (pretty-printed JSON);
 /// each starts a new `data:` line, which the client joins with `\n`, so
 /// it reads back the same JSON value.
+/// Appends JSON text as one line. In valid JSON a raw line break can only
+/// be whitespace between tokens (inside a string it must be escaped), so
+/// it becomes a space: the value is the same, and every JSON event is one
+/// line, which lets several events share a WebSocket frame (JSON lines) and
+/// an SSE event keep one `data:` line.
+fn put_one_line(out: &mut Vec<u8>, json: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(json);
+    if json.iter().any(|byte| matches!(byte, b'\n' | b'\r')) {
+        for byte in &mut out[start..] {
+            if matches!(byte, b'\n' | b'\r') {
+                *byte = b' ';
+            }
+        }
+    }
+}
+
 fn event_stream_frame(event: &str, id: Option<Position>, json: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(json.len() + event.len() + 48);
     if let Some(id) = id {

@@ -391,6 +391,35 @@ fn event_stream_frames_carry_ids_and_survive_line_breaks_in_payloads() {
     assert_eq!(batch[1].encode(Encoding::EventStream).as_ptr(), frame.as_ptr());
 }
 
+/// Every JSON event is one line, whatever line breaks its payload was
+/// published with, so that events can be packed into one WebSocket frame
+/// as JSON lines; the value is unchanged.
+#[test]
+fn json_events_are_one_line_each() {
+    let (broker, _clock) = common::broker(Default::default());
+    let mut session = common::session(&broker);
+    session.subscribe(&["s.*"], None, Acknowledge::Never).unwrap();
+    let payload = "{\r\n  \"text\": \"two\\nlines\",\n  \"n\": [1,\r 2]\n}";
+    broker.publish("s.a", common::json(payload)).unwrap();
+    let batch = common::take_raw(&session);
+    let frame = batch[0].encode(Encoding::Json);
+    assert!(
+        !frame.iter().any(|byte| matches!(byte, b'\n' | b'\r')),
+        "{:?}",
+        String::from_utf8_lossy(&frame)
+    );
+    let ServerEvent::Msg { data, .. } = decode_event(Encoding::Json, &frame).unwrap() else {
+        panic!("a message")
+    };
+    assert_eq!(data, json!({"text": "two\nlines", "n": [1, 2]}));
+    // A history answer carries the same one-line frames.
+    session.handle(decode_json(r#"{"op":"history","id":4,"subject":"s.>"}"#).unwrap());
+    let batch = common::take_raw(&session);
+    let frame = batch[0].encode(Encoding::Json);
+    assert!(frame.starts_with(br#"{"op":"history""#));
+    assert!(!frame.contains(&b'\n'), "{:?}", String::from_utf8_lossy(&frame));
+}
+
 /// A transport's own frame (the WebSocket gateway's complete frame) is
 /// made by the first recipient and borrowed by every other, per encoding.
 #[test]

@@ -205,6 +205,27 @@ impl Client {
         Client { socket, encoding }
     }
 
+    /// Connects offering the subprotocols `offered` (comma-separated);
+    /// asserts the server chose `chosen`, whose encoding the client speaks.
+    pub async fn connect_offering(server: &Server, offered: &str, chosen: &str) -> Client {
+        let mut request = format!("ws://{}/ws", server.address)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_str(offered).unwrap());
+        let (socket, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connects");
+        assert_eq!(response.headers()["sec-websocket-protocol"], chosen);
+        let encoding = if chosen.starts_with("herald.msgpack") {
+            Encoding::MsgPack
+        } else {
+            Encoding::Json
+        };
+        Client { socket, encoding }
+    }
+
     /// Connects to `path` (with its query) with extra request headers.
     pub async fn connect_to(server: &Server, path: &str, headers: &[(&str, &str)]) -> Client {
         let mut request = format!("ws://{}{path}", server.address)

@@ -20,7 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use herald_gateway::credentials::Admission;
 
-use crate::socket::{self, FrameWriter, ReadSide, Socket};
+use crate::socket::{self, FrameWriter, Framing, ReadSide, Socket};
 use crate::Gateway;
 
 /// How a connection's reading side ended.
@@ -41,9 +41,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 pub(crate) async fn serve(
     mut socket: Box<Socket>,
     admission: Admission,
-    encoding: Encoding,
+    framing: Framing,
     gateway: Arc<Gateway>,
 ) {
+    let encoding = framing.encoding;
     let (access, auth_id) = match admission {
         Admission::Admitted(access) => (access, None),
         Admission::AwaitingAuth => match Box::pin(first_auth(&mut socket.reader, &gateway)).await {
@@ -63,7 +64,11 @@ pub(crate) async fn serve(
     }
     let outbox = session.outbox().clone();
     let Socket { reader, writer } = &mut *socket;
-    let mut writer = WebSocketWriter { writer, encoding };
+    let mut writer = WebSocketWriter {
+        writer,
+        encoding,
+        separator: framing.separator(),
+    };
     let config = &gateway.config;
     let writer_config = WriterConfig {
         heartbeat_interval: config.heartbeat_interval,
@@ -269,19 +274,50 @@ fn close_reason_for(
 }
 
 /// Writes events as WebSocket frames: text for JSON, binary for
-/// MessagePack. A message's frame is made once and copied to every
-/// recipient's buffer.
+/// MessagePack; one event per frame, or packed into as few frames as fit.
+/// A message's frame is made once and copied to every recipient's buffer.
 struct WebSocketWriter<'a> {
     writer: &'a mut FrameWriter,
     encoding: Encoding,
+    /// What separates packed events; `None`: one event per frame.
+    separator: Option<&'static [u8]>,
 }
 
-/// A message's complete WebSocket frame, kept with the message.
-struct EncodedFrame(Vec<u8>);
+/// A message's complete WebSocket frame, kept with the message: the
+/// header, then the event from `payload_at`.
+struct EncodedFrame {
+    frame: Vec<u8>,
+    payload_at: usize,
+}
+
+impl EncodedFrame {
+    fn new(opcode: u8, payload: &[u8]) -> EncodedFrame {
+        let frame = socket::encode_frame(opcode, payload);
+        EncodedFrame {
+            payload_at: frame.len() - payload.len(),
+            frame,
+        }
+    }
+
+    fn opcode(&self) -> u8 {
+        self.frame[0] & 0x0f
+    }
+
+    fn payload(&self) -> &[u8] {
+        &self.frame[self.payload_at..]
+    }
+}
 
 impl EventWriter for WebSocketWriter<'_> {
     async fn feed(&mut self, frame: Bytes) -> io::Result<()> {
-        self.writer.push(opcode_for(self.encoding, &frame), &frame).await
+        let opcode = opcode_for(self.encoding, &frame);
+        match self.separator {
+            Some(separator) => {
+                self.writer.append_packed(opcode, separator, &frame);
+                self.writer.write_if_full().await
+            }
+            None => self.writer.push(opcode, &frame).await,
+        }
     }
 
     async fn write_event(&mut self, event: &Outbound, encoding: Encoding) -> io::Result<()> {
@@ -292,9 +328,14 @@ impl EventWriter for WebSocketWriter<'_> {
             encoding,
             |message| {
                 let payload = message.frame(encoding);
-                EncodedFrame(socket::encode_frame(opcode_for(encoding, &payload), &payload))
+                EncodedFrame::new(opcode_for(encoding, &payload), &payload)
             },
-            |frame| self.writer.append_encoded(&frame.0),
+            |encoded| match self.separator {
+                Some(separator) => self
+                    .writer
+                    .append_packed(encoded.opcode(), separator, encoded.payload()),
+                None => self.writer.append_encoded(&encoded.frame),
+            },
         );
         self.writer.write_if_full().await
     }

@@ -3,7 +3,8 @@
 //! Herald's WebSocket gateway: `GET /ws` upgrades to a WebSocket whose
 //! frames are the client protocol (`docs/protocol.md`), JSON text frames by
 //! default or MessagePack binary frames when the client asks for the
-//! `herald.msgpack` subprotocol. It is the adapter between WebSocket frames
+//! `herald.msgpack` subprotocol, one event per frame or, with a `.batch`
+//! subprotocol, as many as one write holds. It is the adapter between WebSocket frames
 //! and a broker [`Session`](herald_broker::Session); credentials, limits,
 //! the writer loop and disconnect reasons come from the gateway kit
 //! (`herald-gateway`). No routing happens here.
@@ -32,6 +33,12 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig as FrameLimits;
 pub const MSGPACK_PROTOCOL: &str = "herald.msgpack";
 /// Subprotocol selecting JSON text frames (also the default without one).
 pub const JSON_PROTOCOL: &str = "herald.json";
+/// Subprotocol selecting MessagePack binary frames, several events per
+/// frame: values back to back.
+pub const MSGPACK_BATCH_PROTOCOL: &str = "herald.msgpack.batch";
+/// Subprotocol selecting JSON text frames, several events per frame: one
+/// per line.
+pub const JSON_BATCH_PROTOCOL: &str = "herald.json.batch";
 
 /// The `[websocket]` section of the configuration, with its comments.
 pub const DEFAULT_CONFIG: &str = include_str!("websocket.default.toml");
@@ -141,9 +148,9 @@ async fn upgrade(
         .read_buffer_size(socket::READ_BUFFER)
         // It writes only pongs and close replies, into a buffer of ours.
         .write_buffer_size(0);
-    let encoding = upgrade.encoding();
+    let framing = upgrade.framing();
     let connections = gateway.context.connections.clone();
     upgrade.on_upgrade(limits, move |socket| {
-        connections.track_future(connection::serve(socket, admission, encoding, gateway))
+        connections.track_future(connection::serve(socket, admission, framing, gateway))
     })
 }

@@ -10,6 +10,12 @@
 //! system call. Per recipient that is a copy, and nothing else: no frame
 //! encoding, no reference counting, no lock shared with the reader.
 //!
+//! A client that asked for a batching subprotocol (`herald.json.batch`,
+//! `herald.msgpack.batch`) gets the events of one write packed into as few
+//! frames as fit: JSON events one per line, MessagePack values back to
+//! back. Per recipient that is still a copy of each event; the client
+//! handles one frame where it handled many.
+//!
 //! What tungstenite writes (pongs, the reply to a client's close) goes to
 //! a small buffer the writer sends ahead of its own frames at its next
 //! flush.
@@ -37,7 +43,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::io::poll_read_buf;
 
-use crate::{JSON_PROTOCOL, MSGPACK_PROTOCOL};
+use crate::{JSON_BATCH_PROTOCOL, JSON_PROTOCOL, MSGPACK_BATCH_PROTOCOL, MSGPACK_PROTOCOL};
 
 type Io = TokioIo<Upgraded>;
 
@@ -82,9 +88,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
         let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
             .expect("base64 is a valid header value");
         let offered = |wanted: &str| header_has_token(&parts.headers, header::SEC_WEBSOCKET_PROTOCOL, wanted);
-        let protocol = [MSGPACK_PROTOCOL, JSON_PROTOCOL]
-            .into_iter()
-            .find(|protocol| offered(protocol));
+        // The server's preference, whatever the client's order: MessagePack
+        // over JSON, each batched over one event per frame.
+        let protocol = [
+            MSGPACK_BATCH_PROTOCOL,
+            MSGPACK_PROTOCOL,
+            JSON_BATCH_PROTOCOL,
+            JSON_PROTOCOL,
+        ]
+        .into_iter()
+        .find(|protocol| offered(protocol));
         let on_upgrade = parts
             .extensions
             .remove::<OnUpgrade>()
@@ -97,13 +110,40 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
     }
 }
 
-impl Upgrade {
-    /// The encoding the client chose by subprotocol (JSON without one).
-    pub(crate) fn encoding(&self) -> Encoding {
-        match self.protocol {
-            Some(MSGPACK_PROTOCOL) => Encoding::MsgPack,
-            _ => Encoding::Json,
+/// How a connection's events are framed, as the client chose by
+/// subprotocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Framing {
+    /// JSON text frames (also without a subprotocol) or MessagePack binary
+    /// frames.
+    pub(crate) encoding: Encoding,
+    /// Several events per frame (the `.batch` subprotocols).
+    pub(crate) batched: bool,
+}
+
+impl Framing {
+    /// What separates two events packed into one frame: a line break
+    /// between JSON events (each is one line), nothing between MessagePack
+    /// values (each says where it ends). `None`: one event per frame.
+    pub(crate) fn separator(self) -> Option<&'static [u8]> {
+        match (self.batched, self.encoding) {
+            (false, _) => None,
+            (true, Encoding::MsgPack) => Some(b""),
+            (true, _) => Some(b"\n"),
         }
+    }
+}
+
+impl Upgrade {
+    /// The framing the client chose by subprotocol (JSON, one event per
+    /// frame, without one).
+    pub(crate) fn framing(&self) -> Framing {
+        let encoding = match self.protocol {
+            Some(MSGPACK_PROTOCOL | MSGPACK_BATCH_PROTOCOL) => Encoding::MsgPack,
+            _ => Encoding::Json,
+        };
+        let batched = matches!(self.protocol, Some(MSGPACK_BATCH_PROTOCOL | JSON_BATCH_PROTOCOL));
+        Framing { encoding, batched }
     }
 
     /// Answers 101 and runs `serve` with the connection once hyper hands
@@ -188,6 +228,7 @@ impl Socket {
                 write,
                 out: Vec::new(),
                 control,
+                packing: None,
             },
         }
     }
@@ -271,22 +312,74 @@ fn lock(control: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
 /// and not kept once flushed: an idle connection holds none.
 const WRITE_CHUNK: usize = 64 * 1024;
 
+/// Largest payload of a frame events are packed into: its length fits the
+/// two-byte form of the header reserved for it. An event larger than this
+/// gets a frame of its own.
+const MAX_PACKED: usize = 0xffff;
+/// The header reserved for a frame being packed: a two-byte length.
+const PACKED_HEADER: usize = 4;
+
 /// Herald's side of the connection: frames gathered in a buffer, written
 /// out on flush.
-pub(crate) struct FrameWriter {
-    write: WriteHalf<Io>,
+pub(crate) struct FrameWriter<W = WriteHalf<Io>> {
+    write: W,
     out: Vec<u8>,
     control: Arc<Mutex<Vec<u8>>>,
+    /// The frame events are being packed into: where its header starts in
+    /// `out`, and its opcode. Its length is written when it is closed.
+    packing: Option<(usize, u8)>,
 }
 
-impl FrameWriter {
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Adds a complete frame; [`FrameWriter::write_if_full`] next.
     pub(crate) fn append_encoded(&mut self, frame: &[u8]) {
+        self.close_packed();
         self.out.extend_from_slice(frame);
+    }
+
+    /// Adds `event` to the frame being packed when it is of the same
+    /// `opcode` and has room, after `separator`; otherwise closes that frame
+    /// and starts another. [`FrameWriter::write_if_full`] next.
+    pub(crate) fn append_packed(&mut self, opcode: u8, separator: &[u8], event: &[u8]) {
+        if let Some((start, packing)) = self.packing {
+            let length = self.out.len() - start - PACKED_HEADER;
+            if packing == opcode && length + separator.len() + event.len() <= MAX_PACKED {
+                self.out.extend_from_slice(separator);
+                self.out.extend_from_slice(event);
+                return;
+            }
+            self.close_packed();
+        }
+        if event.len() > MAX_PACKED {
+            put_header(&mut self.out, opcode, event.len());
+        } else {
+            self.packing = Some((self.out.len(), opcode));
+            self.out.extend_from_slice(&[0; PACKED_HEADER]);
+        }
+        self.out.extend_from_slice(event);
+    }
+
+    /// Writes the header of the frame being packed, now that its length is
+    /// known; a short frame's header is two bytes, not the four reserved.
+    fn close_packed(&mut self) {
+        let Some((start, opcode)) = self.packing.take() else {
+            return;
+        };
+        let length = self.out.len() - start - PACKED_HEADER;
+        self.out[start] = 0x80 | opcode;
+        if length <= 125 {
+            self.out[start + 1] = length as u8;
+            self.out.copy_within(start + PACKED_HEADER.., start + 2);
+            self.out.truncate(self.out.len() - 2);
+        } else {
+            self.out[start + 1] = 126;
+            self.out[start + 2..start + PACKED_HEADER].copy_from_slice(&(length as u16).to_be_bytes());
+        }
     }
 
     /// Adds a frame of `opcode` around `payload`.
     pub(crate) async fn push(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
+        self.close_packed();
         put_header(&mut self.out, opcode, payload.len());
         self.out.extend_from_slice(payload);
         self.write_if_full().await
@@ -295,6 +388,7 @@ impl FrameWriter {
     /// Writes the buffer out once it holds `WRITE_CHUNK` bytes.
     pub(crate) async fn write_if_full(&mut self) -> io::Result<()> {
         if self.out.len() >= WRITE_CHUNK {
+            self.close_packed();
             self.write.write_all(&self.out).await?;
             self.out.clear();
         }
@@ -303,6 +397,7 @@ impl FrameWriter {
 
     /// Writes out tungstenite's answers, then every frame added.
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        self.close_packed();
         let control = std::mem::take(&mut *lock(&self.control));
         if !control.is_empty() {
             self.write.write_all(&control).await?;
@@ -362,7 +457,7 @@ pub(crate) fn encode_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
     use super::*;
@@ -395,6 +490,85 @@ mod tests {
         assert!(waiting.is_err(), "nothing to read");
         assert_eq!(side.bulk.capacity(), 0, "an idle connection holds no bulk buffer");
         assert!(!side.busy);
+    }
+
+    /// Every frame in `bytes`, as tungstenite reads them: opcode and payload.
+    fn frames_in(bytes: &[u8]) -> Vec<(OpCode, Vec<u8>)> {
+        let mut cursor = std::io::Cursor::new(bytes);
+        let mut frames = Vec::new();
+        while (cursor.position() as usize) < bytes.len() {
+            let (header, length) = FrameHeader::parse(&mut cursor).unwrap().expect("a whole header");
+            assert!(header.is_final && header.mask.is_none());
+            let start = cursor.position() as usize;
+            let end = start + length as usize;
+            assert!(end <= bytes.len(), "a whole payload");
+            frames.push((header.opcode, bytes[start..end].to_vec()));
+            cursor.set_position(end as u64);
+        }
+        frames
+    }
+
+    fn writer() -> FrameWriter<Vec<u8>> {
+        FrameWriter {
+            write: Vec::new(),
+            out: Vec::new(),
+            control: Arc::default(),
+            packing: None,
+        }
+    }
+
+    const TEXT: OpCode = OpCode::Data(Data::Text);
+    const BINARY: OpCode = OpCode::Data(Data::Binary);
+
+    /// Packed events share frames as long as they are of one type and fit
+    /// `MAX_PACKED`; every header is the shortest for its length; a larger
+    /// event has a frame of its own; a control frame or a flush ends the
+    /// frame being packed, and order is kept throughout.
+    #[tokio::test]
+    async fn events_are_packed_into_frames_of_the_shortest_header() {
+        let mut writer = writer();
+        for event in [&b"{\"a\":1}"[..], b"{\"b\":2}", b"{\"c\":3}"] {
+            writer.append_packed(OPCODE_TEXT, b"\n", event);
+        }
+        writer.push(OPCODE_PING, b"").await.unwrap();
+        writer.append_packed(OPCODE_TEXT, b"\n", &[b'd'; 200]);
+        writer.append_packed(OPCODE_BINARY, b"", b"\x81\xa1x\x01");
+        writer.append_packed(OPCODE_BINARY, b"", b"\x80");
+        writer.flush().await.unwrap();
+        let frames = frames_in(&writer.write);
+        let expected: Vec<(OpCode, Vec<u8>)> = vec![
+            (TEXT, b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}".to_vec()),
+            (OpCode::Control(Control::Ping), vec![]),
+            (TEXT, vec![b'd'; 200]),
+            (BINARY, b"\x81\xa1x\x01\x80".to_vec()),
+        ];
+        assert_eq!(frames, expected);
+        // Shortest headers: 2 bytes for up to 125, 4 for the 200-byte frame.
+        assert_eq!(writer.write.len(), (2 + 23) + 2 + (4 + 200) + (2 + 5));
+
+        // Frames fill up to MAX_PACKED, never splitting an event; a larger
+        // event goes alone; the buffer is written out in whole frames.
+        let mut writer = writer_with_events(&[30_000, 30_000, 30_000, 70_000, 10]).await;
+        writer.flush().await.unwrap();
+        let sizes: Vec<usize> = frames_in(&writer.write)
+            .iter()
+            .map(|(_, payload)| payload.len())
+            .collect();
+        assert_eq!(sizes, [60_001, 30_000, 70_000, 10]);
+        assert!(sizes.iter().all(|size| *size <= MAX_PACKED || *size == 70_000));
+    }
+
+    /// Events of `sizes` bytes, each its size's digit repeated, packed with
+    /// `write_if_full` after each, as the connection's writer does; what
+    /// was written out so far is whole frames.
+    async fn writer_with_events(sizes: &[usize]) -> FrameWriter<Vec<u8>> {
+        let mut writer = writer();
+        for (index, size) in sizes.iter().enumerate() {
+            writer.append_packed(OPCODE_TEXT, b"\n", &vec![b'0' + index as u8; *size]);
+            writer.write_if_full().await.unwrap();
+            frames_in(&writer.write);
+        }
+        writer
     }
 
     /// Our headers are what tungstenite parses, at each length boundary.
