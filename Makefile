@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test test-clients client-deps test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth bench-nats bench-publish bench-cluster bench-quic flamegraph doc clean
+.PHONY: test test-clients client-deps test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth bench-batch bench-nats bench-publish bench-cluster bench-quic flamegraph doc clean
 
 ## Run every test in the workspace (unit, integration, property, doc tests).
 test:
@@ -173,6 +173,19 @@ flamegraph:
 bench-quic:
 	$(CARGO) build --release -p herald -p herald-bench
 	./target/release/herald-bench quic
+
+## Several events per WebSocket frame (herald.json.batch) vs one
+## (herald.json), with nats-server's WebSocket listener in the same
+## minutes: fan-out to 1 000 subscribers, three rounds, the order rotating.
+## One JSON line per run.
+bench-batch:
+	$(CARGO) build --release -p herald -p herald-bench
+	for order in "herald-ws-json herald-ws-json-single nats-ws" "herald-ws-json-single nats-ws herald-ws-json" \
+	             "nats-ws herald-ws-json herald-ws-json-single"; do \
+	  for target in $$order; do \
+	    ./target/release/herald-bench fanout --target $$target --subscribers 1000 --seconds 3 || exit 1; \
+	  done; \
+	done
 
 ## Fan-out to 1 000 subscribers each holding a user token vs anonymous
 ## ones, six runs each, which goes first alternating: one JSON line per run.

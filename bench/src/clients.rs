@@ -11,11 +11,13 @@
 //! publisher is a Herald WebSocket connection, so only the delivery side
 //! differs from the WebSocket targets.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{bail, Context};
 use bytes::{Buf, BytesMut};
 use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -31,9 +33,11 @@ use crate::http_subscriber::HttpSubscriber;
 /// What a run is measured against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
-    /// Herald's WebSocket gateway, JSON frames.
+    /// Herald's WebSocket gateway, JSON frames, several events per frame
+    /// (`herald.json.batch`, as the JavaScript client asks).
     HeraldJson,
-    /// Herald's WebSocket gateway, MessagePack frames.
+    /// Herald's WebSocket gateway, MessagePack frames, several events per
+    /// frame (`herald.msgpack.batch`).
     HeraldMsgPack,
     /// nats-server, NATS protocol over TCP.
     NatsTcp,
@@ -57,6 +61,10 @@ pub enum Target {
     /// QUIC endpoint per subscriber, as browsers have. Not in the standard
     /// set; `make bench-quic` compares it with `herald-ws-json`.
     HeraldWebTransport,
+    /// Herald's WebSocket gateway, JSON frames, one event per frame (the
+    /// `herald.json` subprotocol). Not in the standard set; `make
+    /// bench-batch` compares it with `herald-ws-json`.
+    HeraldJsonSingle,
 }
 
 /// The HS256 secret every Herald the load generator starts accepts tokens
@@ -119,6 +127,7 @@ impl Target {
             Target::HeraldLongPoll => "herald-longpoll",
             Target::HeraldJsonToken => "herald-ws-json-token",
             Target::HeraldWebTransport => "herald-wt-json",
+            Target::HeraldJsonSingle => "herald-ws-json-single",
         }
     }
 
@@ -132,6 +141,7 @@ impl Target {
                 | Target::HeraldLongPoll
                 | Target::HeraldJsonToken
                 | Target::HeraldWebTransport
+                | Target::HeraldJsonSingle
         )
     }
 
@@ -176,7 +186,11 @@ impl Target {
     pub fn parse(name: &str) -> anyhow::Result<Target> {
         Target::ALL
             .into_iter()
-            .chain([Target::HeraldJsonToken, Target::HeraldWebTransport])
+            .chain([
+                Target::HeraldJsonToken,
+                Target::HeraldWebTransport,
+                Target::HeraldJsonSingle,
+            ])
             .find(|target| target.name() == name)
             .with_context(|| format!("unknown target {name:?}"))
     }
@@ -196,8 +210,12 @@ pub fn stamp_of(frame: &[u8]) -> Option<(u64, u64)> {
     Some((ts, n))
 }
 
+/// The number after `key`, which ends with `=`.
 fn number_after(frame: &[u8], key: &[u8]) -> Option<u64> {
-    let start = frame.windows(key.len()).position(|w| w == key)? + key.len();
+    // A vectorised search for the `=`: the stamp lies after a Herald
+    // event's header fields, where a NATS payload starts with it, and the
+    // client must not pay more per event for that.
+    let start = memchr::memchr_iter(b'=', frame).find(|at| frame[..=*at].ends_with(key))? + 1;
     let digits = frame[start..].iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&frame[start..start + digits])
         .ok()?
@@ -236,6 +254,9 @@ pub enum Connection {
     Herald {
         socket: WebSocket,
         msgpack: bool,
+        /// Events of a frame not handed out yet (a batching subprotocol
+        /// packs several into one).
+        unread: VecDeque<Received>,
     },
     NatsTcp {
         stream: TcpStream,
@@ -303,7 +324,10 @@ impl Connection {
         let stream = tcp_from(source, server).await?;
         stream.set_nodelay(true)?;
         match target {
-            Target::HeraldJson | Target::HeraldMsgPack | Target::HeraldJsonToken => {
+            Target::HeraldJson
+            | Target::HeraldMsgPack
+            | Target::HeraldJsonToken
+            | Target::HeraldJsonSingle => {
                 let msgpack = target == Target::HeraldMsgPack;
                 let url = match target {
                     _ if as_backend => format!("ws://{server}/ws?token={BENCH_API_KEY}"),
@@ -311,14 +335,25 @@ impl Connection {
                     _ => format!("ws://{server}/ws"),
                 };
                 let mut request = url.into_client_request()?;
-                if msgpack {
-                    request.headers_mut().insert(
-                        "sec-websocket-protocol",
-                        HeaderValue::from_static("herald.msgpack"),
-                    );
+                let protocol = match target {
+                    Target::HeraldMsgPack => "herald.msgpack.batch",
+                    Target::HeraldJsonSingle => "herald.json",
+                    _ => "herald.json.batch",
+                };
+                request
+                    .headers_mut()
+                    .insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
+                let (socket, response) = tokio_tungstenite::client_async(request, stream).await?;
+                if response.headers().get("sec-websocket-protocol")
+                    != Some(&HeaderValue::from_static(protocol))
+                {
+                    bail!("the server did not choose the {protocol} subprotocol");
                 }
-                let (socket, _) = tokio_tungstenite::client_async(request, stream).await?;
-                Ok(Connection::Herald { socket, msgpack })
+                Ok(Connection::Herald {
+                    socket,
+                    msgpack,
+                    unread: VecDeque::new(),
+                })
             }
             Target::NatsTcp => {
                 let mut connection = Connection::NatsTcp {
@@ -414,7 +449,7 @@ impl Connection {
             Connection::NatsTcp { stream, .. } => stream.write_all(bytes).await?,
             Connection::NatsWebSocket { socket, .. } => socket.send(Message::binary(bytes.to_vec())).await?,
             Connection::HeraldWebTransport(client) => client.send(bytes).await?,
-            Connection::Herald { socket, msgpack } => {
+            Connection::Herald { socket, msgpack, .. } => {
                 let frame = if *msgpack {
                     let value: serde_json::Value = serde_json::from_slice(bytes)?;
                     Message::binary(rmp_serde::to_vec_named(&value)?)
@@ -596,11 +631,22 @@ impl Connection {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Ok(Received::Closed),
                 Some(Ok(_)) => Ok(Received::Other),
             },
-            Connection::Herald { socket, .. } => match socket.next().await {
-                Some(Ok(Message::Text(text))) => Ok(classify_herald(text.as_bytes())),
-                Some(Ok(Message::Binary(binary))) => Ok(classify_herald(&binary)),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Ok(Received::Closed),
-                Some(Ok(_)) => Ok(Received::Other),
+            Connection::Herald { socket, unread, .. } => loop {
+                if let Some(received) = unread.pop_front() {
+                    return Ok(received);
+                }
+                match socket.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        unread.extend(json_lines(text.as_bytes()).map(classify_herald))
+                    }
+                    Some(Ok(Message::Binary(binary))) => {
+                        for value in msgpack_values(&binary)? {
+                            unread.push_back(classify_herald(value));
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(Received::Closed),
+                    Some(Ok(_)) => return Ok(Received::Other),
+                }
             },
             Connection::NatsTcp { stream, parser } => loop {
                 if let Some(received) = parser.next_event() {
@@ -656,14 +702,42 @@ async fn quic_endpoint(server: SocketAddr) -> anyhow::Result<QuicEndpoint> {
     Ok(endpoint)
 }
 
+/// The events of a Herald JSON text frame: one per line (one line
+/// without a batching subprotocol).
+fn json_lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', text)
+        .chain([text.len()])
+        .map(move |end| {
+            let line = &text[start..end];
+            start = end + 1;
+            line
+        })
+}
+
+/// The events of a Herald MessagePack binary frame: values back to back.
+fn msgpack_values(mut frame: &[u8]) -> anyhow::Result<Vec<&[u8]>> {
+    let mut values = Vec::new();
+    while !frame.is_empty() {
+        let mut decoder = rmp_serde::Deserializer::new(frame);
+        serde::de::IgnoredAny::deserialize(&mut decoder).context("a MessagePack value")?;
+        let (value, rest) = frame.split_at(frame.len() - decoder.get_ref().len());
+        values.push(value);
+        frame = rest;
+    }
+    Ok(values)
+}
+
 pub(crate) fn classify_herald(frame: &[u8]) -> Received {
-    // Both encodings carry the op as a string: `"op":"msg"` in JSON, the
-    // bytes `op` then `msg` in MessagePack.
-    if frame.windows(3).any(|w| w == b"msg") && stamp_of(frame).is_some() {
+    // Both encodings carry the op first, as a string: `{"op":"msg"` in
+    // JSON, a map header, the bytes `op` then `msg` in MessagePack.
+    let head = &frame[..frame.len().min(16)];
+    let op_is = |op: &[u8]| head.windows(op.len()).any(|window| window == op);
+    if op_is(b"msg") && stamp_of(frame).is_some() {
         Received::Message(frame.to_vec())
-    } else if frame.windows(3).any(|w| w == b"gap") {
+    } else if op_is(b"gap") {
         Received::Gap
-    } else if frame.windows(4).any(|w| w == b"pong") {
+    } else if op_is(b"pong") {
         Received::Pong
     } else {
         Received::Other
@@ -861,6 +935,31 @@ mod tests {
         assert_eq!(stamp_of(json.as_bytes()), Some((1_700_000_000_000_000, 42)));
         let msgpack = rmp_serde::to_vec_named(&serde_json::json!({"op":"msg","data": text})).unwrap();
         assert_eq!(stamp_of(&msgpack), Some((1_700_000_000_000_000, 42)));
+    }
+
+    /// A batched frame's events, as the server packs them.
+    #[test]
+    fn batched_frames_split_into_their_events() {
+        let events: Vec<&[u8]> = json_lines(b"{\"op\":\"msg\"}\n{\"op\":\"pong\"}").collect();
+        assert_eq!(events, [&b"{\"op\":\"msg\"}"[..], b"{\"op\":\"pong\"}"]);
+        assert_eq!(json_lines(b"{}").collect::<Vec<_>>(), [b"{}"]);
+        // As the server writes them: `op` first.
+        #[derive(serde::Serialize)]
+        struct Event {
+            op: &'static str,
+            data: &'static str,
+        }
+        let first = rmp_serde::to_vec_named(&Event {
+            op: "msg",
+            data: "ts=1 n=2",
+        })
+        .unwrap();
+        let second = rmp_serde::to_vec_named(&Event { op: "pong", data: "" }).unwrap();
+        let frame = [first.clone(), second.clone()].concat();
+        assert_eq!(msgpack_values(&frame).unwrap(), [&first[..], &second[..]]);
+        assert!(matches!(classify_herald(&first), Received::Message(_)));
+        assert!(matches!(classify_herald(&second), Received::Pong));
+        assert!(msgpack_values(&frame[..frame.len() - 1]).is_err(), "a cut value");
     }
 
     #[test]

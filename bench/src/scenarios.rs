@@ -157,6 +157,8 @@ async fn receive_until_done(
     let mut last_sequence: Option<u64> = None;
     // Until publishing ends there is no deadline; after, DRAIN to catch up.
     let mut deadline: Option<tokio::time::Instant> = None;
+    // One timer for the whole drain, not one per event received.
+    let mut drain_timer = Box::pin(sleep_until_some(None));
     loop {
         let total = *published.borrow();
         if total.is_some_and(|total| tally.delivered >= total) {
@@ -164,6 +166,7 @@ async fn receive_until_done(
         }
         if total.is_some() && deadline.is_none() {
             deadline = Some(tokio::time::Instant::now() + DRAIN);
+            drain_timer.set(sleep_until_some(deadline));
         }
         // Checked here as well as in the select below: with thousands of
         // busy receivers the runtime's timer may fire late, and a receiver
@@ -173,7 +176,7 @@ async fn receive_until_done(
         }
         let received = tokio::select! {
             received = connection.receive() => received,
-            () = sleep_until_some(deadline) => break,
+            () = &mut drain_timer => break,
             changed = published.changed(), if total.is_none() => {
                 if changed.is_err() { break; }
                 continue;

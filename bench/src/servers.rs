@@ -63,6 +63,7 @@ impl Binaries {
             | Target::HeraldSse
             | Target::HeraldLongPoll
             | Target::HeraldJsonToken
+            | Target::HeraldJsonSingle
             | Target::HeraldWebTransport => true,
             Target::NatsTcp | Target::NatsWebSocket => self.has_nats(),
             Target::SocketIo => self.has_socketio(),
@@ -106,6 +107,7 @@ impl Server {
             | Target::HeraldSse
             | Target::HeraldLongPoll
             | Target::HeraldJsonToken
+            | Target::HeraldJsonSingle
             | Target::HeraldWebTransport => start_herald(&binaries.herald).await,
             Target::SocketIo => {
                 let mut command = Command::new(&binaries.node);
