@@ -7,6 +7,8 @@ import { test } from "node:test";
 import type { CloseInfo, ConnectionContext, ConnectionEvents, ServerEvent } from "../src/index.js";
 import { longPollTransport } from "../src/transports/longpoll.js";
 import { sseTransport } from "../src/transports/sse.js";
+import type { WebSocketLike } from "../src/transports/types.js";
+import { webSocketTransport } from "../src/transports/websocket.js";
 import { eventually, pos } from "./fakes.js";
 
 interface Seen {
@@ -169,4 +171,59 @@ test("one-way transports: a new subscription set restarts the stream from the gi
   assert.equal(asked[1], `http://herald.test/sse?subject=chat.b ${pos(9)}`);
   assert.equal(seen.closed, undefined);
   connection.close();
+});
+
+/** A WebSocket the test drives: it records what was offered and sent. */
+class FakeSocket implements WebSocketLike {
+  static opened: FakeSocket[] = [];
+  readyState = 0;
+  protocol = "";
+  sent: string[] = [];
+  onopen: WebSocketLike["onopen"] = null;
+  onmessage: WebSocketLike["onmessage"] = null;
+  onclose: WebSocketLike["onclose"] = null;
+  onerror: WebSocketLike["onerror"] = null;
+  constructor(
+    readonly url: string,
+    readonly protocols?: string | string[],
+  ) {
+    FakeSocket.opened.push(this);
+  }
+  send(data: string): void {
+    this.sent.push(data);
+  }
+  close(): void {}
+  /** The server accepts, choosing `protocol`. */
+  accept(protocol: string): void {
+    this.readyState = 1;
+    this.protocol = protocol;
+    this.onopen?.({});
+  }
+}
+
+test("WebSocket: asks for several events per frame and reads one event per line; a server that chose herald.json sends one per frame", async () => {
+  for (const [chosen, frames] of [
+    ["herald.json.batch", [`{"op":"ack","id":1,"pos":"${pos(4)}"}\n{"op":"msg","subject":"chat.a","pos":"${pos(5)}","ts":1,"data":{"n":1}}\n{"op":"pong"}`]],
+    ["herald.json", [`{"op":"ack","id":1,"pos":"${pos(4)}"}`, `{"op":"msg","subject":"chat.a","pos":"${pos(5)}","ts":1,"data":{"n":1}}`, `{"op":"pong"}`]],
+  ] as const) {
+    FakeSocket.opened = [];
+    const { seen, events } = recorder();
+    const connection = webSocketTransport.open(
+      context(undefined as unknown as typeof fetch, { env: { WebSocket: FakeSocket } }),
+      events,
+    );
+    const socket = FakeSocket.opened[0]!;
+    assert.equal(socket.url, "ws://herald.test/ws");
+    assert.deepEqual(socket.protocols, ["herald.json.batch", "herald.json"]);
+    socket.accept(chosen);
+    assert.equal(seen.opened, 1);
+    for (const frame of frames) socket.onmessage!({ data: frame });
+    assert.deepEqual(
+      seen.events.map((event) => event.op),
+      ["ack", "msg", "pong"],
+      `with ${chosen}`,
+    );
+    assert.deepEqual((seen.events[1] as { data: unknown }).data, { n: 1 });
+    connection.close();
+  }
 });

@@ -26,6 +26,8 @@ export type WebSocketConstructor = new (url: string, protocols?: string | string
 
 export interface WebSocketLike {
   readyState: number;
+  /** The subprotocol the server chose ("" for none). */
+  protocol?: string;
   onopen: ((event: unknown) => void) | null;
   onmessage: ((event: { data: unknown }) => void) | null;
   onclose: ((event: { code: number; reason: string }) => void) | null;
