@@ -235,8 +235,12 @@ pub(crate) fn content_length(head: &str) -> Option<usize> {
 /// What a subscriber receives.
 #[derive(Debug)]
 pub enum Received {
-    /// A message frame (the whole frame; payload inside).
-    Message(Vec<u8>),
+    /// A message carrying a load-generator payload ([`payload`]): its
+    /// stamp, read where it arrived, without copying the message.
+    Message {
+        sent_micros: u64,
+        sequence: u64,
+    },
     /// Herald told the subscriber it missed messages.
     Gap,
     /// The answer to [`Connection::request_sync`].
@@ -608,9 +612,7 @@ impl Connection {
                 None => Ok(Received::Closed),
             },
             Connection::Pushpin { socket } => match socket.next().await {
-                Some(Ok(Message::Text(text))) if text.starts_with("ts=") => {
-                    Ok(Received::Message(text.as_bytes().to_vec()))
-                }
+                Some(Ok(Message::Text(text))) if text.starts_with("ts=") => Ok(stamped(text.as_bytes())),
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Ok(Received::Closed),
                 Some(Ok(_)) => Ok(Received::Other),
             },
@@ -621,7 +623,7 @@ impl Connection {
                         socket.send(Message::text("3")).await?;
                         Ok(Received::Other)
                     } else if text.starts_with(r#"42["msg""#) {
-                        Ok(Received::Message(text.as_bytes().to_vec()))
+                        Ok(stamped(text.as_bytes()))
                     } else if text.starts_with("431") {
                         Ok(Received::Pong)
                     } else {
@@ -728,13 +730,25 @@ fn msgpack_values(mut frame: &[u8]) -> anyhow::Result<Vec<&[u8]>> {
     Ok(values)
 }
 
+/// A message with the stamp found in `bytes`; without one, not a
+/// message of this run.
+pub(crate) fn stamped(bytes: &[u8]) -> Received {
+    match stamp_of(bytes) {
+        Some((sent_micros, sequence)) => Received::Message {
+            sent_micros,
+            sequence,
+        },
+        None => Received::Other,
+    }
+}
+
 pub(crate) fn classify_herald(frame: &[u8]) -> Received {
     // Both encodings carry the op first, as a string: `{"op":"msg"` in
     // JSON, a map header, the bytes `op` then `msg` in MessagePack.
     let head = &frame[..frame.len().min(16)];
     let op_is = |op: &[u8]| head.windows(op.len()).any(|window| window == op);
-    if op_is(b"msg") && stamp_of(frame).is_some() {
-        Received::Message(frame.to_vec())
+    if op_is(b"msg") {
+        stamped(frame)
     } else if op_is(b"gap") {
         Received::Gap
     } else if op_is(b"pong") {
@@ -901,9 +915,9 @@ impl NatsParser {
                 if self.buffer.len() < total {
                     return None;
                 }
-                let payload = self.buffer[line_end + 2..line_end + 2 + length].to_vec();
+                let received = stamped(&self.buffer[line_end + 2..line_end + 2 + length]);
                 self.buffer.advance(total);
-                return Some(Received::Message(payload));
+                return Some(received);
             }
             let is_ping = line == b"PING";
             let is_pong = line == b"PONG";
@@ -957,7 +971,13 @@ mod tests {
         let second = rmp_serde::to_vec_named(&Event { op: "pong", data: "" }).unwrap();
         let frame = [first.clone(), second.clone()].concat();
         assert_eq!(msgpack_values(&frame).unwrap(), [&first[..], &second[..]]);
-        assert!(matches!(classify_herald(&first), Received::Message(_)));
+        assert!(matches!(
+            classify_herald(&first),
+            Received::Message {
+                sent_micros: 1,
+                sequence: 2
+            }
+        ));
         assert!(matches!(classify_herald(&second), Received::Pong));
         assert!(msgpack_values(&frame[..frame.len() - 1]).is_err(), "a cut value");
     }
@@ -965,13 +985,20 @@ mod tests {
     #[test]
     fn nats_parser_handles_split_and_batched_input() {
         let mut parser = NatsParser::default();
-        parser.feed(b"INFO {}\r\nMSG a.b 1 5\r\nhel");
+        parser.feed(b"INFO {}\r\nMSG a.b 1 9\r\nts=7 ");
         assert!(parser.next_event().is_none());
-        parser.feed(b"lo\r\nPING\r\nMSG a 1 0\r\n\r\n");
-        assert!(matches!(parser.next_event(), Some(Received::Message(p)) if p == b"hello"));
+        parser.feed(b"n=42\r\nPING\r\nMSG a 1 0\r\n\r\n");
+        assert!(matches!(
+            parser.next_event(),
+            Some(Received::Message {
+                sent_micros: 7,
+                sequence: 42
+            })
+        ));
         assert!(matches!(parser.next_event(), Some(Received::Other)));
         assert!(parser.take_ping());
-        assert!(matches!(parser.next_event(), Some(Received::Message(p)) if p.is_empty()));
+        // No stamp: not one of the run's messages.
+        assert!(matches!(parser.next_event(), Some(Received::Other)));
         assert!(parser.next_event().is_none());
     }
 }

@@ -10,7 +10,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::clients::{classify_herald, stamp_of, Received};
+use crate::clients::{classify_herald, stamped, Received};
 
 /// A Herald subscriber over plain HTTP/1.1: an SSE stream, or a long-poll
 /// loop on one keep-alive connection. Reading is cancel-safe: the buffers
@@ -203,7 +203,7 @@ fn classify_sse(event: &[u8]) -> Received {
         .split(|&b| b == b'\n')
         .find_map(|line| line.strip_prefix(b"event: "))
     {
-        Some(b"msg") if stamp_of(event).is_some() => Received::Message(event.to_vec()),
+        Some(b"msg") => stamped(event),
         Some(b"gap") => Received::Gap,
         Some(b"err") => Received::Closed,
         _ => Received::Other,

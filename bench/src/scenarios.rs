@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::clients::{payload, stamp_of, Connection, Received, Target};
+use crate::clients::{payload, Connection, Received, Target};
 use crate::servers::Server;
 
 /// Connections per source address: stays well inside one address's
@@ -183,10 +183,10 @@ async fn receive_until_done(
             }
         };
         match received {
-            Ok(Received::Message(frame)) => {
-                let Some((sent, sequence)) = stamp_of(&frame) else {
-                    continue;
-                };
+            Ok(Received::Message {
+                sent_micros: sent,
+                sequence,
+            }) => {
                 match last_sequence {
                     Some(last) if sequence == last => tally.duplicates += 1,
                     Some(last) if sequence < last => tally.out_of_order += 1,
