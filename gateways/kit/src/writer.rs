@@ -36,8 +36,9 @@ pub struct WriterConfig {
     pub access_expires_at_millis: Option<u64>,
     /// How long the writer gathers after the first event arrives before it
     /// writes (`server.write_delay`): under load, one write carries many
-    /// events instead of one each. Replies, the close and a queue half full
-    /// are written at once. Zero: write as soon as anything is queued.
+    /// events instead of one each. A connection that has not written for
+    /// this long, replies, the close and a queue half full are written at
+    /// once. Zero: write as soon as anything is queued.
     pub write_delay: Duration,
 }
 
@@ -95,9 +96,12 @@ pub async fn drive<W: EventWriter>(
         (None, None) => (None, CloseReason::StreamExpired),
     };
     let mut closing = false;
+    // When the last batch was written: a connection that wrote within the
+    // delay is busy, and gathers.
+    let mut last_write: Option<Instant> = None;
     loop {
         let next = tokio::select! {
-            next = gather(outbox, &mut batch, config.write_delay) => next,
+            next = gather(outbox, &mut batch, config.write_delay, last_write) => next,
             () = context.shutdown.cancelled(), if !closing => {
                 closing = true;
                 outbox.close(CloseReason::Shutdown);
@@ -133,18 +137,34 @@ pub async fn drive<W: EventWriter>(
             (Err(_elapsed), _) => return slow_consumer(outbox, context),
             (Ok(Err(_)), _) => return DisconnectReason::WriteError,
             (Ok(Ok(())), Some(reason)) => return DisconnectReason::Closed(reason),
-            (Ok(Ok(())), None) => outbox.count_write(),
+            (Ok(Ok(())), None) => {
+                outbox.count_write();
+                last_write = Some(Instant::now());
+            }
         }
     }
 }
 
 /// Takes the next batch: once something is queued, waits up to `delay`
-/// for more unless the queue says it should go now. Cancel-safe: nothing is
-/// taken until the end.
-async fn gather(outbox: &Outbox, batch: &mut VecDeque<Outbound>, delay: Duration) -> Result<(), CloseReason> {
+/// for more unless the queue says it should go now, or the connection last
+/// wrote longer than `delay` ago (as Nagle's algorithm sends at once on an
+/// idle connection: at a rate slower than one write per delay nothing
+/// would join the batch, and waiting would only add latency and a timer).
+/// Cancel-safe: nothing is taken until the end.
+async fn gather(
+    outbox: &Outbox,
+    batch: &mut VecDeque<Outbound>,
+    delay: Duration,
+    last_write: Option<Instant>,
+) -> Result<(), CloseReason> {
     if !delay.is_zero() {
         outbox.ready().await;
-        let deadline = Instant::now() + delay;
+        let now = Instant::now();
+        let busy = last_write.is_some_and(|written| now.duration_since(written) < delay);
+        if !busy {
+            return outbox.next_batch(batch).await;
+        }
+        let deadline = now + delay;
         while !outbox.is_urgent() {
             if tokio::time::timeout_at(deadline, outbox.nudged()).await.is_err() {
                 break;
@@ -289,7 +309,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_write_delay_gathers_what_arrives_within_it_into_one_write() {
+    async fn a_write_delay_gathers_what_arrives_within_it_unless_the_connection_was_idle() {
         let (context, session) = setup();
         let mut writer = Recorder::default();
         let config = WriterConfig {
@@ -299,7 +319,7 @@ mod tests {
         let start = Instant::now();
         let driving = drive(&mut writer, session.outbox(), Encoding::Json, &config, &context);
         let publishing = async {
-            for at in [0, 5, 10, 50] {
+            for at in [0, 5, 10, 15, 80] {
                 tokio::time::sleep_until(start + Duration::from_millis(at)).await;
                 publish(&context, at as u32);
             }
@@ -310,11 +330,13 @@ mod tests {
         assert_eq!(reason, DisconnectReason::Closed(CloseReason::Shutdown));
         let flushes = writer.flushes_since(start);
         assert_eq!(
-            &flushes[..2],
-            &[(20, 3), (70, 1)],
-            "three messages within 20 ms of the first in one write, the fourth 20 ms after it arrived"
+            &flushes[..3],
+            &[(0, 1), (25, 3), (80, 1)],
+            "the first message at once (the connection was idle), the next three within 20 ms \
+             of the write in one write 20 ms after the first of them, the last at once again \
+             (more than 20 ms after the last write)"
         );
-        for (event, data) in writer.fed.iter().zip([0, 5, 10, 50]) {
+        for (event, data) in writer.fed.iter().zip([0, 5, 10, 15, 80]) {
             assert!(event.ends_with(&format!(r#""data":{data}}}"#)), "{event}");
         }
     }
