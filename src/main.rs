@@ -7,13 +7,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use herald::config::{default_config_text, Config};
 
-/// mimalloc instead of the system allocator: a publish allocates its
-/// payload and message and a delivery is freed on another thread, which
-/// glibc's allocator served with a fifth of the server's CPU time in a NATS
-/// publishing run (docs/benchmarks.md, "The allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Herald: a self-hosted real-time message broker.
 ///
 /// Backends publish over HTTP; browsers subscribe over WebSocket, Server-Sent
