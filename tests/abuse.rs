@@ -232,14 +232,7 @@ async fn a_padded_payload_holds_only_its_own_size_in_history() {
     let observed = under_attack(&server, async {
         for index in 0..MESSAGES {
             let body = format!(r#"{{"subject":"padded.{index}","data":1{padding}}}"#);
-            let response = http
-                .post(server.url("/v1/publish"))
-                .bearer_auth(support::PUBLISHER_KEY)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
+            let response = support::post_publish_body(&http, &server, body).await;
             assert_eq!(response.status(), 200);
         }
     })

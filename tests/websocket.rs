@@ -379,14 +379,7 @@ async fn a_batching_client_gets_several_events_per_frame() {
         .collect();
     let body = serde_json::to_string_pretty(&json!({ "messages": messages })).unwrap();
     assert!(body.contains("\"data\": {\n"), "{body}");
-    let response = reqwest::Client::new()
-        .post(server.url("/v1/publish"))
-        .bearer_auth(support::PUBLISHER_KEY)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = support::post_publish_body(&reqwest::Client::new(), &server, body).await;
     assert_eq!(response.status(), 200);
     let expected: Vec<Value> = (0..MESSAGES)
         .map(|n| json!({"n": n, "text": "two\nlines"}))

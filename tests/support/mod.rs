@@ -527,6 +527,19 @@ fn parse_sse_block(block: &str) -> SseEvent {
     event
 }
 
+/// POSTs `body`, as is, to the HTTP API's publish endpoint with the
+/// publisher key.
+pub async fn post_publish_body(client: &reqwest::Client, server: &Server, body: String) -> reqwest::Response {
+    client
+        .post(server.url("/v1/publish"))
+        .bearer_auth(PUBLISHER_KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Publishes a batch over the HTTP API with the publisher key; returns the
 /// positions.
 pub async fn publish_batch(server: &Server, messages: &[(String, Value)]) -> Vec<String> {
