@@ -327,8 +327,9 @@ impl EventWriter for WebSocketWriter<'_> {
         message.with_transport_frame(
             encoding,
             |message| {
-                let payload = message.frame(encoding);
-                EncodedFrame::new(opcode_for(encoding, &payload), &payload)
+                message.with_frame(encoding, |payload| {
+                    EncodedFrame::new(opcode_for(encoding, payload), payload)
+                })
             },
             |encoded| match self.separator {
                 Some(separator) => self
