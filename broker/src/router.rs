@@ -29,7 +29,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use smallvec::SmallVec;
 
-use crate::subject::{Pattern, FULL_WILDCARD, SINGLE_WILDCARD, TOKEN_SEPARATOR};
+use crate::subject::{Pattern, Tokens, FULL_WILDCARD, SINGLE_WILDCARD};
 
 const EXACT_SHARDS: usize = 32;
 
@@ -293,7 +293,7 @@ impl<S: Clone + Eq + Hash> Router<S> {
         // subscriptions need no such care: the shard's lock orders them. A
         // SeqCst load costs what a plain one does on x86.
         if self.wildcard_count.load(Ordering::SeqCst) > 0 {
-            let tokens: SmallVec<[&str; 16]> = subject.split(TOKEN_SEPARATOR).collect();
+            let tokens: SmallVec<[&str; 16]> = Tokens::of(subject).collect();
             collect_matches(&read(&self.wildcards), &tokens, &mut found);
         }
         found

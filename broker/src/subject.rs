@@ -148,8 +148,8 @@ impl Subject {
     }
 
     /// Iterates over the tokens without allocating.
-    pub fn tokens(&self) -> std::str::Split<'_, char> {
-        self.0.split(TOKEN_SEPARATOR)
+    pub fn tokens(&self) -> Tokens<'_> {
+        Tokens::of(&self.0)
     }
 
     pub fn is_system(&self) -> bool {
@@ -207,8 +207,8 @@ impl Pattern {
         self.has_wildcards
     }
 
-    pub fn tokens(&self) -> std::str::Split<'_, char> {
-        self.text.split(TOKEN_SEPARATOR)
+    pub fn tokens(&self) -> Tokens<'_> {
+        Tokens::of(&self.text)
     }
 
     /// Whether `subject` is matched by this pattern. Allocation-free; the
@@ -217,7 +217,7 @@ impl Pattern {
         if !self.has_wildcards {
             return &*self.text == subject;
         }
-        let mut subject_tokens = subject.split(TOKEN_SEPARATOR);
+        let mut subject_tokens = Tokens::of(subject);
         for pattern_token in self.tokens() {
             match pattern_token {
                 FULL_WILDCARD => return subject_tokens.next().is_some(),
@@ -234,6 +234,38 @@ impl Pattern {
             }
         }
         subject_tokens.next().is_none()
+    }
+}
+
+/// The tokens of a subject or pattern, split at each `.` (as
+/// `str::split` would, by a plain byte search: the publish path splits
+/// every subject it routes or checks against a pattern).
+#[derive(Debug, Clone)]
+pub struct Tokens<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Tokens<'a> {
+    pub fn of(text: &'a str) -> Tokens<'a> {
+        Tokens { rest: Some(text) }
+    }
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        match rest.bytes().position(|byte| byte == b'.') {
+            Some(at) => {
+                self.rest = Some(&rest[at + 1..]);
+                Some(&rest[..at])
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
     }
 }
 
@@ -304,29 +336,59 @@ fn check_tokens(text: &str, limits: &SubjectLimits) -> Result<Shape, SubjectErro
             max: limits.max_length,
         });
     }
+    // Every publish checks its subject: one pass over the bytes of each
+    // token, and the character rules only for a token that is not ASCII.
     let mut first_wildcard = None;
     let mut count = 0;
-    let mut tokens = text.split(TOKEN_SEPARATOR).enumerate().peekable();
-    while let Some((index, token)) = tokens.next() {
+    let mut rest = Some(text);
+    while let Some(remaining) = rest {
+        let index = count;
         count += 1;
+        let token = match remaining.bytes().position(|byte| byte == b'.') {
+            Some(at) => {
+                rest = Some(&remaining[at + 1..]);
+                &remaining[..at]
+            }
+            None => {
+                rest = None;
+                remaining
+            }
+        };
         if token.is_empty() {
             return Err(SubjectError::EmptyToken { index });
         }
-        if let Some(found) = token.chars().find(|&c| !is_allowed_in_subject(c)) {
-            return Err(SubjectError::InvalidCharacter { index, found });
+        let mut wildcard_byte = false;
+        if token.is_ascii() {
+            for &byte in token.as_bytes() {
+                // ASCII whitespace and control characters: 0x00-0x20, 0x7f.
+                if byte <= b' ' || byte == 0x7f {
+                    return Err(SubjectError::InvalidCharacter {
+                        index,
+                        found: byte as char,
+                    });
+                }
+                wildcard_byte |= byte == b'*' || byte == b'>';
+            }
+        } else {
+            if let Some(found) = token.chars().find(|&c| !is_allowed_in_subject(c)) {
+                return Err(SubjectError::InvalidCharacter { index, found });
+            }
+            wildcard_byte = token.contains(['*', '>']);
+        }
+        if !wildcard_byte {
+            continue;
         }
         match token {
             SINGLE_WILDCARD => {
                 first_wildcard.get_or_insert(index);
             }
             FULL_WILDCARD => {
-                if tokens.peek().is_some() {
+                if rest.is_some() {
                     return Err(SubjectError::FullWildcardNotLast { index });
                 }
                 first_wildcard.get_or_insert(index);
             }
-            _ if token.contains(['*', '>']) => return Err(SubjectError::PartialWildcard { index }),
-            _ => {}
+            _ => return Err(SubjectError::PartialWildcard { index }),
         }
     }
     if count > limits.max_tokens {
@@ -381,10 +443,80 @@ impl From<Subject> for Pattern {
 mod tests {
     use super::*;
 
+    /// The rules as first written (a char-wise split): the byte-level
+    /// [`check_tokens`] must decide every input the same way.
+    fn reference_check_tokens(text: &str, limits: &SubjectLimits) -> Result<Shape, SubjectError> {
+        if text.is_empty() {
+            return Err(SubjectError::Empty);
+        }
+        if text.len() > limits.max_length {
+            return Err(SubjectError::TooLong {
+                length: text.len(),
+                max: limits.max_length,
+            });
+        }
+        let mut first_wildcard = None;
+        let mut count = 0;
+        let mut tokens = text.split(TOKEN_SEPARATOR).enumerate().peekable();
+        while let Some((index, token)) = tokens.next() {
+            count += 1;
+            if token.is_empty() {
+                return Err(SubjectError::EmptyToken { index });
+            }
+            if let Some(found) = token.chars().find(|&c| !is_allowed_in_subject(c)) {
+                return Err(SubjectError::InvalidCharacter { index, found });
+            }
+            match token {
+                SINGLE_WILDCARD => {
+                    first_wildcard.get_or_insert(index);
+                }
+                FULL_WILDCARD => {
+                    if tokens.peek().is_some() {
+                        return Err(SubjectError::FullWildcardNotLast { index });
+                    }
+                    first_wildcard.get_or_insert(index);
+                }
+                _ if token.contains(['*', '>']) => return Err(SubjectError::PartialWildcard { index }),
+                _ => {}
+            }
+        }
+        if count > limits.max_tokens {
+            return Err(SubjectError::TooManyTokens {
+                count,
+                max: limits.max_tokens,
+            });
+        }
+        Ok(Shape { first_wildcard })
+    }
+
     fn limits() -> SubjectLimits {
         SubjectLimits {
             max_length: 32,
             max_tokens: 4,
+        }
+    }
+
+    proptest::proptest! {
+        /// Random strings over the characters the rules care about (the
+        /// separator, wildcards, whitespace, controls, an invisible format
+        /// character, other non-ASCII letters) get the same verdict from
+        /// both.
+        #[test]
+        fn the_byte_level_check_agrees_with_the_reference(
+            text in "[a.*>\\t \\x00\\x7f\\u{200B}\\u{00E9}\\u{3000}b]{0,12}",
+            max_tokens in 1usize..6,
+        ) {
+            let limits = SubjectLimits { max_length: 24, max_tokens };
+            let fast = check_tokens(&text, &limits).map(|shape| shape.first_wildcard);
+            let reference = reference_check_tokens(&text, &limits).map(|shape| shape.first_wildcard);
+            proptest::prop_assert_eq!(fast, reference);
+        }
+
+        #[test]
+        fn tokens_split_as_str_split_does(text in "[a.é]{0,10}") {
+            let tokens: Vec<&str> = Tokens::of(&text).collect();
+            let split: Vec<&str> = text.split('.').collect();
+            proptest::prop_assert_eq!(tokens, split);
         }
     }
 
