@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// "Now", in milliseconds since the Unix epoch, never going backwards.
 ///
@@ -18,9 +18,14 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
 /// The real clock: wall-clock time at start, advanced monotonically. It
 /// never jumps when the system clock is set; over a long uptime it may drift
 /// from the system clock by whatever NTP corrects in the meantime.
+///
+/// Every publish reads it: it advances by the CPU's time-stamp counter
+/// where that is invariant (`quanta`, a few nanoseconds a read), and by the
+/// OS's monotonic clock elsewhere.
 #[derive(Debug)]
 pub struct SystemClock {
-    origin: Instant,
+    clock: quanta::Clock,
+    origin: quanta::Instant,
     origin_unix_millis: u64,
 }
 
@@ -29,8 +34,10 @@ impl SystemClock {
         let origin_unix_millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_millis() as u64);
+        let clock = quanta::Clock::new();
         SystemClock {
-            origin: Instant::now(),
+            origin: clock.now(),
+            clock,
             origin_unix_millis,
         }
     }
@@ -44,7 +51,8 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn now_millis(&self) -> u64 {
-        self.origin_unix_millis + self.origin.elapsed().as_millis() as u64
+        let elapsed = self.clock.now().saturating_duration_since(self.origin);
+        self.origin_unix_millis + elapsed.as_millis() as u64
     }
 }
 
