@@ -63,7 +63,41 @@ pub struct ParserLimits {
 const MAX_ARGUMENTS: usize = 4;
 
 /// The operations a client may send.
-const VERBS: [&str; 7] = ["PING", "PONG", "CONNECT", "SUB", "UNSUB", "PUB", "HPUB"];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Ping,
+    Pong,
+    Connect,
+    Sub,
+    Unsub,
+    Pub,
+    Hpub,
+}
+
+impl Verb {
+    /// The operation named by `word`, in any case.
+    fn of(word: &[u8]) -> Option<Verb> {
+        let mut upper = [0u8; 7];
+        let upper = upper.get_mut(..word.len())?;
+        for (to, from) in upper.iter_mut().zip(word) {
+            *to = from.to_ascii_uppercase();
+        }
+        Some(match &*upper {
+            b"PUB" => Verb::Pub,
+            b"HPUB" => Verb::Hpub,
+            b"PING" => Verb::Ping,
+            b"PONG" => Verb::Pong,
+            b"SUB" => Verb::Sub,
+            b"UNSUB" => Verb::Unsub,
+            b"CONNECT" => Verb::Connect,
+            _ => return None,
+        })
+    }
+}
+
+fn is_blank(byte: u8) -> bool {
+    byte == b' ' || byte == b'\t'
+}
 
 /// The first whole operation in `input` and how many bytes it took;
 /// `Ok(None)` when more bytes are needed.
@@ -71,11 +105,8 @@ pub fn parse<'a>(
     input: &'a [u8],
     limits: &ParserLimits,
 ) -> Result<Option<(ClientOp<'a>, usize)>, ParseError> {
-    let Some(end) = input
-        .iter()
-        .take(limits.max_control_line + 2)
-        .position(|&b| b == b'\n')
-    else {
+    let window = &input[..input.len().min(limits.max_control_line + 2)];
+    let Some(end) = memchr::memchr(b'\n', window) else {
         return if input.len() > limits.max_control_line + 1 {
             Err(ParseError::ControlLineTooLong)
         } else {
@@ -88,45 +119,45 @@ pub fn parse<'a>(
         return Err(ParseError::ControlLineTooLong);
     }
     let line = std::str::from_utf8(line).map_err(|_| ParseError::UnknownOperation)?;
-    let is_blank = |c: char| c == ' ' || c == '\t';
-    let (verb, rest) = match line.find(is_blank) {
-        Some(at) => (&line[..at], line[at..].trim_start_matches(is_blank)),
-        None => (line, ""),
-    };
-    let verb_is = |name: &str| verb.eq_ignore_ascii_case(name);
-    if !VERBS.iter().any(|known| verb_is(known)) {
-        return Err(ParseError::UnknownOperation);
-    }
+    let verb_end = line.bytes().position(is_blank).unwrap_or(line.len());
+    let verb = Verb::of(&line.as_bytes()[..verb_end]).ok_or(ParseError::UnknownOperation)?;
+    let rest = line[verb_end..].trim_start_matches([' ', '\t']);
     let mut arguments = [""; MAX_ARGUMENTS];
     let mut count = 0;
-    for argument in rest.split(is_blank).filter(|part| !part.is_empty()) {
-        // CONNECT reads `rest` whole; no other operation has this many.
-        if count == MAX_ARGUMENTS && !verb_is("CONNECT") {
-            return Err(ParseError::Malformed);
-        }
-        if count < MAX_ARGUMENTS {
-            arguments[count] = argument;
+    // CONNECT reads `rest` whole; no other operation has more arguments
+    // than MAX_ARGUMENTS.
+    if verb != Verb::Connect {
+        let bytes = rest.as_bytes();
+        let mut at = 0;
+        while at < bytes.len() {
+            if is_blank(bytes[at]) {
+                at += 1;
+                continue;
+            }
+            let start = at;
+            while at < bytes.len() && !is_blank(bytes[at]) {
+                at += 1;
+            }
+            if count == MAX_ARGUMENTS {
+                return Err(ParseError::Malformed);
+            }
+            arguments[count] = &rest[start..at];
             count += 1;
         }
     }
     let arguments = &arguments[..count];
     let taken = end + 1;
-    let op = if verb_is("PING") || verb_is("PONG") {
-        if !arguments.is_empty() {
-            return Err(ParseError::Malformed);
+    let op = match verb {
+        Verb::Ping | Verb::Pong if !arguments.is_empty() => return Err(ParseError::Malformed),
+        Verb::Ping => ClientOp::Ping,
+        Verb::Pong => ClientOp::Pong,
+        Verb::Connect => {
+            if rest.is_empty() {
+                return Err(ParseError::Malformed);
+            }
+            ClientOp::Connect(rest.trim_end().as_bytes())
         }
-        if verb_is("PING") {
-            ClientOp::Ping
-        } else {
-            ClientOp::Pong
-        }
-    } else if verb_is("CONNECT") {
-        if rest.is_empty() {
-            return Err(ParseError::Malformed);
-        }
-        ClientOp::Connect(rest.trim_end().as_bytes())
-    } else if verb_is("SUB") {
-        match *arguments {
+        Verb::Sub => match *arguments {
             [subject, sid] => ClientOp::Sub {
                 subject,
                 queue: None,
@@ -138,48 +169,47 @@ pub fn parse<'a>(
                 sid,
             },
             _ => return Err(ParseError::Malformed),
-        }
-    } else if verb_is("UNSUB") {
-        match *arguments {
+        },
+        Verb::Unsub => match *arguments {
             [sid] => ClientOp::Unsub { sid, max_msgs: None },
             [sid, max] => ClientOp::Unsub {
                 sid,
                 max_msgs: Some(number(max)?),
             },
             _ => return Err(ParseError::Malformed),
-        }
-    } else if verb_is("PUB") {
-        let (subject, reply, size) = match *arguments {
-            [subject, size] => (subject, None, number(size)?),
-            [subject, reply, size] => (subject, Some(reply), number(size)?),
-            _ => return Err(ParseError::Malformed),
-        };
-        return with_payload(input, taken, limits, size, |body| ClientOp::Pub {
-            subject,
-            reply,
-            headers: None,
-            payload: body,
-        });
-    } else if verb_is("HPUB") {
-        let (subject, reply, header_size, size) = match *arguments {
-            [subject, headers, size] => (subject, None, number(headers)?, number(size)?),
-            [subject, reply, headers, size] => (subject, Some(reply), number(headers)?, number(size)?),
-            _ => return Err(ParseError::Malformed),
-        };
-        if header_size > size {
-            return Err(ParseError::Malformed);
-        }
-        return with_payload(input, taken, limits, size, |body| {
-            let (headers, payload) = body.split_at(header_size as usize);
-            ClientOp::Pub {
+        },
+        Verb::Pub => {
+            let (subject, reply, size) = match *arguments {
+                [subject, size] => (subject, None, number(size)?),
+                [subject, reply, size] => (subject, Some(reply), number(size)?),
+                _ => return Err(ParseError::Malformed),
+            };
+            return with_payload(input, taken, limits, size, |body| ClientOp::Pub {
                 subject,
                 reply,
-                headers: Some(headers),
-                payload,
+                headers: None,
+                payload: body,
+            });
+        }
+        Verb::Hpub => {
+            let (subject, reply, header_size, size) = match *arguments {
+                [subject, headers, size] => (subject, None, number(headers)?, number(size)?),
+                [subject, reply, headers, size] => (subject, Some(reply), number(headers)?, number(size)?),
+                _ => return Err(ParseError::Malformed),
+            };
+            if header_size > size {
+                return Err(ParseError::Malformed);
             }
-        });
-    } else {
-        return Err(ParseError::UnknownOperation);
+            return with_payload(input, taken, limits, size, |body| {
+                let (headers, payload) = body.split_at(header_size as usize);
+                ClientOp::Pub {
+                    subject,
+                    reply,
+                    headers: Some(headers),
+                    payload,
+                }
+            });
+        }
     };
     Ok(Some((op, taken)))
 }
@@ -208,10 +238,14 @@ fn with_payload<'a>(
 
 /// A size or count: decimal digits only.
 fn number(text: &str) -> Result<u64, ParseError> {
-    if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
+    // At most 19 digits: never more than u64::MAX.
+    if text.is_empty() || text.len() > 19 {
         return Err(ParseError::Malformed);
     }
-    text.parse().map_err(|_| ParseError::Malformed)
+    text.bytes().try_fold(0u64, |value, byte| match byte {
+        b'0'..=b'9' => Ok(value * 10 + u64::from(byte - b'0')),
+        _ => Err(ParseError::Malformed),
+    })
 }
 
 #[cfg(test)]
