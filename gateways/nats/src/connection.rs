@@ -516,27 +516,26 @@ impl NatsWriter {
     /// the line names the client's sid, the payload is the message's own
     /// bytes, shared by every recipient.
     fn put_message(&mut self, message: &herald_broker::Message, id: SubscriptionId) {
-        let sid = {
+        let payload = message.payload().body();
+        let headers = message.headers().filter(|_| self.headers).map(|h| h.block());
+        let out = &mut self.buffer;
+        {
+            // The sid is copied straight from the table, under its lock.
             let mut sids = self.sids.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let Some(entry) = sids.by_id.get_mut(&id) else {
                 // Unsubscribed after the message was queued.
                 return;
             };
-            let sid = entry.text.clone();
+            out.put_slice(if headers.is_some() { b"HMSG " } else { b"MSG " });
+            out.put_slice(message.subject().as_str().as_bytes());
+            out.put_u8(b' ');
+            out.put_slice(&entry.text);
             entry.delivered += 1;
             if entry.max.is_some_and(|max| entry.delivered >= max) {
                 sids.by_id.remove(&id);
                 let _ = self.finished.send(id);
             }
-            sid
-        };
-        let payload = message.payload().body();
-        let headers = message.headers().filter(|_| self.headers).map(|h| h.block());
-        let out = &mut self.buffer;
-        out.put_slice(if headers.is_some() { b"HMSG " } else { b"MSG " });
-        out.put_slice(message.subject().as_str().as_bytes());
-        out.put_u8(b' ');
-        out.put_slice(&sid);
+        }
         if let Some(reply) = message.reply() {
             out.put_u8(b' ');
             out.put_slice(reply.as_str().as_bytes());
