@@ -119,17 +119,27 @@ pub(crate) struct Totals {
     bytes: AtomicUsize,
 }
 
-/// Every recorded message's sequence and channel, oldest first: the order
-/// in which the byte budget evicts. It lives under the broker's publish
+/// Every recorded message's channel, oldest first: the order in which the
+/// byte budget evicts. Consecutive records on one channel share an entry
+/// (a run of sequences), so a publisher that keeps to one subject extends
+/// the last entry and adds nothing. It lives under the broker's publish
 /// lock, which already orders the records, so keeping it costs no lock of
 /// its own.
 #[derive(Debug, Default)]
 pub(crate) struct Retention {
-    queue: VecDeque<(u64, Weak<Channel>)>,
+    queue: VecDeque<Run>,
     /// Live entries found by the last compaction: the next one waits until
     /// the queue is twice that (and some), so compacting costs O(1) per
     /// record amortised.
     live_at_compaction: usize,
+}
+
+/// Consecutive records of one channel: those after the previous run's,
+/// up to `last`.
+#[derive(Debug)]
+struct Run {
+    last: u64,
+    channel: Weak<Channel>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -363,28 +373,44 @@ impl History {
     ) {
         let sequence = message.sequence();
         channel.record(message, now_millis);
-        retention.queue.push_back((sequence, Arc::downgrade(channel)));
+        // The weak reference keeps the channel's allocation, so its
+        // address names it for as long as the entry lives.
+        match retention.queue.back_mut() {
+            Some(run) if std::ptr::eq(run.channel.as_ptr(), Arc::as_ptr(channel)) => run.last = sequence,
+            _ => retention.queue.push_back(Run {
+                last: sequence,
+                channel: Arc::downgrade(channel),
+            }),
+        }
         while self.totals.bytes.load(Ordering::Relaxed) > self.limits.max_bytes {
-            let Some((oldest, channel)) = retention.queue.pop_front() else {
+            let Some(run) = retention.queue.front() else {
                 break;
             };
-            let Some(channel) = channel.upgrade() else {
+            let Some(channel) = run.channel.upgrade() else {
+                retention.queue.pop_front();
                 continue;
             };
-            // A ring only ever drops from its front: the message is still
-            // there exactly when the ring's oldest is not newer.
-            if channel.first_sequence.load(Ordering::Acquire) <= oldest {
+            // A ring only ever drops from its front: the run's records
+            // still there are the ones from its front up to `last`.
+            if channel.first_sequence.load(Ordering::Acquire) <= run.last {
                 let mut ring = channel.lock();
-                while ring.messages.front().is_some_and(|m| m.sequence() <= oldest) {
+                while self.totals.bytes.load(Ordering::Relaxed) > self.limits.max_bytes
+                    && ring.messages.front().is_some_and(|m| m.sequence() <= run.last)
+                {
                     ring.drop_front();
                 }
+                if ring.messages.front().is_some_and(|m| m.sequence() <= run.last) {
+                    // Under budget again, with part of the run left.
+                    break;
+                }
             }
+            retention.queue.pop_front();
         }
         if retention.queue.len() > 2 * retention.live_at_compaction + 1024 {
-            retention.queue.retain(|(sequence, channel)| {
-                channel
+            retention.queue.retain(|run| {
+                run.channel
                     .upgrade()
-                    .is_some_and(|channel| channel.first_sequence.load(Ordering::Acquire) <= *sequence)
+                    .is_some_and(|channel| channel.first_sequence.load(Ordering::Acquire) <= run.last)
             });
             retention.live_at_compaction = retention.queue.len();
         }

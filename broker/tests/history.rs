@@ -287,6 +287,47 @@ fn the_byte_budget_evicts_the_oldest_messages_first_and_tells_resumers() {
 }
 
 #[test]
+fn the_byte_budget_evicts_part_of_a_run_on_one_subject_oldest_first() {
+    // Five messages of 11 bytes fit (10 of payload, 1 of subject).
+    let budget = BrokerConfig {
+        history: HistoryLimits {
+            max_bytes: 55,
+            ..HistoryLimits::default()
+        },
+        ..BrokerConfig::default()
+    };
+    let (broker, _clock) = common::broker(budget);
+    let publish = |subject: &str, name: &str| {
+        broker
+            .publish(subject, common::json(&format!("\"{name:<8}\"")))
+            .unwrap();
+    };
+    let names = |subject: &str| -> Vec<String> {
+        let session = common::session(&broker);
+        history_data(&session, subject, None)
+            .iter()
+            .map(|data| data.as_str().unwrap().trim_end().to_owned())
+            .collect()
+    };
+    for (subject, name) in [("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1"), ("b", "b2")] {
+        publish(subject, name);
+    }
+    assert_eq!(broker.metrics().history_bytes, 55);
+    // Each new message evicts the oldest one left, one at a time out of
+    // a's run of three, then from the next subject.
+    publish("b", "b3");
+    assert_eq!(names("a"), ["a2", "a3"]);
+    publish("c", "c1");
+    assert_eq!(names("a"), ["a3"]);
+    publish("a", "a4");
+    assert_eq!(names("a"), ["a4"]);
+    publish("b", "b4");
+    assert_eq!(names("b"), ["b2", "b3", "b4"]);
+    assert_eq!(names("c"), ["c1"]);
+    assert_eq!(broker.metrics().history_bytes, 55);
+}
+
+#[test]
 fn a_wildcard_read_broader_than_its_budget_is_refused_with_a_reason() {
     let narrow = BrokerConfig {
         history: HistoryLimits {
