@@ -368,14 +368,18 @@ async fn permissions_apply_to_nats_clients() {
     let _denied = news.subscribe("chat.room").await.unwrap();
     news.publish("chat.room", "x".into()).await.unwrap();
     news.publish("news.today", "headline".into()).await.unwrap();
+    // A subject checked once is not a pass for the next one.
+    news.publish("chat.room", "y".into()).await.unwrap();
+    news.publish("news.today", "second".into()).await.unwrap();
     news.flush().await.unwrap();
     assert_eq!(
         &next(&mut allowed).await.payload[..],
         b"headline",
         "the connection stays open"
     );
+    assert_eq!(&next(&mut allowed).await.payload[..], b"second");
     let mut said = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         said.push(
             tokio::time::timeout(PATIENCE, errors.recv())
                 .await
@@ -389,7 +393,11 @@ async fn permissions_apply_to_nats_clients() {
         "{said:?}"
     );
     assert!(
-        said[1].contains("Permissions Violation for Subscription to \"chat.room\""),
+        said[1].contains("Permissions Violation for Publish to \"chat.room\""),
+        "{said:?}"
+    );
+    assert!(
+        said[2].contains("Permissions Violation for Subscription to \"chat.room\""),
         "{said:?}"
     );
 }

@@ -247,6 +247,7 @@ pub struct StoredMessage {
 }
 
 /// Where a message is recorded.
+#[derive(Debug, Clone)]
 enum Recorded {
     /// In its subject's history ring.
     Channel(Arc<Channel>),
@@ -260,6 +261,24 @@ impl Recorded {
             Recorded::Channel(channel) => &channel.subject,
             Recorded::Ephemeral(subject) => subject,
         }
+    }
+}
+
+/// A subject checked for one publisher and where its messages are
+/// recorded ([`crate::Publisher::route`]): a pipelined publisher keeps to
+/// a few subjects, and publishing to a route again skips the subject's
+/// checks and its channel's lookup. While a route is held its channel
+/// stays (the history sweep leaves a channel in use alone).
+#[derive(Debug, Clone)]
+pub struct Route {
+    recorded: Recorded,
+    /// The publisher it was checked for ([`crate::Publisher`]'s id).
+    pub(crate) checked_for: u64,
+}
+
+impl Route {
+    pub fn subject(&self) -> &str {
+        self.recorded.subject().as_str()
     }
 }
 
@@ -453,7 +472,36 @@ impl Broker {
         self.refuse_if_clustered()?;
         let channel = self.channel_for(subject)?;
         let mut order = self.lock_publish_order();
-        Ok(self.publish_locked(&mut order, channel, payload, envelope, skip, Numbering::Next))
+        Ok(self.publish_locked(&mut order, &channel, payload, envelope, skip, Numbering::Next))
+    }
+
+    /// Where messages on a checked `subject` go (its history channel,
+    /// created on first use), for [`Broker::publish_routed`].
+    pub(crate) fn route(&self, subject: &str) -> Result<Route, PublishError> {
+        Ok(Route {
+            recorded: self.channel_for(subject)?,
+            checked_for: 0,
+        })
+    }
+
+    /// [`Broker::publish_checked`] to a subject already routed: no lookup.
+    pub(crate) fn publish_routed(
+        &self,
+        route: &Route,
+        payload: Payload,
+        envelope: Envelope,
+        skip: Option<&Arc<Outbox>>,
+    ) -> Result<Position, PublishError> {
+        self.refuse_if_clustered()?;
+        let mut order = self.lock_publish_order();
+        Ok(self.publish_locked(
+            &mut order,
+            &route.recorded,
+            payload,
+            envelope,
+            skip,
+            Numbering::Next,
+        ))
     }
 
     /// A clustered node learns a message's position only when the cluster
@@ -568,7 +616,7 @@ impl Broker {
             at_millis: published_at_millis,
             live,
         };
-        self.publish_locked(&mut order, channel, payload, envelope, skip.as_ref(), numbering);
+        self.publish_locked(&mut order, &channel, payload, envelope, skip.as_ref(), numbering);
         Ok(true)
     }
 
@@ -668,7 +716,7 @@ impl Broker {
             .map(|(channel, payload)| {
                 self.publish_locked(
                     &mut order,
-                    channel,
+                    &channel,
                     payload,
                     Envelope::default(),
                     None,
@@ -704,7 +752,7 @@ impl Broker {
     fn publish_locked(
         &self,
         retention: &mut Retention,
-        recorded: Recorded,
+        recorded: &Recorded,
         payload: Payload,
         envelope: Envelope,
         skip: Option<&Arc<Outbox>>,
@@ -736,7 +784,7 @@ impl Broker {
             payload,
             envelope,
         );
-        if let Recorded::Channel(channel) = &recorded {
+        if let Recorded::Channel(channel) = recorded {
             self.history.record(retention, channel, message.clone(), now);
             if let Some(journal) = &self.journal {
                 journal.record(&message);
@@ -803,7 +851,7 @@ impl Broker {
         let mut order = self.lock_publish_order();
         self.publish_locked(
             &mut order,
-            Recorded::Ephemeral(subject),
+            &Recorded::Ephemeral(subject),
             payload,
             Envelope::default(),
             None,

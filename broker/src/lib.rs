@@ -78,7 +78,7 @@ pub use auth::{
     OperatorAccess, Permissions, Secret, TokenVerifier, User,
 };
 pub use broker::{
-    BatchError, Broker, BrokerConfig, Journal, Metrics, PublishError, Replay, Restored, Resume,
+    BatchError, Broker, BrokerConfig, Journal, Metrics, PublishError, Replay, Restored, Resume, Route,
     StoredMessage, SubjectInfo, INBOX_PREFIX,
 };
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -4,10 +4,11 @@
 //! so a backend's HTTP publish costs no connection's worth of state.
 //! Each message's subject is validated once, here, before it is published.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::auth::Access;
-use crate::broker::{BatchError, Broker, PublishError};
+use crate::broker::{BatchError, Broker, PublishError, Route};
 use crate::cluster::Acknowledgement;
 use crate::message::{Envelope, Payload, PayloadError};
 use crate::outbox::Outbox;
@@ -26,7 +27,13 @@ pub struct Publisher {
     /// An anonymous caller's publishes per second (a user's budget is the
     /// broker's; backends are not limited).
     budget: Option<Mutex<PublishBudget>>,
+    /// Which publisher a [`Route`] was checked for: a route is only good
+    /// for the permissions it was checked against.
+    id: u64,
 }
+
+/// Publisher ids; 0 is none.
+static NEXT_PUBLISHER_ID: AtomicU64 = AtomicU64::new(1);
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,12 +51,20 @@ impl Publisher {
             broker: broker.clone(),
             transport,
             access,
+            id: NEXT_PUBLISHER_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
     /// Everything checked before a publish: the subject, the permission,
     /// the caller's publish rate and the payload's size (with headers).
     pub fn check(&self, subject: &str, payload_len: usize) -> Result<(), SessionError> {
+        self.check_subject(subject)?;
+        self.check_message(payload_len)
+    }
+
+    /// The subject's part of [`Publisher::check`]: valid, and this caller
+    /// may publish to it.
+    fn check_subject(&self, subject: &str) -> Result<(), SessionError> {
         validate_subject(subject, &self.broker.config().subject_limits)?;
         let client_refused = || !self.access.is_backend() && !self.broker.policy(subject).client_publish;
         if !self.access.may_publish(subject) || client_refused() {
@@ -58,6 +73,12 @@ impl Publisher {
                 subject: subject.to_owned(),
             });
         }
+        Ok(())
+    }
+
+    /// Every message's part of [`Publisher::check`]: the publish budget
+    /// and the payload limit.
+    fn check_message(&self, payload_len: usize) -> Result<(), SessionError> {
         if let Some(budget) = &self.budget {
             budget
                 .lock()
@@ -75,6 +96,38 @@ impl Publisher {
             .into());
         }
         Ok(())
+    }
+
+    /// Checks `subject` for this caller and finds where its messages are
+    /// recorded, once, for [`Publisher::publish_routed`].
+    pub fn route(&self, subject: &str) -> Result<Route, SessionError> {
+        self.check_subject(subject)?;
+        let mut route = self.broker.route(subject)?;
+        route.checked_for = self.id;
+        Ok(route)
+    }
+
+    /// [`Publisher::publish`] to a subject this publisher routed: the
+    /// budget and the payload limit are checked for every message, the
+    /// subject not again. A route checked for another publisher is
+    /// refused.
+    pub fn publish_routed(
+        &self,
+        route: &Route,
+        payload: Payload,
+        envelope: Envelope,
+        skip: Option<&Arc<Outbox>>,
+    ) -> Result<Position, SessionError> {
+        if route.checked_for != self.id {
+            return Err(SessionError::Forbidden {
+                operation: "publish to",
+                subject: route.subject().to_owned(),
+            });
+        }
+        self.check_message(payload.len() + envelope.headers_len())?;
+        let position = self.broker.publish_routed(route, payload, envelope, skip)?;
+        self.broker.stats().published(self.transport, 1);
+        Ok(position)
     }
 
     /// Checks and publishes on a single node; returns the position.

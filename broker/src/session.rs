@@ -15,7 +15,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use crate::auth::Access;
-use crate::broker::{Broker, PublishError, Replay};
+use crate::broker::{Broker, PublishError, Replay, Route};
 use crate::cluster::Acknowledgement;
 use crate::history::PatternTooBroad;
 use crate::message::{Envelope, Message, Payload};
@@ -244,6 +244,9 @@ pub struct Session {
     outbox: Arc<Outbox>,
     /// Its access, its publish budget: what its publishes are checked by.
     publisher: Publisher,
+    /// The subject its last `pub` went to, checked: a client that keeps
+    /// to one subject has it checked and looked up once.
+    route: Option<Route>,
     /// Patterns held, in subscription order; small, so a Vec.
     patterns: Vec<Pattern>,
     /// Subscriptions under their own id, or in a queue group.
@@ -290,6 +293,7 @@ impl Session {
             broker: broker.clone(),
             outbox,
             publisher: Publisher::new(transport, broker, access),
+            route: None,
             patterns: Vec::new(),
             memberships: Vec::new(),
             rooms: Vec::new(),
@@ -325,6 +329,7 @@ impl Session {
             .connections()
             .set_user(self.id, access.user().map(|user| user.id.clone()));
         self.publisher = Publisher::new(self.transport, &self.broker, access);
+        self.route = None;
         Ok(())
     }
 
@@ -425,7 +430,7 @@ impl Session {
                     let envelope = Envelope { headers, reply };
                     match self.is_clustered() {
                         false => self
-                            .publish_with(&subject, payload, envelope, echo)
+                            .publish_on_route(&subject, payload, envelope, echo)
                             .map(|position| self.ack(id, Some(position))),
                         true => self.submit_answering(id, &subject, payload, envelope, echo),
                     }
@@ -662,6 +667,43 @@ impl Session {
     ) -> Result<Position, SessionError> {
         let skip = (!echo).then_some(&self.outbox);
         self.publisher.publish(subject, payload, envelope, skip)
+    }
+
+    /// [`Session::publish_with`] through the route of the last publish, or
+    /// a new one when the subject changed: the way for a pipelined
+    /// publisher (a WebSocket `pub`, a NATS `PUB`).
+    pub fn publish_on_route(
+        &mut self,
+        subject: &str,
+        payload: Payload,
+        envelope: Envelope,
+        echo: bool,
+    ) -> Result<Position, SessionError> {
+        let route = match self.route.take() {
+            Some(route) if route.subject() == subject => route,
+            _ => self.publisher.route(subject)?,
+        };
+        let published = self.publish_routed(&route, payload, envelope, echo);
+        self.route = Some(route);
+        published
+    }
+
+    /// Checks `subject` for this session's publishes once
+    /// ([`Publisher::route`]): for a publisher that keeps to a subject.
+    pub fn route(&self, subject: &str) -> Result<Route, SessionError> {
+        self.publisher.route(subject)
+    }
+
+    /// [`Session::publish_with`] to a subject this session routed.
+    pub fn publish_routed(
+        &self,
+        route: &Route,
+        payload: Payload,
+        envelope: Envelope,
+        echo: bool,
+    ) -> Result<Position, SessionError> {
+        let skip = (!echo).then_some(&self.outbox);
+        self.publisher.publish_routed(route, payload, envelope, skip)
     }
 
     /// Publishes like [`Session::publish_with`] on any node, and tells

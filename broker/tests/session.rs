@@ -161,6 +161,93 @@ fn permissions_are_checked_on_every_operation() {
 }
 
 #[test]
+fn a_route_is_checked_once_for_its_own_publisher_and_each_message_still_is() {
+    let config = BrokerConfig {
+        max_payload_bytes: 16,
+        max_client_publishes_per_second: 3,
+        ..BrokerConfig::default()
+    };
+    let (broker, _clock) = common::broker(config);
+    #[derive(Debug)]
+    struct OnlyPublic;
+    impl herald_broker::Access for OnlyPublic {
+        fn may_publish(&self, subject: &str) -> bool {
+            subject.starts_with("public.")
+        }
+        fn may_subscribe(&self, pattern: &Pattern) -> bool {
+            pattern.as_str().starts_with("public.")
+        }
+    }
+    let publisher = Session::new(&broker, Arc::new(OnlyPublic));
+    let mut reader = Session::new(&broker, Arc::new(OnlyPublic));
+    reader.subscribe(&["public.>"], None, Acknowledge::Never).unwrap();
+    let forbidden = |result: Result<_, SessionError>| matches!(result, Err(SessionError::Forbidden { .. }));
+    assert!(forbidden(publisher.route("private.a").map(drop)));
+    assert!(matches!(
+        publisher.route("public..a"),
+        Err(SessionError::Subject(_))
+    ));
+    let route = publisher.route("public.a").unwrap();
+    assert_eq!(route.subject(), "public.a");
+    // Another connection, with the same permissions or not, may not use it.
+    let other = Session::new(&broker, Arc::new(OnlyPublic));
+    assert!(forbidden(
+        other
+            .publish_routed(&route, common::json("1"), Default::default(), true)
+            .map(drop)
+    ));
+    // The payload limit and the publish budget hold for every message.
+    let too_large = common::json("\"0123456789abcdef\"");
+    assert_eq!(
+        publisher
+            .publish_routed(&route, too_large, Default::default(), true)
+            .unwrap_err()
+            .code(),
+        "payload_too_large"
+    );
+    for n in 0..2 {
+        publisher
+            .publish_routed(&route, common::json(&n.to_string()), Default::default(), true)
+            .unwrap();
+    }
+    let over = publisher.publish_routed(&route, common::json("2"), Default::default(), true);
+    assert_eq!(over.unwrap_err().code(), "rate_limited");
+    assert_eq!(
+        common::data_of(&common::received_json(&reader)),
+        [json!(0), json!(1)]
+    );
+}
+
+#[test]
+fn a_pub_after_new_access_is_checked_against_it() {
+    let (broker, _clock) = common::broker(BrokerConfig::default());
+    #[derive(Debug)]
+    struct Only(&'static str);
+    impl herald_broker::Access for Only {
+        fn may_publish(&self, subject: &str) -> bool {
+            subject.starts_with(self.0)
+        }
+        fn may_subscribe(&self, _pattern: &Pattern) -> bool {
+            false
+        }
+    }
+    let mut session = Session::new(&broker, Arc::new(Only("news.")));
+    let publish = |session: &mut Session, id: u64| {
+        session.handle(command(&format!(
+            r#"{{"op":"pub","id":{id},"subject":"news.a","data":1}}"#
+        )));
+    };
+    publish(&mut session, 1);
+    session.replace_access(Arc::new(Only("news."))).unwrap();
+    publish(&mut session, 2);
+    session.replace_access(Arc::new(Only("chat."))).unwrap();
+    publish(&mut session, 3);
+    let events = common::received_json(&session);
+    let outcomes: Vec<_> = events.iter().map(error_code).collect();
+    assert_eq!(outcomes, [None, None, Some((Some(3), "forbidden"))]);
+}
+
+#[test]
 fn subscriptions_per_connection_are_limited() {
     let config = BrokerConfig {
         max_subscriptions_per_connection: 2,

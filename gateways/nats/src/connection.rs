@@ -390,7 +390,7 @@ impl Reader<'_> {
         if !self.session.is_clustered() {
             return self
                 .session
-                .publish_with(subject, payload, envelope, self.echo)
+                .publish_on_route(subject, payload, envelope, self.echo)
                 .map(drop)
                 .map_err(refused);
         }
