@@ -765,7 +765,7 @@ impl Broker {
         // registered without this lock, must see this store or be seen by
         // the match below.
         let last = self.last_sequence.load(Ordering::Relaxed);
-        let now = self.clock.now_millis();
+        let now = self.clock.millis_at(started);
         let (sequence, published_at, live) = match numbering {
             Numbering::Next => (last + 1, now, true),
             Numbering::Ordered {

@@ -13,7 +13,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// clock once at start and advancing it with the monotonic clock.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     fn now_millis(&self) -> u64;
+
+    /// `now_millis` as of `stamp`, a reading just taken for a measurement:
+    /// every publish needs both, and the system clock derives the one from
+    /// the other instead of reading the time twice.
+    fn millis_at(&self, stamp: Stamp) -> u64 {
+        let _ = stamp;
+        self.now_millis()
+    }
 }
+
+/// A reading of the fast counter the broker times itself by (`quanta`'s
+/// raw clock), taken by the broker's statistics.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp(pub(crate) u64);
 
 /// The real clock: wall-clock time at start, advanced monotonically. It
 /// never jumps when the system clock is set; over a long uptime it may drift
@@ -25,7 +38,8 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
 #[derive(Debug)]
 pub struct SystemClock {
     clock: quanta::Clock,
-    origin: quanta::Instant,
+    /// A raw reading at start.
+    origin: u64,
     origin_unix_millis: u64,
 }
 
@@ -36,7 +50,7 @@ impl SystemClock {
             .map_or(0, |since| since.as_millis() as u64);
         let clock = quanta::Clock::new();
         SystemClock {
-            origin: clock.now(),
+            origin: clock.raw(),
             clock,
             origin_unix_millis,
         }
@@ -51,8 +65,14 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn now_millis(&self) -> u64 {
-        let elapsed = self.clock.now().saturating_duration_since(self.origin);
-        self.origin_unix_millis + elapsed.as_millis() as u64
+        self.millis_at(Stamp(self.clock.raw()))
+    }
+
+    fn millis_at(&self, stamp: Stamp) -> u64 {
+        // Raw readings of any quanta clock in the process count alike
+        // (the time-stamp counter, or the OS clock's nanoseconds).
+        let elapsed_nanos = self.clock.delta_as_nanos(self.origin, stamp.0);
+        self.origin_unix_millis + elapsed_nanos / 1_000_000
     }
 }
 
@@ -97,5 +117,17 @@ mod tests {
         let first = clock.now_millis();
         assert!(first.abs_diff(wall) < 5_000, "{first} vs {wall}");
         assert!(clock.now_millis() >= first);
+    }
+
+    #[test]
+    fn a_stamp_from_another_quanta_clock_reads_the_same_time() {
+        let clock = SystemClock::new();
+        let stats = quanta::Clock::new();
+        let before = clock.millis_at(Stamp(stats.raw()));
+        assert!(before.abs_diff(clock.now_millis()) <= 1);
+        std::thread::sleep(Duration::from_millis(50));
+        let after = clock.millis_at(Stamp(stats.raw()));
+        assert!((50..500).contains(&(after - before)), "{before} → {after}");
+        assert!(after.abs_diff(clock.now_millis()) <= 1);
     }
 }

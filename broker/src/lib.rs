@@ -81,7 +81,7 @@ pub use broker::{
     BatchError, Broker, BrokerConfig, Journal, Metrics, PublishError, Replay, Restored, Resume, Route,
     StoredMessage, SubjectInfo, INBOX_PREFIX,
 };
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, Stamp, SystemClock};
 pub use cluster::{Acknowledgement, ClusterError, Forwarded, Upstream};
 pub use connections::ConnectionInfo;
 pub use history::{HistoryLimits, PatternTooBroad, RingLimits};

@@ -5,6 +5,8 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use crate::clock::Stamp;
+
 /// Which door a session came through: the label of every per-transport
 /// count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -357,12 +359,12 @@ impl Stats {
 
     /// A timestamp for [`Stats::publish_latency_since`]: a measurement, not
     /// the broker's notion of time (that is its `Clock`).
-    pub(crate) fn timer(&self) -> u64 {
-        self.clock.raw()
+    pub(crate) fn timer(&self) -> Stamp {
+        Stamp(self.clock.raw())
     }
 
-    pub(crate) fn publish_latency_since(&self, started: u64) {
-        let nanos = self.clock.delta_as_nanos(started, self.clock.raw());
+    pub(crate) fn publish_latency_since(&self, started: Stamp) {
+        let nanos = self.clock.delta_as_nanos(started.0, self.clock.raw());
         self.publish_latency.observe(nanos);
     }
 
