@@ -224,7 +224,7 @@ impl Collector for Snapshot {
         histogram(
             e,
             "herald_publish_to_enqueue_seconds",
-            "From numbering a message to the last subscriber queue it was offered to.",
+            "From numbering a message to the last subscriber queue it was offered to (messages that matched a subscription).",
             &stats.publish_latency,
         )?;
         single(
