@@ -51,7 +51,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::auth::User;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, Stamp, SystemClock};
 use crate::cluster::{Acknowledgement, ClusterError, Forwarded, Upstream};
 use crate::connections::{self, ConnectionInfo, Connections};
 use crate::history::{Channel, History, HistoryError, HistoryLimits, PatternTooBroad, Retention, Sequences};
@@ -784,30 +784,49 @@ impl Broker {
             payload,
             envelope,
         );
-        if let Recorded::Channel(channel) = recorded {
-            self.history.record(retention, channel, message.clone(), now);
-            if let Some(journal) = &self.journal {
-                journal.record(&message);
-            }
-        }
-        if !live {
-            self.committed_sequence.store(sequence, Ordering::Release);
-            return position;
-        }
-        let matches = self.router.matches(message.subject().as_str());
-        let groups = self.queues.matches(message.subject().as_str());
+        // Routed before it is recorded, so that a message nobody subscribed
+        // to moves into its ring instead of being shared with it. (Where it
+        // is recorded does not change who is matched: a subscription made
+        // meanwhile reads this message from history once it is committed.)
+        let (matches, groups) = match live {
+            true => (
+                self.router.matches(message.subject().as_str()),
+                self.queues.matches(message.subject().as_str()),
+            ),
+            false => (Matches::new(), None),
+        };
         // A message nobody subscribed to has no fan-out to time (and its
         // publisher is spared a second clock read).
         let matched = !matches.is_empty() || groups.is_some();
+        if let Recorded::Channel(channel) = recorded {
+            if matched || self.journal.is_some() {
+                self.history.record(retention, channel, message.clone(), now);
+                if let Some(journal) = &self.journal {
+                    journal.record(&message);
+                }
+            } else {
+                self.history.record(retention, channel, message, now);
+                return self.commit(position, live, None);
+            }
+        }
         self.fan_out(&matches, &message, skip);
         if let Some(groups) = groups {
             self.offer_to_groups(&groups, &message, skip);
         }
+        self.commit(position, live, matched.then_some(started))
+    }
+
+    /// Ends a publish: its sequence is committed, and it is counted (and
+    /// its fan-out timed from `started`) when it was live.
+    fn commit(&self, position: Position, live: bool, started: Option<Stamp>) -> Position {
         // Release: whoever reads this mark sees the message in history and
         // in every queue it was offered to.
-        self.committed_sequence.store(sequence, Ordering::Release);
-        self.routed.fetch_add(1, Ordering::Relaxed);
-        if matched {
+        self.committed_sequence
+            .store(position.sequence, Ordering::Release);
+        if live {
+            self.routed.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(started) = started {
             self.stats.publish_latency_since(started);
         }
         position
