@@ -58,7 +58,8 @@ struct ConnectOptions {
 /// auto-unsubscribes down).
 #[derive(Debug, Default)]
 struct Sids {
-    by_id: HashMap<SubscriptionId, Sid>,
+    /// Looked up for every delivery; the ids are the server's own.
+    by_id: HashMap<SubscriptionId, Sid, ahash::RandomState>,
 }
 
 #[derive(Debug)]
