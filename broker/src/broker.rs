@@ -470,9 +470,8 @@ impl Broker {
         skip: Option<&Arc<Outbox>>,
     ) -> Result<Position, PublishError> {
         self.refuse_if_clustered()?;
-        let channel = self.channel_for(subject)?;
-        let mut order = self.lock_publish_order();
-        Ok(self.publish_locked(&mut order, &channel, payload, envelope, skip, Numbering::Next))
+        let route = self.route(subject)?;
+        self.publish_routed(&route, payload, envelope, skip)
     }
 
     /// Where messages on a checked `subject` go (its history channel,

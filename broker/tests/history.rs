@@ -244,17 +244,21 @@ fn history_pages_forward_from_a_token() {
     );
 }
 
-#[test]
-fn the_byte_budget_evicts_the_oldest_messages_first_and_tells_resumers() {
-    // Each message counts its payload (10 bytes) and subject (1 byte).
-    let budget = BrokerConfig {
+/// A broker whose history holds at most `max_bytes` in all.
+fn history_budget(max_bytes: usize) -> BrokerConfig {
+    BrokerConfig {
         history: HistoryLimits {
-            max_bytes: 55,
+            max_bytes,
             ..HistoryLimits::default()
         },
         ..BrokerConfig::default()
-    };
-    let (broker, _clock) = common::broker(budget);
+    }
+}
+
+#[test]
+fn the_byte_budget_evicts_the_oldest_messages_first_and_tells_resumers() {
+    // Each message counts its payload (10 bytes) and subject (1 byte).
+    let (broker, _clock) = common::broker(history_budget(55));
     let payload = || common::json("\"12345678\"");
     let first = broker.publish("a", payload()).unwrap();
     for subject in ["b", "c", "a", "b"] {
@@ -289,14 +293,7 @@ fn the_byte_budget_evicts_the_oldest_messages_first_and_tells_resumers() {
 #[test]
 fn the_byte_budget_evicts_part_of_a_run_on_one_subject_oldest_first() {
     // Five messages of 11 bytes fit (10 of payload, 1 of subject).
-    let budget = BrokerConfig {
-        history: HistoryLimits {
-            max_bytes: 55,
-            ..HistoryLimits::default()
-        },
-        ..BrokerConfig::default()
-    };
-    let (broker, _clock) = common::broker(budget);
+    let (broker, _clock) = common::broker(history_budget(55));
     let publish = |subject: &str, name: &str| {
         broker
             .publish(subject, common::json(&format!("\"{name:<8}\"")))

@@ -12,6 +12,19 @@ use herald_broker::{
 };
 use serde_json::json;
 
+/// May publish and subscribe under `public.` only.
+#[derive(Debug)]
+struct OnlyPublic;
+
+impl herald_broker::Access for OnlyPublic {
+    fn may_publish(&self, subject: &str) -> bool {
+        subject.starts_with("public.")
+    }
+    fn may_subscribe(&self, pattern: &Pattern) -> bool {
+        pattern.as_str().starts_with("public.")
+    }
+}
+
 fn command(text: &str) -> herald_broker::Command {
     decode_command(Encoding::Json, &Bytes::from(text.to_owned())).unwrap()
 }
@@ -133,16 +146,6 @@ fn permissions_are_checked_on_every_operation() {
     assert_eq!(error_code(&events[1]), Some((Some(2), "forbidden")));
     assert_eq!(broker.metrics().published, 0);
 
-    #[derive(Debug)]
-    struct OnlyPublic;
-    impl herald_broker::Access for OnlyPublic {
-        fn may_publish(&self, subject: &str) -> bool {
-            subject.starts_with("public.")
-        }
-        fn may_subscribe(&self, pattern: &Pattern) -> bool {
-            pattern.as_str().starts_with("public.")
-        }
-    }
     let mut limited = Session::new(&broker, Arc::new(OnlyPublic));
     assert!(matches!(
         limited.subscribe(&[">"], None, Acknowledge::Never),
@@ -168,16 +171,6 @@ fn a_route_is_checked_once_for_its_own_publisher_and_each_message_still_is() {
         ..BrokerConfig::default()
     };
     let (broker, _clock) = common::broker(config);
-    #[derive(Debug)]
-    struct OnlyPublic;
-    impl herald_broker::Access for OnlyPublic {
-        fn may_publish(&self, subject: &str) -> bool {
-            subject.starts_with("public.")
-        }
-        fn may_subscribe(&self, pattern: &Pattern) -> bool {
-            pattern.as_str().starts_with("public.")
-        }
-    }
     let publisher = Session::new(&broker, Arc::new(OnlyPublic));
     let mut reader = Session::new(&broker, Arc::new(OnlyPublic));
     reader.subscribe(&["public.>"], None, Acknowledge::Never).unwrap();
