@@ -247,7 +247,7 @@ pub struct StoredMessage {
 }
 
 /// Where a message is recorded.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Recorded {
     /// In its subject's history ring.
     Channel(Arc<Channel>),
@@ -265,19 +265,19 @@ impl Recorded {
 }
 
 /// A subject checked for one publisher and where its messages are
-/// recorded ([`crate::Publisher::route`]): a pipelined publisher keeps to
-/// a few subjects, and publishing to a route again skips the subject's
-/// checks and its channel's lookup. While a route is held its channel
-/// stays (the history sweep leaves a channel in use alone).
-#[derive(Debug, Clone)]
-pub struct Route {
+/// recorded (`Publisher::publish_keeping_route`): a pipelined publisher
+/// keeps to a few subjects, and publishing to a route again skips the
+/// subject's checks and its channel's lookup. While a route is held its
+/// channel stays (the history sweep leaves a channel in use alone).
+#[derive(Debug)]
+pub(crate) struct Route {
     recorded: Recorded,
     /// The publisher it was checked for ([`crate::Publisher`]'s id).
     pub(crate) checked_for: u64,
 }
 
 impl Route {
-    pub fn subject(&self) -> &str {
+    pub(crate) fn subject(&self) -> &str {
         self.recorded.subject().as_str()
     }
 }

@@ -78,7 +78,7 @@ pub use auth::{
     OperatorAccess, Permissions, Secret, TokenVerifier, User,
 };
 pub use broker::{
-    BatchError, Broker, BrokerConfig, Journal, Metrics, PublishError, Replay, Restored, Resume, Route,
+    BatchError, Broker, BrokerConfig, Journal, Metrics, PublishError, Replay, Restored, Resume,
     StoredMessage, SubjectInfo, INBOX_PREFIX,
 };
 pub use clock::{Clock, ManualClock, Stamp, SystemClock};

@@ -28,7 +28,7 @@ pub struct Publisher {
     /// broker's; backends are not limited).
     budget: Option<Mutex<PublishBudget>>,
     /// Which publisher a [`Route`] was checked for: a route is only good
-    /// for the permissions it was checked against.
+    /// for the access it was checked against.
     id: u64,
 }
 
@@ -98,38 +98,6 @@ impl Publisher {
         Ok(())
     }
 
-    /// Checks `subject` for this caller and finds where its messages are
-    /// recorded, once, for [`Publisher::publish_routed`].
-    pub fn route(&self, subject: &str) -> Result<Route, SessionError> {
-        self.check_subject(subject)?;
-        let mut route = self.broker.route(subject)?;
-        route.checked_for = self.id;
-        Ok(route)
-    }
-
-    /// [`Publisher::publish`] to a subject this publisher routed: the
-    /// budget and the payload limit are checked for every message, the
-    /// subject not again. A route checked for another publisher is
-    /// refused.
-    pub fn publish_routed(
-        &self,
-        route: &Route,
-        payload: Payload,
-        envelope: Envelope,
-        skip: Option<&Arc<Outbox>>,
-    ) -> Result<Position, SessionError> {
-        if route.checked_for != self.id {
-            return Err(SessionError::Forbidden {
-                operation: "publish to",
-                subject: route.subject().to_owned(),
-            });
-        }
-        self.check_message(payload.len() + envelope.headers_len())?;
-        let position = self.broker.publish_routed(route, payload, envelope, skip)?;
-        self.broker.stats().published(self.transport, 1);
-        Ok(position)
-    }
-
     /// Checks and publishes on a single node; returns the position.
     /// Delivered to every matching subscriber but `skip` (the publisher's
     /// own connection, when it asked not to be echoed).
@@ -140,8 +108,40 @@ impl Publisher {
         envelope: Envelope,
         skip: Option<&Arc<Outbox>>,
     ) -> Result<Position, SessionError> {
-        self.check(subject, payload.len() + envelope.headers_len())?;
-        let position = self.broker.publish_checked(subject, payload, envelope, skip)?;
+        self.publish_keeping_route(&mut None, subject, payload, envelope, skip)
+    }
+
+    /// [`Publisher::publish`] for a caller that keeps to a subject (a
+    /// pipelined connection): `kept` is the route of its last publish, and
+    /// while the subject stays the same and this publisher checked it, the
+    /// subject is not checked or looked up again; the publish budget and
+    /// the payload limit are checked for every message. Otherwise it is
+    /// checked like any publish, in the same order (subject, permission,
+    /// budget, size, then its channel), and becomes the kept route.
+    pub(crate) fn publish_keeping_route(
+        &self,
+        kept: &mut Option<Route>,
+        subject: &str,
+        payload: Payload,
+        envelope: Envelope,
+        skip: Option<&Arc<Outbox>>,
+    ) -> Result<Position, SessionError> {
+        let size = payload.len() + envelope.headers_len();
+        let route = match kept.take() {
+            Some(route) if route.checked_for == self.id && route.subject() == subject => {
+                self.check_message(size)?;
+                route
+            }
+            _ => {
+                self.check(subject, size)?;
+                let mut route = self.broker.route(subject)?;
+                route.checked_for = self.id;
+                route
+            }
+        };
+        let published = self.broker.publish_routed(&route, payload, envelope, skip);
+        *kept = Some(route);
+        let position = published?;
         self.broker.stats().published(self.transport, 1);
         Ok(position)
     }

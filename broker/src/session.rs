@@ -244,8 +244,8 @@ pub struct Session {
     outbox: Arc<Outbox>,
     /// Its access, its publish budget: what its publishes are checked by.
     publisher: Publisher,
-    /// The subject its last `pub` went to, checked: a client that keeps
-    /// to one subject has it checked and looked up once.
+    /// The subject its last `pub` went to, checked for its publisher: a
+    /// client that keeps to one subject has it checked and looked up once.
     route: Option<Route>,
     /// Patterns held, in subscription order; small, so a Vec.
     patterns: Vec<Pattern>,
@@ -329,7 +329,6 @@ impl Session {
             .connections()
             .set_user(self.id, access.user().map(|user| user.id.clone()));
         self.publisher = Publisher::new(self.transport, &self.broker, access);
-        self.route = None;
         Ok(())
     }
 
@@ -669,9 +668,9 @@ impl Session {
         self.publisher.publish(subject, payload, envelope, skip)
     }
 
-    /// [`Session::publish_with`] through the route of the last publish, or
-    /// a new one when the subject changed: the way for a pipelined
-    /// publisher (a WebSocket `pub`, a NATS `PUB`).
+    /// [`Session::publish_with`] for a pipelined publisher (a WebSocket
+    /// `pub`, a NATS `PUB`): a subject the last publish went to is not
+    /// checked or looked up again ([`Publisher::publish_keeping_route`]).
     pub fn publish_on_route(
         &mut self,
         subject: &str,
@@ -679,31 +678,9 @@ impl Session {
         envelope: Envelope,
         echo: bool,
     ) -> Result<Position, SessionError> {
-        let route = match self.route.take() {
-            Some(route) if route.subject() == subject => route,
-            _ => self.publisher.route(subject)?,
-        };
-        let published = self.publish_routed(&route, payload, envelope, echo);
-        self.route = Some(route);
-        published
-    }
-
-    /// Checks `subject` for this session's publishes once
-    /// ([`Publisher::route`]): for a publisher that keeps to a subject.
-    pub fn route(&self, subject: &str) -> Result<Route, SessionError> {
-        self.publisher.route(subject)
-    }
-
-    /// [`Session::publish_with`] to a subject this session routed.
-    pub fn publish_routed(
-        &self,
-        route: &Route,
-        payload: Payload,
-        envelope: Envelope,
-        echo: bool,
-    ) -> Result<Position, SessionError> {
         let skip = (!echo).then_some(&self.outbox);
-        self.publisher.publish_routed(route, payload, envelope, skip)
+        self.publisher
+            .publish_keeping_route(&mut self.route, subject, payload, envelope, skip)
     }
 
     /// Publishes like [`Session::publish_with`] on any node, and tells

@@ -164,47 +164,37 @@ fn permissions_are_checked_on_every_operation() {
 }
 
 #[test]
-fn a_route_is_checked_once_for_its_own_publisher_and_each_message_still_is() {
+fn a_pipelined_publisher_s_subject_is_checked_once_and_each_message_still_is() {
     let config = BrokerConfig {
         max_payload_bytes: 16,
         max_client_publishes_per_second: 3,
         ..BrokerConfig::default()
     };
     let (broker, _clock) = common::broker(config);
-    let publisher = Session::new(&broker, Arc::new(OnlyPublic));
+    let mut publisher = Session::new(&broker, Arc::new(OnlyPublic));
     let mut reader = Session::new(&broker, Arc::new(OnlyPublic));
     reader.subscribe(&["public.>"], None, Acknowledge::Never).unwrap();
-    let forbidden = |result: Result<_, SessionError>| matches!(result, Err(SessionError::Forbidden { .. }));
-    assert!(forbidden(publisher.route("private.a").map(drop)));
-    assert!(matches!(
-        publisher.route("public..a"),
-        Err(SessionError::Subject(_))
-    ));
-    let route = publisher.route("public.a").unwrap();
-    assert_eq!(route.subject(), "public.a");
-    // Another connection, with the same permissions or not, may not use it.
-    let other = Session::new(&broker, Arc::new(OnlyPublic));
-    assert!(forbidden(
-        other
-            .publish_routed(&route, common::json("1"), Default::default(), true)
-            .map(drop)
-    ));
-    // The payload limit and the publish budget hold for every message.
-    let too_large = common::json("\"0123456789abcdef\"");
-    assert_eq!(
+    let mut publish = |subject: &str, data: &str| {
         publisher
-            .publish_routed(&route, too_large, Default::default(), true)
-            .unwrap_err()
-            .code(),
+            .publish_on_route(subject, common::json(data), Default::default(), true)
+            .map_err(|error| error.code())
+    };
+    assert_eq!(publish("private.a", "0").unwrap_err(), "forbidden");
+    assert_eq!(publish("public..a", "0").unwrap_err(), "invalid_subject");
+    publish("public.a", "0").unwrap();
+    // The subject it kept to is no pass for another one.
+    assert_eq!(publish("private.a", "1").unwrap_err(), "forbidden");
+    // The payload limit and the publish budget hold for every message.
+    assert_eq!(
+        publish("public.a", "\"0123456789abcdef\"").unwrap_err(),
         "payload_too_large"
     );
-    for n in 0..2 {
-        publisher
-            .publish_routed(&route, common::json(&n.to_string()), Default::default(), true)
-            .unwrap();
-    }
-    let over = publisher.publish_routed(&route, common::json("2"), Default::default(), true);
-    assert_eq!(over.unwrap_err().code(), "rate_limited");
+    publish("public.a", "1").unwrap();
+    assert_eq!(publish("public.a", "2").unwrap_err(), "rate_limited");
+    // Out of budget, a new subject is refused before its channel is made.
+    let subjects = broker.metrics().history_subjects;
+    assert_eq!(publish("public.b", "3").unwrap_err(), "rate_limited");
+    assert_eq!(broker.metrics().history_subjects, subjects);
     assert_eq!(
         common::data_of(&common::received_json(&reader)),
         [json!(0), json!(1)]
