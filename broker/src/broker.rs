@@ -469,14 +469,16 @@ impl Broker {
         envelope: Envelope,
         skip: Option<&Arc<Outbox>>,
     ) -> Result<Position, PublishError> {
-        self.refuse_if_clustered()?;
         let route = self.route(subject)?;
-        self.publish_routed(&route, payload, envelope, skip)
+        Ok(self.publish_routed(&route, payload, envelope, skip))
     }
 
     /// Where messages on a checked `subject` go (its history channel,
-    /// created on first use), for [`Broker::publish_routed`].
+    /// created on first use), for [`Broker::publish_routed`]. Only a single
+    /// node publishes this way: a clustered one refuses before anything is
+    /// made for the subject.
     pub(crate) fn route(&self, subject: &str) -> Result<Route, PublishError> {
+        self.refuse_if_clustered()?;
         Ok(Route {
             recorded: self.channel_for(subject)?,
             checked_for: 0,
@@ -484,23 +486,24 @@ impl Broker {
     }
 
     /// [`Broker::publish_checked`] to a subject already routed: no lookup.
+    /// A route exists only on a single node ([`Broker::set_upstream`] is
+    /// set before any client connects).
     pub(crate) fn publish_routed(
         &self,
         route: &Route,
         payload: Payload,
         envelope: Envelope,
         skip: Option<&Arc<Outbox>>,
-    ) -> Result<Position, PublishError> {
-        self.refuse_if_clustered()?;
+    ) -> Position {
         let mut order = self.lock_publish_order();
-        Ok(self.publish_locked(
+        self.publish_locked(
             &mut order,
             &route.recorded,
             payload,
             envelope,
             skip,
             Numbering::Next,
-        ))
+        )
     }
 
     /// A clustered node learns a message's position only when the cluster

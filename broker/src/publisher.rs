@@ -139,9 +139,8 @@ impl Publisher {
                 route
             }
         };
-        let published = self.broker.publish_routed(&route, payload, envelope, skip);
+        let position = self.broker.publish_routed(&route, payload, envelope, skip);
         *kept = Some(route);
-        let position = published?;
         self.broker.stats().published(self.transport, 1);
         Ok(position)
     }

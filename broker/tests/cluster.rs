@@ -48,6 +48,12 @@ fn a_clustered_broker_numbers_nothing_itself_and_delivers_what_the_log_orders() 
         .unwrap();
     // The synchronous path would need a position it cannot have.
     assert!(broker.publish("a.x", json("2")).is_err());
+    // Refused before anything is made for it: no history channel either.
+    let subjects = broker.metrics().history_subjects;
+    assert!(writer
+        .publish_with("b.y", json("3"), Envelope::default(), true)
+        .is_err());
+    assert_eq!(broker.metrics().history_subjects, subjects);
     assert!(
         received_json(&reader).is_empty(),
         "nothing is delivered before the log orders it"
