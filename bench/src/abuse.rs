@@ -230,7 +230,12 @@ async fn hold<T>(value: T) {
 /// published and received.
 async fn normal_feed(address: String, stop: Arc<AtomicBool>) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
     let stream = bystander(&address).await?;
-    let (mut socket, _) = tokio_tungstenite::client_async(format!("ws://{address}/ws"), stream).await?;
+    let (mut socket, _) = tokio_tungstenite::client_async_with_config(
+        format!("ws://{address}/ws"),
+        stream,
+        Some(crate::clients::websocket_config()),
+    )
+    .await?;
     socket
         .send(Message::text(r#"{"op":"sub","id":1,"subject":"normal.feed"}"#))
         .await?;
