@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test test-clients client-deps test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth bench-batch bench-nats bench-publish bench-cluster bench-quic flamegraph doc clean
+.PHONY: test test-clients client-deps test-nats-py lint fmt fuzz browser-deps bench bench-peers bench-core bench-e2e bench-smoke bench-medians bench-abuse bench-auth bench-batch bench-nats bench-publish bench-cluster bench-quic bench-latency flamegraph doc clean
 
 ## Run every test in the workspace (unit, integration, property, doc tests).
 test:
@@ -173,6 +173,14 @@ flamegraph:
 bench-quic:
 	$(CARGO) build --release -p herald -p herald-bench
 	./target/release/herald-bench quic
+
+## Latency at half of nats-server's maximum rate: nats-server's fan-out to
+## 1 000 subscribers at full speed, then nats-server (TCP and WebSocket)
+## and Herald's WebSocket gateway at half that rate, with Herald's
+## defaults; three rounds, the order alternating.
+bench-latency:
+	$(CARGO) build --release -p herald -p herald-bench
+	./target/release/herald-bench latency
 
 ## Several events per WebSocket frame (herald.json.batch) vs one
 ## (herald.json), with nats-server's WebSocket listener in the same

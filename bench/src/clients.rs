@@ -361,7 +361,9 @@ impl Connection {
                 request
                     .headers_mut()
                     .insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
-                let (socket, response) = tokio_tungstenite::client_async_with_config(request, stream, Some(websocket_config())).await?;
+                let (socket, response) =
+                    tokio_tungstenite::client_async_with_config(request, stream, Some(websocket_config()))
+                        .await?;
                 if response.headers().get("sec-websocket-protocol")
                     != Some(&HeaderValue::from_static(protocol))
                 {
@@ -383,7 +385,9 @@ impl Connection {
             }
             Target::SocketIo => {
                 let url = format!("ws://{server}/socket.io/?EIO=4&transport=websocket");
-                let (socket, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(websocket_config())).await?;
+                let (socket, _) =
+                    tokio_tungstenite::client_async_with_config(url, stream, Some(websocket_config()))
+                        .await?;
                 let mut connection = Connection::SocketIo { socket };
                 // Engine.IO "open", then join the default namespace.
                 connection.expect_text_prefix("0").await?;
@@ -392,8 +396,7 @@ impl Connection {
                 Ok(connection)
             }
             Target::Pushpin => {
-                let (socket, _) =
-                    tokio_tungstenite::client_async_with_config(
+                let (socket, _) = tokio_tungstenite::client_async_with_config(
                     format!("ws://{server}/ws"),
                     stream,
                     Some(websocket_config()),

@@ -11,6 +11,7 @@
 //! | `churn` | fan-out deliveries/s alone vs during a subscribe/unsubscribe storm |
 //! | `cluster` (its own command) | one node vs two nodes bridged through nats-server + JetStream: fan-out and cross-node latency |
 //! | `quic` (its own command) | the same fan-out to WebSocket and to WebTransport subscribers: deliveries/s and latency |
+//! | `latency` (its own command) | p50/p99 of nats-server and Herald at half of nats-server's full speed, measured in the same round |
 //! | `nats` (its own command) | the same async-nats workload against nats-server and Herald's NATS listener: fan-out to 1/100/1 000, pipelined publishing |
 //!
 //! Targets: Herald's WebSocket gateway (JSON, MessagePack), its SSE and
@@ -28,6 +29,7 @@ pub mod abuse;
 pub mod clients;
 pub mod cluster;
 pub mod http_subscriber;
+pub mod latency;
 pub mod nats;
 pub mod publish;
 pub mod quic;

@@ -116,6 +116,18 @@ enum Command {
         #[arg(long)]
         rounds: Option<usize>,
     },
+    /// nats-server at full speed, then nats-server and Herald publishing
+    /// at half that rate (1 000 subscribers by default), fresh servers each
+    /// run, alternating: JSON lines on stdout, then the table of medians.
+    Latency {
+        /// Seconds-long sizes, for the test suite.
+        #[arg(long)]
+        smoke: bool,
+        #[arg(long)]
+        subscribers: Option<usize>,
+        #[arg(long)]
+        rounds: Option<usize>,
+    },
     /// One idle-connections run.
     Idle {
         #[arg(long, default_value = "herald-ws-json")]
@@ -234,6 +246,22 @@ async fn main() -> anyhow::Result<()> {
             size.rounds = rounds.unwrap_or(size.rounds);
             let records = herald_bench::quic::run(&binaries, size, print_json_line).await?;
             print!("{}", herald_bench::quic::markdown(&records));
+            Ok(())
+        }
+        Command::Latency {
+            smoke,
+            subscribers,
+            rounds,
+        } => {
+            let mut size = if smoke {
+                herald_bench::rounds::RoundSize::SMOKE
+            } else {
+                herald_bench::rounds::RoundSize::STANDARD
+            };
+            size.subscribers = subscribers.unwrap_or(size.subscribers);
+            size.rounds = rounds.unwrap_or(size.rounds);
+            let records = herald_bench::latency::run(&binaries, size, print_json_line).await?;
+            print!("{}", herald_bench::latency::markdown(&records));
             Ok(())
         }
         Command::Idle { target, connections } => {

@@ -185,7 +185,9 @@ async fn websocket(address: SocketAddr, duration: Duration) -> anyhow::Result<u6
     const PING_EVERY: u64 = 256;
     const PINGS_AHEAD: u64 = 64;
     let url = format!("ws://{address}/ws?token={BENCH_API_KEY}");
-    let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(crate::clients::websocket_config()), false).await?;
+    let (socket, _) =
+        tokio_tungstenite::connect_async_with_config(url, Some(crate::clients::websocket_config()), false)
+            .await?;
     let (mut sink, mut stream) = socket.split();
     let command = format!(r#"{{"op":"pub","subject":"{SUBJECT}","data":{}}}"#, payload());
     let deadline = Instant::now() + duration;

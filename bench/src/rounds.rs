@@ -1,6 +1,6 @@
 //! Variants of one workload measured in the same run: fresh servers for
 //! every variant and round, the order alternating between rounds, each
-//! variant at full speed (fan-out: deliveries/s) and at a fixed rate
+//! variant at full speed (fan-out: deliveries/s), then each at a fixed rate
 //! (latency: publish-to-receive p50/p99). The report takes medians, and
 //! ratios to the first variant measured in the same round, so that a noisy
 //! machine moves both sides of each ratio together.
@@ -23,8 +23,8 @@ pub struct RoundRecord {
 pub struct RoundSize {
     pub subscribers: usize,
     pub fanout_seconds: f64,
-    /// Messages/s of the latency runs.
-    pub latency_rate: u64,
+    /// The rate of the latency runs.
+    pub latency_rate: LatencyRate,
     pub latency_seconds: f64,
     pub rounds: usize,
 }
@@ -33,17 +33,41 @@ impl RoundSize {
     pub const STANDARD: RoundSize = RoundSize {
         subscribers: 1_000,
         fanout_seconds: 3.0,
-        latency_rate: 200,
+        latency_rate: LatencyRate::PerSecond(200),
         latency_seconds: 4.0,
         rounds: 3,
     };
     pub const SMOKE: RoundSize = RoundSize {
         subscribers: 10,
         fanout_seconds: 0.5,
-        latency_rate: 20,
+        latency_rate: LatencyRate::PerSecond(20),
         latency_seconds: 1.0,
         rounds: 1,
     };
+}
+
+/// How fast the latency runs publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatencyRate {
+    /// Messages per second.
+    PerSecond(u64),
+    /// Half the messages per second the first variant sustained at full
+    /// speed in the same round (its deliveries/s over the subscribers).
+    HalfOfFirst,
+}
+
+impl LatencyRate {
+    fn in_round(self, first_at_full_speed: Option<&Record>, subscribers: usize) -> u64 {
+        match (self, first_at_full_speed) {
+            (LatencyRate::PerSecond(rate), _) => rate,
+            (LatencyRate::HalfOfFirst, Some(record)) => {
+                (record.deliveries_per_second / subscribers.max(1) as f64 / 2.0)
+                    .round()
+                    .max(1.0) as u64
+            }
+            (LatencyRate::HalfOfFirst, None) => unreachable!("the first variant runs at full speed first"),
+        }
+    }
 }
 
 /// Runs every round: `measure(variant, rate, seconds)` starts fresh
@@ -60,14 +84,19 @@ pub async fn run(
         if round % 2 == 1 {
             order.reverse();
         }
-        for variant in order {
-            for rate in [None, Some(size.latency_rate)] {
+        let mut first_at_full_speed = None;
+        for rate in [None, Some(size.latency_rate)] {
+            for &variant in &order {
+                let rate = rate.map(|rate| rate.in_round(first_at_full_speed.as_ref(), size.subscribers));
                 let seconds = match rate {
                     None => size.fanout_seconds,
                     Some(_) => size.latency_seconds,
                 };
                 let mut record = measure(variant, rate, seconds).await?;
                 record.scenario = if rate.is_none() { "fanout" } else { "latency" }.into();
+                if rate.is_none() && variant == variants[0] {
+                    first_at_full_speed = Some(record.clone());
+                }
                 let record = RoundRecord {
                     variant,
                     round,
@@ -157,4 +186,67 @@ pub fn markdown(records: &[RoundRecord], variants: &[&'static str], column: &str
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at_full_speed(variant: &'static str, deliveries_per_second: f64) -> Record {
+        Record {
+            target: variant.into(),
+            deliveries_per_second,
+            ..Record::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn latency_runs_at_half_of_the_first_variant_s_full_speed_in_their_round() {
+        let size = RoundSize {
+            subscribers: 100,
+            fanout_seconds: 1.0,
+            latency_rate: LatencyRate::HalfOfFirst,
+            latency_seconds: 1.0,
+            rounds: 2,
+        };
+        // Round 0: the first variant delivers 200 000/s to 100 subscribers
+        // (2 000 messages/s); round 1: 100 000/s. The second variant is
+        // faster and must not set the rate.
+        let mut calls = Vec::new();
+        let mut first_full_speeds = [200_000.0, 100_000.0].into_iter();
+        let records = run(
+            &["first", "second"],
+            size,
+            async |variant, rate, _seconds| {
+                calls.push((variant, rate));
+                let deliveries_per_second = if variant == "first" && rate.is_none() {
+                    first_full_speeds.next().unwrap()
+                } else {
+                    1_000_000.0
+                };
+                Ok(at_full_speed(variant, deliveries_per_second))
+            },
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            calls,
+            [
+                ("first", None),
+                ("second", None),
+                ("first", Some(1_000)),
+                ("second", Some(1_000)),
+                // The order alternates; the rate still comes from "first".
+                ("second", None),
+                ("first", None),
+                ("second", Some(500)),
+                ("first", Some(500)),
+            ]
+        );
+        assert_eq!(
+            records.iter().filter(|r| r.record.scenario == "latency").count(),
+            4
+        );
+    }
 }
