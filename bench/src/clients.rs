@@ -292,8 +292,8 @@ pub enum Connection {
 
 /// Every WebSocket the load generator opens reads at most 16 KiB at a time.
 /// tungstenite zeroes its whole read buffer before each read (128 KiB by
-/// default): at one small event per read that memset was a seventh of the
-/// machine's CPU in a fixed-rate run to 1 000 subscribers, spent by the
+/// default): at one small event per read that memset was 15% of the
+/// machine's samples in a fixed-rate run to 1 000 subscribers, spent by the
 /// load generator on the cores the servers measured here share. 16 KiB is
 /// what the NATS client below reads at most, too.
 pub(crate) fn websocket_config() -> WebSocketConfig {
