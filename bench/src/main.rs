@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use herald_bench::{report, scenarios, Binaries, Server, SuiteSize, Target};
 
 #[derive(Debug, Parser)]
@@ -107,27 +107,11 @@ enum Command {
     /// WebSocket vs WebTransport subscribers (1 000 by default), fresh
     /// servers each round, alternating: JSON lines on stdout, then the
     /// table of medians.
-    Quic {
-        /// Seconds-long sizes, for the test suite.
-        #[arg(long)]
-        smoke: bool,
-        #[arg(long)]
-        subscribers: Option<usize>,
-        #[arg(long)]
-        rounds: Option<usize>,
-    },
+    Quic(Rounds),
     /// nats-server at full speed, then nats-server and Herald publishing
     /// at half that rate (1 000 subscribers by default), fresh servers each
     /// run, alternating: JSON lines on stdout, then the table of medians.
-    Latency {
-        /// Seconds-long sizes, for the test suite.
-        #[arg(long)]
-        smoke: bool,
-        #[arg(long)]
-        subscribers: Option<usize>,
-        #[arg(long)]
-        rounds: Option<usize>,
-    },
+    Latency(Rounds),
     /// One idle-connections run.
     Idle {
         #[arg(long, default_value = "herald-ws-json")]
@@ -135,6 +119,24 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
     },
+}
+
+/// The size of a command that measures in alternating rounds.
+#[derive(Debug, Args)]
+struct Rounds {
+    /// Seconds-long sizes, for the test suite.
+    #[arg(long)]
+    smoke: bool,
+    #[arg(long)]
+    subscribers: Option<usize>,
+    #[arg(long)]
+    rounds: Option<usize>,
+}
+
+impl Rounds {
+    fn size(&self) -> herald_bench::rounds::RoundSize {
+        herald_bench::rounds::RoundSize::chosen(self.smoke, self.subscribers, self.rounds)
+    }
 }
 
 #[tokio::main]
@@ -220,47 +222,18 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cluster { smoke, subscribers } => {
-            let mut size = if smoke {
-                herald_bench::rounds::RoundSize::SMOKE
-            } else {
-                herald_bench::rounds::RoundSize::STANDARD
-            };
-            if let Some(subscribers) = subscribers {
-                size.subscribers = subscribers;
-            }
+            let size = herald_bench::rounds::RoundSize::chosen(smoke, subscribers, None);
             let records = herald_bench::cluster::run(&binaries, size, print_json_line).await?;
             print!("{}", herald_bench::cluster::markdown(&records));
             Ok(())
         }
-        Command::Quic {
-            smoke,
-            subscribers,
-            rounds,
-        } => {
-            let mut size = if smoke {
-                herald_bench::rounds::RoundSize::SMOKE
-            } else {
-                herald_bench::rounds::RoundSize::STANDARD
-            };
-            size.subscribers = subscribers.unwrap_or(size.subscribers);
-            size.rounds = rounds.unwrap_or(size.rounds);
-            let records = herald_bench::quic::run(&binaries, size, print_json_line).await?;
+        Command::Quic(rounds) => {
+            let records = herald_bench::quic::run(&binaries, rounds.size(), print_json_line).await?;
             print!("{}", herald_bench::quic::markdown(&records));
             Ok(())
         }
-        Command::Latency {
-            smoke,
-            subscribers,
-            rounds,
-        } => {
-            let mut size = if smoke {
-                herald_bench::rounds::RoundSize::SMOKE
-            } else {
-                herald_bench::rounds::RoundSize::STANDARD
-            };
-            size.subscribers = subscribers.unwrap_or(size.subscribers);
-            size.rounds = rounds.unwrap_or(size.rounds);
-            let records = herald_bench::latency::run(&binaries, size, print_json_line).await?;
+        Command::Latency(rounds) => {
+            let records = herald_bench::latency::run(&binaries, rounds.size(), print_json_line).await?;
             print!("{}", herald_bench::latency::markdown(&records));
             Ok(())
         }

@@ -46,6 +46,23 @@ impl RoundSize {
     };
 }
 
+impl RoundSize {
+    /// [`RoundSize::SMOKE`] or [`RoundSize::STANDARD`], with the
+    /// subscribers and rounds a command line asked for.
+    pub fn chosen(smoke: bool, subscribers: Option<usize>, rounds: Option<usize>) -> RoundSize {
+        let size = if smoke {
+            RoundSize::SMOKE
+        } else {
+            RoundSize::STANDARD
+        };
+        RoundSize {
+            subscribers: subscribers.unwrap_or(size.subscribers),
+            rounds: rounds.unwrap_or(size.rounds),
+            ..size
+        }
+    }
+}
+
 /// How fast the latency runs publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LatencyRate {
