@@ -44,9 +44,7 @@ impl RoundSize {
         latency_seconds: 1.0,
         rounds: 1,
     };
-}
 
-impl RoundSize {
     /// [`RoundSize::SMOKE`] or [`RoundSize::STANDARD`], with the
     /// subscribers and rounds a command line asked for.
     pub fn chosen(smoke: bool, subscribers: Option<usize>, rounds: Option<usize>) -> RoundSize {
