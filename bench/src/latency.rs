@@ -6,10 +6,8 @@
 //! alternating between rounds; the table gives medians and each target's
 //! ratios to nats-server's in the same round.
 
-use crate::clients::Target;
 use crate::rounds::{self, LatencyRate, RoundRecord, RoundSize};
-use crate::scenarios;
-use crate::servers::{Binaries, Server};
+use crate::servers::Binaries;
 
 /// nats-server's TCP listener first: its full speed sets the rate.
 const TARGETS: [&str; 3] = ["nats-tcp", "herald-ws-json", "nats-ws"];
@@ -23,11 +21,7 @@ pub async fn run(
 ) -> anyhow::Result<Vec<RoundRecord>> {
     size.latency_rate = LatencyRate::HalfOfFirst;
     let measure = async |target, rate, seconds| {
-        let target = Target::parse(target)?;
-        let server = Server::start(target, binaries).await?;
-        let record = scenarios::fanout(target, &server, size.subscribers, rate, seconds, PAYLOAD).await;
-        server.stop().await;
-        record
+        rounds::fanout_on_fresh_server(binaries, target, size.subscribers, rate, seconds, PAYLOAD).await
     };
     rounds::run(&TARGETS, size, measure, each).await
 }

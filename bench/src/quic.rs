@@ -4,10 +4,8 @@
 //! both, fresh servers for each, alternating (`rounds`). Each WebTransport
 //! subscriber has its own QUIC endpoint (UDP socket), as a browser has.
 
-use crate::clients::Target;
 use crate::rounds::{self, RoundRecord, RoundSize};
-use crate::scenarios;
-use crate::servers::{Binaries, Server};
+use crate::servers::Binaries;
 
 const TRANSPORTS: [&str; 2] = ["herald-ws-json", "herald-wt-json"];
 const PAYLOAD: usize = 128;
@@ -19,11 +17,7 @@ pub async fn run(
     each: impl FnMut(&RoundRecord),
 ) -> anyhow::Result<Vec<RoundRecord>> {
     let measure = async |transport, rate, seconds| {
-        let target = Target::parse(transport)?;
-        let server = Server::start(target, binaries).await?;
-        let record = scenarios::fanout(target, &server, size.subscribers, rate, seconds, PAYLOAD).await;
-        server.stop().await;
-        record
+        rounds::fanout_on_fresh_server(binaries, transport, size.subscribers, rate, seconds, PAYLOAD).await
     };
     rounds::run(&TRANSPORTS, size, measure, each).await
 }

@@ -7,7 +7,9 @@
 
 use serde::Serialize;
 
-use crate::scenarios::Record;
+use crate::clients::Target;
+use crate::scenarios::{self, Record};
+use crate::servers::{Binaries, Server};
 
 /// One measurement of one variant.
 #[derive(Debug, Clone, Serialize)]
@@ -123,6 +125,23 @@ pub async fn run(
         }
     }
     Ok(records)
+}
+
+/// One fan-out of `payload`-byte messages to `subscribers` on a fresh
+/// server of `target`: the measurement most variants are.
+pub async fn fanout_on_fresh_server(
+    binaries: &Binaries,
+    target: &str,
+    subscribers: usize,
+    rate: Option<u64>,
+    seconds: f64,
+    payload: usize,
+) -> anyhow::Result<Record> {
+    let target = Target::parse(target)?;
+    let server = Server::start(target, binaries).await?;
+    let record = scenarios::fanout(target, &server, subscribers, rate, seconds, payload).await;
+    server.stop().await;
+    record
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
