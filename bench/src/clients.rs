@@ -66,6 +66,13 @@ pub enum Target {
     /// `herald.json` subprotocol). Not in the standard set; `make
     /// bench-batch` compares it with `herald-ws-json`.
     HeraldJsonSingle,
+    /// Herald's NATS listener, with the same NATS client as `nats-tcp`
+    /// (the publisher presents the bench's API key in CONNECT). Not in the
+    /// standard set: `make bench-nats` compares the listener with
+    /// nats-server using async-nats; this target is for single runs, such
+    /// as what an idle NATS connection costs (`herald-bench idle --target
+    /// herald-nats`).
+    HeraldNats,
 }
 
 /// The HS256 secret every Herald the load generator starts accepts tokens
@@ -129,6 +136,7 @@ impl Target {
             Target::HeraldJsonToken => "herald-ws-json-token",
             Target::HeraldWebTransport => "herald-wt-json",
             Target::HeraldJsonSingle => "herald-ws-json-single",
+            Target::HeraldNats => "herald-nats",
         }
     }
 
@@ -143,6 +151,7 @@ impl Target {
                 | Target::HeraldJsonToken
                 | Target::HeraldWebTransport
                 | Target::HeraldJsonSingle
+                | Target::HeraldNats
         )
     }
 
@@ -191,6 +200,7 @@ impl Target {
                 Target::HeraldJsonToken,
                 Target::HeraldWebTransport,
                 Target::HeraldJsonSingle,
+                Target::HeraldNats,
             ])
             .find(|target| target.name() == name)
             .with_context(|| format!("unknown target {name:?}"))
@@ -375,12 +385,19 @@ impl Connection {
                     unread: VecDeque::new(),
                 })
             }
-            Target::NatsTcp => {
+            Target::NatsTcp | Target::HeraldNats => {
                 let mut connection = Connection::NatsTcp {
                     stream,
                     parser: NatsParser::default(),
                 };
-                connection.send_raw(NATS_CONNECT.as_bytes()).await?;
+                let connect = if as_backend && target == Target::HeraldNats {
+                    format!(
+                        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"echo\":false,\"auth_token\":\"{BENCH_API_KEY}\"}}\r\n"
+                    )
+                } else {
+                    NATS_CONNECT.to_owned()
+                };
+                connection.send_raw(connect.as_bytes()).await?;
                 Ok(connection)
             }
             Target::SocketIo => {

@@ -64,7 +64,8 @@ impl Binaries {
             | Target::HeraldLongPoll
             | Target::HeraldJsonToken
             | Target::HeraldJsonSingle
-            | Target::HeraldWebTransport => true,
+            | Target::HeraldWebTransport
+            | Target::HeraldNats => true,
             Target::NatsTcp | Target::NatsWebSocket => self.has_nats(),
             Target::SocketIo => self.has_socketio(),
             Target::Pushpin => self.pushpin.exists() && self.node.exists(),
@@ -109,6 +110,7 @@ impl Server {
             | Target::HeraldJsonToken
             | Target::HeraldJsonSingle
             | Target::HeraldWebTransport => start_herald(&binaries.herald).await,
+            Target::HeraldNats => start_herald_nats(&binaries.herald).await,
             Target::SocketIo => {
                 let mut command = Command::new(&binaries.node);
                 command.arg(&binaries.socketio_script);
@@ -260,21 +262,36 @@ async fn start_herald(binary: &Path) -> anyhow::Result<Server> {
     start_logging_address(herald_command(binary)?, "herald").await
 }
 
+/// Herald as for the other targets, with `address` its NATS listener's (on
+/// a free port) instead of the HTTP one: what every client of the
+/// `herald-nats` target, publisher included, connects to.
+async fn start_herald_nats(binary: &Path) -> anyhow::Result<Server> {
+    let (mut server, nats) = start_with_nats_listener(herald_command(binary)?).await?;
+    server.address = nats;
+    Ok(server)
+}
+
+/// Starts Herald by `command` with its NATS listener on a free port, and
+/// returns once that listens too.
+async fn start_with_nats_listener(mut command: Command) -> anyhow::Result<(Server, SocketAddr)> {
+    let nats: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    command.env("HERALD_NATS__LISTEN", nats.to_string());
+    let server = start_logging_address(command, "herald").await?;
+    let server = wait_listening(server, &[nats], "herald's NATS listener").await?;
+    Ok((server, nats))
+}
+
 impl Server {
     /// Herald as for the other targets, its NATS listener on a free port
     /// (returned), and its per-connection queues as deep as nats-server's
     /// default pending limit (64 MiB), so that a NATS workload meets the
     /// same buffering on both servers.
     pub async fn herald_with_nats(binaries: &Binaries) -> anyhow::Result<(Server, SocketAddr)> {
-        let nats: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let mut command = herald_command(&binaries.herald)?;
         command
-            .env("HERALD_NATS__LISTEN", nats.to_string())
             .env("HERALD_BROKER__QUEUE__MAX_MESSAGES", "1000000")
             .env("HERALD_BROKER__QUEUE__MAX_BYTES", "64MiB");
-        let server = start_logging_address(command, "herald").await?;
-        let server = wait_listening(server, &[nats], "herald's NATS listener").await?;
-        Ok((server, nats))
+        start_with_nats_listener(command).await
     }
 }
 
