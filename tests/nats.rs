@@ -404,6 +404,45 @@ async fn permissions_apply_to_nats_clients() {
 
 const KEY_CONNECT: &str = r#"{"verbose":false,"auth_token":"test-publisher-key-0123456789"}"#;
 
+/// A message larger than one read and one write, sent in pieces with pauses
+/// between them (the reader waits holding the part it has), then a small
+/// one after the connection went quiet (the reader waits without a buffer,
+/// the writer's grown buffer was let go): both arrive whole, in order.
+#[tokio::test]
+async fn a_message_larger_than_a_read_and_a_write_arrives_whole() {
+    let server = Server::start(|config| {
+        config.broker.max_payload_bytes = 512 * 1024;
+        config.websocket.max_frame_bytes = 1024 * 1024;
+    })
+    .await;
+    let mut subscriber = Raw::connect(&server, KEY_CONNECT).await;
+    subscriber.send("SUB big 1\r\nPING\r\n").await;
+    assert_eq!(subscriber.line().await, "PONG\r\n");
+    let mut publisher = Raw::connect(&server, KEY_CONNECT).await;
+
+    let payload: String = (0..200_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    publisher.send(&format!("PUB big {}\r\n", payload.len())).await;
+    for piece in [&payload[..70_000], &payload[70_000..150_000], &payload[150_000..]] {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        publisher.send(piece).await;
+    }
+    publisher.send("\r\n").await;
+    assert_eq!(subscriber.line().await, "MSG big 1 200000\r\n");
+    let got = subscriber.exactly(payload.len() + 2).await;
+    assert!(
+        got[..payload.len()] == *payload.as_bytes(),
+        "the payload arrives unchanged"
+    );
+    assert_eq!(&got[payload.len()..], b"\r\n");
+
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    publisher.send("PUB big 5\r\nsmall\r\n").await;
+    assert_eq!(subscriber.line().await, "MSG big 1 5\r\n");
+    assert_eq!(subscriber.line().await, "small\r\n");
+}
+
 #[tokio::test]
 async fn protocol_errors_get_nats_server_s_words_and_the_fatal_ones_close() {
     let server = Server::start(|config| {

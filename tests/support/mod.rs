@@ -731,6 +731,19 @@ impl RawNats {
         line
     }
 
+    /// The next `n` bytes, whatever they hold.
+    pub async fn exactly(&mut self, n: usize) -> Vec<u8> {
+        let mut bytes = vec![0; n];
+        tokio::time::timeout(
+            PATIENCE,
+            tokio::io::AsyncReadExt::read_exact(&mut self.reader, &mut bytes),
+        )
+        .await
+        .expect("the bytes in time")
+        .unwrap();
+        bytes
+    }
+
     /// Everything until the server closes.
     pub async fn rest(&mut self) -> String {
         let mut rest = Vec::new();

@@ -36,6 +36,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// of large messages does not pile up in memory before the flush.
 const WRITE_CHUNK: usize = 64 * 1024;
 
+/// The most one read takes from a client's socket.
+const READ_CHUNK: usize = 16 * 1024;
+
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What a client may say in CONNECT; everything else is ignored.
@@ -147,7 +150,7 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, gateway: Arc<Gate
     let pings_out = Arc::new(AtomicU32::new(0));
     let mut writer = NatsWriter {
         socket: write,
-        buffer: BytesMut::with_capacity(WRITE_CHUNK),
+        buffer: BytesMut::new(),
         sids: sids.clone(),
         finished: finished_tx,
         headers: options.headers,
@@ -310,13 +313,30 @@ impl Reader<'_> {
             // Backpressure: a client that sends without reading the answers
             // waits here instead of growing its queue of replies.
             self.session.outbox().reply_room().await;
-            self.buffer.reserve(4096);
+            if let Err(reason) = self.read().await {
+                return ReadEnd::Gone(reason);
+            }
+        }
+    }
+
+    /// Reads what the socket has, up to `READ_CHUNK` bytes, meanwhile
+    /// forgetting subscriptions the writer finished. A connection waits
+    /// for its socket without a read buffer once it has parsed everything:
+    /// an idle subscriber holds none, a busy publisher keeps one.
+    async fn read(&mut self) -> Result<(), DisconnectReason> {
+        loop {
+            self.buffer.reserve(READ_CHUNK);
+            match self.socket.try_read_buf(&mut self.buffer) {
+                Ok(0) => return Err(DisconnectReason::ClientClosed),
+                Ok(_) => return Ok(()),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(DisconnectReason::ReadError),
+            }
+            if self.buffer.is_empty() {
+                self.buffer = BytesMut::new();
+            }
             tokio::select! {
-                read = self.socket.read_buf(&mut self.buffer) => match read {
-                    Ok(0) => return ReadEnd::Gone(DisconnectReason::ClientClosed),
-                    Ok(_) => {}
-                    Err(_) => return ReadEnd::Gone(DisconnectReason::ReadError),
-                },
+                ready = self.socket.readable() => ready.map_err(|_| DisconnectReason::ReadError)?,
                 Some(id) = self.finished.recv() => self.forget(id),
             }
         }
@@ -625,7 +645,13 @@ impl EventWriter for NatsWriter {
     async fn flush(&mut self) -> io::Result<()> {
         if !self.buffer.is_empty() {
             self.socket.write_all(&self.buffer).await?;
-            self.buffer.clear();
+            // A burst may have grown the buffer past a write chunk; an
+            // idle subscriber should not hold on to that.
+            if self.buffer.capacity() > WRITE_CHUNK {
+                self.buffer = BytesMut::new();
+            } else {
+                self.buffer.clear();
+            }
         }
         Ok(())
     }
