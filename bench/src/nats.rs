@@ -39,6 +39,10 @@ pub struct NatsRecord {
     pub per_second: f64,
     /// Deliveries that arrived out of those expected.
     pub delivered_share: f64,
+    /// The server's CPU time (from `/proc`) per delivery or accepted
+    /// publish, in µs, from the first publish to the end of the
+    /// measurement: what the server spent, whatever the clients left it.
+    pub server_cpu_us: Option<f64>,
 }
 
 /// How big a run is.
@@ -96,21 +100,23 @@ pub async fn run(
             let mut measured = Vec::new();
             for &subscribers in size.subscribers {
                 let messages = (size.deliveries / subscribers as u64).max(100);
-                measured.push(fanout(&url, subscribers, messages).await);
+                measured.push(fanout(&running, &url, subscribers, messages).await);
             }
-            measured.push(publish(&url, size.publishes).await);
+            measured.push(publish(&running, &url, size.publishes).await);
             running.stop().await;
             for result in measured {
-                let (scenario, subscribers, messages, per_second, delivered_share) =
-                    result.with_context(|| format!("{server}, round {round}"))?;
+                let measured = result.with_context(|| format!("{server}, round {round}"))?;
                 let record = NatsRecord {
                     server,
                     round,
-                    scenario,
-                    subscribers,
-                    messages,
-                    per_second,
-                    delivered_share,
+                    scenario: measured.scenario,
+                    subscribers: measured.subscribers,
+                    messages: measured.messages,
+                    per_second: measured.per_second,
+                    delivered_share: measured.delivered_share,
+                    server_cpu_us: measured
+                        .server_cpu_seconds
+                        .map(|cpu| cpu * 1e6 / measured.counted.max(1) as f64),
                 };
                 each(&record);
                 records.push(record);
@@ -120,9 +126,25 @@ pub async fn run(
     Ok(records)
 }
 
-type Measured = (&'static str, usize, u64, f64, f64);
+struct Measured {
+    scenario: &'static str,
+    subscribers: usize,
+    messages: u64,
+    per_second: f64,
+    delivered_share: f64,
+    /// Deliveries that arrived, or publishes accepted.
+    counted: u64,
+    server_cpu_seconds: Option<f64>,
+}
 
-async fn fanout(url: &str, subscribers: usize, messages: u64) -> anyhow::Result<Measured> {
+/// The server's CPU time since `before`.
+fn cpu_since(server: &Server, before: Option<f64>) -> Option<f64> {
+    before
+        .zip(server.cpu_seconds())
+        .map(|(before, after)| after - before)
+}
+
+async fn fanout(server: &Server, url: &str, subscribers: usize, messages: u64) -> anyhow::Result<Measured> {
     let delivered = Arc::new(AtomicU64::new(0));
     let last_delivery = Arc::new(std::sync::Mutex::new(Instant::now()));
     let mut clients = Vec::with_capacity(subscribers);
@@ -152,6 +174,7 @@ async fn fanout(url: &str, subscribers: usize, messages: u64) -> anyhow::Result<
     // average: about a million deliveries in flight.
     let window = (1_000_000 / subscribers as u64).clamp(16, 65_536);
     let chunk = window.min(1_024) / 2;
+    let cpu_before = server.cpu_seconds();
     let started = Instant::now();
     let mut sent = 0;
     while sent < messages {
@@ -173,6 +196,7 @@ async fn fanout(url: &str, subscribers: usize, messages: u64) -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let got = delivered.load(Ordering::Relaxed);
+    let server_cpu_seconds = cpu_since(server, cpu_before);
     let end = if got >= expected {
         *last_delivery.lock().expect("not poisoned")
     } else {
@@ -183,18 +207,21 @@ async fn fanout(url: &str, subscribers: usize, messages: u64) -> anyhow::Result<
     }
     drop(clients);
     let seconds = end.duration_since(started).as_secs_f64();
-    Ok((
-        "fanout",
+    Ok(Measured {
+        scenario: "fanout",
         subscribers,
         messages,
-        got as f64 / seconds,
-        got as f64 / expected as f64,
-    ))
+        per_second: got as f64 / seconds,
+        delivered_share: got as f64 / expected as f64,
+        counted: got,
+        server_cpu_seconds,
+    })
 }
 
-async fn publish(url: &str, messages: u64) -> anyhow::Result<Measured> {
+async fn publish(server: &Server, url: &str, messages: u64) -> anyhow::Result<Measured> {
     let publisher = async_nats::connect(url).await.context("the publisher connects")?;
     let payload = Bytes::from(vec![b'x'; PAYLOAD]);
+    let cpu_before = server.cpu_seconds();
     let started = Instant::now();
     for _ in 0..messages {
         publisher.publish("bench.ingest", payload.clone()).await?;
@@ -202,20 +229,29 @@ async fn publish(url: &str, messages: u64) -> anyhow::Result<Measured> {
     // The PONG comes after the server has taken every PUB before it.
     publisher.flush().await?;
     let seconds = started.elapsed().as_secs_f64();
-    Ok(("publish", 0, messages, messages as f64 / seconds, 1.0))
+    Ok(Measured {
+        scenario: "publish",
+        subscribers: 0,
+        messages,
+        per_second: messages as f64 / seconds,
+        delivered_share: 1.0,
+        counted: messages,
+        server_cpu_seconds: cpu_since(server, cpu_before),
+    })
 }
 
 /// The table of medians and ratios, for `docs/benchmarks.md`.
 pub fn markdown(records: &[NatsRecord]) -> String {
-    let median = |server: &str, scenario: &str, subscribers: usize| -> Option<f64> {
-        let mut values: Vec<f64> = records
-            .iter()
-            .filter(|r| r.server == server && r.scenario == scenario && r.subscribers == subscribers)
-            .map(|r| r.per_second)
-            .collect();
-        values.sort_by(f64::total_cmp);
-        (!values.is_empty()).then(|| values[values.len() / 2])
-    };
+    let median_of =
+        |server: &str, scenario: &str, subscribers: usize, value: fn(&NatsRecord) -> Option<f64>| {
+            let mut values: Vec<f64> = records
+                .iter()
+                .filter(|r| r.server == server && r.scenario == scenario && r.subscribers == subscribers)
+                .filter_map(value)
+                .collect();
+            values.sort_by(f64::total_cmp);
+            (!values.is_empty()).then(|| values[values.len() / 2])
+        };
     let share = |server: &str, scenario: &str, subscribers: usize| -> f64 {
         records
             .iter()
@@ -227,12 +263,14 @@ pub fn markdown(records: &[NatsRecord]) -> String {
     rows.sort();
     rows.dedup();
     let mut out = String::from(
-        "| workload | nats-server | Herald's NATS listener | ratio | lowest delivered share (nats-server / Herald) |\n|---|---|---|---|---|\n",
+        "| workload | nats-server | Herald's NATS listener | ratio | server CPU per delivery or publish (nats-server / Herald) | CPU ratio | lowest delivered share (nats-server / Herald) |\n|---|---|---|---|---|---|---|\n",
     );
+    let rate = |r: &NatsRecord| Some(r.per_second);
+    let cpu = |r: &NatsRecord| r.server_cpu_us;
     for (scenario, subscribers) in rows {
         let (Some(peer), Some(herald)) = (
-            median("nats-server", scenario, subscribers),
-            median("herald", scenario, subscribers),
+            median_of("nats-server", scenario, subscribers, rate),
+            median_of("herald", scenario, subscribers, rate),
         ) else {
             continue;
         };
@@ -240,8 +278,18 @@ pub fn markdown(records: &[NatsRecord]) -> String {
             "fanout" => format!("1 → {subscribers} subscribers, deliveries/s"),
             _ => "1 pipelined publisher, publishes/s".to_owned(),
         };
+        let (cpu_figures, cpu_ratio) = match (
+            median_of("nats-server", scenario, subscribers, cpu),
+            median_of("herald", scenario, subscribers, cpu),
+        ) {
+            (Some(peer), Some(herald)) => (
+                format!("{peer:.2} µs / {herald:.2} µs"),
+                format!("{:.2}×", herald / peer),
+            ),
+            _ => ("-".to_owned(), "-".to_owned()),
+        };
         out.push_str(&format!(
-            "| {workload} | {:.3} M | {:.3} M | {:.2}× | {:.3} / {:.3} |\n",
+            "| {workload} | {:.3} M | {:.3} M | {:.2}× | {cpu_figures} | {cpu_ratio} | {:.3} / {:.3} |\n",
             peer / 1e6,
             herald / 1e6,
             herald / peer,
