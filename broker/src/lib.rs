@@ -85,7 +85,9 @@ pub use clock::{Clock, ManualClock, Stamp, SystemClock};
 pub use cluster::{Acknowledgement, ClusterError, Forwarded, Upstream};
 pub use connections::ConnectionInfo;
 pub use history::{HistoryLimits, PatternTooBroad, RingLimits};
-pub use message::{Envelope, Headers, HeadersError, Message, Payload, PayloadError, MAX_PAYLOAD_DEPTH};
+pub use message::{
+    msgpack_value_len, Envelope, Headers, HeadersError, Message, Payload, PayloadError, MAX_PAYLOAD_DEPTH,
+};
 pub use outbox::{CloseReason, Offer, Outbox, OverflowPolicy, QueueLimits, SubscriptionId, WHOLE_CONNECTION};
 pub use poll::{Poll, PollPage, Watch};
 pub use position::{InvalidToken, Position};

@@ -143,8 +143,7 @@ impl Payload {
     /// are refused rather than changed: NaN and infinite floats (JSON would
     /// turn them into `null`) and nesting beyond what a payload may have.
     pub fn from_msgpack(msgpack: &[u8]) -> Result<Payload, PayloadError> {
-        check_msgpack(msgpack, MAX_MSGPACK_FRAME_DEPTH)
-            .map_err(|reason| PayloadError::InvalidMsgPack { reason })?;
+        msgpack_value_len(msgpack)?;
         let mut json = Vec::with_capacity(msgpack.len() + msgpack.len() / 4 + 8);
         let mut reader = rmp_serde::Deserializer::new(msgpack);
         let mut writer = serde_json::Serializer::new(&mut json);
@@ -257,14 +256,25 @@ fn check_json_depth(json: &[u8]) -> Result<(), PayloadError> {
     Ok(())
 }
 
-/// Walks one MessagePack value without decoding it: refuses NaN and
+/// The length in bytes of the MessagePack value at the front of `input`,
+/// found by walking it without decoding it (no allocation for a value
+/// nested up to eight levels, no UTF-8 check): what a client splitting a
+/// `herald.msgpack.batch` frame into its events needs. Refuses what a
+/// payload may not hold: NaN and infinite floats, and nesting deeper than
+/// a frame may have.
+pub fn msgpack_value_len(input: &[u8]) -> Result<usize, PayloadError> {
+    walk_msgpack(input, MAX_MSGPACK_FRAME_DEPTH).map_err(|reason| PayloadError::InvalidMsgPack { reason })
+}
+
+/// Walks one MessagePack value and returns its length: refuses NaN and
 /// infinite floats and nesting deeper than `max_depth`. The element counts
 /// still to read at each level are the only state, so a hostile length
 /// allocates nothing.
-fn check_msgpack(mut input: &[u8], max_depth: usize) -> Result<(), String> {
+fn walk_msgpack(whole: &[u8], max_depth: usize) -> Result<usize, String> {
     use rmp::Marker;
     let truncated = || "truncated MessagePack value".to_owned();
-    let mut pending: Vec<u64> = vec![1];
+    let mut input = whole;
+    let mut pending: smallvec::SmallVec<[u64; 8]> = smallvec::smallvec![1];
     while let Some(remaining) = pending.last_mut() {
         if *remaining == 0 {
             pending.pop();
@@ -334,7 +344,7 @@ fn check_msgpack(mut input: &[u8], max_depth: usize) -> Result<(), String> {
             pending.push(children);
         }
     }
-    Ok(())
+    Ok(whole.len() - input.len())
 }
 
 /// NATS message headers: the header block exactly as a NATS client sent

@@ -7,7 +7,8 @@ mod common;
 use bytes::Bytes;
 use herald_broker::protocol::{decode_event, DecodeErrorKind};
 use herald_broker::{
-    decode_command, Acknowledge, Command, Encoding, Headers, Payload, Position, ServerEvent,
+    decode_command, msgpack_value_len, Acknowledge, Command, Encoding, Headers, Payload, Position,
+    ServerEvent,
 };
 use serde_json::json;
 
@@ -228,6 +229,39 @@ fn payloads_every_encoding_cannot_carry_are_refused_not_changed() {
     let mut deep_msgpack = vec![0x91; max + 2];
     deep_msgpack.push(0xc0);
     assert!(Payload::from_msgpack(&deep_msgpack).is_err());
+}
+
+/// What a client splitting a `herald.msgpack.batch` frame relies on: the
+/// length of the value at the front, whatever follows it, nested shallow
+/// or deep; a cut value or one nested too deep is an error, not a guess.
+#[test]
+fn msgpack_value_len_finds_where_each_value_ends() {
+    let event = rmp_serde::to_vec_named(&json!({
+        "op": "msg",
+        "subject": "chat.room42",
+        "pos": "7-12345",
+        "data": {"text": "héllo", "n": [1, -2, 3.5, null, true, {"deep": [[["x"]]]}]},
+    }))
+    .unwrap();
+    let pong = rmp_serde::to_vec_named(&json!({"op": "pong"})).unwrap();
+    let mut frame = event.clone();
+    frame.extend_from_slice(&pong);
+    assert_eq!(msgpack_value_len(&frame).unwrap(), event.len());
+    assert_eq!(msgpack_value_len(&frame[event.len()..]).unwrap(), pong.len());
+
+    // Deeper than the walker keeps inline, and as deep as a frame may be.
+    let max = herald_broker::MAX_PAYLOAD_DEPTH;
+    let mut deep = vec![0x91; max + 1];
+    deep.push(0x2a);
+    assert_eq!(msgpack_value_len(&deep).unwrap(), deep.len());
+    let mut too_deep = vec![0x91; max + 2];
+    too_deep.push(0x2a);
+    assert!(msgpack_value_len(&too_deep).is_err());
+
+    for cut in [1, event.len() / 2, event.len() - 1] {
+        assert!(msgpack_value_len(&event[..cut]).is_err(), "cut at {cut}");
+    }
+    assert!(msgpack_value_len(&[]).is_err());
 }
 
 #[test]
