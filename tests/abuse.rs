@@ -15,7 +15,7 @@ use std::time::Duration;
 use herald_broker::protocol::ServerEvent;
 use serde_json::json;
 use support::{Client, Server};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -219,6 +219,55 @@ async fn pings_without_reading_hold_a_bounded_amount_of_memory() {
     // Each connection may hold its queue's replies' worth of pongs (256 of
     // 127 bytes) twice over, plus buffers: about 1 MB for all eight.
     observed.assert_grew_less_than(16 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_pings_without_reading_are_held_back_not_buffered() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    // The NATS listener has no command rate limit (nats-server has none):
+    // a client that sends and never reads is bounded by the reader, which
+    // handles a command only when its reply fits, and then by TCP.
+    let server = Server::dev().await;
+    const ATTACKERS: usize = 8;
+    let mut sockets = Vec::with_capacity(ATTACKERS);
+    for _ in 0..ATTACKERS {
+        let address = server.nats_address.expect("the NATS listener is on");
+        let mut tcp = TcpStream::connect(address).await.unwrap();
+        tcp.write_all(b"CONNECT {\"verbose\":false}\r\n").await.unwrap();
+        sockets.push(tcp);
+    }
+    let pings = Arc::new(b"PING\r\n".repeat(4096));
+    let mut held = Vec::new();
+    let observed = under_attack(&server, async {
+        let attackers = sockets.into_iter().map(|mut tcp| {
+            let pings = pings.clone();
+            tokio::spawn(async move {
+                // Returns once a write stalls for a second: held back.
+                keep_writing(&mut tcp, &pings, Duration::from_secs(3)).await;
+                tcp
+            })
+        });
+        held = futures_util::future::join_all(attackers).await;
+    })
+    .await;
+    eprintln!("{ATTACKERS} NATS connections pinging without reading: {observed}");
+    // Each connection holds at most its replies' worth of PONGs (6 bytes
+    // each) and one read of 16 KiB: well under a megabyte for all eight.
+    observed.assert_grew_less_than(16 << 20);
+    // Held back, not closed: reading now gets PONGs, never an -ERR.
+    let mut tcp = held.pop().unwrap().unwrap();
+    let mut answers = vec![0; 64 << 10];
+    let mut read = 0;
+    while read < answers.len() {
+        match tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut answers[read..])).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => read += n,
+            Ok(Err(error)) => panic!("the connection failed: {error}"),
+        }
+    }
+    let answers = String::from_utf8_lossy(&answers[..read]);
+    assert!(!answers.contains("-ERR"), "{answers:.300}");
+    assert!(answers.matches("PONG").count() > 1000, "{answers:.300}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

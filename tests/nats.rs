@@ -404,6 +404,31 @@ async fn permissions_apply_to_nats_clients() {
 
 const KEY_CONNECT: &str = r#"{"verbose":false,"auth_token":"test-publisher-key-0123456789"}"#;
 
+/// A client may pipeline more commands than the server keeps replies for
+/// (`broker.queue.max_replies`, 256) in one write, as nats-server allows:
+/// the server stops reading until the client has read the answers, and
+/// closes nobody who reads them.
+#[tokio::test]
+async fn pipelined_commands_beyond_the_reply_limit_are_all_answered() {
+    let server = Server::start(|_| {}).await;
+    let mut raw = Raw::connect(&server, KEY_CONNECT).await;
+    raw.send(&"PING\r\n".repeat(2000)).await;
+    for n in 0..2000 {
+        assert_eq!(raw.line().await, "PONG\r\n", "PONG {n}");
+    }
+
+    let mut verbose = Raw::connect(
+        &server,
+        r#"{"verbose":true,"auth_token":"test-publisher-key-0123456789"}"#,
+    )
+    .await;
+    assert_eq!(verbose.line().await, "+OK\r\n", "CONNECT's");
+    verbose.send(&"PUB v 1\r\nx\r\n".repeat(1000)).await;
+    for n in 0..1000 {
+        assert_eq!(verbose.line().await, "+OK\r\n", "PUB {n}");
+    }
+}
+
 /// A message larger than one read and one write, sent in pieces with pauses
 /// between them (the reader waits holding the part it has), then a small
 /// one after the connection went quiet (the reader waits without a buffer,

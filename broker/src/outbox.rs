@@ -436,6 +436,21 @@ impl Outbox {
         }
     }
 
+    /// How many more replies fit now; none once the connection is closed.
+    /// A reader that handles a read's commands one after another takes
+    /// this once, counts one down per command (each queues at most one
+    /// reply), and waits in [`Outbox::reply_room`] when it runs out: one
+    /// lock per batch of commands instead of one per command.
+    pub fn reply_room_left(&self) -> usize {
+        let state = self.lock();
+        if state.close_reason.is_some() {
+            return 0;
+        }
+        self.limits
+            .max_replies
+            .saturating_sub(state.reply_count + state.reserved_replies)
+    }
+
     /// Counts an answer the transport queued itself, outside this queue (a
     /// WebSocket library answers each ping with a pong in its own buffer): it
     /// counts as a reply, so [`Outbox::reply_room`] applies backpressure to

@@ -178,6 +178,7 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, gateway: Arc<Gate
         pings_out,
         verbose: options.verbose,
         echo: options.echo.unwrap_or(true),
+        reply_room: 0,
     };
     let reason = {
         let reading = reader.run();
@@ -262,6 +263,15 @@ async fn read_connect(
     }
 }
 
+/// Why the reader stopped handling what it had read.
+enum Parsed {
+    /// The rest is an incomplete operation, or nothing.
+    NeedsBytes,
+    /// The client has as many replies waiting as it may.
+    NeedsRoom,
+    Invalid(ParseError),
+}
+
 /// How a connection's reading side ended.
 enum ReadEnd {
     /// The client closed or the socket failed.
@@ -284,6 +294,9 @@ struct Reader<'a> {
     pings_out: Arc<AtomicU32>,
     verbose: bool,
     echo: bool,
+    /// Operations that may still be handled before the reply queue is
+    /// looked at again ([`Outbox::reply_room_left`]).
+    reply_room: usize,
 }
 
 impl Reader<'_> {
@@ -292,17 +305,30 @@ impl Reader<'_> {
             // Operations borrow the buffer while they are handled.
             let mut buffer = std::mem::take(&mut self.buffer);
             let parsed = loop {
+                // Backpressure: each operation queues at most one reply, so
+                // one is handled only when there is room for its reply. A
+                // client that sends without reading the answers is not read
+                // further (TCP holds it back) instead of growing its queue
+                // of replies; one that pipelines more than the limit and
+                // reads is answered in full.
+                if self.reply_room == 0 {
+                    self.reply_room = self.session.outbox().reply_room_left();
+                    if self.reply_room == 0 {
+                        break Parsed::NeedsRoom;
+                    }
+                }
                 match parse(&buffer, &self.limits) {
                     Ok(Some((op, taken))) => {
                         self.handle(op);
+                        self.reply_room -= 1;
                         buffer.advance(taken);
                     }
-                    Ok(None) => break Ok(()),
-                    Err(error) => break Err(error),
+                    Ok(None) => break Parsed::NeedsBytes,
+                    Err(error) => break Parsed::Invalid(error),
                 }
             };
             self.buffer = buffer;
-            if let Err(error) = parsed {
+            if let Parsed::Invalid(error) = parsed {
                 let outbox = self.session.outbox();
                 outbox.close(CloseReason::ProtocolViolation(error.to_string()));
                 return ReadEnd::Closing;
@@ -310,10 +336,9 @@ impl Reader<'_> {
             if self.session.outbox().is_closed() {
                 return ReadEnd::Closing;
             }
-            // Backpressure: a client that sends without reading the answers
-            // waits here instead of growing its queue of replies.
-            self.session.outbox().reply_room().await;
-            if let Err(reason) = self.read().await {
+            if let Parsed::NeedsRoom = parsed {
+                self.session.outbox().reply_room().await;
+            } else if let Err(reason) = self.read().await {
                 return ReadEnd::Gone(reason);
             }
         }
