@@ -85,6 +85,12 @@ async def check(nats_url, http_url):
 
     # The HTTP API and NATS are one broker.
     news = await nc.subscribe("news.today")
+    # nats-py writes a flush's PING straight to the socket, ahead of the
+    # SUB still in its pending buffer: the first PONG can come back before
+    # the server has read the SUB. The second PING goes out after it, so
+    # its PONG means the subscription holds before the message below is
+    # published over HTTP (outside this connection's order).
+    await nc.flush()
     await nc.flush()
     request = urllib.request.Request(
         f"{http_url}/v1/publish",
