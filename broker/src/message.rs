@@ -143,7 +143,11 @@ impl Payload {
     /// are refused rather than changed: NaN and infinite floats (JSON would
     /// turn them into `null`) and nesting beyond what a payload may have.
     pub fn from_msgpack(msgpack: &[u8]) -> Result<Payload, PayloadError> {
-        msgpack_value_len(msgpack)?;
+        if msgpack_value_len(msgpack)? != msgpack.len() {
+            return Err(PayloadError::InvalidMsgPack {
+                reason: "trailing bytes after the value".to_owned(),
+            });
+        }
         let mut json = Vec::with_capacity(msgpack.len() + msgpack.len() / 4 + 8);
         let mut reader = rmp_serde::Deserializer::new(msgpack);
         let mut writer = serde_json::Serializer::new(&mut json);
@@ -152,11 +156,6 @@ impl Payload {
                 reason: error.to_string(),
             }
         })?;
-        if !reader.get_ref().is_empty() {
-            return Err(PayloadError::InvalidMsgPack {
-                reason: "trailing bytes after the value".to_owned(),
-            });
-        }
         let retained = json.capacity();
         Ok(Payload {
             body: Bytes::from(json),

@@ -248,6 +248,9 @@ fn msgpack_value_len_finds_where_each_value_ends() {
     frame.extend_from_slice(&pong);
     assert_eq!(msgpack_value_len(&frame).unwrap(), event.len());
     assert_eq!(msgpack_value_len(&frame[event.len()..]).unwrap(), pong.len());
+    // A payload is one value: the same bytes as a payload are refused.
+    assert!(Payload::from_msgpack(&event).is_ok());
+    assert!(Payload::from_msgpack(&frame).is_err(), "trailing bytes");
 
     // Deeper than the walker keeps inline, and as deep as a frame may be.
     let max = herald_broker::MAX_PAYLOAD_DEPTH;
