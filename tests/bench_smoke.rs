@@ -61,7 +61,7 @@ async fn the_nats_workload_runs_against_both_servers() {
         eprintln!("nats-server not installed here, skipped");
         return;
     }
-    let records = herald_bench::nats::run(&binaries, herald_bench::nats::NatsSize::SMOKE, |_| {})
+    let records = herald_bench::nats::run(&binaries, herald_bench::nats::NatsSize::smoke(), |_| {})
         .await
         .expect("the NATS workload runs");
     for server in ["nats-server", "herald"] {
@@ -77,6 +77,10 @@ async fn the_nats_workload_runs_against_both_servers() {
     for record in &records {
         assert_eq!(record.delivered_share, 1.0, "{record:?}");
         assert!(record.per_second > 0.0, "{record:?}");
+        assert!(
+            record.client_cpu_us.is_some() && record.server_cpu_us.is_some(),
+            "both CPU figures read from /proc: {record:?}"
+        );
     }
 }
 

@@ -83,6 +83,12 @@ enum Command {
         /// Seconds-long sizes, for the test suite.
         #[arg(long)]
         smoke: bool,
+        /// Rounds (3 by default, 1 with --smoke).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Fan-out sizes, comma-separated (1,100,1000 by default).
+        #[arg(long, value_delimiter = ',')]
+        subscribers: Vec<usize>,
     },
     /// The ways a backend publishes (HTTP one per request, HTTP batches,
     /// pipelined WebSocket, Herald's NATS listener) and nats-server, with
@@ -206,12 +212,26 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Nats { smoke } => {
-            let size = if smoke {
-                herald_bench::nats::NatsSize::SMOKE
+        Command::Nats {
+            smoke,
+            rounds,
+            subscribers,
+        } => {
+            let mut size = if smoke {
+                herald_bench::nats::NatsSize::smoke()
             } else {
-                herald_bench::nats::NatsSize::STANDARD
+                herald_bench::nats::NatsSize::standard()
             };
+            if let Some(rounds) = rounds {
+                size.rounds = rounds;
+            }
+            if !subscribers.is_empty() {
+                anyhow::ensure!(
+                    subscribers.iter().all(|n| *n > 0),
+                    "--subscribers takes counts above zero"
+                );
+                size.subscribers = subscribers;
+            }
             let records = herald_bench::nats::run(&binaries, size, print_json_line).await?;
             print!("{}", herald_bench::nats::markdown(&records));
             Ok(())

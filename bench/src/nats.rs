@@ -43,12 +43,17 @@ pub struct NatsRecord {
     /// publish, in µs, from the first publish to the end of the
     /// measurement: what the server spent, whatever the clients left it.
     pub server_cpu_us: Option<f64>,
+    /// The load generator's own CPU time (both clients, this process) per
+    /// delivery or accepted publish, in µs: on a machine the clients share
+    /// with the server, what one server makes its clients spend is part of
+    /// its rate.
+    pub client_cpu_us: Option<f64>,
 }
 
 /// How big a run is.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct NatsSize {
-    pub subscribers: &'static [usize],
+    pub subscribers: Vec<usize>,
     /// Deliveries each fan-out aims at (messages = this / subscribers).
     pub deliveries: u64,
     pub publishes: u64,
@@ -56,18 +61,23 @@ pub struct NatsSize {
 }
 
 impl NatsSize {
-    pub const STANDARD: NatsSize = NatsSize {
-        subscribers: &[1, 100, 1_000],
-        deliveries: 2_000_000,
-        publishes: 1_000_000,
-        rounds: 3,
-    };
-    pub const SMOKE: NatsSize = NatsSize {
-        subscribers: &[1, 10],
-        deliveries: 2_000,
-        publishes: 2_000,
-        rounds: 1,
-    };
+    pub fn standard() -> NatsSize {
+        NatsSize {
+            subscribers: vec![1, 100, 1_000],
+            deliveries: 2_000_000,
+            publishes: 1_000_000,
+            rounds: 3,
+        }
+    }
+
+    pub fn smoke() -> NatsSize {
+        NatsSize {
+            subscribers: vec![1, 10],
+            deliveries: 2_000,
+            publishes: 2_000,
+            rounds: 1,
+        }
+    }
 }
 
 const PAYLOAD: usize = 128;
@@ -98,7 +108,7 @@ pub async fn run(
             };
             let url = format!("nats://{address}");
             let mut measured = Vec::new();
-            for &subscribers in size.subscribers {
+            for &subscribers in &size.subscribers {
                 let messages = (size.deliveries / subscribers as u64).max(100);
                 measured.push(fanout(&running, &url, subscribers, messages).await);
             }
@@ -116,6 +126,9 @@ pub async fn run(
                     delivered_share: measured.delivered_share,
                     server_cpu_us: measured
                         .server_cpu_seconds
+                        .map(|cpu| cpu * 1e6 / measured.counted.max(1) as f64),
+                    client_cpu_us: measured
+                        .client_cpu_seconds
                         .map(|cpu| cpu * 1e6 / measured.counted.max(1) as f64),
                 };
                 each(&record);
@@ -135,13 +148,30 @@ struct Measured {
     /// Deliveries that arrived, or publishes accepted.
     counted: u64,
     server_cpu_seconds: Option<f64>,
+    client_cpu_seconds: Option<f64>,
 }
 
-/// The server's CPU time since `before`.
-fn cpu_since(server: &Server, before: Option<f64>) -> Option<f64> {
-    before
-        .zip(server.cpu_seconds())
-        .map(|(before, after)| after - before)
+/// CPU time, the server's and this process's, at one moment.
+#[derive(Clone, Copy)]
+struct CpuMark {
+    server: Option<f64>,
+    client: Option<f64>,
+}
+
+impl CpuMark {
+    fn now(server: &Server) -> CpuMark {
+        CpuMark {
+            server: server.cpu_seconds(),
+            client: crate::servers::own_cpu_seconds(),
+        }
+    }
+
+    /// (server, client) CPU seconds spent since this mark.
+    fn spent(self, server: &Server) -> (Option<f64>, Option<f64>) {
+        let now = CpuMark::now(server);
+        let since = |before: Option<f64>, after: Option<f64>| before.zip(after).map(|(b, a)| a - b);
+        (since(self.server, now.server), since(self.client, now.client))
+    }
 }
 
 async fn fanout(server: &Server, url: &str, subscribers: usize, messages: u64) -> anyhow::Result<Measured> {
@@ -174,7 +204,7 @@ async fn fanout(server: &Server, url: &str, subscribers: usize, messages: u64) -
     // average: about a million deliveries in flight.
     let window = (1_000_000 / subscribers as u64).clamp(16, 65_536);
     let chunk = window.min(1_024) / 2;
-    let cpu_before = server.cpu_seconds();
+    let cpu_before = CpuMark::now(server);
     let started = Instant::now();
     let mut sent = 0;
     while sent < messages {
@@ -196,7 +226,7 @@ async fn fanout(server: &Server, url: &str, subscribers: usize, messages: u64) -
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let got = delivered.load(Ordering::Relaxed);
-    let server_cpu_seconds = cpu_since(server, cpu_before);
+    let (server_cpu_seconds, client_cpu_seconds) = cpu_before.spent(server);
     let end = if got >= expected {
         *last_delivery.lock().expect("not poisoned")
     } else {
@@ -215,13 +245,14 @@ async fn fanout(server: &Server, url: &str, subscribers: usize, messages: u64) -
         delivered_share: got as f64 / expected as f64,
         counted: got,
         server_cpu_seconds,
+        client_cpu_seconds,
     })
 }
 
 async fn publish(server: &Server, url: &str, messages: u64) -> anyhow::Result<Measured> {
     let publisher = async_nats::connect(url).await.context("the publisher connects")?;
     let payload = Bytes::from(vec![b'x'; PAYLOAD]);
-    let cpu_before = server.cpu_seconds();
+    let cpu_before = CpuMark::now(server);
     let started = Instant::now();
     for _ in 0..messages {
         publisher.publish("bench.ingest", payload.clone()).await?;
@@ -229,6 +260,7 @@ async fn publish(server: &Server, url: &str, messages: u64) -> anyhow::Result<Me
     // The PONG comes after the server has taken every PUB before it.
     publisher.flush().await?;
     let seconds = started.elapsed().as_secs_f64();
+    let (server_cpu_seconds, client_cpu_seconds) = cpu_before.spent(server);
     Ok(Measured {
         scenario: "publish",
         subscribers: 0,
@@ -236,7 +268,8 @@ async fn publish(server: &Server, url: &str, messages: u64) -> anyhow::Result<Me
         per_second: messages as f64 / seconds,
         delivered_share: 1.0,
         counted: messages,
-        server_cpu_seconds: cpu_since(server, cpu_before),
+        server_cpu_seconds,
+        client_cpu_seconds,
     })
 }
 
@@ -263,10 +296,11 @@ pub fn markdown(records: &[NatsRecord]) -> String {
     rows.sort();
     rows.dedup();
     let mut out = String::from(
-        "| workload | nats-server | Herald's NATS listener | ratio | server CPU per delivery or publish (nats-server / Herald) | CPU ratio | lowest delivered share (nats-server / Herald) |\n|---|---|---|---|---|---|---|\n",
+        "| workload | nats-server | Herald's NATS listener | ratio | server CPU per delivery or publish (nats-server / Herald) | CPU ratio | clients' CPU (nats-server / Herald) | lowest delivered share (nats-server / Herald) |\n|---|---|---|---|---|---|---|---|\n",
     );
     let rate = |r: &NatsRecord| Some(r.per_second);
     let cpu = |r: &NatsRecord| r.server_cpu_us;
+    let client_cpu = |r: &NatsRecord| r.client_cpu_us;
     for (scenario, subscribers) in rows {
         let (Some(peer), Some(herald)) = (
             median_of("nats-server", scenario, subscribers, rate),
@@ -282,14 +316,22 @@ pub fn markdown(records: &[NatsRecord]) -> String {
             median_of("nats-server", scenario, subscribers, cpu),
             median_of("herald", scenario, subscribers, cpu),
         ) {
-            (Some(peer), Some(herald)) => (
+            // Too short a run reads no CPU time at all (/proc counts in 10 ms).
+            (Some(peer), Some(herald)) if peer > 0.0 => (
                 format!("{peer:.2} µs / {herald:.2} µs"),
                 format!("{:.2}×", herald / peer),
             ),
             _ => ("-".to_owned(), "-".to_owned()),
         };
+        let client_figures = match (
+            median_of("nats-server", scenario, subscribers, client_cpu),
+            median_of("herald", scenario, subscribers, client_cpu),
+        ) {
+            (Some(peer), Some(herald)) => format!("{peer:.2} µs / {herald:.2} µs"),
+            _ => "-".to_owned(),
+        };
         out.push_str(&format!(
-            "| {workload} | {:.3} M | {:.3} M | {:.2}× | {cpu_figures} | {cpu_ratio} | {:.3} / {:.3} |\n",
+            "| {workload} | {:.3} M | {:.3} M | {:.2}× | {cpu_figures} | {cpu_ratio} | {client_figures} | {:.3} / {:.3} |\n",
             peer / 1e6,
             herald / 1e6,
             herald / peer,

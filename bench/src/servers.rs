@@ -148,7 +148,7 @@ impl Server {
     /// have used so far, in seconds; `None` once it exited.
     pub fn cpu_seconds(&self) -> Option<f64> {
         let leader = self.child.id()?;
-        let ticks: u64 = process_tree(leader).into_iter().map(cpu_ticks).sum();
+        let ticks: u64 = process_tree(leader).into_iter().filter_map(cpu_ticks).sum();
         // /proc counts in USER_HZ, 100 on Linux.
         Some(ticks as f64 / 100.0)
     }
@@ -231,19 +231,16 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// CPU time (user + system) this process has used so far, in seconds.
 pub fn own_cpu_seconds() -> Option<f64> {
-    Some(cpu_ticks(std::process::id()) as f64 / 100.0).filter(|seconds| *seconds > 0.0)
+    cpu_ticks(std::process::id()).map(|ticks| ticks as f64 / 100.0)
 }
 
 /// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // pid (comm) state ppid ... utime stime: fields 14 and 15.
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
+/// None when the process is gone or `/proc` is not there.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ... utime stime: fields 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 /// `kill <signal> <pids>`.
