@@ -48,6 +48,10 @@ pub struct NatsRecord {
     /// with the server, what one server makes its clients spend is part of
     /// its rate.
     pub client_cpu_us: Option<f64>,
+    /// Fan-out: how often the publisher waited for the subscribers to come
+    /// back within its window (a server that takes publishes faster than
+    /// it delivers them makes it wait more often).
+    pub publisher_waits: u64,
 }
 
 /// How big a run is.
@@ -130,6 +134,7 @@ pub async fn run(
                     client_cpu_us: measured
                         .client_cpu_seconds
                         .map(|cpu| cpu * 1e6 / measured.counted.max(1) as f64),
+                    publisher_waits: measured.publisher_waits,
                 };
                 each(&record);
                 records.push(record);
@@ -149,6 +154,51 @@ struct Measured {
     counted: u64,
     server_cpu_seconds: Option<f64>,
     client_cpu_seconds: Option<f64>,
+    publisher_waits: u64,
+}
+
+/// Counts deliveries and holds the publisher back until they catch up,
+/// woken by the delivery that does: a timer would add its own granularity
+/// (a millisecond) to every pause, and so count against the server that
+/// makes the publisher pause more often.
+#[derive(Default)]
+struct Pace {
+    delivered: AtomicU64,
+    /// What the publisher waits for; zero when it does not wait.
+    wanted: AtomicU64,
+    caught_up: tokio::sync::Notify,
+}
+
+impl Pace {
+    fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::SeqCst)
+    }
+
+    fn count_delivery(&self) {
+        let now = self.delivered.fetch_add(1, Ordering::SeqCst) + 1;
+        let wanted = self.wanted.load(Ordering::SeqCst);
+        if wanted != 0 && now >= wanted && self.wanted.swap(0, Ordering::SeqCst) != 0 {
+            self.caught_up.notify_one();
+        }
+    }
+
+    /// Returns whether it had to wait.
+    async fn wait_for(&self, deliveries: u64) -> bool {
+        if self.delivered() >= deliveries {
+            return false;
+        }
+        while self.delivered() < deliveries {
+            self.wanted.store(deliveries, Ordering::SeqCst);
+            // A delivery may have passed the mark before it was set.
+            if self.delivered() >= deliveries {
+                break;
+            }
+            // A lost wake-up costs 5 ms, not the run.
+            let _ = tokio::time::timeout(Duration::from_millis(5), self.caught_up.notified()).await;
+        }
+        self.wanted.store(0, Ordering::SeqCst);
+        true
+    }
 }
 
 /// CPU time, the server's and this process's, at one moment.
@@ -175,7 +225,7 @@ impl CpuMark {
 }
 
 async fn fanout(server: &Server, url: &str, subscribers: usize, messages: u64) -> anyhow::Result<Measured> {
-    let delivered = Arc::new(AtomicU64::new(0));
+    let pace = Arc::new(Pace::default());
     let last_delivery = Arc::new(std::sync::Mutex::new(Instant::now()));
     let mut clients = Vec::with_capacity(subscribers);
     let mut tasks = Vec::with_capacity(subscribers);
@@ -183,12 +233,12 @@ async fn fanout(server: &Server, url: &str, subscribers: usize, messages: u64) -
         let client = async_nats::connect(url).await.context("a subscriber connects")?;
         let mut subscription = client.subscribe(SUBJECT).await?;
         client.flush().await?;
-        let (delivered, last_delivery) = (delivered.clone(), last_delivery.clone());
+        let (pace, last_delivery) = (pace.clone(), last_delivery.clone());
         tasks.push(tokio::spawn(async move {
             let mut mine = 0;
             while let Some(_message) = subscription.next().await {
                 mine += 1;
-                delivered.fetch_add(1, Ordering::Relaxed);
+                pace.count_delivery();
                 if mine == messages {
                     *last_delivery.lock().expect("not poisoned") = Instant::now();
                     break;
@@ -207,6 +257,7 @@ async fn fanout(server: &Server, url: &str, subscribers: usize, messages: u64) -
     let cpu_before = CpuMark::now(server);
     let started = Instant::now();
     let mut sent = 0;
+    let mut publisher_waits = 0;
     while sent < messages {
         let this_chunk = chunk.max(1).min(messages - sent);
         for _ in 0..this_chunk {
@@ -214,18 +265,20 @@ async fn fanout(server: &Server, url: &str, subscribers: usize, messages: u64) -
         }
         publisher.flush().await?;
         sent += this_chunk;
-        let caught_up = sent.saturating_sub(window) * subscribers as u64;
-        while delivered.load(Ordering::Relaxed) < caught_up {
-            tokio::time::sleep(Duration::from_micros(500)).await;
+        if pace
+            .wait_for(sent.saturating_sub(window) * subscribers as u64)
+            .await
+        {
+            publisher_waits += 1;
         }
     }
     // Drain: whatever has not arrived 2 s after the last publish counts as
     // not delivered.
     let drain = Instant::now() + Duration::from_secs(2);
-    while delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain {
+    while pace.delivered() < expected && Instant::now() < drain {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let got = delivered.load(Ordering::Relaxed);
+    let got = pace.delivered();
     let (server_cpu_seconds, client_cpu_seconds) = cpu_before.spent(server);
     let end = if got >= expected {
         *last_delivery.lock().expect("not poisoned")
@@ -246,6 +299,7 @@ async fn fanout(server: &Server, url: &str, subscribers: usize, messages: u64) -
         counted: got,
         server_cpu_seconds,
         client_cpu_seconds,
+        publisher_waits,
     })
 }
 
@@ -270,6 +324,7 @@ async fn publish(server: &Server, url: &str, messages: u64) -> anyhow::Result<Me
         counted: messages,
         server_cpu_seconds,
         client_cpu_seconds,
+        publisher_waits: 0,
     })
 }
 
@@ -296,11 +351,12 @@ pub fn markdown(records: &[NatsRecord]) -> String {
     rows.sort();
     rows.dedup();
     let mut out = String::from(
-        "| workload | nats-server | Herald's NATS listener | ratio | server CPU per delivery or publish (nats-server / Herald) | CPU ratio | clients' CPU (nats-server / Herald) | lowest delivered share (nats-server / Herald) |\n|---|---|---|---|---|---|---|---|\n",
+        "| workload | nats-server | Herald's NATS listener | ratio | server CPU per delivery or publish (nats-server / Herald) | CPU ratio | clients' CPU (nats-server / Herald) | publisher waits (nats-server / Herald) | lowest delivered share (nats-server / Herald) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let rate = |r: &NatsRecord| Some(r.per_second);
     let cpu = |r: &NatsRecord| r.server_cpu_us;
     let client_cpu = |r: &NatsRecord| r.client_cpu_us;
+    let waits = |r: &NatsRecord| Some(r.publisher_waits as f64);
     for (scenario, subscribers) in rows {
         let (Some(peer), Some(herald)) = (
             median_of("nats-server", scenario, subscribers, rate),
@@ -330,8 +386,16 @@ pub fn markdown(records: &[NatsRecord]) -> String {
             (Some(peer), Some(herald)) => format!("{peer:.2} µs / {herald:.2} µs"),
             _ => "-".to_owned(),
         };
+        let wait_figures = match scenario {
+            "fanout" => format!(
+                "{:.0} / {:.0}",
+                median_of("nats-server", scenario, subscribers, waits).unwrap_or(0.0),
+                median_of("herald", scenario, subscribers, waits).unwrap_or(0.0)
+            ),
+            _ => "-".to_owned(),
+        };
         out.push_str(&format!(
-            "| {workload} | {:.3} M | {:.3} M | {:.2}× | {cpu_figures} | {cpu_ratio} | {client_figures} | {:.3} / {:.3} |\n",
+            "| {workload} | {:.3} M | {:.3} M | {:.2}× | {cpu_figures} | {cpu_ratio} | {client_figures} | {wait_figures} | {:.3} / {:.3} |\n",
             peer / 1e6,
             herald / 1e6,
             herald / peer,
