@@ -4,6 +4,10 @@ Starts the herald binary given as the first argument in development mode
 on ephemeral ports, then checks the basics a Python backend relies on:
 publish/subscribe with wildcards, headers, queue groups, request/reply,
 auto-unsubscribe, and that an HTTP publish reaches a NATS subscriber.
+Then, on servers with an eight-message queue, a subscriber that stops
+reading: under `drop-oldest` it stays connected and gets what comes
+after; under `disconnect` it reconnects. (nats-py closes for good on an
+`-ERR` it does not know, so neither may send one.)
 Exits non-zero on the first failure.
 """
 
@@ -13,7 +17,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
+from contextlib import contextmanager
 
 import nats
 
@@ -105,10 +112,83 @@ async def check(nats_url, http_url):
     await nc.drain()
 
 
-def main():
-    herald = sys.argv[1]
+# A backend's key with a command rate of its own: an anonymous connection
+# may publish 50 messages a second.
+PUBLISHER_KEY = "smoke-publisher-key-0123456789abcdef"
+PUBLISHER_KEYS = (
+    f'[{{key="{PUBLISHER_KEY}", publish=["flood"], subscribe=[">"], max_commands_per_second=1000000}}]'
+)
+
+
+def flood(nats_port, subject, count, size):
+    """Publishes from a plain socket (a thread, while the event loop under
+    test is blocked): `count` messages of `size` bytes, then waits for the
+    server's PONG."""
+    with socket.create_connection(("127.0.0.1", nats_port)) as raw:
+        raw.recv(4096)  # INFO
+        payload = b"x" * size
+        message = f"PUB {subject} {size}\r\n".encode() + payload + b"\r\n"
+        connect = json.dumps({"verbose": False, "auth_token": PUBLISHER_KEY}).encode()
+        raw.sendall(b"CONNECT " + connect + b"\r\n" + message * count + b"PING\r\n")
+        answer = b""
+        while b"PONG" not in answer:
+            chunk = raw.recv(4096)
+            assert chunk, "the publisher was closed"
+            answer += chunk
+        assert b"-ERR" not in answer, answer[:200]
+
+
+async def check_slow_consumer(nats_url, nats_port, policy):
+    events = {"closed": asyncio.Event(), "reconnected": asyncio.Event()}
+
+    async def closed():
+        events["closed"].set()
+
+    async def reconnected():
+        events["reconnected"].set()
+
+    async def error(_error):
+        pass
+
+    nc = await nats.connect(
+        nats_url,
+        allow_reconnect=(policy == "disconnect"),
+        reconnect_time_wait=0.1,
+        closed_cb=closed,
+        reconnected_cb=reconnected,
+        error_cb=error,
+    )
+    flooded = await nc.subscribe("flood")
+    await nc.flush()
+    await nc.flush()
+    # 40 MB while this client reads nothing (its event loop is blocked):
+    # more than the socket buffers hold, so its server queue overflows.
+    publisher = threading.Thread(target=flood, args=(nats_port, "flood", 5000, 8192))
+    publisher.start()
+    time.sleep(2)
+    publisher.join(timeout=30)
+    assert not publisher.is_alive(), "the flood was taken"
+    if policy == "disconnect":
+        await asyncio.wait_for(events["reconnected"].wait(), timeout=10)
+        await nc.flush()
+    threading.Thread(target=flood, args=(nats_port, "flood", 1, 4)).run()
+    while True:
+        message = await flooded.next_msg(timeout=10)
+        if len(message.data) == 4:
+            break
+    assert nc.is_connected and not events["closed"].is_set(), policy
+    if policy == "drop-oldest":
+        assert not events["reconnected"].is_set(), "never disconnected"
+    await nc.close()
+
+
+@contextmanager
+def herald_server(herald, **settings):
+    """Herald in development mode on ephemeral ports, `settings` as
+    environment variables; yields (NATS port, HTTP URL)."""
     nats_port = free_port()
     env = dict(os.environ, HERALD_NATS__LISTEN=f"127.0.0.1:{nats_port}", HERALD_QUIC__LISTEN="127.0.0.1:0", RUST_LOG="info")
+    env.update(settings)
     server = subprocess.Popen(
         [herald, "serve", "--dev", "--listen", "127.0.0.1:0"],
         env=env,
@@ -124,11 +204,27 @@ def main():
                 break
         else:
             raise SystemExit("herald exited before listening")
-        asyncio.run(check(f"nats://127.0.0.1:{nats_port}", http_url))
-        print("nats-py: every check passed")
+        # Keep reading its log, or a full pipe would block the server.
+        threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
+        yield nats_port, http_url
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def main():
+    herald = sys.argv[1]
+    with herald_server(herald) as (nats_port, http_url):
+        asyncio.run(check(f"nats://127.0.0.1:{nats_port}", http_url))
+    for policy in ["drop-oldest", "disconnect"]:
+        settings = {
+            "HERALD_BROKER__QUEUE__MAX_MESSAGES": "8",
+            "HERALD_BROKER__OVERFLOW_POLICY": policy,
+            "HERALD_AUTH__API_KEYS": PUBLISHER_KEYS,
+        }
+        with herald_server(herald, **settings) as (nats_port, _):
+            asyncio.run(check_slow_consumer(f"nats://127.0.0.1:{nats_port}", nats_port, policy))
+    print("nats-py: every check passed")
 
 
 if __name__ == "__main__":

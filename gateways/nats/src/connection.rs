@@ -529,20 +529,23 @@ fn nats_error(error: &SessionError, operation: &str, subject: &str) -> String {
     }
 }
 
-/// The text of the `-ERR` that ends a connection, for each close reason.
-fn closing_error(code: &str, message: &str) -> String {
-    match code {
-        "slow_consumer" | "reply_backlog" => format!("Slow Consumer: {message}"),
+/// The text of the `-ERR` that ends a connection, for each close reason;
+/// `None` to close without one. nats-server says nothing when it drops a
+/// slow consumer or shuts down, and clients rely on that: nats.go and
+/// nats-py close for good on an `-ERR` they do not know, while a
+/// connection that just ends is one they reconnect (and resubscribe).
+fn closing_error(code: &str, message: &str) -> Option<String> {
+    Some(match code {
+        "slow_consumer" | "reply_backlog" | "shutdown" => return None,
         "idle_timeout" => "Stale Connection".to_owned(),
         "token_expired" => "User Authentication Expired".to_owned(),
-        "shutdown" => "Server Shutdown".to_owned(),
         // The reader closes with nats-server's own words.
         "protocol_violation" => message
             .strip_prefix("protocol violation: ")
             .unwrap_or(message)
             .to_owned(),
         _ => message.to_owned(),
-    }
+    })
 }
 
 struct NatsWriter {
@@ -608,8 +611,9 @@ impl NatsWriter {
                 code,
                 message,
             } if *code != NATS_ERROR => {
-                let text = closing_error(code, message);
-                self.buffer.put_slice(format!("-ERR '{text}'\r\n").as_bytes());
+                if let Some(text) = closing_error(code, message) {
+                    self.buffer.put_slice(format!("-ERR '{text}'\r\n").as_bytes());
+                }
             }
             Reply::Error { message, .. } => {
                 self.buffer.put_slice(format!("-ERR '{message}'\r\n").as_bytes());
@@ -651,15 +655,11 @@ impl EventWriter for NatsWriter {
             Outbound::Message(_) => {}
             Outbound::Reply(reply) => self.put_reply(reply),
             // A queue that dropped messages under `drop-oldest`: NATS has no
-            // gap event, so the client hears it as a slow consumer warning.
-            Outbound::Gap(gap) => {
-                let missed = gap.missed.map_or_else(|| "some".to_owned(), |n| n.to_string());
-                let text = format!(
-                    "-ERR 'Slow Consumer: {missed} messages on \"{}\" dropped, the client did not read fast enough'\r\n",
-                    gap.subject.as_str()
-                );
-                self.buffer.put_slice(text.as_bytes());
-            }
+            // gap event, and an `-ERR` would make nats.go and nats-py close
+            // the connection for good. Core NATS delivers at most once; the
+            // drop is counted (`herald_messages_dropped_total`) and the
+            // client goes on with the newer messages.
+            Outbound::Gap(_) => {}
         }
         if self.buffer.len() >= WRITE_CHUNK {
             self.flush().await?;
