@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::clients::Target;
-use crate::servers::{Binaries, Server};
+use crate::servers::{Binaries, CpuMark, Server};
 
 /// One measurement.
 #[derive(Debug, Clone, Serialize)]
@@ -201,29 +201,6 @@ impl Pace {
     }
 }
 
-/// CPU time, the server's and this process's, at one moment.
-#[derive(Clone, Copy)]
-struct CpuMark {
-    server: Option<f64>,
-    client: Option<f64>,
-}
-
-impl CpuMark {
-    fn now(server: &Server) -> CpuMark {
-        CpuMark {
-            server: server.cpu_seconds(),
-            client: crate::servers::own_cpu_seconds(),
-        }
-    }
-
-    /// (server, client) CPU seconds spent since this mark.
-    fn spent(self, server: &Server) -> (Option<f64>, Option<f64>) {
-        let now = CpuMark::now(server);
-        let since = |before: Option<f64>, after: Option<f64>| before.zip(after).map(|(b, a)| a - b);
-        (since(self.server, now.server), since(self.client, now.client))
-    }
-}
-
 async fn fanout(server: &Server, url: &str, subscribers: usize, messages: u64) -> anyhow::Result<Measured> {
     let pace = Arc::new(Pace::default());
     let last_delivery = Arc::new(std::sync::Mutex::new(Instant::now()));
@@ -279,7 +256,7 @@ async fn fanout(server: &Server, url: &str, subscribers: usize, messages: u64) -
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let got = pace.delivered();
-    let (server_cpu_seconds, client_cpu_seconds) = cpu_before.spent(server);
+    let cpu = cpu_before.spent(server);
     let end = if got >= expected {
         *last_delivery.lock().expect("not poisoned")
     } else {
@@ -297,8 +274,8 @@ async fn fanout(server: &Server, url: &str, subscribers: usize, messages: u64) -
         per_second: got as f64 / seconds,
         delivered_share: got as f64 / expected as f64,
         counted: got,
-        server_cpu_seconds,
-        client_cpu_seconds,
+        server_cpu_seconds: cpu.server,
+        client_cpu_seconds: cpu.client,
         publisher_waits,
     })
 }
@@ -314,7 +291,7 @@ async fn publish(server: &Server, url: &str, messages: u64) -> anyhow::Result<Me
     // The PONG comes after the server has taken every PUB before it.
     publisher.flush().await?;
     let seconds = started.elapsed().as_secs_f64();
-    let (server_cpu_seconds, client_cpu_seconds) = cpu_before.spent(server);
+    let cpu = cpu_before.spent(server);
     Ok(Measured {
         scenario: "publish",
         subscribers: 0,
@@ -322,8 +299,8 @@ async fn publish(server: &Server, url: &str, messages: u64) -> anyhow::Result<Me
         per_second: messages as f64 / seconds,
         delivered_share: 1.0,
         counted: messages,
-        server_cpu_seconds,
-        client_cpu_seconds,
+        server_cpu_seconds: cpu.server,
+        client_cpu_seconds: cpu.client,
         publisher_waits: 0,
     })
 }

@@ -79,7 +79,7 @@ pub async fn run(
                     (server, address)
                 }
             };
-            let cpu_before = server.cpu_seconds();
+            let cpu_before = crate::servers::CpuMark::now(&server);
             let started = Instant::now();
             let duration = Duration::from_secs_f64(seconds);
             let messages = match way {
@@ -90,9 +90,7 @@ pub async fn run(
             }
             .with_context(|| format!("{way}, round {round}"))?;
             let elapsed = started.elapsed().as_secs_f64();
-            let cpu = cpu_before
-                .zip(server.cpu_seconds())
-                .map(|(before, after)| after - before);
+            let cpu = cpu_before.spent(&server).server;
             server.stop().await;
             let record = PublishRecord {
                 way,

@@ -363,8 +363,7 @@ pub async fn fanout_across(
         .map(|connection| tokio::spawn(receive_until_done(connection, published.clone())))
         .collect();
     let mut publisher = Connection::open_publisher(target, server).await?;
-    let cpu_before = server.cpu_seconds();
-    let own_cpu_before = crate::servers::own_cpu_seconds();
+    let cpu_before = crate::servers::CpuMark::now(server);
     let started = Instant::now();
     let total = publish_for(
         &mut publisher,
@@ -399,12 +398,9 @@ pub async fn fanout_across(
         latency.add(&tally.latency)?;
         last_delivery = last_delivery.max(tally.last_delivery.unwrap_or(started));
     }
-    record.server_cpu_seconds = cpu_before
-        .zip(server.cpu_seconds())
-        .map(|(before, after)| round(after - before));
-    record.client_cpu_seconds = own_cpu_before
-        .zip(crate::servers::own_cpu_seconds())
-        .map(|(before, after)| round(after - before));
+    let cpu = cpu_before.spent(server);
+    record.server_cpu_seconds = cpu.server.map(round);
+    record.client_cpu_seconds = cpu.client.map(round);
     let elapsed = (last_delivery - started).as_secs_f64().max(publish_seconds);
     record.seconds = round(elapsed);
     record.publish_seconds = round(publish_seconds);

@@ -230,8 +230,41 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// CPU time (user + system) this process has used so far, in seconds.
-pub fn own_cpu_seconds() -> Option<f64> {
+fn own_cpu_seconds() -> Option<f64> {
     cpu_ticks(std::process::id()).map(|ticks| ticks as f64 / 100.0)
+}
+
+/// CPU time, the server's and this process's (the load generator's
+/// clients), at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMark {
+    server: Option<f64>,
+    client: Option<f64>,
+}
+
+/// CPU seconds spent since a [`CpuMark`].
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSpent {
+    pub server: Option<f64>,
+    pub client: Option<f64>,
+}
+
+impl CpuMark {
+    pub fn now(server: &Server) -> CpuMark {
+        CpuMark {
+            server: server.cpu_seconds(),
+            client: own_cpu_seconds(),
+        }
+    }
+
+    pub fn spent(self, server: &Server) -> CpuSpent {
+        let now = CpuMark::now(server);
+        let since = |before: Option<f64>, after: Option<f64>| before.zip(after).map(|(b, a)| a - b);
+        CpuSpent {
+            server: since(self.server, now.server),
+            client: since(self.client, now.client),
+        }
+    }
 }
 
 /// utime + stime of a process, in clock ticks.
