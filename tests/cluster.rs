@@ -12,7 +12,7 @@ use herald::Config;
 use herald_broker::protocol::ServerEvent;
 use serde_json::{json, Value};
 use support::nats_server::NatsServer;
-use support::{publish, Client, Server, PATIENCE, PUBLISHER_KEY};
+use support::{publish, Client, RawNats, Server, PATIENCE, PUBLISHER_KEY};
 
 /// One clustered node on `nats`, named `name`.
 async fn node(nats: &str, name: &str) -> Server {
@@ -744,6 +744,45 @@ async fn a_node_started_while_nats_is_down_serves_and_joins_when_it_comes() {
         Some(0.0)
     );
     assert_eq!(support::sample(&metrics, "herald_ready"), Some(1.0));
+}
+
+/// A NATS client's publish that the cluster cannot take is counted, not
+/// answered: nats.go and nats-py close for good on an `-ERR` they do not
+/// know, so an outage must not end every Go and Python publisher. Once
+/// the cluster is back, the same connection publishes into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nats_publish_the_cluster_cannot_take_is_counted_and_the_connection_stays() {
+    let mut nats = NatsServer::start();
+    let url = nats.url();
+    nats.kill();
+    let node = Server::start(move |config| {
+        config.cluster.nats_url = url;
+        config.cluster.reconnect_max_delay = Duration::from_millis(200);
+        config.admin.public_metrics = true;
+    })
+    .await;
+    let refused = r#"herald_cluster_publishes_refused_total{code="cluster_unavailable"}"#;
+    let metrics = support::scrape_text(&node).await;
+    assert_eq!(support::sample(&metrics, refused), Some(0.0));
+
+    let (status, _) = try_publish(&node, "early.x", json!(0)).await;
+    assert_eq!(status, 503);
+    let mut raw = RawNats::connect(&node, &format!(r#"{{"auth_token":"{PUBLISHER_KEY}"}}"#)).await;
+    raw.send("SUB early.> 1\r\nPUB early.x 1\r\n1\r\nPUB early.x 1\r\n2\r\nPING\r\n")
+        .await;
+    assert_eq!(raw.line().await, "PONG\r\n", "nothing ahead of the PONG");
+    let metrics = support::scrape_text(&node).await;
+    assert_eq!(
+        support::sample(&metrics, refused),
+        Some(3.0),
+        "the HTTP publish and both NATS publishes"
+    );
+
+    nats.restart();
+    wait_ready(&node).await;
+    raw.send("PUB early.x 1\r\n3\r\n").await;
+    assert_eq!(raw.line().await, "MSG early.x 1 1\r\n");
+    assert_eq!(raw.line().await, "3\r\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

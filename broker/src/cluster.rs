@@ -65,11 +65,37 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
+    /// Every code [`ClusterError::code`] returns.
+    pub const CODES: [&'static str; 3] = ["cluster_unavailable", "cluster_busy", "cluster_refused"];
+
     pub fn code(&self) -> &'static str {
         match self {
             ClusterError::Unavailable { .. } | ClusterError::Unconfirmed { .. } => "cluster_unavailable",
             ClusterError::Busy { .. } | ClusterError::Behind { .. } => "cluster_busy",
             ClusterError::Refused { .. } => "cluster_refused",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cluster_error_code_is_listed() {
+        let errors = [
+            ClusterError::Unavailable {
+                state: "disconnected",
+            },
+            ClusterError::Busy { pending: 1 },
+            ClusterError::Behind { behind: 1 },
+            ClusterError::Unconfirmed { millis: 1 },
+            ClusterError::Refused {
+                reason: "limit".into(),
+            },
+        ];
+        for error in errors {
+            assert!(ClusterError::CODES.contains(&error.code()), "{error:?}");
         }
     }
 }

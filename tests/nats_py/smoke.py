@@ -6,8 +6,10 @@ publish/subscribe with wildcards, headers, queue groups, request/reply,
 auto-unsubscribe, and that an HTTP publish reaches a NATS subscriber.
 Then, on servers with an eight-message queue, a subscriber that stops
 reading: under `drop-oldest` it stays connected and gets what comes
-after; under `disconnect` it reconnects. (nats-py closes for good on an
-`-ERR` it does not know, so neither may send one.)
+after; under `disconnect` it reconnects. And on a clustered node cut off
+from NATS, publishes that are refused leave the client connected.
+(nats-py closes for good on an `-ERR` it does not know, so none of these
+may send one.)
 Exits non-zero on the first failure.
 """
 
@@ -182,6 +184,27 @@ async def check_slow_consumer(nats_url, nats_port, policy):
     await nc.close()
 
 
+async def check_cluster_outage(nats_url):
+    """A clustered node cut off from NATS takes no publish; nats-py must
+    not hear of it, or it closes for good."""
+    closed = asyncio.Event()
+
+    async def on_closed():
+        closed.set()
+
+    async def error(_error):
+        pass
+
+    nc = await nats.connect(nats_url, allow_reconnect=False, closed_cb=on_closed, error_cb=error)
+    for n in range(3):
+        await nc.publish("outage.x", str(n).encode())
+    await nc.flush()
+    await nc.flush()
+    await asyncio.sleep(0.3)
+    assert nc.is_connected and not closed.is_set(), "closed by a refused publish"
+    await nc.close()
+
+
 @contextmanager
 def herald_server(herald, **settings):
     """Herald in development mode on ephemeral ports, `settings` as
@@ -224,6 +247,9 @@ def main():
         }
         with herald_server(herald, **settings) as (nats_port, _):
             asyncio.run(check_slow_consumer(f"nats://127.0.0.1:{nats_port}", nats_port, policy))
+    # The cluster's NATS is nowhere: every publish is refused.
+    with herald_server(herald, HERALD_CLUSTER__NATS_URL=f"nats://127.0.0.1:{free_port()}") as (nats_port, _):
+        asyncio.run(check_cluster_outage(f"nats://127.0.0.1:{nats_port}"))
     print("nats-py: every check passed")
 
 

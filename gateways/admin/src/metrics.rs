@@ -278,6 +278,20 @@ impl Collector for Snapshot {
                     )?;
                 }
             }
+            if let Some(refused) = report
+                .get("publishes_refused")
+                .and_then(|value| value.as_object())
+            {
+                family(
+                    e,
+                    &format!("herald_{name}_publishes_refused"),
+                    "Publishes the cluster did not take, by code (a NATS client is not told: core NATS publishes have no answer).",
+                    MetricType::Counter,
+                    refused
+                        .iter()
+                        .map(|(code, count)| ([("code", code.as_str())], count.as_f64().unwrap_or(0.0))),
+                )?;
+            }
         }
         family(
             e,

@@ -212,6 +212,10 @@ pub struct Bridge {
     outgoing_receiver: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     /// Publishes handed to the bridge and not yet answered.
     pending: AtomicUsize,
+    /// Publishes answered with an error, by their code's index in
+    /// [`ClusterError::CODES`]: the one place a NATS client's failed
+    /// publish shows (a NATS publish has no answer).
+    refused: [AtomicU64; ClusterError::CODES.len()],
     next_message_id: AtomicU64,
     /// The NATS connection is up.
     linked: AtomicBool,
@@ -300,6 +304,7 @@ impl Bridge {
             outgoing,
             outgoing_receiver: Mutex::new(Some(receiver)),
             pending: AtomicUsize::new(0),
+            refused: Default::default(),
             next_message_id: AtomicU64::new(1),
             linked: AtomicBool::new(false),
             links: tokio::sync::watch::Sender::new(0),
@@ -713,7 +718,18 @@ impl Bridge {
 
     fn answer(&self, done: Acknowledgement, result: Result<Option<Position>, ClusterError>) {
         self.pending.fetch_sub(1, Ordering::AcqRel);
-        done(result);
+        match result {
+            Ok(position) => done(Ok(position)),
+            Err(error) => self.refuse(done, error),
+        }
+    }
+
+    /// Answers `done` with `error`, counted by its code.
+    fn refuse(&self, done: Acknowledgement, error: ClusterError) {
+        if let Some(code) = ClusterError::CODES.iter().position(|code| *code == error.code()) {
+            self.refused[code].fetch_add(1, Ordering::Relaxed);
+        }
+        done(Err(error));
     }
 }
 
@@ -724,9 +740,12 @@ impl Upstream for Bridge {
             (status.state, status.lag)
         };
         if !matches!(state, State::Connected | State::CatchingUp) || !self.linked.load(Ordering::Acquire) {
-            done(Err(ClusterError::Unavailable {
-                state: state.as_str(),
-            }));
+            self.refuse(
+                done,
+                ClusterError::Unavailable {
+                    state: state.as_str(),
+                },
+            );
             return;
         }
         // A node far behind the stream would only make it worse: what its
@@ -734,19 +753,19 @@ impl Upstream for Bridge {
         // what it already owes, and past `stream_messages_per_subject` its
         // subscribers start losing messages. Its own publishers wait.
         if lag > self.max_lag() {
-            done(Err(ClusterError::Behind { behind: lag }));
+            self.refuse(done, ClusterError::Behind { behind: lag });
             return;
         }
         let max = self.config.max_pending_publishes;
         if self.pending.fetch_add(1, Ordering::AcqRel) >= max {
             self.pending.fetch_sub(1, Ordering::AcqRel);
-            done(Err(ClusterError::Busy { pending: max }));
+            self.refuse(done, ClusterError::Busy { pending: max });
             return;
         }
         if let Err(error) = self.outgoing.try_send(Outgoing { message, done }) {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             let Outgoing { done, .. } = error.into_inner();
-            done(Err(ClusterError::Busy { pending: max }));
+            self.refuse(done, ClusterError::Busy { pending: max });
         }
     }
 }
@@ -767,6 +786,11 @@ impl Dependency for Bridge {
             "lost": status.lost,
             "lag": status.lag,
             "pending_publishes": self.pending.load(Ordering::Relaxed),
+            "publishes_refused": ClusterError::CODES
+                .iter()
+                .zip(&self.refused)
+                .map(|(code, count)| (code.to_string(), count.load(Ordering::Relaxed).into()))
+                .collect::<serde_json::Map<_, _>>(),
             "last_error": status.last_error,
         })
     }

@@ -440,19 +440,16 @@ impl Reader<'_> {
                 .map(drop)
                 .map_err(refused);
         }
-        // NATS publishes are not acknowledged; a clustered node that cannot
-        // hand one on says so, as a non-fatal -ERR. Until the cluster
+        // NATS publishes are not acknowledged, and a publish the cluster
+        // does not take is not answered either: nats.go and nats-py close
+        // for good on an -ERR they do not know, so one cluster outage would
+        // end every Go and Python publisher on this node. The bridge counts
+        // it (`herald_cluster_publishes_refused_total`). Until the cluster
         // answers, the publish holds a reply's room: the reader's
         // backpressure then bounds how many one client has in flight.
         let outbox = self.session.outbox().clone();
         outbox.reserve_reply();
-        let done: Acknowledgement = Box::new(move |result| {
-            outbox.fulfil_reply(result.err().map(|error| Reply::Error {
-                id: None,
-                code: NATS_ERROR,
-                message: format!("Cluster: {error}"),
-            }))
-        });
+        let done: Acknowledgement = Box::new(move |_| outbox.fulfil_reply(None));
         let submitted = self.session.submit(subject, payload, envelope, self.echo, done);
         if submitted.is_err() {
             self.session.outbox().fulfil_reply(None);
