@@ -566,6 +566,41 @@ async fn every_thing_a_client_can_hold_has_a_bound() {
     );
 }
 
+/// A sender over its publish rate (an anonymous connection, as here, or a
+/// user: `broker.max_client_publishes_per_second`) is read more slowly,
+/// not refused: every message arrives, in order, and no `-ERR` comes
+/// (nats.go and nats-py would close for good on it).
+#[tokio::test]
+async fn a_publisher_over_its_rate_is_slowed_and_loses_nothing() {
+    let server = Server::start(|config| {
+        config.auth.anonymous_publish = vec!["paced".into()];
+        config.broker.max_client_publishes_per_second = 50;
+    })
+    .await;
+    let client = connect(&server).await;
+    let mut subscriber = client.subscribe("paced").await.unwrap();
+    client.flush().await.unwrap();
+
+    // A full second's budget (50), then 20 more at 50 a second.
+    let mut anonymous = Raw::connect(&server, r#"{"verbose":false}"#).await;
+    let started = std::time::Instant::now();
+    let mut pipelined = String::new();
+    for n in 0..70 {
+        pipelined.push_str(&format!("PUB paced {}\r\n{n}\r\n", n.to_string().len()));
+    }
+    pipelined.push_str("PING\r\n");
+    anonymous.send(&pipelined).await;
+    assert_eq!(anonymous.line().await, "PONG\r\n", "nothing ahead of the PONG");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "the 20 over budget were held back: {waited:?}"
+    );
+    for n in 0..70 {
+        assert_eq!(next(&mut subscriber).await.payload, n.to_string());
+    }
+}
+
 /// Shutdown closes a NATS connection without an `-ERR`, as nats-server
 /// does: a client that hears an `-ERR` it does not know (nats.go,
 /// nats-py) closes for good instead of reconnecting to the next server.

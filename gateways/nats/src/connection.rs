@@ -179,6 +179,10 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, gateway: Arc<Gate
         verbose: options.verbose,
         echo: options.echo.unwrap_or(true),
         reply_room: 0,
+        publish_pause: match context.broker.config().max_client_publishes_per_second {
+            0 => Duration::ZERO,
+            per_second => Duration::from_secs(1) / per_second,
+        },
     };
     let reason = {
         let reading = reader.run();
@@ -269,7 +273,17 @@ enum Parsed {
     NeedsBytes,
     /// The client has as many replies waiting as it may.
     NeedsRoom,
+    /// The next operation is a publish over its sender's rate.
+    Throttled,
     Invalid(ParseError),
+}
+
+/// What became of one operation.
+enum Handled {
+    Done,
+    /// A publish over its sender's rate (`broker.max_client_publishes_per_second`):
+    /// not taken, to be handled again once the budget has refilled.
+    Throttled,
 }
 
 /// How a connection's reading side ended.
@@ -297,6 +311,9 @@ struct Reader<'a> {
     /// Operations that may still be handled before the reply queue is
     /// looked at again ([`Outbox::reply_room_left`]).
     reply_room: usize,
+    /// How long one publish's budget takes to come back, for a sender
+    /// held to a publish rate.
+    publish_pause: Duration,
 }
 
 impl Reader<'_> {
@@ -319,7 +336,9 @@ impl Reader<'_> {
                 }
                 match parse(&buffer, &self.limits) {
                     Ok(Some((op, taken))) => {
-                        self.handle(op);
+                        if let Handled::Throttled = self.handle(op) {
+                            break Parsed::Throttled;
+                        }
                         self.reply_room -= 1;
                         buffer.advance(taken);
                     }
@@ -338,6 +357,11 @@ impl Reader<'_> {
             }
             if let Parsed::NeedsRoom = parsed {
                 self.session.outbox().reply_room().await;
+            } else if let Parsed::Throttled = parsed {
+                // Held back like a client whose replies wait: TCP slows the
+                // sender, and nothing it sent is lost or refused (an
+                // unknown -ERR would close nats.go and nats-py for good).
+                tokio::time::sleep(self.publish_pause).await;
             } else if let Err(reason) = self.read().await {
                 return ReadEnd::Gone(reason);
             }
@@ -367,7 +391,7 @@ impl Reader<'_> {
         }
     }
 
-    fn handle(&mut self, op: ClientOp) {
+    fn handle(&mut self, op: ClientOp) -> Handled {
         let name = match &op {
             ClientOp::Pub { .. } => "pub",
             ClientOp::Sub { .. } => "sub",
@@ -378,11 +402,11 @@ impl Reader<'_> {
         let done = match op {
             ClientOp::Ping => {
                 self.session.outbox().push_reply(Reply::Pong { id: None });
-                return;
+                return Handled::Done;
             }
             ClientOp::Pong => {
                 self.pings_out.store(0, Ordering::Relaxed);
-                return;
+                return Handled::Done;
             }
             ClientOp::Connect(_) => Ok(()),
             ClientOp::Pub {
@@ -390,7 +414,10 @@ impl Reader<'_> {
                 reply,
                 headers,
                 payload,
-            } => self.publish(subject, reply, headers, payload),
+            } => match self.publish(subject, reply, headers, payload) {
+                Err(("rate_limited", _)) => return Handled::Throttled,
+                done => done,
+            },
             ClientOp::Sub { subject, queue, sid } => self.subscribe(subject, queue, sid),
             ClientOp::Unsub { sid, max_msgs } => {
                 self.unsubscribe(sid, max_msgs);
@@ -411,6 +438,7 @@ impl Reader<'_> {
                 message: text,
             }),
         }
+        Handled::Done
     }
 
     fn publish(
