@@ -746,6 +746,46 @@ async fn a_node_started_while_nats_is_down_serves_and_joins_when_it_comes() {
     assert_eq!(support::sample(&metrics, "herald_ready"), Some(1.0));
 }
 
+/// A NATS publisher faster than the cluster takes its publishes is read
+/// more slowly, as a fast producer is on nats-server: with only eight
+/// publishes allowed to wait for JetStream, every one of 2 000 pipelined
+/// arrives, in order, none refused and no `-ERR`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nats_publisher_faster_than_the_cluster_is_held_back_and_loses_nothing() {
+    let nats = NatsServer::start();
+    let node = node_with(&nats.url(), "small", |config| {
+        config.cluster.max_pending_publishes = 8;
+        config.broker.queue.max_messages = 100_000;
+        config.admin.public_metrics = true;
+    })
+    .await;
+    let mut reader = Client::connect(&node).await;
+    reader.subscribe("flood", None).await;
+    let mut raw = RawNats::connect(&node, &format!(r#"{{"auth_token":"{PUBLISHER_KEY}"}}"#)).await;
+    const SENT: usize = 2_000;
+    let mut pipelined = String::new();
+    for n in 0..SENT {
+        pipelined.push_str(&format!("PUB flood {}\r\n{n}\r\n", n.to_string().len()));
+    }
+    pipelined.push_str("PING\r\n");
+    raw.send(&pipelined).await;
+    assert_eq!(raw.line().await, "PONG\r\n", "nothing ahead of the PONG");
+    let delivered: Vec<Value> = messages(&mut reader, SENT)
+        .await
+        .into_iter()
+        .map(|(_, _, data)| data)
+        .collect();
+    assert_eq!(delivered, (0..SENT).map(Value::from).collect::<Vec<_>>());
+    let metrics = support::scrape_text(&node).await;
+    assert_eq!(
+        support::sample(
+            &metrics,
+            r#"herald_cluster_publishes_refused_total{code="cluster_busy"}"#
+        ),
+        Some(0.0)
+    );
+}
+
 /// A NATS client's publish that the cluster cannot take is counted, not
 /// answered: nats.go and nats-py close for good on an `-ERR` they do not
 /// know, so an outage must not end every Go and Python publisher. Once

@@ -531,6 +531,12 @@ impl Broker {
         self.upstream.get().is_some()
     }
 
+    /// Whether this node's cluster would refuse a publish now as
+    /// `cluster_busy` ([`Upstream::is_busy`]); never on a single node.
+    pub fn cluster_is_busy(&self) -> bool {
+        self.upstream.get().is_some_and(|upstream| upstream.is_busy())
+    }
+
     /// Publishes what the caller has checked, and tells `done` its
     /// position: at once on a single node; on a clustered node once the
     /// cluster has ordered it (or why it did not). A refusal before

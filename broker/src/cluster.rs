@@ -37,6 +37,13 @@ pub trait Upstream: Send + Sync + fmt::Debug {
     /// Hands `message` on; calls `done` exactly once, maybe from another
     /// thread. Must not block: a full pipeline is an immediate error.
     fn forward(&self, message: Forwarded, done: Acknowledgement);
+
+    /// Whether a message forwarded now would be refused `cluster_busy`: a
+    /// publisher that can be held back (a NATS client, by TCP) waits
+    /// instead of losing it.
+    fn is_busy(&self) -> bool {
+        false
+    }
 }
 
 /// Why the cluster did not take a message.

@@ -360,6 +360,11 @@ impl Session {
         self.broker.is_clustered()
     }
 
+    /// Whether a publish submitted now would be refused `cluster_busy`.
+    pub fn cluster_is_busy(&self) -> bool {
+        self.broker.cluster_is_busy()
+    }
+
     pub fn subscriptions(&self) -> &[Pattern] {
         &self.patterns
     }

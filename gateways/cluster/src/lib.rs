@@ -768,6 +768,11 @@ impl Upstream for Bridge {
             self.refuse(done, ClusterError::Busy { pending: max });
         }
     }
+
+    fn is_busy(&self) -> bool {
+        self.pending.load(Ordering::Acquire) >= self.config.max_pending_publishes
+            || self.lock_status().lag > self.max_lag()
+    }
 }
 
 impl Dependency for Bridge {

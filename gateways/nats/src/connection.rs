@@ -273,18 +273,22 @@ enum Parsed {
     NeedsBytes,
     /// The client has as many replies waiting as it may.
     NeedsRoom,
-    /// The next operation is a publish over its sender's rate.
-    Throttled,
+    /// The next operation is a publish to hold back for this long.
+    Throttled(Duration),
     Invalid(ParseError),
 }
 
 /// What became of one operation.
 enum Handled {
     Done,
-    /// A publish over its sender's rate (`broker.max_client_publishes_per_second`):
-    /// not taken, to be handled again once the budget has refilled.
-    Throttled,
+    /// A publish not taken yet, to be handled again after this long: its
+    /// sender is over its rate (`broker.max_client_publishes_per_second`),
+    /// or the cluster has as many publishes waiting as it takes.
+    Throttled(Duration),
 }
+
+/// How long a publisher waits before trying a busy cluster again.
+const CLUSTER_BUSY_PAUSE: Duration = Duration::from_millis(1);
 
 /// How a connection's reading side ended.
 enum ReadEnd {
@@ -336,8 +340,8 @@ impl Reader<'_> {
                 }
                 match parse(&buffer, &self.limits) {
                     Ok(Some((op, taken))) => {
-                        if let Handled::Throttled = self.handle(op) {
-                            break Parsed::Throttled;
+                        if let Handled::Throttled(pause) = self.handle(op) {
+                            break Parsed::Throttled(pause);
                         }
                         self.reply_room -= 1;
                         buffer.advance(taken);
@@ -357,11 +361,11 @@ impl Reader<'_> {
             }
             if let Parsed::NeedsRoom = parsed {
                 self.session.outbox().reply_room().await;
-            } else if let Parsed::Throttled = parsed {
+            } else if let Parsed::Throttled(pause) = parsed {
                 // Held back like a client whose replies wait: TCP slows the
                 // sender, and nothing it sent is lost or refused (an
                 // unknown -ERR would close nats.go and nats-py for good).
-                tokio::time::sleep(self.publish_pause).await;
+                tokio::time::sleep(pause).await;
             } else if let Err(reason) = self.read().await {
                 return ReadEnd::Gone(reason);
             }
@@ -415,7 +419,8 @@ impl Reader<'_> {
                 headers,
                 payload,
             } => match self.publish(subject, reply, headers, payload) {
-                Err(("rate_limited", _)) => return Handled::Throttled,
+                Err(("rate_limited", _)) => return Handled::Throttled(self.publish_pause),
+                Err(("cluster_busy", _)) => return Handled::Throttled(CLUSTER_BUSY_PAUSE),
                 done => done,
             },
             ClientOp::Sub { subject, queue, sid } => self.subscribe(subject, queue, sid),
@@ -448,6 +453,10 @@ impl Reader<'_> {
         headers: Option<&[u8]>,
         payload: &[u8],
     ) -> Result<(), Refusal> {
+        if self.session.cluster_is_busy() {
+            // Not refused: handled again shortly (`Handled::Throttled`).
+            return Err(("cluster_busy", String::new()));
+        }
         let refused = |error: SessionError| (error.code(), nats_error(&error, "Publish to", subject));
         let reply = reply
             .map(|reply| self.session.reply_subject(reply))
