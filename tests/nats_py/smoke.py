@@ -3,7 +3,8 @@
 Starts the herald binary given as the first argument in development mode
 on ephemeral ports, then checks the basics a Python backend relies on:
 publish/subscribe with wildcards, headers, queue groups, request/reply,
-auto-unsubscribe, and that an HTTP publish reaches a NATS subscriber.
+auto-unsubscribe, that an HTTP publish reaches a NATS subscriber, and
+that a publisher over its rate is slowed, not closed.
 Then, on servers with an eight-message queue, a subscriber that stops
 reading: under `drop-oldest` it stays connected and gets what comes
 after; under `disconnect` it reconnects. And on a clustered node cut off
@@ -110,6 +111,20 @@ async def check(nats_url, http_url):
         assert response.status == 200
     message = await news.next_msg(timeout=5)
     assert json.loads(message.data) == {"headline": "hi"}, message.data
+
+    # Over its publish rate (an anonymous connection: 50 a second) a
+    # publisher is read more slowly, not refused: all 80 arrive, in order,
+    # and the connection stays open.
+    paced = await nc.subscribe("paced")
+    await nc.flush()
+    started = time.monotonic()
+    for n in range(80):
+        await nc.publish("paced", str(n).encode())
+    await nc.flush(timeout=10)
+    got = [int(m.data) for m in await expect(paced, 80)]
+    assert got == list(range(80)), got
+    assert time.monotonic() - started >= 0.4, "the publishes over the rate were held back"
+    assert nc.is_connected
 
     await nc.drain()
 
