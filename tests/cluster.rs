@@ -31,6 +31,26 @@ async fn node_with(nats: &str, name: &str, adjust: impl FnOnce(&mut Config)) -> 
     server
 }
 
+/// A node started while its NATS is down (restart it with
+/// `nats.restart()`), with public metrics.
+async fn node_while_nats_is_down() -> (NatsServer, Server) {
+    let mut nats = NatsServer::start();
+    let url = nats.url();
+    nats.kill();
+    let node = Server::start(move |config| {
+        config.cluster.nats_url = url;
+        config.cluster.reconnect_max_delay = Duration::from_millis(200);
+        config.admin.public_metrics = true;
+    })
+    .await;
+    (nats, node)
+}
+
+/// A raw NATS connection to `node`'s NATS listener with the publisher key.
+async fn raw_publisher(node: &Server) -> RawNats {
+    RawNats::connect(node, &format!(r#"{{"auth_token":"{PUBLISHER_KEY}"}}"#)).await
+}
+
 /// Waits until `/readyz` says the node is connected and caught up.
 async fn wait_ready(server: &Server) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -699,15 +719,7 @@ async fn a_node_cut_off_from_nats_catches_up_and_reports_what_the_stream_discard
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_started_while_nats_is_down_serves_and_joins_when_it_comes() {
-    let mut nats = NatsServer::start();
-    let url = nats.url();
-    nats.kill();
-    let node = Server::start(move |config| {
-        config.cluster.nats_url = url;
-        config.cluster.reconnect_max_delay = Duration::from_millis(200);
-        config.admin.public_metrics = true;
-    })
-    .await;
+    let (mut nats, node) = node_while_nats_is_down().await;
     assert_eq!(bridge_state(&node).await, "connecting");
     assert_eq!(reqwest::get(node.url("/readyz")).await.unwrap().status(), 503);
     let metrics = support::scrape_text(&node).await;
@@ -761,7 +773,7 @@ async fn a_nats_publisher_faster_than_the_cluster_is_held_back_and_loses_nothing
     .await;
     let mut reader = Client::connect(&node).await;
     reader.subscribe("flood", None).await;
-    let mut raw = RawNats::connect(&node, &format!(r#"{{"auth_token":"{PUBLISHER_KEY}"}}"#)).await;
+    let mut raw = raw_publisher(&node).await;
     const SENT: usize = 2_000;
     let mut pipelined = String::new();
     for n in 0..SENT {
@@ -792,22 +804,14 @@ async fn a_nats_publisher_faster_than_the_cluster_is_held_back_and_loses_nothing
 /// the cluster is back, the same connection publishes into it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_nats_publish_the_cluster_cannot_take_is_counted_and_the_connection_stays() {
-    let mut nats = NatsServer::start();
-    let url = nats.url();
-    nats.kill();
-    let node = Server::start(move |config| {
-        config.cluster.nats_url = url;
-        config.cluster.reconnect_max_delay = Duration::from_millis(200);
-        config.admin.public_metrics = true;
-    })
-    .await;
+    let (mut nats, node) = node_while_nats_is_down().await;
     let refused = r#"herald_cluster_publishes_refused_total{code="cluster_unavailable"}"#;
     let metrics = support::scrape_text(&node).await;
     assert_eq!(support::sample(&metrics, refused), Some(0.0));
 
     let (status, _) = try_publish(&node, "early.x", json!(0)).await;
     assert_eq!(status, 503);
-    let mut raw = RawNats::connect(&node, &format!(r#"{{"auth_token":"{PUBLISHER_KEY}"}}"#)).await;
+    let mut raw = raw_publisher(&node).await;
     raw.send("SUB early.> 1\r\nPUB early.x 1\r\n1\r\nPUB early.x 1\r\n2\r\nPING\r\n")
         .await;
     assert_eq!(raw.line().await, "PONG\r\n", "nothing ahead of the PONG");
