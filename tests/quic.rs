@@ -32,7 +32,18 @@ async fn connect(server: &Server, query: &str) -> QuicClient {
         .expect("connects")
 }
 
+/// The next event but the message streams' marks (their own test checks
+/// them: `every_message_stream_marks_how_far_it_has_carried_the_session`).
 async fn next(client: &mut QuicClient) -> (Via, ServerEvent) {
+    loop {
+        match next_or_mark(client).await {
+            (_, ServerEvent::Mark { .. }) => continue,
+            event => return event,
+        }
+    }
+}
+
+async fn next_or_mark(client: &mut QuicClient) -> (Via, ServerEvent) {
     tokio::time::timeout(PATIENCE, client.next_event())
         .await
         .expect("an event within the test's patience")
@@ -206,6 +217,49 @@ async fn each_subject_arrives_in_order_across_message_streams() {
         streams.len() > 1,
         "eight subjects spread over several streams: {streams:?}"
     );
+}
+
+/// Across message streams there is no order, so each says now and then
+/// (`mark`) the last message of the session written before it: every
+/// stream, the unused ones too, carries a mark with the last position, and
+/// nothing that stream carries after the mark is at or before it. A client
+/// resumes from the least mark of its streams and misses nothing.
+#[tokio::test]
+async fn every_message_stream_marks_how_far_it_has_carried_the_session() {
+    let server = Server::start(|_| {}).await;
+    let mut client = connect(&server, "").await;
+    subscribe(&mut client, json!({"op": "sub", "id": 1, "subject": "room.>"})).await;
+    let mut last = String::new();
+    for n in 0..3 {
+        last = publish(&server, &format!("room.{n}"), json!(n)).await;
+    }
+    let mut marked: BTreeMap<usize, (String, usize)> = BTreeMap::new();
+    let mut latest: BTreeMap<usize, String> = BTreeMap::new();
+    while marked.len() < 4 || marked.values().any(|(pos, _)| *pos != last) {
+        match next_or_mark(&mut client).await {
+            (Via::Stream(stream), ServerEvent::Mark { pos, lanes }) => {
+                if let Some(carried) = latest.get(&stream) {
+                    assert!(decode(&pos) >= decode(carried), "a mark after what it covers");
+                }
+                marked.insert(stream, (pos, lanes));
+            }
+            (Via::Stream(stream), ServerEvent::Msg { pos, .. }) => {
+                if let Some((mark, _)) = marked.get(&stream) {
+                    assert!(
+                        decode(&pos) > decode(mark),
+                        "nothing a mark covers comes after it"
+                    );
+                }
+                latest.insert(stream, pos);
+            }
+            other => panic!("only messages and marks on message streams, got {other:?}"),
+        }
+    }
+    assert!(marked.values().all(|(_, lanes)| *lanes == 4), "{marked:?}");
+}
+
+fn decode(token: &str) -> herald_broker::Position {
+    herald_broker::Position::from_token(token).expect("a position token")
 }
 
 #[tokio::test]

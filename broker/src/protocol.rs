@@ -723,6 +723,26 @@ impl<'a> From<&'a Gap> for WireGap<'a> {
     }
 }
 
+/// `{"op":"mark","pos":..,"lanes":..}`: a WebTransport message stream's
+/// promise that every event it carries up to `position` came before it
+/// (see `docs/quic.md`); `lanes` is how many message streams carry them.
+pub fn encode_mark(encoding: Encoding, position: Position, lanes: usize) -> Bytes {
+    #[derive(Serialize)]
+    struct WireMark {
+        op: &'static str,
+        pos: String,
+        lanes: usize,
+    }
+    encode_serde(
+        encoding,
+        &WireMark {
+            op: "mark",
+            pos: position.to_string(),
+            lanes,
+        },
+    )
+}
+
 fn encode_serde<T: Serialize>(encoding: Encoding, value: &T) -> Bytes {
     let bytes = match encoding {
         Encoding::Json | Encoding::EventStream => {
@@ -846,6 +866,9 @@ pub enum ServerEvent {
         #[serde(default)]
         id: Option<u64>,
     },
+    /// WebTransport message streams only ([`encode_mark`]).
+    #[serde(rename = "mark")]
+    Mark { pos: String, lanes: usize },
     #[serde(rename = "history")]
     History {
         #[serde(default)]

@@ -122,10 +122,11 @@ pub(crate) async fn serve(incoming: IncomingSession, gateway: &Gateway) {
     }
     let outbox = session.outbox().clone();
     let routes = Arc::new(Routes::default());
-    let mut writer = QuicWriter::new(connection.clone(), control, config, routes.clone());
+    let mut writer = QuicWriter::new(connection.clone(), control, config, routes.clone(), encoding);
     let writer_config = WriterConfig {
-        // QUIC keeps the session alive itself (keep_alive_interval).
-        heartbeat_interval: Duration::from_secs(3600),
+        // QUIC keeps the session alive itself (keep_alive_interval); the
+        // writer's timer marks the message streams.
+        heartbeat_interval: crate::writer::MARK_INTERVAL,
         write_timeout: config.write_timeout,
         max_duration: None,
         // The reader watches the token: it can take a `refresh`.

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use herald_broker::protocol::Gap;
+use herald_broker::protocol::{encode_mark, Gap};
 use herald_broker::subject::Pattern;
-use herald_broker::{CloseReason, Command, Encoding, Outbound, Session, Subject};
+use herald_broker::{CloseReason, Command, Encoding, Outbound, Position, Session, Subject};
 use herald_gateway::EventWriter;
 use wtransport::{Connection, SendStream};
 
@@ -119,7 +119,20 @@ pub(crate) struct QuicWriter {
     routes: Arc<Routes>,
     /// This batch's latest-value messages: the newest per subject.
     datagrams: Vec<(Subject, Bytes)>,
+    encoding: Encoding,
+    /// The last message written (events go out in position order): every
+    /// message stream has carried all of its messages up to it.
+    written_through: Option<Position>,
+    /// What the last round of marks said.
+    marked_through: Option<Position>,
 }
+
+/// How often, at most, every message stream says how far it has carried
+/// the session's messages (`mark`). Across streams there is no order: a
+/// client resumes from the least of its streams' marks, so this is how
+/// far behind what it received a resume may start (and replay what it
+/// already has, which it drops).
+pub(crate) const MARK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a lane allocates at a time. Batches are split off one allocation
 /// until it is used up (`BytesMut::split` keeps the spare capacity), so a
@@ -158,6 +171,7 @@ impl QuicWriter {
         control: SendStream,
         config: &QuicConfig,
         routes: Arc<Routes>,
+        encoding: Encoding,
     ) -> QuicWriter {
         QuicWriter {
             connection,
@@ -167,13 +181,14 @@ impl QuicWriter {
             stream_buffer: config.stream_buffer_bytes,
             routes,
             datagrams: Vec::new(),
+            encoding,
+            written_through: None,
+            marked_through: None,
         }
     }
 
-    /// Adds `frame` to what the message stream that carries `subject`
-    /// writes next.
-    async fn send_on_lane(&mut self, subject: &str, frame: Bytes) -> io::Result<()> {
-        let index = lane_of(subject, self.lanes.len());
+    /// The message stream `index`, opened on first use.
+    async fn lane(&mut self, index: usize) -> io::Result<&mut Lane> {
         if self.lanes[index].is_none() {
             let stream = self
                 .connection
@@ -182,14 +197,48 @@ impl QuicWriter {
                 .map_err(io::Error::other)?
                 .await
                 .map_err(io::Error::other)?;
+            // No buffer yet: a stream opened for its marks carries a few
+            // bytes a time.
             self.lanes[index] = Some(Lane {
-                pending: BytesMut::with_capacity(self.stream_buffer.min(LANE_ALLOCATION)),
+                pending: BytesMut::new(),
                 stream,
             });
         }
-        let lane = self.lanes[index].as_mut().expect("opened above");
+        Ok(self.lanes[index].as_mut().expect("opened above"))
+    }
+
+    /// Tells every message stream (opening those not used yet) the last
+    /// message written, if that moved since the last marks.
+    async fn mark_lanes(&mut self) -> io::Result<()> {
+        let Some(through) = self
+            .written_through
+            .filter(|_| self.written_through != self.marked_through)
+        else {
+            return Ok(());
+        };
+        let frame = encode_mark(self.encoding, through, self.lanes.len());
+        for index in 0..self.lanes.len() {
+            let lane = self.lane(index).await?;
+            put_frame(&mut lane.pending, &frame);
+            lane.write_pending().await?;
+        }
+        self.marked_through = Some(through);
+        Ok(())
+    }
+
+    /// Adds `frame` to what the message stream that carries `subject`
+    /// writes next.
+    async fn send_on_lane(&mut self, subject: &str, frame: Bytes) -> io::Result<()> {
+        let index = lane_of(subject, self.lanes.len());
+        let stream_buffer = self.stream_buffer;
+        let lane = self.lane(index).await?;
+        let needed = 4 + frame.len();
+        if lane.pending.capacity() - lane.pending.len() < needed {
+            lane.pending
+                .reserve(stream_buffer.min(LANE_ALLOCATION).max(needed));
+        }
         put_frame(&mut lane.pending, &frame);
-        if lane.pending.len() >= self.stream_buffer {
+        if lane.pending.len() >= stream_buffer {
             lane.write_pending().await?;
         }
         Ok(())
@@ -226,6 +275,7 @@ impl EventWriter for QuicWriter {
         match event {
             Outbound::Message(_) | Outbound::Delivery(_) => {
                 let message = event.message().expect("a message event");
+                self.written_through = Some(message.position());
                 let subject = message.subject();
                 let frame = event.encode(encoding);
                 if self.routes.is_latest_only(subject.as_str()) {
@@ -264,7 +314,9 @@ impl EventWriter for QuicWriter {
     }
 
     async fn heartbeat(&mut self) -> io::Result<()> {
-        Ok(())
+        // The session's timer (`MARK_INTERVAL`): QUIC keeps the session
+        // alive itself.
+        self.mark_lanes().await
     }
 
     async fn close(&mut self, _reason: &CloseReason) -> io::Result<()> {
