@@ -128,7 +128,11 @@ export interface Subscription {
   readonly pattern: string;
   /** Resolves once the server acknowledged the subscription; rejects with the refusal. */
   readonly ready: Promise<void>;
-  /** The position of the last message this subscription received (its resume token). */
+  /**
+   * Where this subscription resumes: the position of the last message it
+   * received (on WebTransport, which orders each subject apart, the
+   * position every message stream has reached).
+   */
   readonly position: string | undefined;
   unsubscribe(): void;
 }
@@ -180,6 +184,12 @@ interface Held {
   handles: Set<Handle>;
   /** The last position received for it (or its `ack`'s): where it resumes. */
   position: string | undefined;
+  /**
+   * After `position`, the last position received per subject: on an
+   * unordered transport `position` waits for every stream to catch up, and
+   * a resume from it replays what this holds.
+   */
+  seen: Map<string, string>;
   /** Acknowledged on the current connection. */
   acknowledged: boolean;
   /** Known to be allowed on one-way transports (checked by a poll). */
@@ -343,6 +353,7 @@ export class Herald {
         presence: options.presence ?? false,
         handles: new Set([handle]),
         position: options.since,
+        seen: new Map(),
         acknowledged: false,
         checked: false,
       };
@@ -532,6 +543,9 @@ export class Herald {
                 }
               }
               this.onEvent(event);
+            },
+            caughtUp: (position) => {
+              if (!settled) this.onCaughtUp(position);
             },
             cursor: (position) => {
               if (!settled) this.streamCursor = position;
@@ -858,6 +872,8 @@ export class Herald {
       case "presence":
         if (event.id !== undefined) this.answer(event.id, event);
         return;
+      case "mark":
+        return; // the transport's own (see `caughtUp`)
     }
   }
 
@@ -873,8 +889,7 @@ export class Herald {
       }
       if (presence === undefined) {
         // Already had it (a resume overlapping what arrived, a shared stream replaying for another subscription).
-        if (!isAfter(event.pos, held.position)) continue;
-        held.position = event.pos;
+        if (!this.accept(held, event.subject, event.pos)) continue;
       }
       // Presence events are never replayed, so they do not move the resume
       // token: on WebTransport they ride another stream than the subject's
@@ -889,6 +904,31 @@ export class Herald {
       }
     }
     if (delivered && presence === undefined) this.emit("message", message);
+  }
+
+  /** Whether a message is new to `held`; records it. */
+  private accept(held: Held, subject: string, pos: string): boolean {
+    if (!isAfter(pos, held.position)) return false;
+    const last = held.seen.get(subject);
+    if (last !== undefined && !isAfter(pos, last)) return false;
+    if (this.transport?.ordered === false) {
+      held.seen.set(subject, pos);
+    } else {
+      held.position = pos;
+      if (held.seen.size > 0) forgetReached(held);
+    }
+    return true;
+  }
+
+  /** An unordered transport has reported every message up to `position`. */
+  private onCaughtUp(position: string): void {
+    for (const held of this.held.values()) {
+      // Not before the subscription's own start: the server's marks speak
+      // for the whole session, and a subscription made since starts later.
+      if (held.position === undefined || !isAfter(position, held.position)) continue;
+      held.position = position;
+      forgetReached(held);
+    }
   }
 
   // ---- commands, publishes and reads ----------------------------------------
@@ -1070,4 +1110,9 @@ function historyPage(event: HistoryEvent): HistoryPage {
 
 function presenceSnapshot(event: PresenceEvent): PresenceSnapshot {
   return { subject: event.subject, count: event.count, members: event.members, truncated: event.truncated };
+}
+
+/** Forgets the subjects' positions `held.position` has passed. */
+function forgetReached(held: Held): void {
+  for (const [subject, pos] of held.seen) if (!isAfter(pos, held.position)) held.seen.delete(subject);
 }

@@ -82,6 +82,17 @@ export interface PresenceEvent {
   truncated: boolean;
 }
 
+/**
+ * WebTransport message streams only: the last message the server had
+ * written to the session when it wrote this; the stream carried every one
+ * of its own messages up to `pos` before it. `lanes`: how many streams.
+ */
+export interface MarkEvent {
+  op: "mark";
+  pos: string;
+  lanes: number;
+}
+
 export type ServerEvent =
   | MsgEvent
   | GapEvent
@@ -89,7 +100,8 @@ export type ServerEvent =
   | ErrEvent
   | PongEvent
   | HistoryEvent
-  | PresenceEvent;
+  | PresenceEvent
+  | MarkEvent;
 
 /** Reads one JSON event; anything else is reported, not thrown past the caller. */
 export function parseEvent(text: string): ServerEvent | undefined {

@@ -454,4 +454,30 @@ test("disconnect keeps subscriptions; connect resumes them", async () => {
   herald.close();
 });
 
+test("WebTransport (ordered per subject only): a wildcard subscription loses nothing to streams overtaking each other, and resumes from where every stream had come", async () => {
+  const wt = new FakeTransport("webtransport", true);
+  wt.ordered = false;
+  ackEverything(wt, sequence(10));
+  const { herald } = client([wt]);
+  const got: unknown[] = [];
+  await herald.subscribe("chat.*", (m) => got.push(m.data)).ready;
+  // chat.b's stream overtakes chat.a's.
+  wt.last.push({ op: "msg", subject: "chat.b", pos: pos(12), ts: 1, data: "b12" });
+  wt.last.push({ op: "msg", subject: "chat.a", pos: pos(11), ts: 1, data: "a11" });
+  wt.last.push({ op: "msg", subject: "chat.a", pos: pos(11), ts: 1, data: "a11 again" });
+  assert.deepEqual(got, ["b12", "a11"]);
+  // Every stream has come to 11; chat.c at 13 may still be on its way.
+  wt.last.caughtUp(pos(11));
+  const sub = herald.subscribe("chat.*", () => {});
+  assert.equal(sub.position, pos(11));
+  wt.last.end({ code: "closed", message: "network" });
+  await eventually(() => wt.connections.length === 2 && wt.last.commands("sub").length === 1, "resubscribed");
+  assert.equal((wt.last.commands("sub")[0] as { since?: string }).since, pos(11), "not from 12: 13 could be lost");
+  // The replay after 11: what arrived before is dropped, the rest delivered.
+  wt.last.push({ op: "msg", subject: "chat.b", pos: pos(12), ts: 1, data: "b12 replayed" });
+  wt.last.push({ op: "msg", subject: "chat.c", pos: pos(13), ts: 1, data: "c13" });
+  assert.deepEqual(got, ["b12", "a11", "c13"]);
+  herald.close();
+});
+
 void (null as unknown as FakeConnection);

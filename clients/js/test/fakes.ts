@@ -30,6 +30,10 @@ export class FakeConnection {
   push(event: ServerEvent): void {
     if (!this.ended) this.events.event(event);
   }
+  /** As an unordered transport reports: every message up to `position` arrived. */
+  caughtUp(position: string): void {
+    if (!this.ended) this.events.caughtUp(position);
+  }
   end(info: CloseInfo): void {
     if (this.ended) return;
     this.ended = true;
@@ -49,6 +53,8 @@ export type Behaviour = (connection: FakeConnection) => void;
  */
 export class FakeTransport implements Transport {
   readonly connections: FakeConnection[] = [];
+  /** False to stand in for WebTransport (ordered per subject only). */
+  ordered = true;
   onCommand: (connection: FakeConnection, command: Command) => void = () => {};
   constructor(
     readonly name: TransportName,

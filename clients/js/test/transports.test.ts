@@ -15,18 +15,20 @@ interface Seen {
   opened: number;
   events: ServerEvent[];
   cursors: string[];
+  caughtUp: string[];
   retries: number[];
   closed?: CloseInfo;
 }
 
 function recorder(): { seen: Seen; events: ConnectionEvents } {
-  const seen: Seen = { opened: 0, events: [], cursors: [], retries: [] };
+  const seen: Seen = { opened: 0, events: [], cursors: [], caughtUp: [], retries: [] };
   return {
     seen,
     events: {
       open: () => seen.opened++,
       event: (event) => seen.events.push(event),
       cursor: (position) => seen.cursors.push(position),
+      caughtUp: (position) => seen.caughtUp.push(position),
       retry: (ms) => seen.retries.push(ms),
       close: (info) => {
         assert.equal(seen.closed, undefined, "close is reported once");

@@ -5,6 +5,7 @@ import { Backoff, decodePosition, isAfter, matches } from "../src/index.js";
 import { earliest } from "../src/positions.js";
 import { refreshAt, tokenExpiry } from "../src/token.js";
 import { EventStreamParser } from "../src/transports/sse.js";
+import { LaneMarks } from "../src/transports/webtransport.js";
 import { pos } from "./fakes.js";
 
 test("backoff: full jitter under a cap that doubles up to maxDelay, reset by a good connection", () => {
@@ -71,4 +72,15 @@ test("tokens: expiry read from exp, refreshed a fifth of its life early (5 s to 
   assert.equal(refreshAt(0, 10_000), 5_000);
   assert.equal(refreshAt(0, 3_600_000), 3_540_000);
   assert.equal(refreshAt(10_000, 5_000), 10_000, "already expired: now");
+});
+
+test("WebTransport lanes: caught up to the least of every stream's last, once each has been heard from, moving only forward", () => {
+  const marks = new LaneMarks();
+  assert.equal(marks.reach(0, pos(5)), undefined, "how many streams is not known before a mark");
+  assert.equal(marks.reach(1, pos(7), 3), undefined, "stream 2 not heard from");
+  assert.equal(marks.reach(2, pos(9), 3), pos(5));
+  assert.equal(marks.reach(1, pos(6)), undefined, "a stream does not go back");
+  assert.equal(marks.reach(0, pos(8)), pos(7));
+  assert.equal(marks.reach(0, pos(20)), undefined, "stream 1 is still at 7");
+  assert.equal(marks.reach(1, pos(20)), pos(9));
 });

@@ -22,6 +22,7 @@ function recordingTransport() {
   const transport: Transport = {
     name: "websocket",
     duplex: true,
+    ordered: true,
     available: () => true,
     open(_context, events): Connection {
       connections++;

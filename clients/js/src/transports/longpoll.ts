@@ -17,6 +17,7 @@ interface PollAnswer {
 export const longPollTransport: Transport = {
   name: "longpoll",
   duplex: false,
+  ordered: true,
   available: (env) => typeof env.fetch === "function",
   open(context: ConnectionContext, events: ConnectionEvents): Connection {
     return oneWayConnection(

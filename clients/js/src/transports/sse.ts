@@ -12,6 +12,7 @@ import type { Connection, ConnectionContext, ConnectionEvents, Transport } from 
 export const sseTransport: Transport = {
   name: "sse",
   duplex: false,
+  ordered: true,
   available: (env) => typeof env.fetch === "function" && typeof ReadableStream === "function",
   open(context: ConnectionContext, events: ConnectionEvents): Connection {
     return oneWayConnection(

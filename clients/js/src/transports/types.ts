@@ -88,6 +88,11 @@ export interface ConnectionEvents {
    */
   open(): void;
   event(event: ServerEvent): void;
+  /**
+   * Unordered transports: every message at or before `position` has been
+   * reported (what arrives later at or before it is a repeat).
+   */
+  caughtUp(position: string): void;
   /** One-way transports: the position the stream has reached. */
   cursor(position: string): void;
   /** SSE `retry:` advice, in milliseconds. */
@@ -109,6 +114,12 @@ export interface Transport {
   readonly name: TransportName;
   /** Commands travel on the connection (WebSocket, WebTransport); otherwise over HTTP. */
   readonly duplex: boolean;
+  /**
+   * Messages arrive in position order. WebTransport keeps order per
+   * subject only (each subject rides one of several streams): it reports
+   * how far all of them have come with `caughtUp`.
+   */
+  readonly ordered: boolean;
   available(env: Environment): boolean;
   open(context: ConnectionContext, events: ConnectionEvents): Connection;
 }

@@ -19,6 +19,7 @@ export const WEBSOCKET_PROTOCOLS = ["herald.json.batch", "herald.json"];
 export const webSocketTransport: Transport = {
   name: "websocket",
   duplex: true,
+  ordered: true,
   available: (env) => typeof env.WebSocket === "function",
   open(context: ConnectionContext, events: ConnectionEvents): Connection {
     const ending = new Ending(events);

@@ -6,6 +6,7 @@
 // certificate, its hash come from `GET /v1/quic`.
 
 import { requestJson, endpoint } from "../http.js";
+import { earliest, isAfter } from "../positions.js";
 import { parseEvent } from "../protocol.js";
 import { Ending, type Connection, type ConnectionContext, type ConnectionEvents, type Transport } from "./types.js";
 
@@ -20,6 +21,7 @@ const decoder = new TextDecoder();
 export const webTransportTransport: Transport = {
   name: "webtransport",
   duplex: true,
+  ordered: false,
   available: (env) => typeof env.WebTransport === "function" && typeof env.fetch === "function",
   open(context: ConnectionContext, events: ConnectionEvents): Connection {
     const ending = new Ending(events);
@@ -34,12 +36,18 @@ export const webTransportTransport: Transport = {
         // already closed
       }
     };
-    const deliver = (bytes: Uint8Array) => {
+    const marks = new LaneMarks();
+    // `lane`: the message stream it came on (none for the control stream
+    // and datagrams, which say nothing of how far the streams have come).
+    const deliver = (bytes: Uint8Array, lane?: number) => {
       if (ending.ended) return;
       const event = parseEvent(decoder.decode(bytes));
-      if (event) events.event(event);
+      if (!event) return;
+      const reached = lane !== undefined && (event.op === "msg" || event.op === "mark") ? marks.reach(lane, event.pos, event.op === "mark" ? event.lanes : undefined) : undefined;
+      if (event.op !== "mark") events.event(event);
+      if (reached !== undefined) events.caughtUp(reached);
     };
-    const readFrames = async (readable: ReadableStream<Uint8Array>) => {
+    const readFrames = async (readable: ReadableStream<Uint8Array>, lane?: number) => {
       const reader = readable.getReader();
       let buffer: Uint8Array = new Uint8Array(0);
       for (;;) {
@@ -49,7 +57,7 @@ export const webTransportTransport: Transport = {
         while (buffer.length >= 4) {
           const length = new DataView(buffer.buffer, buffer.byteOffset).getUint32(0);
           if (buffer.length < 4 + length) break;
-          deliver(buffer.subarray(4, 4 + length));
+          deliver(buffer.subarray(4, 4 + length), lane);
           buffer = buffer.slice(4 + length);
         }
       }
@@ -80,10 +88,10 @@ export const webTransportTransport: Transport = {
       void readFrames(control.readable).catch(() => {});
       void (async () => {
         const streams = session.incomingUnidirectionalStreams.getReader();
-        for (;;) {
+        for (let lane = 0; ; lane++) {
           const { value, done } = await streams.read();
           if (done || ending.ended) return;
-          void readFrames(value).catch(() => {});
+          void readFrames(value, lane).catch(() => {});
         }
       })().catch(() => {});
       void (async () => {
@@ -118,6 +126,31 @@ export const webTransportTransport: Transport = {
     };
   },
 };
+
+/**
+ * How far a session's message streams have come. Each stream is ordered
+ * and now and then carries a `mark`: the last message the server had
+ * written to the session before it. Once every stream has been heard from,
+ * everything up to the least of them has arrived.
+ */
+export class LaneMarks {
+  private readonly reached = new Map<number, string>();
+  /** Unknown until the first mark says. */
+  private lanes = Number.POSITIVE_INFINITY;
+  private caughtUp: string | undefined;
+
+  /** Stream `lane` has come to `pos`; returns how far all have come, when that moved. */
+  reach(lane: number, pos: string, lanes?: number): string | undefined {
+    if (lanes !== undefined) this.lanes = lanes;
+    const known = this.reached.get(lane);
+    if (known === undefined || isAfter(pos, known)) this.reached.set(lane, pos);
+    if (this.reached.size < this.lanes) return undefined;
+    const least = earliest(this.reached.values());
+    if (least === undefined || (this.caughtUp !== undefined && !isAfter(least, this.caughtUp))) return undefined;
+    this.caughtUp = least;
+    return least;
+  }
+}
 
 function closeOf(info: unknown): [string, string, number?] {
   const { closeCode, reason } = (info ?? {}) as { closeCode?: number; reason?: string };
