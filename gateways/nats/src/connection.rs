@@ -413,6 +413,9 @@ impl Reader<'_> {
                 return Handled::Done;
             }
             ClientOp::Connect(_) => Ok(()),
+            ClientOp::Pub { .. } if self.session.cluster_is_busy() => {
+                return Handled::Throttled(CLUSTER_BUSY_PAUSE);
+            }
             ClientOp::Pub {
                 subject,
                 reply,
@@ -420,7 +423,6 @@ impl Reader<'_> {
                 payload,
             } => match self.publish(subject, reply, headers, payload) {
                 Err(("rate_limited", _)) => return Handled::Throttled(self.publish_pause),
-                Err(("cluster_busy", _)) => return Handled::Throttled(CLUSTER_BUSY_PAUSE),
                 done => done,
             },
             ClientOp::Sub { subject, queue, sid } => self.subscribe(subject, queue, sid),
@@ -453,10 +455,6 @@ impl Reader<'_> {
         headers: Option<&[u8]>,
         payload: &[u8],
     ) -> Result<(), Refusal> {
-        if self.session.cluster_is_busy() {
-            // Not refused: handled again shortly (`Handled::Throttled`).
-            return Err(("cluster_busy", String::new()));
-        }
         let refused = |error: SessionError| (error.code(), nats_error(&error, "Publish to", subject));
         let reply = reply
             .map(|reply| self.session.reply_subject(reply))
