@@ -182,7 +182,10 @@ interface Held {
   pattern: string;
   presence: boolean;
   handles: Set<Handle>;
-  /** The last position received for it (or its `ack`'s): where it resumes. */
+  /**
+   * Where it resumes: its `ack`'s position, then the last it received (on
+   * an unordered transport, the last every stream has reached).
+   */
   position: string | undefined;
   /**
    * After `position`, the last position received per subject: on an
