@@ -46,6 +46,15 @@ async fn every_scenario_runs_and_delivers_correctly() {
             );
         }
     }
+    for idle in records
+        .iter()
+        .filter(|r| r.scenario == "idle" && r.target.starts_with("herald"))
+    {
+        assert!(
+            idle.server_cpu_seconds.is_some_and(|seconds| seconds >= 0.0),
+            "an idle run says what the idle connections cost the server's CPU: {idle:?}"
+        );
+    }
 }
 
 /// `herald-bench nats` in its seconds-long size: the async-nats workload

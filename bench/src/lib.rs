@@ -141,7 +141,13 @@ pub async fn suite(
             keep(record, &mut records);
         }
         let record = on_fresh_server(target, binaries, async |server| {
-            scenarios::idle(target, server, size.idle_connections).await
+            scenarios::idle(
+                target,
+                server,
+                size.idle_connections,
+                std::time::Duration::from_secs(2),
+            )
+            .await
         })
         .await?;
         keep(record, &mut records);

@@ -124,6 +124,10 @@ enum Command {
         target: String,
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
+        /// Seconds the connections are held, idle, while the server's CPU
+        /// time is measured.
+        #[arg(long, default_value_t = 2.0)]
+        hold: f64,
     },
 }
 
@@ -257,10 +261,15 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", herald_bench::latency::markdown(&records));
             Ok(())
         }
-        Command::Idle { target, connections } => {
+        Command::Idle {
+            target,
+            connections,
+            hold,
+        } => {
             let target = Target::parse(&target)?;
             let server = Server::start(target, &binaries).await?;
-            let record = scenarios::idle(target, &server, connections).await;
+            let hold = std::time::Duration::from_secs_f64(hold);
+            let record = scenarios::idle(target, &server, connections, hold).await;
             server.stop().await;
             println!("{}", serde_json::to_string(&record?)?);
             Ok(())

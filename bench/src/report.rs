@@ -86,6 +86,17 @@ fn per_server_core_second(record: &Record) -> Option<f64> {
         .map(|seconds| record.delivered as f64 / seconds)
 }
 
+/// Server CPU per idle connection per second held, in µs.
+fn idle_cpu(record: &Record) -> String {
+    match record.server_cpu_seconds {
+        Some(cpu) if record.seconds > 0.0 && record.connections > 0 => {
+            let micros = cpu * 1e6 / record.seconds / record.connections as f64;
+            format!("{micros:.1} µs")
+        }
+        _ => "—".into(),
+    }
+}
+
 fn delivered_share(record: &Record) -> String {
     if record.expected == 0 {
         return "—".into();
@@ -167,17 +178,18 @@ pub fn markdown(records: &[Record], environment: &str) -> String {
     out.push_str("\n![latency CDF](benchmarks/latency-cdf.svg)\n\n");
 
     out.push_str("### Memory per idle connection\n\n");
-    out.push_str("C connections, each subscribed to its own subject, idle; server RSS after minus before, per connection.\n\n");
-    out.push_str("| target | connections | bytes per connection | ratio |\n|---|---:|---:|---:|\n");
+    out.push_str("C connections, each subscribed to its own subject, idle; server RSS after minus before, per connection; the server's CPU time while they were held, per connection-second (keep-alives, timers).\n\n");
+    out.push_str("| target | connections | bytes per connection | ratio | server CPU per connection-second |\n|---|---:|---:|---:|---:|\n");
     let peer_bytes = find(records, "idle", peer, None).map(|r| r.bytes_per_connection as f64);
     for target in &targets {
         if let Some(r) = find(records, "idle", target, None) {
             let _ = writeln!(
                 out,
-                "| {target} | {} | {} | {} |",
+                "| {target} | {} | {} | {} | {} |",
                 r.connections,
                 r.bytes_per_connection,
-                ratio(r.bytes_per_connection as f64, peer_bytes)
+                ratio(r.bytes_per_connection as f64, peer_bytes),
+                idle_cpu(r)
             );
         }
     }
@@ -451,6 +463,35 @@ mod tests {
             "{}",
             row(Target::HeraldSse.name())
         );
+    }
+
+    #[test]
+    fn idle_rows_show_the_servers_cpu_per_connection_second() {
+        let record = |target: &str, cpu: Option<f64>| Record {
+            scenario: "idle".into(),
+            target: target.into(),
+            connections: 2000,
+            seconds: 30.0,
+            bytes_per_connection: 5600,
+            server_cpu_seconds: cpu,
+            ..Record::default()
+        };
+        let records = [
+            record(Target::HeraldJson.name(), Some(0.12)),
+            record(Target::HeraldSse.name(), None),
+        ];
+        let table = markdown(&records, "test");
+        let row = |target: &str| {
+            table
+                .lines()
+                .find(|line| line.starts_with(&format!("| {target} | 2000 |")))
+                .unwrap_or_else(|| panic!("{target} in {table}"))
+                .to_owned()
+        };
+        let measured = row(Target::HeraldJson.name());
+        assert!(measured.ends_with("| 2.0 µs |"), "{measured}");
+        let unmeasured = row(Target::HeraldSse.name());
+        assert!(unmeasured.ends_with("| — |"), "{unmeasured}");
     }
 
     #[test]

@@ -71,7 +71,8 @@ pub struct Record {
     #[serde(default)]
     pub baseline_deliveries_per_second: f64,
     /// For fan-out: CPU time (user + system) the server process used from
-    /// the first publish to the last delivery, in seconds.
+    /// the first publish to the last delivery, in seconds; for idle: while
+    /// the connections were held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_cpu_seconds: Option<f64>,
     /// The same for the load generator itself (every client and the
@@ -417,7 +418,12 @@ pub async fn fanout_across(
 
 /// `connections` idle connections, each subscribed to its own subject;
 /// the server's resident memory per connection.
-pub async fn idle(target: Target, server: &Server, connections: usize) -> anyhow::Result<Record> {
+pub async fn idle(
+    target: Target,
+    server: &Server,
+    connections: usize,
+    hold: Duration,
+) -> anyhow::Result<Record> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = server.rss_bytes()?;
     let mut held = Vec::with_capacity(connections);
@@ -426,14 +432,21 @@ pub async fn idle(target: Target, server: &Server, connections: usize) -> anyhow
         connection.subscribe(&format!("idle.{index}"), 1).await?;
         held.push(connection);
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // What idle connections cost the server's CPU (timers, keep-alives),
+    // from a moment after the last one subscribed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu_before = crate::servers::CpuMark::now(server);
+    tokio::time::sleep(hold).await;
+    let cpu = cpu_before.spent(server);
     let after = server.rss_bytes()?;
     drop(held);
     Ok(Record {
         scenario: "idle".into(),
         target: target.name().into(),
         connections,
+        seconds: hold.as_secs_f64(),
         bytes_per_connection: after.saturating_sub(before) / connections.max(1) as u64,
+        server_cpu_seconds: cpu.server.map(|seconds| (seconds * 1000.0).round() / 1000.0),
         ..Record::default()
     })
 }
