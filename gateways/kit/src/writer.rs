@@ -62,6 +62,13 @@ pub trait EventWriter: Send {
     fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
     /// Keeps an idle connection alive (a WebSocket ping, an SSE comment).
     fn heartbeat(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Whether the next heartbeat has anything to do. A transport that
+    /// needs none to stay alive, and only says something after it wrote
+    /// (WebTransport's marks), says no while idle: the driver then does not
+    /// wake the connection for its heartbeat timer.
+    fn wants_heartbeat(&self) -> bool {
+        true
+    }
     /// Ends the connection after the final events were fed (a WebSocket
     /// close frame carrying the reason; nothing for a plain stream).
     fn close(&mut self, reason: &CloseReason) -> impl Future<Output = io::Result<()>> + Send;
@@ -114,7 +121,7 @@ pub async fn drive<W: EventWriter>(
             }
             // Once closed, nothing may come between the final `err` and
             // the end of the connection, heartbeats included.
-            _ = heartbeat.tick(), if !outbox.is_closed() => {
+            _ = heartbeat.tick(), if !outbox.is_closed() && writer.wants_heartbeat() => {
                 match timeout(config.write_timeout, writer.heartbeat()).await {
                     Ok(Ok(())) => continue,
                     Ok(Err(_)) => return DisconnectReason::WriteError,
@@ -219,6 +226,8 @@ mod tests {
         heartbeats: usize,
         closed_with: Option<&'static str>,
         stall: bool,
+        /// Says no heartbeat is due.
+        quiet: bool,
     }
 
     impl Recorder {
@@ -255,6 +264,10 @@ mod tests {
         async fn close(&mut self, reason: &CloseReason) -> io::Result<()> {
             self.closed_with = Some(reason.code());
             Ok(())
+        }
+
+        fn wants_heartbeat(&self) -> bool {
+            !self.quiet
         }
     }
 
@@ -306,6 +319,56 @@ mod tests {
         );
         assert_eq!(writer.heartbeats, 2, "at 10 s and 20 s");
         assert_eq!(writer.closed_with, Some("shutdown"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_writer_with_no_heartbeat_due_is_not_woken() {
+        // (times polled, heartbeats) over `seconds` with nothing to write,
+        // then shutdown.
+        async fn idle(quiet: bool, seconds: u64) -> (usize, usize) {
+            let (context, session) = setup();
+            let mut writer = Recorder {
+                quiet,
+                ..Recorder::default()
+            };
+            let mut polls = 0;
+            {
+                let mut driving = std::pin::pin!(drive(
+                    &mut writer,
+                    session.outbox(),
+                    Encoding::Json,
+                    &CONFIG,
+                    &context
+                ));
+                // Its own task: `join!` would poll the driver whenever the
+                // stopper's timer woke.
+                tokio::spawn({
+                    let shutdown = context.shutdown.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_secs(seconds)).await;
+                        shutdown.cancel();
+                    }
+                });
+                let reason = std::future::poll_fn(|cx| {
+                    polls += 1;
+                    driving.as_mut().poll(cx)
+                })
+                .await;
+                assert_eq!(reason, DisconnectReason::Closed(CloseReason::Shutdown));
+            }
+            (polls, writer.heartbeats)
+        }
+        let (loud_brief, _) = idle(false, 5).await;
+        let (loud_long, loud_heartbeats) = idle(false, 65).await;
+        assert_eq!(loud_heartbeats, 6, "every 10 s");
+        assert_eq!(loud_long, loud_brief + 6, "each heartbeat is a wakeup");
+        let (quiet_brief, _) = idle(true, 5).await;
+        let (quiet_long, quiet_heartbeats) = idle(true, 65).await;
+        assert_eq!(quiet_heartbeats, 0);
+        assert_eq!(
+            quiet_long, quiet_brief,
+            "a minute idle woke a writer with no heartbeat due"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -319,6 +319,10 @@ impl EventWriter for QuicWriter {
         self.mark_lanes().await
     }
 
+    fn wants_heartbeat(&self) -> bool {
+        self.written_through != self.marked_through
+    }
+
     async fn close(&mut self, _reason: &CloseReason) -> io::Result<()> {
         // What the message streams hold goes first, then the final `err`,
         // acknowledged by the peer before the session closes (a QUIC close
