@@ -104,7 +104,10 @@ impl QuicClient {
         let config = ClientConfig::builder()
             .with_bind_socket(client_socket()?)
             .with_server_certificate_hashes(digests)
-            .keep_alive_interval(Some(Duration::from_secs(5)))
+            // As Chromium pings a QUIC connection with open streams (its
+            // `kPingTimeoutSecs`): idle sessions cost the server what
+            // browsers' would.
+            .keep_alive_interval(Some(Duration::from_secs(15)))
             .build();
         let connection = Endpoint::client(config)?.connect(url).await?;
         let (control, control_in) = connection.open_bi().await?.await?;
