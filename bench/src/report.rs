@@ -426,6 +426,15 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
 mod tests {
     use super::*;
 
+    /// The table's line that starts with `prefix`.
+    fn line_starting(table: &str, prefix: &str) -> String {
+        table
+            .lines()
+            .find(|line| line.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix} in {table}"))
+            .to_owned()
+    }
+
     #[test]
     fn fan_out_rows_show_deliveries_per_server_core_second_and_its_ratio() {
         let record = |target: &str, cpu: Option<f64>| Record {
@@ -444,13 +453,7 @@ mod tests {
             record(Target::HeraldSse.name(), None),
         ];
         let table = markdown(&records, "test");
-        let row = |target: &str| {
-            table
-                .lines()
-                .find(|line| line.starts_with(&format!("| 1000 | {target} |")))
-                .unwrap_or_else(|| panic!("{target} in {table}"))
-                .to_owned()
-        };
+        let row = |target: &str| line_starting(&table, &format!("| 1000 | {target} |"));
         let herald = row(Target::HeraldJson.name());
         assert!(herald.ends_with("| 2.00 M | 2.00× |"), "{herald}");
         assert!(
@@ -481,13 +484,7 @@ mod tests {
             record(Target::HeraldSse.name(), None),
         ];
         let table = markdown(&records, "test");
-        let row = |target: &str| {
-            table
-                .lines()
-                .find(|line| line.starts_with(&format!("| {target} | 2000 |")))
-                .unwrap_or_else(|| panic!("{target} in {table}"))
-                .to_owned()
-        };
+        let row = |target: &str| line_starting(&table, &format!("| {target} | 2000 |"));
         let measured = row(Target::HeraldJson.name());
         assert!(measured.ends_with("| 2.0 µs |"), "{measured}");
         let unmeasured = row(Target::HeraldSse.name());
