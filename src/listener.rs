@@ -159,24 +159,14 @@ pub async fn serve(
             in_flight: Arc::default(),
         };
         let shutdown = shutdown.clone();
-        let tls = tls.clone();
-        connections.spawn(async move {
-            let Some(tls) = tls else {
-                return serve_http(TokioIo::new(connection), service, limits, shutdown, peer).await;
-            };
-            // The handshake counts against the time allowed for a head: a
-            // client that opens TLS and stalls is closed like one that
-            // stalls before its request line.
-            let handshake = tokio::select! {
-                handshake = tokio::time::timeout(limits.header_read_timeout, tls.acceptor().accept(connection)) => handshake,
-                () = shutdown.cancelled() => return,
-            };
-            match handshake {
-                Ok(Ok(stream)) => serve_http(TokioIo::new(stream), service, limits, shutdown, peer).await,
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
+        connections.spawn(serve_connection(
+            connection,
+            service,
+            tls.clone(),
+            limits,
+            shutdown,
+            peer,
+        ));
     }
     connections.close();
     connections.wait().await;
@@ -185,6 +175,46 @@ pub async fn serve(
     // once the last close frame has been delivered, not reset away.
     while gate.open_connections() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One accepted connection's task: HTTP, in TLS when configured.
+async fn serve_connection(
+    connection: Connection,
+    service: CountRequests<TowerToHyperService<Router>>,
+    tls: Option<Arc<Tls>>,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+    peer: SocketAddr,
+) {
+    match tls {
+        None => serve_http(TokioIo::new(connection), service, limits, shutdown, peer).await,
+        // Boxed apart: a TLS connection's states (the handshake, rustls's
+        // own) are three times a plain one's, and every plain connection's
+        // task, an SSE stream or a waiting poll, would be sized by them.
+        Some(tls) => Box::pin(serve_tls(&tls, connection, service, limits, shutdown, peer)).await,
+    }
+}
+
+async fn serve_tls(
+    tls: &Tls,
+    connection: Connection,
+    service: CountRequests<TowerToHyperService<Router>>,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+    peer: SocketAddr,
+) {
+    // The handshake counts against the time allowed for a head: a client
+    // that opens TLS and stalls is closed like one that stalls before its
+    // request line.
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(limits.header_read_timeout, tls.acceptor().accept(connection)) => handshake,
+        () = shutdown.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => serve_http(TokioIo::new(stream), service, limits, shutdown, peer).await,
+        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 
@@ -593,6 +623,20 @@ mod tests {
         tokio::time::advance(REFUSAL_LOG_INTERVAL).await;
         assert!(due(&mut last), "and the first after each interval");
         assert!(!due(&mut last));
+    }
+
+    fn future_size6<A, B, C, D, E, G, F>(_: impl Fn(A, B, C, D, E, G) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An SSE stream or a waiting poll holds its connection's task for as
+    /// long as it lasts: a plain connection's task is not sized by TLS's
+    /// states (it was 5.4 KB with them inline, 1.4 KB without;
+    /// docs/benchmarks.md, memory per idle connection).
+    #[test]
+    fn a_plain_connection_s_task_is_not_sized_by_tls() {
+        let task = future_size6(serve_connection);
+        assert!(task <= 1536, "a connection's task is {task} bytes");
     }
 
     #[test]
