@@ -45,7 +45,8 @@ pub(crate) async fn serve(incoming: IncomingSession, gateway: &Gateway) {
     let context = &gateway.context;
     // The handshake's futures are boxed apart: a running session's task
     // holds none of their states (docs/benchmarks.md, memory per idle
-    // connection).
+    // connection). Taken apart at once: a struct kept whole and moved
+    // out of piece by piece stays in the task's state.
     let Some(Established {
         connection,
         control,
