@@ -98,6 +98,8 @@ pub(crate) async fn serve(socket: TcpStream, peer: SocketAddr, gateway: Arc<Gate
     {
         return context.disconnected("nats", 0, &DisconnectReason::WriteTimeout);
     }
+    // Sent: a connection does not keep its greeting for life.
+    drop(info);
     let limits = ParserLimits {
         max_control_line: gateway.config.max_control_line,
         max_payload: context.broker.config().max_payload_bytes,
