@@ -210,10 +210,7 @@ impl QuicWriter {
     /// Tells every message stream (opening those not used yet) the last
     /// message written, if that moved since the last marks.
     async fn mark_lanes(&mut self) -> io::Result<()> {
-        let Some(through) = self
-            .written_through
-            .filter(|_| self.written_through != self.marked_through)
-        else {
+        let Some(through) = self.written_through.filter(|_| self.wants_heartbeat()) else {
             return Ok(());
         };
         let frame = encode_mark(self.encoding, through, self.lanes.len());
