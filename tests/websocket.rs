@@ -160,7 +160,7 @@ async fn a_subscriber_that_stops_reading_never_delays_the_others_and_is_told_why
     const PER_BATCH: usize = 500;
     let (progress, mut progress_reports) = tokio::sync::mpsc::unbounded_channel();
     let mut readers = Vec::new();
-    for _ in 0..READERS {
+    for reader in 0..READERS {
         let mut client = Client::connect(&server).await;
         client.subscribe("flood", None).await;
         let progress = progress.clone();
@@ -172,7 +172,7 @@ async fn a_subscriber_that_stops_reading_never_delays_the_others_and_is_told_why
                         other => panic!("a reading client must get everything: {other:?}"),
                     }
                 }
-                progress.send(batch).unwrap();
+                progress.send((reader, batch)).unwrap();
             }
         }));
     }
@@ -180,13 +180,19 @@ async fn a_subscriber_that_stops_reading_never_delays_the_others_and_is_told_why
     // hold, published as fast as the reading clients read it.
     let mut reports = Vec::new();
     publish_flood(&server, "flood", BATCHES, PER_BATCH, |batch| reports.push(batch)).await;
-    for batch in 0..BATCHES {
-        for _ in 0..READERS {
-            // A reader that fails stops reporting: time out, do not hang.
-            let report = tokio::time::timeout(support::PATIENCE, progress_reports.recv()).await;
-            assert_eq!(report, Ok(Some(batch)), "every reader got batch {batch}");
-        }
+    // Each reader at its own pace (one may be a batch ahead of another),
+    // each through every batch in order.
+    let mut next_batch = [0; READERS];
+    for _ in 0..READERS * BATCHES {
+        // A reader that fails stops reporting: time out, do not hang.
+        let report = tokio::time::timeout(support::PATIENCE, progress_reports.recv()).await;
+        let Ok(Some((reader, batch))) = report else {
+            panic!("every reader gets every batch; so far {next_batch:?}: {report:?}");
+        };
+        assert_eq!(batch, next_batch[reader], "reader {reader}'s batches in order");
+        next_batch[reader] += 1;
     }
+    assert_eq!(next_batch, [BATCHES; READERS]);
     for reader in readers {
         reader.await.unwrap();
     }
