@@ -54,6 +54,9 @@ pub struct SuiteSize {
     pub latency_rate: Option<u64>,
     pub latency_seconds: f64,
     pub idle_connections: usize,
+    /// Seconds the idle connections are held while the server's CPU time
+    /// is read: long enough for a few clock ticks' worth of keep-alives.
+    pub idle_seconds: f64,
     pub churn_subscribers: usize,
     pub churn_seconds: f64,
 }
@@ -67,6 +70,7 @@ impl SuiteSize {
         latency_rate: None,
         latency_seconds: 3.0,
         idle_connections: 10_000,
+        idle_seconds: 10.0,
         churn_subscribers: 100,
         churn_seconds: 2.0,
     };
@@ -81,6 +85,7 @@ impl SuiteSize {
         latency_rate: Some(20),
         latency_seconds: 1.0,
         idle_connections: 50,
+        idle_seconds: 1.0,
         churn_subscribers: 10,
         churn_seconds: 0.5,
     };
@@ -145,7 +150,7 @@ pub async fn suite(
                 target,
                 server,
                 size.idle_connections,
-                std::time::Duration::from_secs(2),
+                std::time::Duration::from_secs_f64(size.idle_seconds),
             )
             .await
         })

@@ -10,6 +10,7 @@ use plotters::prelude::*;
 
 use crate::clients::Target;
 use crate::scenarios::Record;
+use crate::servers::CPU_TICK_SECONDS;
 
 /// The peer every ratio is taken against.
 pub const PEER: Target = Target::NatsTcp;
@@ -86,12 +87,17 @@ fn per_server_core_second(record: &Record) -> Option<f64> {
         .map(|seconds| record.delivered as f64 / seconds)
 }
 
-/// Server CPU per idle connection per second held, in µs.
+/// Server CPU per idle connection per second held, in µs. Less than one
+/// of /proc's ticks is shown as the bound it is, not as nothing.
 fn idle_cpu(record: &Record) -> String {
     match record.server_cpu_seconds {
         Some(cpu) if record.seconds > 0.0 && record.connections > 0 => {
-            let micros = cpu * 1e6 / record.seconds / record.connections as f64;
-            format!("{micros:.1} µs")
+            let per_second_and_connection = 1e6 / record.seconds / record.connections as f64;
+            if cpu < CPU_TICK_SECONDS {
+                format!("< {:.2} µs", CPU_TICK_SECONDS * per_second_and_connection)
+            } else {
+                format!("{:.1} µs", cpu * per_second_and_connection)
+            }
         }
         _ => "—".into(),
     }
@@ -482,6 +488,7 @@ mod tests {
         let records = [
             record(Target::HeraldJson.name(), Some(0.12)),
             record(Target::HeraldSse.name(), None),
+            record(Target::NatsTcp.name(), Some(0.0)),
         ];
         let table = markdown(&records, "test");
         let row = |target: &str| line_starting(&table, &format!("| {target} | 2000 |"));
@@ -489,6 +496,10 @@ mod tests {
         assert!(measured.ends_with("| 2.0 µs |"), "{measured}");
         let unmeasured = row(Target::HeraldSse.name());
         assert!(unmeasured.ends_with("| — |"), "{unmeasured}");
+        // Under one tick of /proc's clock (10 ms over 60 000
+        // connection-seconds): a bound, not a zero.
+        let under_a_tick = row(Target::NatsTcp.name());
+        assert!(under_a_tick.ends_with("| < 0.17 µs |"), "{under_a_tick}");
     }
 
     #[test]

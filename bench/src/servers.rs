@@ -149,8 +149,7 @@ impl Server {
     pub fn cpu_seconds(&self) -> Option<f64> {
         let leader = self.child.id()?;
         let ticks: u64 = process_tree(leader).into_iter().filter_map(cpu_ticks).sum();
-        // /proc counts in USER_HZ, 100 on Linux.
-        Some(ticks as f64 / 100.0)
+        Some(ticks as f64 * CPU_TICK_SECONDS)
     }
 
     /// Stops the server and everything it started: SIGTERM first (Pushpin's
@@ -186,6 +185,10 @@ impl Drop for Server {
         }
     }
 }
+
+/// What one tick of /proc's CPU times is worth: it counts in USER_HZ, 100
+/// on Linux. A reading is never finer than this.
+pub const CPU_TICK_SECONDS: f64 = 0.01;
 
 /// `pid` and all its descendants, parents first.
 fn process_tree(pid: u32) -> Vec<u32> {
@@ -231,7 +234,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// CPU time (user + system) this process has used so far, in seconds.
 fn own_cpu_seconds() -> Option<f64> {
-    cpu_ticks(std::process::id()).map(|ticks| ticks as f64 / 100.0)
+    cpu_ticks(std::process::id()).map(|ticks| ticks as f64 * CPU_TICK_SECONDS)
 }
 
 /// CPU time, the server's and this process's (the load generator's
