@@ -5,7 +5,9 @@
 //! rate), never timings. A peer missing on a developer's machine is skipped
 //! with a note; under CI (`CI` set) it fails the run.
 
-use herald_bench::{Binaries, Target};
+use std::time::Duration;
+
+use herald_bench::{Binaries, Server, Target};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_and_delivers_correctly() {
@@ -55,6 +57,60 @@ async fn every_scenario_runs_and_delivers_correctly() {
             "an idle run says what the idle connections cost the server's CPU: {idle:?}"
         );
     }
+}
+
+/// The idle scenario reads its connections as live clients do: with the
+/// server pinging every 200 ms and closing a connection it has heard
+/// nothing from for a second, every connection is still open after three
+/// seconds held (one that only held its socket would be closed, and the
+/// scenario says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_answer_the_server_s_pings() {
+    let binaries = Binaries::locate(env!("CARGO_BIN_EXE_herald").into());
+    let server = Server::herald_with(
+        &binaries,
+        &[
+            ("HERALD_WEBSOCKET__HEARTBEAT_INTERVAL", "200ms"),
+            ("HERALD_WEBSOCKET__IDLE_TIMEOUT", "1s"),
+            ("HERALD_ADMIN__PUBLIC_METRICS", "true"),
+        ],
+    )
+    .await
+    .expect("herald starts");
+    let held = herald_bench::scenarios::idle(Target::HeraldJson, &server, 20, Duration::from_secs(3)).await;
+    let metrics = reqwest::get(format!("http://{}/metrics", server.address))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    server.stop().await;
+    let record = held.expect("every idle connection stays open while held");
+    assert_eq!(record.connections, 20);
+    assert!(record.server_cpu_seconds.is_some(), "{record:?}");
+    let silent = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"herald_disconnects_total{reason="idle_timeout"} "#))
+        .expect("disconnects are counted by reason");
+    assert_eq!(silent, "0", "idle connections were closed as silent");
+}
+
+/// An idle run during which the server ends connections is an error, not
+/// a figure for fewer connections: SSE streams that last one second, held
+/// for three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_run_the_server_cuts_short_is_an_error() {
+    let binaries = Binaries::locate(env!("CARGO_BIN_EXE_herald").into());
+    let server = Server::herald_with(&binaries, &[("HERALD_SSE__MAX_STREAM_DURATION", "1s")])
+        .await
+        .expect("herald starts");
+    let held = herald_bench::scenarios::idle(Target::HeraldSse, &server, 20, Duration::from_secs(3)).await;
+    server.stop().await;
+    let error = held.expect_err("the streams ended while held");
+    assert!(
+        error.to_string().contains("20 of 20 idle connections ended"),
+        "{error}"
+    );
 }
 
 /// `herald-bench nats` in its seconds-long size: the async-nats workload

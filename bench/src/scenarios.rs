@@ -417,7 +417,8 @@ pub async fn fanout_across(
 }
 
 /// `connections` idle connections, each subscribed to its own subject;
-/// the server's resident memory per connection.
+/// the server's resident memory per connection, and its CPU time while
+/// they are held.
 pub async fn idle(
     target: Target,
     server: &Server,
@@ -426,11 +427,20 @@ pub async fn idle(
 ) -> anyhow::Result<Record> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = server.rss_bytes()?;
-    let mut held = Vec::with_capacity(connections);
+    // Each connection is read as a live client reads it: pings answered,
+    // heartbeats taken, a long poll sent again once answered. Held without
+    // reading, a connection costs the server less than a browser's does.
+    let mut held = tokio::task::JoinSet::new();
     for index in 0..connections {
         let mut connection = Connection::open(target, server.address, Some(source_for(index))).await?;
         connection.subscribe(&format!("idle.{index}"), 1).await?;
-        held.push(connection);
+        held.spawn(async move {
+            while let Ok(received) = connection.receive().await {
+                if matches!(received, Received::Closed) {
+                    break;
+                }
+            }
+        });
     }
     // What idle connections cost the server's CPU (timers, keep-alives),
     // from a moment after the last one subscribed.
@@ -439,6 +449,16 @@ pub async fn idle(
     tokio::time::sleep(hold).await;
     let cpu = cpu_before.spent(server);
     let after = server.rss_bytes()?;
+    // A connection the server closed meanwhile would make the figures
+    // those of fewer connections.
+    let mut closed = 0;
+    while held.try_join_next().is_some() {
+        closed += 1;
+    }
+    anyhow::ensure!(
+        closed == 0,
+        "{closed} of {connections} idle connections ended while held"
+    );
     drop(held);
     Ok(Record {
         scenario: "idle".into(),

@@ -315,6 +315,15 @@ async fn start_with_nats_listener(mut command: Command) -> anyhow::Result<(Serve
 }
 
 impl Server {
+    /// Herald as for the other targets, with `settings` on top
+    /// (`HERALD_<SECTION>__<KEY>` environment variables): for a test that
+    /// needs a timer or a limit of its own.
+    pub async fn herald_with(binaries: &Binaries, settings: &[(&str, &str)]) -> anyhow::Result<Server> {
+        let mut command = herald_command(&binaries.herald)?;
+        command.envs(settings.iter().copied());
+        start_logging_address(command, "herald").await
+    }
+
     /// Herald as for the other targets, its NATS listener on a free port
     /// (returned), and its per-connection queues as deep as nats-server's
     /// default pending limit (64 MiB), so that a NATS workload meets the
