@@ -61,9 +61,9 @@ async fn every_scenario_runs_and_delivers_correctly() {
 
 /// The idle scenario reads its connections as live clients do: with the
 /// server pinging every 200 ms and closing a connection it has heard
-/// nothing from for a second, every connection is still open after three
-/// seconds held (one that only held its socket would be closed, and the
-/// scenario says so).
+/// nothing from for a second, no connection is closed as silent in three
+/// seconds held (one that only held its socket would be, and the server
+/// counts it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_answer_the_server_s_pings() {
     let binaries = Binaries::locate(env!("CARGO_BIN_EXE_herald").into());
