@@ -167,9 +167,10 @@ flamegraph:
 	  RUSTFLAGS="-C force-frame-pointers=yes" $(CARGO) build --release -p herald
 	bench/scripts/flamegraph.sh $(FLAME) target/profiling/release/herald 1000
 
-## WebSocket vs WebTransport: the same fan-out to 1 000 subscribers on each
-## gateway (publisher on WebSocket), three rounds alternating the order:
-## JSON lines, then the table of medians and ratios docs/benchmarks.md quotes.
+## WebSocket (plain and over TLS) vs WebTransport: the same fan-out to
+## 1 000 subscribers on each (publisher on WebSocket), three rounds
+## alternating the order: JSON lines, then the tables of medians and ratios
+## docs/benchmarks.md quotes.
 bench-quic:
 	$(CARGO) build --release -p herald -p herald-bench
 	./target/release/herald-bench quic

@@ -113,6 +113,43 @@ async fn an_idle_run_the_server_cuts_short_is_an_error() {
     );
 }
 
+/// The `herald-wss-json` target is WSS end to end: its Herald refuses a
+/// plain WebSocket, and its clients subscribe and receive over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wss_target_speaks_only_tls() {
+    let binaries = Binaries::locate(env!("CARGO_BIN_EXE_herald").into());
+    let server = Server::start(Target::HeraldJsonTls, &binaries)
+        .await
+        .expect("herald starts with TLS");
+    let plain = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.address)).await;
+    assert!(plain.is_err(), "a plain WebSocket is refused by a TLS listener");
+    let mut subscriber = herald_bench::clients::Connection::open(Target::HeraldJsonTls, server.address, None)
+        .await
+        .expect("a WSS client connects");
+    subscriber.subscribe("bench.tls", 1).await.expect("it subscribes");
+    let mut publisher = herald_bench::clients::Connection::open_publisher(Target::HeraldJsonTls, &server)
+        .await
+        .expect("a WSS publisher connects");
+    publisher
+        .publish("bench.tls", &herald_bench::clients::payload(1, 7, 64))
+        .await
+        .expect("it publishes");
+    publisher.flush().await.expect("it flushes");
+    let received = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match subscriber.receive().await.expect("it reads") {
+                herald_bench::clients::Received::Message { sequence, .. } => return sequence,
+                herald_bench::clients::Received::Closed => panic!("closed before the message"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the message within 10 s");
+    server.stop().await;
+    assert_eq!(received, 7);
+}
+
 /// `herald-bench nats` in its seconds-long size: the async-nats workload
 /// runs against both servers and every message arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,8 +221,10 @@ async fn the_cluster_workload_runs_on_one_and_two_nodes() {
 }
 
 /// `herald-bench quic` in its seconds-long size: the same fan-out to
-/// WebSocket and to WebTransport subscribers; at the fixed rate every
-/// message arrives once, in order, on both.
+/// WebSocket subscribers, plain and over TLS (which speaks TLS to a Herald
+/// that speaks only TLS, or delivers nothing), and to WebTransport
+/// subscribers; at the fixed rate every message arrives once, in order, on
+/// each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webtransport_workload_runs_next_to_websocket() {
     let binaries = Binaries::locate(env!("CARGO_BIN_EXE_herald").into());
@@ -193,7 +232,7 @@ async fn the_webtransport_workload_runs_next_to_websocket() {
     let records = herald_bench::quic::run(&binaries, size, |_| {})
         .await
         .expect("the WebTransport workload runs");
-    for transport in ["herald-ws-json", "herald-wt-json"] {
+    for transport in ["herald-ws-json", "herald-wss-json", "herald-wt-json"] {
         for scenario in ["fanout", "latency"] {
             let record = records
                 .iter()
@@ -208,4 +247,9 @@ async fn the_webtransport_workload_runs_next_to_websocket() {
             }
         }
     }
+    let tables = herald_bench::quic::markdown(&records);
+    assert!(
+        tables.contains("| herald-wt-json |") && tables.contains("vs herald-wss-json"),
+        "WebTransport against plain WebSocket and against WSS:\n{tables}"
+    );
 }

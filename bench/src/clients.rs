@@ -29,6 +29,7 @@ use herald_quic::client::QuicClient;
 use herald_quic::QuicEndpoint;
 
 use crate::http_subscriber::HttpSubscriber;
+use crate::tls::ClientStream;
 
 /// What a run is measured against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,6 +66,11 @@ pub enum Target {
     /// `herald.json` subprotocol). Not in the standard set; `make
     /// bench-batch` compares it with `herald-ws-json`.
     HeraldJsonSingle,
+    /// Herald's WebSocket gateway over TLS (WSS, rustls on both ends),
+    /// JSON frames, several events per frame: what a browser on an `https`
+    /// page uses. Not in the standard set; `make bench-quic` compares it
+    /// with `herald-ws-json` and WebTransport, which is always encrypted.
+    HeraldJsonTls,
     /// Herald's NATS listener, with the same NATS client as `nats-tcp`
     /// (the publisher presents the bench's API key in CONNECT). Not in the
     /// standard set: `make bench-nats` compares the listener with
@@ -136,6 +142,7 @@ impl Target {
             Target::HeraldWebTransport => "herald-wt-json",
             Target::HeraldJsonSingle => "herald-ws-json-single",
             Target::HeraldNats => "herald-nats",
+            Target::HeraldJsonTls => "herald-wss-json",
         }
     }
 
@@ -151,6 +158,7 @@ impl Target {
                 | Target::HeraldWebTransport
                 | Target::HeraldJsonSingle
                 | Target::HeraldNats
+                | Target::HeraldJsonTls
         )
     }
 
@@ -200,6 +208,7 @@ impl Target {
                 Target::HeraldWebTransport,
                 Target::HeraldJsonSingle,
                 Target::HeraldNats,
+                Target::HeraldJsonTls,
             ])
             .find(|target| target.name() == name)
             .with_context(|| format!("unknown target {name:?}"))
@@ -260,7 +269,7 @@ pub enum Received {
     Closed,
 }
 
-type WebSocket = WebSocketStream<TcpStream>;
+type WebSocket = WebSocketStream<ClientStream>;
 
 /// One connection to a target, able to subscribe, receive and publish.
 #[derive(Debug)]
@@ -354,12 +363,20 @@ impl Connection {
             Target::HeraldJson
             | Target::HeraldMsgPack
             | Target::HeraldJsonToken
-            | Target::HeraldJsonSingle => {
+            | Target::HeraldJsonSingle
+            | Target::HeraldJsonTls => {
                 let msgpack = target == Target::HeraldMsgPack;
+                let (scheme, stream) = match target {
+                    Target::HeraldJsonTls => (
+                        "wss",
+                        ClientStream::Tls(Box::new(crate::tls::connect(stream, server).await?)),
+                    ),
+                    _ => ("ws", ClientStream::Plain(stream)),
+                };
                 let url = match target {
-                    _ if as_backend => format!("ws://{server}/ws?token={BENCH_API_KEY}"),
-                    Target::HeraldJsonToken => format!("ws://{server}/ws?token={}", *BENCH_TOKEN),
-                    _ => format!("ws://{server}/ws"),
+                    _ if as_backend => format!("{scheme}://{server}/ws?token={BENCH_API_KEY}"),
+                    Target::HeraldJsonToken => format!("{scheme}://{server}/ws?token={}", *BENCH_TOKEN),
+                    _ => format!("{scheme}://{server}/ws"),
                 };
                 let mut request = url.into_client_request()?;
                 let protocol = match target {
@@ -401,9 +418,12 @@ impl Connection {
             }
             Target::SocketIo => {
                 let url = format!("ws://{server}/socket.io/?EIO=4&transport=websocket");
-                let (socket, _) =
-                    tokio_tungstenite::client_async_with_config(url, stream, Some(websocket_config()))
-                        .await?;
+                let (socket, _) = tokio_tungstenite::client_async_with_config(
+                    url,
+                    ClientStream::Plain(stream),
+                    Some(websocket_config()),
+                )
+                .await?;
                 let mut connection = Connection::SocketIo { socket };
                 // Engine.IO "open", then join the default namespace.
                 connection.expect_text_prefix("0").await?;
@@ -414,7 +434,7 @@ impl Connection {
             Target::Pushpin => {
                 let (socket, _) = tokio_tungstenite::client_async_with_config(
                     format!("ws://{server}/ws"),
-                    stream,
+                    ClientStream::Plain(stream),
                     Some(websocket_config()),
                 )
                 .await?;
@@ -430,7 +450,7 @@ impl Connection {
             Target::NatsWebSocket => {
                 let (socket, _) = tokio_tungstenite::client_async_with_config(
                     format!("ws://{server}/"),
-                    stream,
+                    ClientStream::Plain(stream),
                     Some(websocket_config()),
                 )
                 .await?;

@@ -10,7 +10,7 @@
 //! | `idle` | C idle subscribed connections: server RSS per connection |
 //! | `churn` | fan-out deliveries/s alone vs during a subscribe/unsubscribe storm |
 //! | `cluster` (its own command) | one node vs two nodes bridged through nats-server + JetStream: fan-out and cross-node latency |
-//! | `quic` (its own command) | the same fan-out to WebSocket and to WebTransport subscribers: deliveries/s and latency |
+//! | `quic` (its own command) | the same fan-out to WebSocket (plain and over TLS) and to WebTransport subscribers: deliveries/s, latency, server CPU per delivery |
 //! | `latency` (its own command) | p50/p99 of nats-server and Herald at half of nats-server's full speed, measured in the same round |
 //! | `nats` (its own command) | the same async-nats workload against nats-server and Herald's NATS listener: fan-out to 1/100/1 000, pipelined publishing |
 //!
@@ -37,6 +37,7 @@ pub mod report;
 pub mod rounds;
 pub mod scenarios;
 pub mod servers;
+pub mod tls;
 
 use anyhow::ensure;
 

@@ -110,7 +110,7 @@ enum Command {
         #[arg(long)]
         subscribers: Option<usize>,
     },
-    /// WebSocket vs WebTransport subscribers (1 000 by default), fresh
+    /// WebSocket (plain and over TLS) vs WebTransport subscribers (1 000 by default), fresh
     /// servers each round, alternating: JSON lines on stdout, then the
     /// table of medians.
     Quic(Rounds),

@@ -65,7 +65,8 @@ impl Binaries {
             | Target::HeraldJsonToken
             | Target::HeraldJsonSingle
             | Target::HeraldWebTransport
-            | Target::HeraldNats => true,
+            | Target::HeraldNats
+            | Target::HeraldJsonTls => true,
             Target::NatsTcp | Target::NatsWebSocket => self.has_nats(),
             Target::SocketIo => self.has_socketio(),
             Target::Pushpin => self.pushpin.exists() && self.node.exists(),
@@ -111,6 +112,7 @@ impl Server {
             | Target::HeraldJsonSingle
             | Target::HeraldWebTransport => start_herald(&binaries.herald).await,
             Target::HeraldNats => start_herald_nats(&binaries.herald).await,
+            Target::HeraldJsonTls => start_herald_tls(&binaries.herald).await,
             Target::SocketIo => {
                 let mut command = Command::new(&binaries.node);
                 command.arg(&binaries.socketio_script);
@@ -293,6 +295,31 @@ fn signal(signal: &str, pids: &[u32]) {
 
 async fn start_herald(binary: &Path) -> anyhow::Result<Server> {
     start_logging_address(herald_command(binary)?, "herald").await
+}
+
+/// Herald as for the other targets, its HTTP listener speaking only TLS
+/// with the load generator's self-signed certificate (`tls`), written to a
+/// scratch directory removed on stop.
+async fn start_herald_tls(binary: &Path) -> anyhow::Result<Server> {
+    static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let scratch = std::env::temp_dir().join(format!(
+        "herald-bench-tls-{}-{}",
+        std::process::id(),
+        STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&scratch)?;
+    let (cert, key) = crate::tls::write_files(&scratch)?;
+    let mut command = herald_command(binary)?;
+    command
+        .env("HERALD_TLS__CERT_FILE", cert)
+        .env("HERALD_TLS__KEY_FILE", key);
+    let started = start_logging_address(command, "herald").await;
+    if started.is_err() {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    let mut server = started?;
+    server.scratch = Some(scratch);
+    Ok(server)
 }
 
 /// Herald as for the other targets, with `address` its NATS listener's (on
