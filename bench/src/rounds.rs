@@ -155,18 +155,22 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// The table of medians, each variant with its ratio to the first one in
 /// the same round; `column` names the variants' column. With `cpu`, also
-/// the server's CPU time per delivery at the fixed rate (where every
-/// variant keeps up, so it compares the work per delivery).
+/// the server's CPU time per delivery at full speed (the inverse of
+/// deliveries per server core-second: what a delivery costs when the
+/// server works in batches) and at the fixed rate (where every variant
+/// keeps up, so it compares the work per delivery one message at a time).
 pub fn markdown(records: &[RoundRecord], variants: &[&'static str], column: &str, cpu: bool) -> String {
     let baseline = variants[0];
     let mut out = format!(
         "| {column} | fan-out deliveries/s | vs {baseline} | delivered | latency p50 | p99 | p99 vs {baseline} |{}\n|---|---|---|---|---|---|---|{}\n",
         if cpu {
-            format!(" server CPU per delivery (fixed rate) | vs {baseline} | load generator CPU per delivery (fixed rate) |")
+            format!(
+                " server CPU per delivery (full speed) | vs {baseline} | server CPU per delivery (fixed rate) | vs {baseline} | load generator CPU per delivery (fixed rate) |"
+            )
         } else {
             String::new()
         },
-        if cpu { "---|---|---|" } else { "" },
+        if cpu { "---|---|---|---|---|" } else { "" },
     );
     let find = |variant: &str, scenario: &str, round: usize| {
         records
@@ -211,7 +215,9 @@ pub fn markdown(records: &[RoundRecord], variants: &[&'static str], column: &str
         ));
         if cpu {
             out.push_str(&format!(
-                " {:.2} µs | {:.2}× | {:.2} µs |",
+                " {:.2} µs | {:.2}× | {:.2} µs | {:.2}× | {:.2} µs |",
+                median(of("fanout", &cpu_per_delivery)),
+                median(ratio("fanout", &cpu_per_delivery)),
                 median(of("latency", &cpu_per_delivery)),
                 median(ratio("latency", &cpu_per_delivery)),
                 median(of("latency", &client_cpu_per_delivery)),
@@ -232,6 +238,49 @@ mod tests {
             deliveries_per_second,
             ..Record::default()
         }
+    }
+
+    #[test]
+    fn the_table_gives_server_cpu_per_delivery_at_full_speed_and_its_ratio() {
+        let measured = |variant: &'static str, scenario: &str, server_cpu_seconds: f64| RoundRecord {
+            variant,
+            round: 0,
+            record: Record {
+                target: variant.into(),
+                scenario: scenario.into(),
+                delivered: 1_000_000,
+                expected: 1_000_000,
+                server_cpu_seconds: Some(server_cpu_seconds),
+                client_cpu_seconds: Some(1.0),
+                ..Record::default()
+            },
+        };
+        let records = [
+            measured("first", "fanout", 0.5),
+            measured("second", "fanout", 1.5),
+            measured("first", "latency", 4.0),
+            measured("second", "latency", 5.0),
+        ];
+        let table = markdown(&records, &["first", "second"], "variant", true);
+        let row = |variant: &str| {
+            table
+                .lines()
+                .find(|line| line.starts_with(&format!("| {variant} |")))
+                .unwrap_or_else(|| panic!("a row for {variant} in\n{table}"))
+                .to_owned()
+        };
+        assert!(
+            table.contains("server CPU per delivery (full speed) | vs first |"),
+            "{table}"
+        );
+        assert!(
+            row("first").ends_with("| 0.50 µs | 1.00× | 4.00 µs | 1.00× | 1.00 µs |"),
+            "{table}"
+        );
+        assert!(
+            row("second").ends_with("| 1.50 µs | 3.00× | 5.00 µs | 1.25× | 1.00 µs |"),
+            "{table}"
+        );
     }
 
     #[tokio::test]
