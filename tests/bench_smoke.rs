@@ -150,6 +150,29 @@ async fn the_wss_target_speaks_only_tls() {
     assert_eq!(received, 7);
 }
 
+/// `--server-cpus`: a server started with `server_cpus` set runs on
+/// those CPUs only, in its own process (the pid whose CPU time is read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_can_be_held_to_chosen_cpus() {
+    let binaries = Binaries {
+        server_cpus: Some("0".into()),
+        ..Binaries::locate(env!("CARGO_BIN_EXE_herald").into())
+    };
+    let server = Server::start(Target::HeraldJson, &binaries)
+        .await
+        .expect("herald starts on CPU 0");
+    let pid = server.pid().expect("running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("its name");
+    server.stop().await;
+    let allowed = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .expect("the status lists the CPUs allowed");
+    assert_eq!(allowed.trim(), "0");
+    assert_eq!(name.trim(), "herald", "the pid is the server's, not a wrapper's");
+}
+
 /// `herald-bench nats` in its seconds-long size: the async-nats workload
 /// runs against both servers and every message arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,13 @@ struct Cli {
     /// The herald binary to start (build it with `cargo build --release`).
     #[arg(long, default_value = "target/release/herald")]
     herald: PathBuf,
+    /// CPUs the servers under test run on (`taskset -c` syntax, e.g. `0`):
+    /// with `--client-cpus`, servers and clients no longer share cores.
+    #[arg(long, global = true)]
+    server_cpus: Option<String>,
+    /// CPUs the load generator itself (every client) runs on, e.g. `1`.
+    #[arg(long, global = true)]
+    client_cpus: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -149,11 +156,38 @@ impl Rounds {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Holds this process, and every thread it starts, to `cpus`.
+fn pin_this_process(cpus: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("taskset (util-linux) runs")?;
+    anyhow::ensure!(
+        status.success(),
+        "taskset could not hold the load generator to CPUs {cpus}"
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Before the runtime starts, so that it sizes itself to the CPUs it
+    // has, as any program started on them would.
+    if let Some(cpus) = &cli.client_cpus {
+        pin_this_process(cpus)?;
+    }
+    tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let _ = rlimit::increase_nofile_limit(1 << 20);
-    let binaries = Binaries::locate(cli.herald);
+    let binaries = Binaries {
+        server_cpus: cli.server_cpus,
+        ..Binaries::locate(cli.herald)
+    };
     match cli.command {
         Command::Suite {
             targets,

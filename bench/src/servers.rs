@@ -28,6 +28,10 @@ pub struct Binaries {
     pub pushpin: PathBuf,
     /// The origin app Pushpin forwards WebSocket events to (no npm modules).
     pub pushpin_origin_script: PathBuf,
+    /// CPUs every server process is held to (`taskset -c` syntax), so that
+    /// the load generator's clients, held to others, do not share cores
+    /// with it; `None`: wherever the scheduler puts them.
+    pub server_cpus: Option<String>,
 }
 
 impl Binaries {
@@ -40,6 +44,22 @@ impl Binaries {
             socketio_script: Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/socketio/server.js"),
             pushpin: on_path("pushpin"),
             pushpin_origin_script: Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/pushpin/origin.js"),
+            server_cpus: None,
+        }
+    }
+
+    /// The command that starts `program` as a server: through `taskset`
+    /// when [`Binaries::server_cpus`] is set, which runs the program in its
+    /// own process (the same pid, so its CPU time and memory are read as
+    /// before).
+    pub fn command(&self, program: &Path) -> Command {
+        match &self.server_cpus {
+            Some(cpus) => {
+                let mut command = Command::new("taskset");
+                command.arg("-c").arg(cpus).arg(program);
+                command
+            }
+            None => Command::new(program),
         }
     }
 
@@ -110,16 +130,16 @@ impl Server {
             | Target::HeraldLongPoll
             | Target::HeraldJsonToken
             | Target::HeraldJsonSingle
-            | Target::HeraldWebTransport => start_herald(&binaries.herald).await,
-            Target::HeraldNats => start_herald_nats(&binaries.herald).await,
-            Target::HeraldJsonTls => start_herald_tls(&binaries.herald).await,
+            | Target::HeraldWebTransport => start_herald(binaries).await,
+            Target::HeraldNats => start_herald_nats(binaries).await,
+            Target::HeraldJsonTls => start_herald_tls(binaries).await,
             Target::SocketIo => {
-                let mut command = Command::new(&binaries.node);
+                let mut command = binaries.command(&binaries.node);
                 command.arg(&binaries.socketio_script);
                 start_logging_address(command, "node (Socket.IO peer)").await
             }
             Target::NatsTcp | Target::NatsWebSocket => {
-                start_nats(&binaries.nats_server, target == Target::NatsWebSocket, false).await
+                start_nats(binaries, target == Target::NatsWebSocket, false).await
             }
             Target::Pushpin => start_pushpin(binaries).await,
         }
@@ -128,7 +148,7 @@ impl Server {
     /// Herald in development mode with its default limits (no flood or
     /// connection caps lifted): what `herald-bench abuse` attacks.
     pub async fn herald_with_default_limits(binaries: &Binaries) -> anyhow::Result<Server> {
-        let mut command = Command::new(&binaries.herald);
+        let mut command = binaries.command(&binaries.herald);
         command
             .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
             .env("HERALD_NATS__LISTEN", "127.0.0.1:0")
@@ -144,6 +164,11 @@ impl Server {
         let total_kib: u64 = process_tree(leader).into_iter().map(rss_kib).sum();
         anyhow::ensure!(total_kib > 0, "no resident memory found for process {leader}");
         Ok(total_kib * 1024)
+    }
+
+    /// The server's process id (the leader of what it started).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// CPU time (user + system) the server and every process it started
@@ -293,14 +318,14 @@ fn signal(signal: &str, pids: &[u32]) {
         .status();
 }
 
-async fn start_herald(binary: &Path) -> anyhow::Result<Server> {
-    start_logging_address(herald_command(binary)?, "herald").await
+async fn start_herald(binaries: &Binaries) -> anyhow::Result<Server> {
+    start_logging_address(herald_command(binaries)?, "herald").await
 }
 
 /// Herald as for the other targets, its HTTP listener speaking only TLS
 /// with the load generator's self-signed certificate (`tls`), written to a
 /// scratch directory removed on stop.
-async fn start_herald_tls(binary: &Path) -> anyhow::Result<Server> {
+async fn start_herald_tls(binaries: &Binaries) -> anyhow::Result<Server> {
     static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let scratch = std::env::temp_dir().join(format!(
         "herald-bench-tls-{}-{}",
@@ -309,7 +334,7 @@ async fn start_herald_tls(binary: &Path) -> anyhow::Result<Server> {
     ));
     std::fs::create_dir_all(&scratch)?;
     let (cert, key) = crate::tls::write_files(&scratch)?;
-    let mut command = herald_command(binary)?;
+    let mut command = herald_command(binaries)?;
     command
         .env("HERALD_TLS__CERT_FILE", cert)
         .env("HERALD_TLS__KEY_FILE", key);
@@ -325,8 +350,8 @@ async fn start_herald_tls(binary: &Path) -> anyhow::Result<Server> {
 /// Herald as for the other targets, with `address` its NATS listener's (on
 /// a free port) instead of the HTTP one: what every client of the
 /// `herald-nats` target, publisher included, connects to.
-async fn start_herald_nats(binary: &Path) -> anyhow::Result<Server> {
-    let (mut server, nats) = start_with_nats_listener(herald_command(binary)?).await?;
+async fn start_herald_nats(binaries: &Binaries) -> anyhow::Result<Server> {
+    let (mut server, nats) = start_with_nats_listener(herald_command(binaries)?).await?;
     server.address = nats;
     Ok(server)
 }
@@ -346,7 +371,7 @@ impl Server {
     /// (`HERALD_<SECTION>__<KEY>` environment variables): for a test that
     /// needs a timer or a limit of its own.
     pub async fn herald_with(binaries: &Binaries, settings: &[(&str, &str)]) -> anyhow::Result<Server> {
-        let mut command = herald_command(&binaries.herald)?;
+        let mut command = herald_command(binaries)?;
         command.envs(settings.iter().copied());
         start_logging_address(command, "herald").await
     }
@@ -356,7 +381,7 @@ impl Server {
     /// default pending limit (64 MiB), so that a NATS workload meets the
     /// same buffering on both servers.
     pub async fn herald_with_nats(binaries: &Binaries) -> anyhow::Result<(Server, SocketAddr)> {
-        let mut command = herald_command(&binaries.herald)?;
+        let mut command = herald_command(binaries)?;
         command
             .env("HERALD_BROKER__QUEUE__MAX_MESSAGES", "1000000")
             .env("HERALD_BROKER__QUEUE__MAX_BYTES", "64MiB");
@@ -366,14 +391,15 @@ impl Server {
 
 /// `herald serve --dev` on an ephemeral port, with the limits a load
 /// generator on loopback would otherwise hit lifted.
-fn herald_command(binary: &Path) -> anyhow::Result<Command> {
+fn herald_command(binaries: &Binaries) -> anyhow::Result<Command> {
+    let binary = &binaries.herald;
     if !binary.exists() {
         bail!(
             "{} not found: build it with `cargo build --release`",
             binary.display()
         );
     }
-    let mut command = Command::new(binary);
+    let mut command = binaries.command(binary);
     command
         .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
         .env("HERALD_NATS__LISTEN", "127.0.0.1:0")
@@ -419,7 +445,8 @@ async fn start_logging_address(mut command: Command, name: &str) -> anyhow::Resu
     })
 }
 
-async fn start_nats(binary: &Path, websocket: bool, jetstream: bool) -> anyhow::Result<Server> {
+async fn start_nats(binaries: &Binaries, websocket: bool, jetstream: bool) -> anyhow::Result<Server> {
+    let binary = &binaries.nats_server;
     if !binary.exists() {
         bail!("nats-server not found: install it (Debian: apt-get install nats-server)");
     }
@@ -447,7 +474,8 @@ async fn start_nats(binary: &Path, websocket: bool, jetstream: bool) -> anyhow::
         ));
     }
     std::fs::write(&config, text)?;
-    let child = Command::new(binary)
+    let child = binaries
+        .command(binary)
         .arg("-c")
         .arg(&config)
         .stdout(Stdio::null())
@@ -477,7 +505,7 @@ async fn start_pushpin(binaries: &Binaries) -> anyhow::Result<Server> {
     if !binaries.pushpin.exists() {
         bail!("pushpin not found: install it (Debian: apt-get install pushpin)");
     }
-    let mut origin_command = Command::new(&binaries.node);
+    let mut origin_command = binaries.command(&binaries.node);
     origin_command.arg(&binaries.pushpin_origin_script);
     let origin = start_logging_address(origin_command, "node (Pushpin origin)").await?;
     let (client_port, control_port) = (free_port()?, free_port()?);
@@ -524,7 +552,8 @@ async fn start_pushpin(binaries: &Binaries) -> anyhow::Result<Server> {
             routes = routes.display(),
         ),
     )?;
-    let child = Command::new(&binaries.pushpin)
+    let child = binaries
+        .command(&binaries.pushpin)
         .arg("--config")
         .arg(&config)
         .stdout(Stdio::null())
@@ -582,7 +611,7 @@ impl Server {
     /// nats-server with JetStream in a scratch directory: what clustered
     /// Herald nodes bridge through.
     pub async fn nats_with_jetstream(binaries: &Binaries) -> anyhow::Result<Server> {
-        start_nats(&binaries.nats_server, false, true).await
+        start_nats(binaries, false, true).await
     }
 
     /// Herald as for the other targets, as the node `name` of a cluster
@@ -593,7 +622,7 @@ impl Server {
         nats: SocketAddr,
         name: &str,
     ) -> anyhow::Result<Server> {
-        let mut command = herald_command(&binaries.herald)?;
+        let mut command = herald_command(binaries)?;
         command
             .env("HERALD_CLUSTER__NATS_URL", format!("nats://{nats}"))
             .env("HERALD_CLUSTER__NODE_NAME", name);
