@@ -10,7 +10,6 @@
 //! thousand subscribers encodes once. This module knows nothing of the
 //! encodings themselves.
 
-use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -492,8 +491,10 @@ struct MessageInner {
     /// Encoded frames, one slot per wire encoding, filled on demand.
     frames: [OnceLock<Bytes>; FRAME_SLOTS],
     /// A transport's own form of the frame, one slot per wire encoding,
-    /// filled on demand ([`Message::with_transport_frame`]).
-    transport_frames: [OnceLock<Box<dyn Any + Send + Sync>>; FRAME_SLOTS],
+    /// filled on demand ([`Message::transport_frame`]). Held here, not
+    /// boxed: every recipient reads it, each from a cold cache once many
+    /// messages are in flight, and a box is one more pointer to follow.
+    transport_frames: [OnceLock<Bytes>; FRAME_SLOTS],
 }
 
 impl Message {
@@ -567,36 +568,17 @@ impl Message {
         self.0.size
     }
 
-    /// Calls `use_frame` with the message's frame for `encoding` in a
-    /// transport's own form (a complete WebSocket frame), made by `make`
-    /// for the first recipient and kept: every other recipient borrows it,
-    /// so no per-recipient work is repeated, not even a reference count.
-    /// One type per encoding is kept (the broker does not know transports'
-    /// types; one transport per encoding asks in practice); another type is
-    /// made anew for each recipient.
-    pub fn with_transport_frame<T, R>(
+    /// The message's frame for `encoding` in a transport's own form (a
+    /// complete WebSocket frame), made by `make` for the first recipient
+    /// and kept: every other recipient borrows it, so no per-recipient
+    /// work is repeated, not even a reference count. One transport per
+    /// encoding asks in practice (the broker does not know which).
+    pub fn transport_frame(
         &self,
         encoding: crate::protocol::Encoding,
-        make: impl FnOnce(&Message) -> T,
-        use_frame: impl FnOnce(&T) -> R,
-    ) -> R
-    where
-        T: Any + Send + Sync,
-    {
-        let slot = &self.0.transport_frames[encoding.index()];
-        let mut make = Some(make);
-        // Two first recipients at once: either frame is right to keep.
-        let kept = slot.get_or_init(|| {
-            let make = make.take().expect("the slot is filled once");
-            Box::new(make(self))
-        });
-        match kept.downcast_ref::<T>() {
-            Some(frame) => use_frame(frame),
-            None => {
-                let make = make.expect("unused: the slot holds another type");
-                use_frame(&make(self))
-            }
-        }
+        make: impl FnOnce(&Message) -> Bytes,
+    ) -> &Bytes {
+        self.0.transport_frames[encoding.index()].get_or_init(|| make(self))
     }
 
     /// The frame cached in `slot`, encoded by `encode` the first time.

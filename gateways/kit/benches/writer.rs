@@ -8,7 +8,7 @@
 //! Also the per-recipient steps the WebSocket writer had (checking the
 //! shared JSON frame's UTF-8 for a text message, then framing it into the
 //! write buffer) against the complete frame made once per message and
-//! copied (`Message::with_transport_frame`, what the gateway does now).
+//! copied (`Message::transport_frame`, what the gateway does now).
 //!
 //! Run: `cargo bench -p herald-gateway --bench writer`
 
@@ -214,17 +214,14 @@ fn websocket_text(c: &mut Criterion) {
             |message| {
                 out.clear();
                 for _ in 0..RECIPIENTS {
-                    message.with_transport_frame(
-                        Encoding::Json,
-                        |message| {
-                            let json = message.frame(Encoding::Json);
-                            let mut frame = Vec::with_capacity(json.len() + 4);
-                            put_header(&mut frame, json.len());
-                            frame.extend_from_slice(&json);
-                            frame
-                        },
-                        |frame| out.extend_from_slice(frame),
-                    );
+                    let frame = message.transport_frame(Encoding::Json, |message| {
+                        let json = message.frame(Encoding::Json);
+                        let mut frame = Vec::with_capacity(json.len() + 4);
+                        put_header(&mut frame, json.len());
+                        frame.extend_from_slice(&json);
+                        Bytes::from(frame)
+                    });
+                    out.extend_from_slice(frame);
                 }
                 black_box(&out);
             },

@@ -283,31 +283,6 @@ struct WebSocketWriter<'a> {
     separator: Option<&'static [u8]>,
 }
 
-/// A message's complete WebSocket frame, kept with the message: the
-/// header, then the event from `payload_at`.
-struct EncodedFrame {
-    frame: Vec<u8>,
-    payload_at: usize,
-}
-
-impl EncodedFrame {
-    fn new(opcode: u8, payload: &[u8]) -> EncodedFrame {
-        let frame = socket::encode_frame(opcode, payload);
-        EncodedFrame {
-            payload_at: frame.len() - payload.len(),
-            frame,
-        }
-    }
-
-    fn opcode(&self) -> u8 {
-        self.frame[0] & 0x0f
-    }
-
-    fn payload(&self) -> &[u8] {
-        &self.frame[self.payload_at..]
-    }
-}
-
 impl EventWriter for WebSocketWriter<'_> {
     async fn feed(&mut self, frame: Bytes) -> io::Result<()> {
         let opcode = opcode_for(self.encoding, &frame);
@@ -324,20 +299,20 @@ impl EventWriter for WebSocketWriter<'_> {
         let Some(message) = event.message() else {
             return self.feed(event.encode(encoding)).await;
         };
-        message.with_transport_frame(
-            encoding,
-            |message| {
-                message.with_frame(encoding, |payload| {
-                    EncodedFrame::new(opcode_for(encoding, payload), payload)
-                })
-            },
-            |encoded| match self.separator {
-                Some(separator) => self
-                    .writer
-                    .append_packed(encoded.opcode(), separator, encoded.payload()),
-                None => self.writer.append_encoded(&encoded.frame),
-            },
-        );
+        // The complete frame, made once per message: a recipient reads its
+        // opcode and event back from its header.
+        let frame = message.transport_frame(encoding, |message| {
+            message.with_frame(encoding, |payload| {
+                Bytes::from(socket::encode_frame(opcode_for(encoding, payload), payload))
+            })
+        });
+        match self.separator {
+            Some(separator) => {
+                let (opcode, payload) = socket::split_frame(frame);
+                self.writer.append_packed(opcode, separator, payload);
+            }
+            None => self.writer.append_encoded(frame),
+        }
         self.writer.write_if_full().await
     }
 

@@ -5,7 +5,7 @@
 //! the size limits and UTF-8, and answers pings and closes. Writing is
 //! Herald's own: a server's frames are not masked, so a message's frame
 //! (header and payload) is the same bytes for every recipient. It is made
-//! once per message ([`Message::with_transport_frame`]) and copied into
+//! once per message ([`Message::transport_frame`]) and copied into
 //! each connection's write buffer; one flush writes the buffer with one
 //! system call. Per recipient that is a copy, and nothing else: no frame
 //! encoding, no reference counting, no lock shared with the reader.
@@ -20,7 +20,7 @@
 //! a small buffer the writer sends ahead of its own frames at its next
 //! flush.
 //!
-//! [`Message::with_transport_frame`]: herald_broker::Message::with_transport_frame
+//! [`Message::transport_frame`]: herald_broker::Message::transport_frame
 
 use std::io;
 use std::pin::Pin;
@@ -455,6 +455,17 @@ pub(crate) fn encode_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// The opcode and payload of a frame [`encode_frame`] made (final and
+/// unmasked, as a server's frames are), read back from its header.
+pub(crate) fn split_frame(frame: &[u8]) -> (u8, &[u8]) {
+    let header = match frame[1] {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    (frame[0] & 0x0f, &frame[header..])
+}
+
 #[cfg(test)]
 mod tests {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
@@ -584,6 +595,19 @@ mod tests {
             assert_eq!(header.mask, None, "servers do not mask");
             assert_eq!(parsed_length, length as u64);
             assert_eq!(cursor.position() as usize + length, frame.len());
+        }
+    }
+
+    #[test]
+    fn a_frame_s_opcode_and_payload_are_read_back_from_its_header() {
+        for length in [0, 1, 125, 126, 127, 0xffff, 0x1_0000, 70_000] {
+            let payload: Vec<u8> = (0..length).map(|i| i as u8).collect();
+            for opcode in [OPCODE_TEXT, OPCODE_BINARY] {
+                let frame = encode_frame(opcode, &payload);
+                let (read_opcode, read_payload) = split_frame(&frame);
+                assert_eq!(read_opcode, opcode, "{length} bytes");
+                assert_eq!(read_payload, &payload[..], "{length} bytes");
+            }
         }
     }
 }
